@@ -1,0 +1,96 @@
+"""Register an activity that sequences can call with `do:`.
+
+    @activity("create_coupon")
+    def create_coupon(args: CreateCouponArgs, ctx: ActivityContext) -> Coupon: ...
+
+The first parameter's type is the argument model: `keepflow validate` checks a step's `with:`
+against it, and the worker validates it again at run time. The return value (a pydantic model
+or a JSON-safe dict) is bound to the step's `as:` name for later steps and templates.
+Any module in `activities/` is imported by `discover()`, so one new file is all it takes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, get_type_hints
+
+from pydantic import BaseModel
+from sqlalchemy.orm import Session
+
+from keepflow.settings import Settings
+from keepflow.store import Database
+
+
+@dataclass(frozen=True)
+class ActivityContext:
+    """What a registered activity gets besides its arguments."""
+
+    workflow_id: str
+    sequence_id: str
+    step: str
+    # The run's context: customer, order, event, brand and earlier `as:` results.
+    run: dict[str, Any]
+    settings: Settings
+    db: Database
+
+    @property
+    def key(self) -> str:
+        """Unique per run and step: use it to make side effects idempotent across retries."""
+        return f"{self.workflow_id}:{self.step}"
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self.db.session() as session:
+            yield session
+
+
+@dataclass(frozen=True)
+class Registered:
+    name: str
+    fn: Callable[..., Any]
+    args_model: type[BaseModel]
+    description: str
+
+
+_registry: dict[str, Registered] = {}
+
+
+def activity(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        params = list(inspect.signature(fn).parameters)
+        hints = get_type_hints(fn)
+        args_model = hints.get(params[0]) if params else None
+        if len(params) != 2 or not (inspect.isclass(args_model) and issubclass(args_model, BaseModel)):
+            raise TypeError(
+                f"activity {name!r}: write it as `def {fn.__name__}(args: SomeModel, ctx: ActivityContext)`, "
+                "where SomeModel is a pydantic model of its arguments"
+            )
+        if name in _registry and _registry[name].fn is not fn:
+            raise ValueError(f"activity {name!r} is registered twice ({_registry[name].fn.__module__} and {fn.__module__})")
+        _registry[name] = Registered(name, fn, args_model, inspect.getdoc(fn) or "")
+        return fn
+
+    return register
+
+
+def discover() -> dict[str, Registered]:
+    """Import every module in this package so their `@activity` decorators run."""
+    package = importlib.import_module(__package__)
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{__package__}.{module.name}")
+    return dict(_registry)
+
+
+def result_to_json(value: Any) -> dict[str, Any]:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return value
+    raise TypeError(f"an activity returns a pydantic model or a dict, not {type(value).__name__}")

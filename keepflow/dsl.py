@@ -1,0 +1,229 @@
+"""The sequence language: what a marketer may write in `sequences.yaml`.
+
+Each step is a mapping whose first-class key names its kind (`send:`, `wait:`, `wait_for:`,
+`if:`, `split:`, `do:`, `start:`, `exit:`); a bare `- exit` is allowed too. The models are the
+single source of truth: the loader validates YAML against them, the workflow interprets them,
+and a run receives a frozen, hashed snapshot of them as its input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+
+from keepflow.durations import Duration
+
+Category = Literal["transactional", "marketing"]
+Channel = Literal["email", "sms"]
+
+_NAME = r"^[a-z][a-z0-9_]*$"
+_EVENT_TYPE = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$"
+
+STEP_KINDS = ("send", "wait_for", "wait", "if", "split", "do", "start", "exit")
+
+
+class _Model(BaseModel):
+    # Aliases (`if`, `else`, `with`, `as`) are the YAML words; serialising by alias keeps a
+    # snapshot readable and lets it validate again unchanged inside the workflow.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, serialize_by_alias=True)
+
+
+class _Step(_Model):
+    id: str | None = Field(None, pattern=_NAME, description="Optional name, shown in reports and logs.")
+
+
+class SendStep(_Step):
+    send: Channel
+    template: str = Field(pattern=r"^[a-z0-9_][a-z0-9_/-]*$")
+    category: Category | None = None
+
+
+class WaitStep(_Step):
+    wait: Duration
+
+
+class WaitForStep(_Step):
+    wait_for: str = Field(pattern=_EVENT_TYPE)
+    timeout: Duration
+    on_timeout: Literal["continue", "exit"] | list[Step] = "continue"
+    as_: str | None = Field(None, alias="as", pattern=_NAME)
+
+
+class IfStep(_Step):
+    if_: str = Field(alias="if", min_length=1)
+    then: list[Step] = Field(default_factory=list)
+    else_: list[Step] = Field(default_factory=list, alias="else")
+
+
+class Variant(_Model):
+    variant: str = Field(pattern=_NAME)
+    weight: float = Field(gt=0)
+    steps: list[Step] = Field(default_factory=list)
+
+
+class SplitStep(_Step):
+    split: list[Variant] = Field(min_length=2)
+
+    @field_validator("split")
+    @classmethod
+    def _unique_variants(cls, variants: list[Variant]) -> list[Variant]:
+        names = [v.variant for v in variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names must be unique, got {names}")
+        return variants
+
+
+class DoStep(_Step):
+    do: str = Field(pattern=_NAME)
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+    as_: str | None = Field(None, alias="as", pattern=_NAME)
+
+
+class StartStep(_Step):
+    start: str = Field(pattern=_NAME)
+
+
+class ExitStep(_Step):
+    exit: str = "done"
+
+
+def _step_kind(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value if value == "exit" else None
+    if isinstance(value, dict):
+        keys = {k.rstrip("_") for k in value}
+        return next((k for k in STEP_KINDS if k in keys), None)
+    return _KIND_BY_CLASS.get(type(value))
+
+
+def _bare_exit(value: Any) -> Any:
+    return {"exit": "done"} if value == "exit" else value
+
+
+Step = Annotated[
+    Union[
+        Annotated[SendStep, Tag("send")],
+        Annotated[WaitForStep, Tag("wait_for")],
+        Annotated[WaitStep, Tag("wait")],
+        Annotated[IfStep, Tag("if")],
+        Annotated[SplitStep, Tag("split")],
+        Annotated[DoStep, Tag("do")],
+        Annotated[StartStep, Tag("start")],
+        Annotated[ExitStep, Tag("exit")],
+    ],
+    Discriminator(
+        _step_kind,
+        custom_error_type="unknown_step",
+        custom_error_message="a step needs one of: " + ", ".join(STEP_KINDS),
+    ),
+]
+
+_KIND_BY_CLASS = {
+    SendStep: "send", WaitForStep: "wait_for", WaitStep: "wait", IfStep: "if",
+    SplitStep: "split", DoStep: "do", StartStep: "start", ExitStep: "exit",
+}
+
+
+class Sequence(_Model):
+    id: str = Field(pattern=_NAME)
+    description: str | None = None
+    category: Category
+    # The event type that starts a run; None for a sequence only ever started by another.
+    trigger: str | None = Field(None, pattern=_EVENT_TYPE)
+    # A Jinja2 expression over the run's context; one run per sequence and key value.
+    key: str = "customer.id"
+    exit_on: list[Annotated[str, Field(pattern=_EVENT_TYPE)]] = Field(default_factory=list)
+    steps: list[Step] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_bare_exits(cls, data: Any) -> Any:
+        return _normalise(data)
+
+    def walk(self) -> Iterator[tuple[str, Step]]:
+        """Every step with its path, depth first, in the order a run would meet them."""
+        yield from walk_steps(self.steps, "")
+
+    def events_awaited(self) -> set[str]:
+        return {s.wait_for for _, s in self.walk() if isinstance(s, WaitForStep)}
+
+
+def _normalise(data: Any) -> Any:
+    # `- exit` is the one step a marketer may write as a plain word.
+    if isinstance(data, dict):
+        return {k: _normalise(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_normalise(_bare_exit(v)) for v in data]
+    return data
+
+
+def step_path(prefix: str, index: int, step: Step) -> str:
+    name = step.id or str(index)
+    return f"{prefix}.{name}" if prefix else name
+
+
+def walk_steps(steps: list[Step], prefix: str) -> Iterator[tuple[str, Step]]:
+    for index, step in enumerate(steps):
+        path = step_path(prefix, index, step)
+        yield path, step
+        for branch, children in child_branches(step):
+            yield from walk_steps(children, f"{path}.{branch}")
+
+
+def child_branches(step: Step) -> list[tuple[str, list[Step]]]:
+    if isinstance(step, IfStep):
+        return [("then", step.then), ("else", step.else_)]
+    if isinstance(step, SplitStep):
+        return [(v.variant, v.steps) for v in step.split]
+    if isinstance(step, WaitForStep) and isinstance(step.on_timeout, list):
+        return [("on_timeout", step.on_timeout)]
+    return []
+
+
+class SequencesFile(_Model):
+    # Shop-wide facts every template may use as `brand.*` (name, address, support contact).
+    brand: dict[str, Any] = Field(default_factory=dict)
+    sequences: list[Sequence] = Field(min_length=1)
+
+    def by_id(self) -> dict[str, Sequence]:
+        return {s.id: s for s in self.sequences}
+
+
+class Snapshot(_Model):
+    """The definitions a run needs (its sequence and every one it may `start`), frozen at start."""
+
+    root: str
+    sequences: dict[str, Sequence]
+    hash: str
+
+    @classmethod
+    def of(cls, root: str, all_sequences: dict[str, Sequence]) -> Snapshot:
+        needed: dict[str, Sequence] = {}
+        pending = [root]
+        while pending:
+            seq = all_sequences[pending.pop()]
+            if seq.id in needed:
+                continue
+            needed[seq.id] = seq
+            pending.extend(s.start for _, s in seq.walk() if isinstance(s, StartStep))
+        canonical = json.dumps(
+            {k: v.model_dump(mode="json") for k, v in sorted(needed.items())},
+            sort_keys=True, ensure_ascii=False,
+        )
+        digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return cls(root=root, sequences=needed, hash=digest)
+
+    def child(self, sequence_id: str) -> Snapshot:
+        return self.model_copy(update={"root": sequence_id})
+
+    @property
+    def sequence(self) -> Sequence:
+        return self.sequences[self.root]
+
+
+for _model in (WaitForStep, IfStep, Variant, SplitStep, Sequence):
+    _model.model_rebuild()

@@ -1,0 +1,72 @@
+"""Runtime configuration, read once from the environment (and `.env` if present)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    # Where things live. Relative paths resolve against the working directory.
+    data_dir: Path = Field(Path("var"), validation_alias="KEEPFLOW_DATA_DIR")
+    sequences_path: Path = Field(Path("sequences.yaml"), validation_alias="KEEPFLOW_SEQUENCES")
+    # None: the `templates/` folder beside the sequences file.
+    templates_dir: Path | None = Field(None, validation_alias="KEEPFLOW_TEMPLATES")
+
+    # Temporal. None means "start the embedded dev server" for `keepflow dev`.
+    temporal_address: str | None = Field(None, validation_alias="TEMPORAL_ADDRESS")
+    temporal_namespace: str = Field("default", validation_alias="TEMPORAL_NAMESPACE")
+    task_queue: str = Field("keepflow", validation_alias="KEEPFLOW_TASK_QUEUE")
+
+    # None: a SQLite file under data_dir.
+    database_url: str | None = Field(None, validation_alias="DATABASE_URL")
+
+    # Providers. "auto" picks the real provider when its credentials are set, else the outbox.
+    email_provider: Literal["auto", "outbox", "sendgrid"] = Field("auto", validation_alias="KEEPFLOW_EMAIL_PROVIDER")
+    sms_provider: Literal["auto", "outbox", "twilio"] = Field("auto", validation_alias="KEEPFLOW_SMS_PROVIDER")
+    email_from: str = Field("Keepflow Demo Shop <shop@example.com>", validation_alias="KEEPFLOW_EMAIL_FROM")
+    sendgrid_api_key: str | None = Field(None, validation_alias="SENDGRID_API_KEY")
+    # Only for tests and proxies: the SDK's default is https://api.sendgrid.com.
+    sendgrid_host: str = Field("https://api.sendgrid.com", validation_alias="SENDGRID_HOST")
+    twilio_account_sid: str | None = Field(None, validation_alias="TWILIO_ACCOUNT_SID")
+    twilio_auth_token: str | None = Field(None, validation_alias="TWILIO_AUTH_TOKEN")
+    twilio_from: str | None = Field(None, validation_alias="TWILIO_FROM_NUMBER")
+    twilio_messaging_service_sid: str | None = Field(None, validation_alias="TWILIO_MESSAGING_SERVICE_SID")
+    twilio_base_url: str | None = Field(None, validation_alias="TWILIO_BASE_URL")
+    # Seconds a provider HTTP call may take; kept well under the send activity's timeout.
+    provider_timeout: float = Field(10.0, validation_alias="KEEPFLOW_PROVIDER_TIMEOUT")
+
+    default_locale: str = Field("en", validation_alias="KEEPFLOW_DEFAULT_LOCALE")
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'keepflow.db'}"
+
+    @property
+    def resolved_templates_dir(self) -> Path:
+        return self.templates_dir or self.sequences_path.parent / "templates"
+
+    @property
+    def use_sendgrid(self) -> bool:
+        if self.email_provider == "auto":
+            return bool(self.sendgrid_api_key)
+        return self.email_provider == "sendgrid"
+
+    @property
+    def use_twilio(self) -> bool:
+        if self.sms_provider == "auto":
+            return bool(self.twilio_account_sid and self.twilio_auth_token)
+        return self.sms_provider == "twilio"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

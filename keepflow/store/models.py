@@ -1,0 +1,98 @@
+"""Tables. The schema itself is owned by Alembic (`keepflow/migrations`); these map it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, Numeric, String, Text, func
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class Customer(Base):
+    __tablename__ = "customers"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    email: Mapped[str | None] = mapped_column(String(320))
+    phone: Mapped[str | None] = mapped_column(String(32))
+    first_name: Mapped[str | None] = mapped_column(String(128))
+    locale: Mapped[str | None] = mapped_column(String(35))
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    consents: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    last_seen_at: Mapped[datetime | None] = mapped_column(index=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+
+class Event(Base):
+    __tablename__ = "events"
+
+    # The sender's event id: storing it once is what makes a repeated webhook harmless.
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    type: Mapped[str] = mapped_column(String(128), index=True)
+    customer_id: Mapped[str | None] = mapped_column(ForeignKey("customers.id"), index=True)
+    occurred_at: Mapped[datetime]
+    received_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    payload: Mapped[dict[str, Any]]
+
+
+class Order(Base):
+    __tablename__ = "orders"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"), index=True)
+    total: Mapped[Decimal] = mapped_column(Numeric(12, 2))
+    currency: Mapped[str] = mapped_column(String(3))
+    items: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[datetime]
+
+
+class Message(Base):
+    """One row per send step of one run: the idempotency record and the message log at once."""
+
+    __tablename__ = "messages"
+    __table_args__ = (Index("ix_messages_customer_created", "customer_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # workflow id + step path: stable across retries, resets and continue-as-new.
+    key: Mapped[str] = mapped_column(String(512), unique=True)
+    workflow_id: Mapped[str] = mapped_column(String(255), index=True)
+    sequence_id: Mapped[str] = mapped_column(String(128))
+    step: Mapped[str] = mapped_column(String(255))
+    channel: Mapped[str] = mapped_column(String(16))
+    category: Mapped[str] = mapped_column(String(16))
+    template: Mapped[str] = mapped_column(String(255))
+    customer_id: Mapped[str | None] = mapped_column(String(128))
+    recipient: Mapped[str | None] = mapped_column(String(320))
+    locale: Mapped[str | None] = mapped_column(String(35))
+    subject: Mapped[str | None] = mapped_column(Text)
+    body: Mapped[str | None] = mapped_column(Text)
+    # pending -> sending -> sent | failed | unknown; or skipped. See activities/send.py.
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    provider: Mapped[str | None] = mapped_column(String(32))
+    provider_message_id: Mapped[str | None] = mapped_column(String(128))
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    sending_at: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+
+
+class Coupon(Base):
+    __tablename__ = "coupons"
+
+    code: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The step that created it: a retried activity returns the same coupon, never a second one.
+    key: Mapped[str] = mapped_column(String(512), unique=True)
+    customer_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    percent: Mapped[int]
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    redeemed_at: Mapped[datetime | None]
+    redeemed_order_id: Mapped[str | None] = mapped_column(String(128))
