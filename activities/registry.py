@@ -19,9 +19,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, get_type_hints
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
+from temporalio import activity as temporal_activity
+from temporalio.exceptions import ApplicationError
 
+from keepflow.contracts import DoRequest
 from keepflow.settings import Settings
 from keepflow.store import Database
 
@@ -72,6 +75,8 @@ def activity(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             )
         if name in _registry and _registry[name].fn is not fn:
             raise ValueError(f"activity {name!r} is registered twice ({_registry[name].fn.__module__} and {fn.__module__})")
+        if name == "send_message":
+            raise ValueError("activity name 'send_message' is Keepflow's own send step; choose another name")
         _registry[name] = Registered(name, fn, args_model, inspect.getdoc(fn) or "")
         return fn
 
@@ -94,3 +99,18 @@ def result_to_json(value: Any) -> dict[str, Any]:
     if isinstance(value, dict):
         return value
     raise TypeError(f"an activity returns a pydantic model or a dict, not {type(value).__name__}")
+
+
+def to_temporal(registered: Registered, settings: Settings, db: Database) -> Callable[..., Any]:
+    """Wrap a registered function as the Temporal activity a `do:` step calls by name."""
+    def run(request: DoRequest) -> dict[str, Any]:
+        try:
+            args = registered.args_model.model_validate(request.args)
+        except ValidationError as err:
+            # `validate` catches this before deploy; a run still must not retry it forever.
+            raise ApplicationError(f"{registered.name}: {err}", type="InvalidArguments", non_retryable=True) from err
+        ctx = ActivityContext(request.workflow_id, request.sequence_id, request.step, request.context, settings, db)
+        return result_to_json(registered.fn(args, ctx))
+
+    run.__name__ = run.__qualname__ = registered.name
+    return temporal_activity.defn(name=registered.name)(run)

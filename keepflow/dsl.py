@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, field_validator
 
 from keepflow.durations import Duration
 
@@ -104,7 +104,7 @@ def _bare_exit(value: Any) -> Any:
     return {"exit": "done"} if value == "exit" else value
 
 
-Step = Annotated[
+_StepUnion = Annotated[
     Union[
         Annotated[SendStep, Tag("send")],
         Annotated[WaitForStep, Tag("wait_for")],
@@ -121,6 +121,8 @@ Step = Annotated[
         custom_error_message="a step needs one of: " + ", ".join(STEP_KINDS),
     ),
 ]
+# `- exit` is the one step a marketer may write as a plain word.
+Step = Annotated[_StepUnion, BeforeValidator(_bare_exit)]
 
 _KIND_BY_CLASS = {
     SendStep: "send", WaitForStep: "wait_for", WaitStep: "wait", IfStep: "if",
@@ -139,26 +141,12 @@ class Sequence(_Model):
     exit_on: list[Annotated[str, Field(pattern=_EVENT_TYPE)]] = Field(default_factory=list)
     steps: list[Step] = Field(min_length=1)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _expand_bare_exits(cls, data: Any) -> Any:
-        return _normalise(data)
-
     def walk(self) -> Iterator[tuple[str, Step]]:
         """Every step with its path, depth first, in the order a run would meet them."""
         yield from walk_steps(self.steps, "")
 
     def events_awaited(self) -> set[str]:
         return {s.wait_for for _, s in self.walk() if isinstance(s, WaitForStep)}
-
-
-def _normalise(data: Any) -> Any:
-    # `- exit` is the one step a marketer may write as a plain word.
-    if isinstance(data, dict):
-        return {k: _normalise(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_normalise(_bare_exit(v)) for v in data]
-    return data
 
 
 def step_path(prefix: str, index: int, step: Step) -> str:

@@ -16,8 +16,9 @@ _WHOLE = re.compile(r"^(?:\d+[wdhms])+$")
 def parse_duration(value: Any) -> timedelta:
     if isinstance(value, timedelta):
         return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return timedelta(seconds=value)
+    if isinstance(value, (int, float)):
+        # `wait: 3` would be three seconds to a parser and three days to a marketer: ask.
+        raise ValueError(f"{value!r} has no unit; write e.g. {value}d for days, {value}h for hours or {value}m for minutes")
     text = str(value).strip().replace(" ", "")
     if not _WHOLE.match(text):
         raise ValueError(

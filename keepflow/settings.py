@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", validate_by_name=True)
 
     # Where things live. Relative paths resolve against the working directory.
     data_dir: Path = Field(Path("var"), validation_alias="KEEPFLOW_DATA_DIR")

