@@ -22,6 +22,7 @@ TemplatesOpt = Annotated[Optional[Path], typer.Option("--templates", help="templ
 
 def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _run(coroutine) -> None:

@@ -78,7 +78,7 @@ async def print_messages(db: Database, started: float, console: Console, stop: a
             day = (time.monotonic() - started) / SECONDS_PER_DAY
             headline = m.subject if m.channel == "email" else (m.body or "").splitlines()[0]
             note = "" if m.status == "sent" else f"  [red]({m.status}: {m.error})[/red]"
-            console.print(f"day {day:5.1f}  {m.sequence_id:<15} {m.step:<12} {m.channel:<5} {m.recipient or '-':<22} "
+            console.print(f"day {day:5.1f}  {m.sequence_id:<15} {m.step:<16} {m.channel:<5} {m.recipient or '-':<22} "
                           f"{headline}{note}", markup=True, highlight=False)
         if finished:
             return len(printed)
@@ -88,7 +88,7 @@ async def print_messages(db: Database, started: float, console: Console, stop: a
 async def run_demo(sequences: Path, templates: Path | None, locale: str = "en") -> int:
     from worker import build_worker
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     catalog = load(sequences, templates)
     data_dir = Path(tempfile.mkdtemp(prefix="keepflow-demo-"))
     settings = Settings(data_dir=data_dir, sequences_path=sequences, templates_dir=catalog.templates_dir,

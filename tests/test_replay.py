@@ -1,0 +1,87 @@
+"""Replay safety: runs recorded with earlier code must replay, command for command, on today's.
+
+`tests/histories/*.json` are histories of representative runs (every step kind). A change to
+the interpreter that alters the commands a run issues, without `workflow.patched()`, makes
+these replays fail. After an intended, patched change, record new ones beside the old:
+
+    KEEPFLOW_RECORD_HISTORIES=1 .venv/bin/pytest tests/test_replay.py -k record
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from keepflow.events import EventIn
+from keepflow.loader import load
+from keepflow.router import ingest
+from tests.conftest import ROOT, running_worker
+from tests.helpers import result_of
+from tests.test_journey import CHAIN, customer_in_offer_arm, play_journey
+from worker import SANDBOX
+from workflows.sequence import SequenceWorkflow
+
+HISTORIES = Path(__file__).resolve().parent / "histories"
+
+
+def replayer() -> Replayer:
+    return Replayer(workflows=[SequenceWorkflow], data_converter=pydantic_data_converter, workflow_runner=SANDBOX)
+
+
+async def record_runs(env, settings, db) -> list[WorkflowHistory]:
+    """Run the journey and a win-back that the customer's order ends; return their histories."""
+    order_id = f"R{uuid.uuid4().hex[:6]}"
+    await play_journey(env, settings, db, order_id, customer_in_offer_arm())
+    ids = [f"{s}/{order_id}" for s in CHAIN]
+
+    catalog = load(ROOT / "sequences.yaml")
+    customer = {"id": f"cust-{order_id}", "email": "kit@example.com", "phone": "+886912345678",
+                "locale": "zh-TW", "consents": {"email": True, "sms": True}}
+    async with running_worker(env, settings, db) as tq:
+        inactive = EventIn.model_validate({"id": f"inactive-{order_id}", "type": "customer.inactive",
+                                           "occurred_at": "2026-11-01T00:00:00+00:00", "customer": customer})
+        await ingest(db, env.client, catalog, inactive, tq)
+        await env.sleep(timedelta(days=5))
+        ordered = EventIn.model_validate({
+            "id": f"order-{order_id}", "type": "order.created", "occurred_at": "2026-11-06T00:00:00+00:00",
+            "customer": customer, "order": {"id": order_id, "total": "990", "currency": "TWD", "items": []}})
+        await ingest(db, env.client, catalog, ordered, tq)
+        await result_of(env, f"winback/{customer['id']}")
+    ids.append(f"winback/{customer['id']}")
+    return [await env.client.get_workflow_handle(i).fetch_history() for i in ids]
+
+
+async def test_todays_runs_replay_deterministically(env, settings, db, fake):
+    for history in await record_runs(env, settings, db):
+        await replayer().replay_workflow(history)
+
+
+def stored() -> list[Path]:
+    return sorted(HISTORIES.glob("*.json"))
+
+
+@pytest.mark.parametrize("path", stored(), ids=lambda p: p.stem)
+async def test_stored_history_replays(path: Path):
+    await replayer().replay_workflow(WorkflowHistory.from_json(path.stem, path.read_text()))
+
+
+def test_every_step_kind_is_covered_by_a_stored_history():
+    text = "\n".join(p.read_text() for p in stored())
+    for kind in ("send_message", "start_sequence", "create_coupon", "load_customer",
+                 "TIMER_FIRED", "TIMER_CANCELED", "WORKFLOW_EXECUTION_SIGNALED"):
+        assert kind in text, f"no stored history exercises {kind}"
+
+
+@pytest.mark.skipif(not os.environ.get("KEEPFLOW_RECORD_HISTORIES"), reason="set KEEPFLOW_RECORD_HISTORIES=1 to re-record")
+async def test_record_histories(env, settings, db, fake):
+    HISTORIES.mkdir(exist_ok=True)
+    for history in await record_runs(env, settings, db):
+        name = history.workflow_id.split("/")[0]
+        (HISTORIES / f"{name}.json").write_text(history.to_json())
