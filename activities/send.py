@@ -69,6 +69,9 @@ class MessageSender:
         if not recipient:
             return self._finish(row.id, "skipped", error=f"customer has no {request.channel} address")
 
+        if request.channel == "email" and row.status == "sending":
+            return self._finish(row.id, "unknown", error=(
+                "an earlier attempt stopped during the provider call; not resent (email is at-most-once)"))
         try:
             rendered = self.deps.renderer.render(request.channel, request.template, customer.get("locale"), request.context)
         except TemplateError as err:
@@ -77,9 +80,6 @@ class MessageSender:
         if request.channel == "email":
             email = OutgoingEmail(to=recipient, subject=rendered.subject or "", html=rendered.body,
                                   text=rendered.text, from_=self.deps.settings.email_from, key=key)
-            if row.status == "sending":
-                return self._finish(row.id, "unknown", error=(
-                    "an earlier attempt stopped during the provider call; not resent (email is at-most-once)"))
             send = lambda: self.deps.email.send_email(email)  # noqa: E731
             provider = self.deps.email.name
         else:

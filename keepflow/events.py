@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -59,6 +59,4 @@ class EventIn(_Edge):
 
 def utc(value: datetime) -> datetime:
     """SQLite hands back naive datetimes; everything Keepflow stores is UTC."""
-    from datetime import timezone
-
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value

@@ -21,7 +21,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from keepflow import expressions
 from keepflow.contracts import EventSignal, RunInput
 from keepflow.dsl import Sequence
-from keepflow.events import EventIn
+from keepflow.events import EventIn, utc
 from keepflow.loader import Catalog
 from keepflow.store import Customer, Database, Event, Order
 
@@ -73,8 +73,7 @@ def _upsert_customer(session, event: EventIn) -> None:
             setattr(customer, name, value)
     customer.consents = {**(customer.consents or {}), **incoming.consents}
     seen = event.occurred_at.astimezone(timezone.utc)
-    last = customer.last_seen_at
-    if last is None or (last.replace(tzinfo=timezone.utc) if last.tzinfo is None else last) < seen:
+    if customer.last_seen_at is None or utc(customer.last_seen_at) < seen:
         customer.last_seen_at = seen
     session.add(customer)
 
