@@ -116,7 +116,7 @@ def babel_locale(locale: str) -> str:
 
 
 def test_every_template_file_is_accounted_for():
-    expected = {f"email/_layout.{locale}.html" for locale in LOCALES}
+    expected = {"email/_base.html"} | {f"email/_layout.{locale}.html" for locale in LOCALES}
     expected |= {f"{channel}/{name}.{locale}.{'html' if channel == 'email' else 'txt'}" for channel, name, locale in CASES}
     on_disk = {str(p.relative_to(TEMPLATES)) for p in TEMPLATES.rglob("*") if p.is_file()}
     assert on_disk == expected

@@ -20,19 +20,6 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = [
-    "Accepted",
-    "EmailProvider",
-    "OutgoingEmail",
-    "OutgoingSms",
-    "PermanentError",
-    "ProviderError",
-    "RetryableError",
-    "SmsProvider",
-    "parse_retry_after",
-]
-
-
 @dataclass(frozen=True)
 class OutgoingEmail:
     to: str
