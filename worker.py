@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -19,6 +18,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities.registry import discover, to_temporal
 from activities.send import MessageSender, SendDeps
 from activities.start import SequenceStarter
+from keepflow.lifecycle import stop_on_signals
 from keepflow.loader import load
 from keepflow.providers import email_provider, sms_provider
 from keepflow.rendering import Renderer
@@ -61,15 +61,12 @@ def build_worker(client: Client, settings: Settings, db: Database, send_deps: Se
 
 
 async def run_worker(settings: Settings, address: str | None = None, stop: asyncio.Event | None = None) -> None:
-    """Validate the sequences, migrate the database, and serve until `stop` is set or SIGINT/SIGTERM."""
+    """Validate the sequences, migrate the database, and serve until `stop` is set (or SIGINT/SIGTERM)."""
     load(settings.sequences_path, settings.templates_dir)  # refuse to run on an invalid file
     upgrade(settings.resolved_database_url)
     db = Database(settings.resolved_database_url)
     client = await connect(address or settings.temporal_address, settings.temporal_namespace)
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop or stop_on_signals()
     worker = build_worker(client, settings, db)
     log.info("worker listening on task queue %r", worker.task_queue)
     try:

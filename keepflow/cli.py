@@ -50,18 +50,86 @@ def validate(path: SequencesArg = None, templates: TemplatesOpt = None) -> None:
 
 @app.command()
 def dev(
+    http_port: Annotated[int, typer.Option(help="port of the webhook endpoints")] = 8000,
     temporal_port: Annotated[int, typer.Option(help="gRPC port of the embedded Temporal dev server")] = 7233,
     ui_port: Annotated[int, typer.Option(help="Temporal web UI port (0: no UI)")] = 8233,
     data_dir: Annotated[Optional[Path], typer.Option(help="where the databases live (default: var/)")] = None,
 ) -> None:
-    """Run the engine locally: Temporal's dev server (unless TEMPORAL_ADDRESS is set) and the worker."""
+    """Run everything locally: Temporal's dev server (unless TEMPORAL_ADDRESS is set), the worker and the webhooks."""
     from keepflow.dev import run_dev
 
     _logging()
     settings = get_settings()
     if data_dir:
         settings = settings.model_copy(update={"data_dir": data_dir})
-    _run(run_dev(settings, temporal_port, ui_port or None))
+    _run(run_dev(settings, temporal_port, ui_port or None, http_port))
+
+
+@app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="address to listen on (default: $KEEPFLOW_HTTP_HOST)")] = None,
+    port: Annotated[Optional[int], typer.Option(help="port (default: $KEEPFLOW_HTTP_PORT or 8000)")] = None,
+) -> None:
+    """Serve the webhook endpoints against TEMPORAL_ADDRESS (run as many as you like behind a load balancer)."""
+    from keepflow.lifecycle import serve_http, stop_on_signals
+    from keepflow.webhooks.app import create_app
+
+    _logging()
+    settings = get_settings()
+
+    async def main() -> None:
+        await serve_http(create_app(settings), host or settings.http_host, port or settings.http_port, stop_on_signals())
+
+    _run(main())
+
+
+@app.command("send-event")
+def send_event(
+    file: Annotated[Path, typer.Argument(help="an event as JSON (see `keepflow/events.py` or /docs)")],
+    url: Annotated[Optional[str], typer.Option(help="where to post (default: this machine's `keepflow dev`)")] = None,
+) -> None:
+    """Sign an event with the webhook secret and post it, as a store would."""
+    import httpx
+
+    from keepflow.webhooks.signing import dev_secret, sign
+
+    settings = get_settings()
+    body = file.read_bytes()
+    secret = (settings.webhook_secrets or [dev_secret(settings.data_dir)])[0]
+    target = url or f"http://{settings.http_host}:{settings.http_port}/events"
+    try:
+        response = httpx.post(target, content=body, headers={"content-type": "application/json", **sign(body, secret)})
+    except httpx.HTTPError as err:
+        print(f"could not reach {target}: {err} (is `make run` running?)", file=sys.stderr)
+        raise typer.Exit(1) from None
+    print(f"{response.status_code} {response.reason_phrase}\n{response.text}")
+    raise typer.Exit(0 if response.is_success else 1)
+
+
+@app.command()
+def events(
+    unrouted: Annotated[bool, typer.Option("--unrouted", help="only events that reached no sequence, or are not yet routed")] = False,
+    limit: Annotated[int, typer.Option(help="how many, newest first")] = 50,
+) -> None:
+    """List received events: type, customer, when, and how many runs each started or steered."""
+    from rich.console import Console
+    from rich.table import Table
+    from sqlalchemy import or_, select
+
+    from keepflow.store import Database, Event, upgrade
+
+    settings = get_settings()
+    upgrade(settings.resolved_database_url)
+    db = Database(settings.resolved_database_url)
+    query = select(Event).order_by(Event.received_at.desc()).limit(limit)
+    if unrouted:
+        query = query.where(or_(Event.routed_at.is_(None), Event.runs == 0))
+    table = Table("received", "id", "type", "customer", "order", "runs")
+    with db.session() as session:
+        for e in session.scalars(query):
+            runs = "not yet routed" if e.routed_at is None else str(e.runs)
+            table.add_row(f"{e.received_at:%Y-%m-%d %H:%M:%S}", e.id, e.type, e.customer_id or "-", e.order_id or "-", runs)
+    Console().print(table)
 
 
 @app.command()

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 
 class _Edge(BaseModel):
@@ -34,24 +34,33 @@ class OrderIn(_Edge):
     id: str = Field(min_length=1, max_length=128)
     number: str | None = None
     items: list[OrderItem] = Field(default_factory=list)
-    total: Decimal = Field(ge=0)
-    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    # A shipment or refund may name only the order it belongs to.
+    total: Decimal | None = Field(None, ge=0)
+    currency: str | None = Field(None, pattern=r"^[A-Z]{3}$")
 
 
 class EventIn(_Edge):
     id: str = Field(min_length=1, max_length=255, description="the sender's id; repeats are ignored")
     type: str = Field(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
     occurred_at: AwareDatetime
-    customer: CustomerIn
+    # Some store events (a carrier's delivery scan) name only the order, not the customer.
+    customer: CustomerIn | None = None
     order: OrderIn | None = None
     data: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _names_someone(self) -> EventIn:
+        if self.customer is None and self.order is None:
+            raise ValueError("an event needs a customer, an order, or both")
+        return self
 
     def context(self) -> dict[str, Any]:
         """What a run started by this event sees as `customer`, `order` and `event`."""
         ctx: dict[str, Any] = {
-            "customer": self.customer.model_dump(mode="json"),
             "event": {"id": self.id, "type": self.type, "occurred_at": self.occurred_at.isoformat(), "data": self.data},
         }
+        if self.customer:
+            ctx["customer"] = self.customer.model_dump(mode="json")
         if self.order:
             ctx["order"] = self.order.model_dump(mode="json")
         return ctx

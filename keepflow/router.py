@@ -1,7 +1,13 @@
 """From one event to its effects: store it once, update the customer, start and steer runs.
 
 A run's workflow id is `<sequence id>/<key>` (e.g. `fulfilment/1001`), so the same event routed
-twice starts nothing new, and an event for a run finds it without a lookup table.
+twice starts nothing new (Temporal refuses the duplicate id), and an event for a run finds it
+without a lookup table. Routing is idempotent: runs ignore an event id they have seen, so an
+event routed again after a crash or by the reconciler has no second effect.
+
+Order of arrival does not matter. An event a run cares about that arrives before the run
+exists (Shopify's `fulfillments/create` before `orders/create`) is stored; when the run starts,
+every stored event for its key that happened at or after its trigger is delivered to it.
 """
 
 from __future__ import annotations
@@ -9,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from datetime import timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 from temporalio.client import Client
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -23,16 +31,28 @@ from keepflow.contracts import EventSignal, RunInput
 from keepflow.dsl import Sequence
 from keepflow.events import EventIn, utc
 from keepflow.loader import Catalog
-from keepflow.store import Customer, Database, Event, Order
+from keepflow.store import Customer, Database, Delivery, Event, Order
 
 log = logging.getLogger("keepflow.router")
+
+# Events that show the customer doing something; they move `last_seen_at`, which the
+# inactivity scan reads. A shipment or a profile edit in the store's admin does not.
+ACTIVITY_TYPES = {"order.created", "customer.active", "review.submitted", "referral.created"}
+
+# Senders retry for hours (Shopify) to days (Standard Webhooks): keep delivery ids longer.
+DELIVERY_RETENTION = timedelta(days=7)
 
 
 @dataclass
 class Routed:
+    event_id: str
     duplicate: bool = False
     started: list[str] = field(default_factory=list)
     signalled: list[str] = field(default_factory=list)
+
+    @property
+    def runs(self) -> int:
+        return len(self.started) + len(self.signalled)
 
 
 def workflow_id(sequence: Sequence, context: dict[str, Any]) -> str | None:
@@ -44,58 +64,96 @@ def workflow_id(sequence: Sequence, context: dict[str, Any]) -> str | None:
     return None if key is None or key == "" else f"{sequence.id}/{key}"
 
 
-def store(db: Database, event: EventIn) -> bool:
-    """Record the event and what it tells us about the customer. False if we had it already."""
+# -- storing ----------------------------------------------------------------------------------
+
+def store(db: Database, event: EventIn, delivery: tuple[str, str] | None = None) -> bool | None:
+    """Record the event once. True: new. False: seen before and routed. None: seen, not yet routed."""
     try:
         with db.session() as session:
+            if delivery is not None:
+                source, delivery_id = delivery
+                known = session.get(Delivery, (source, delivery_id))
+                if known is not None:
+                    return _seen(session, known.event_id)
+                session.add(Delivery(source=source, id=delivery_id, event_id=event.id, received_at=_now()))
             if session.get(Event, event.id) is not None:
-                return False
-            _upsert_customer(session, event)
-            if event.order is not None and session.get(Order, event.order.id) is None and event.type == "order.created":
+                return _seen(session, event.id)
+            if event.customer is not None:
+                _upsert_customer(session, event)
+            if event.type == "order.created" and event.order is not None and session.get(Order, event.order.id) is None:
                 session.add(Order(
-                    id=event.order.id, customer_id=event.customer.id, total=event.order.total,
-                    currency=event.order.currency, items=[i.model_dump(mode="json") for i in event.order.items],
-                    created_at=event.occurred_at,
+                    id=event.order.id, customer_id=event.customer.id if event.customer else None,
+                    total=event.order.total or 0, currency=event.order.currency or "",
+                    items=[i.model_dump(mode="json") for i in event.order.items], created_at=event.occurred_at,
                 ))
-            session.add(Event(id=event.id, type=event.type, customer_id=event.customer.id,
-                              occurred_at=event.occurred_at, payload=event.model_dump(mode="json")))
+            session.add(Event(
+                id=event.id, type=event.type, customer_id=event.customer.id if event.customer else None,
+                order_id=event.order.id if event.order else None, occurred_at=event.occurred_at,
+                received_at=_now(), payload=event.model_dump(mode="json"),
+            ))
         return True
     except IntegrityError:
-        return False  # the same event stored concurrently by another request
+        # The same event (or delivery) stored at this moment by a concurrent request.
+        with db.session() as session:
+            return _seen(session, event.id)
 
 
-def _upsert_customer(session, event: EventIn) -> None:
+def _seen(session: Session, event_id: str) -> bool | None:
+    routed_at = session.scalar(select(Event.routed_at).where(Event.id == event_id))
+    return False if routed_at is not None else None
+
+
+def _upsert_customer(session: Session, event: EventIn) -> None:
     incoming = event.customer
-    customer = session.get(Customer, incoming.id) or Customer(id=incoming.id, consents={}, attributes={})
+    customer = session.get(Customer, incoming.id)
+    if customer is None:
+        customer = Customer(id=incoming.id, consents={}, attributes={})
+        session.add(customer)
+    # Only what the event carries changes: a shipping update without a phone keeps the phone.
     for name in ("email", "phone", "first_name", "locale", "timezone"):
         value = getattr(incoming, name)
         if value is not None:
             setattr(customer, name, value)
     customer.consents = {**(customer.consents or {}), **incoming.consents}
     seen = event.occurred_at.astimezone(timezone.utc)
-    if customer.last_seen_at is None or utc(customer.last_seen_at) < seen:
+    if event.type in ACTIVITY_TYPES and (customer.last_seen_at is None or utc(customer.last_seen_at) < seen):
         customer.last_seen_at = seen
-    session.add(customer)
 
 
-async def route(client: Client, catalog: Catalog, event: EventIn, task_queue: str, time_scale: float = 1.0) -> Routed:
+def mark_routed(db: Database, event_id: str, runs: int) -> None:
+    with db.session() as session:
+        session.execute(update(Event).where(Event.id == event_id).values(routed_at=_now(), runs=runs))
+
+
+# -- routing ----------------------------------------------------------------------------------
+
+def _signal(event: EventIn) -> EventSignal:
+    return EventSignal(id=event.id, type=event.type, occurred_at=event.occurred_at.isoformat(), data=event.data)
+
+
+async def _deliver(client: Client, run_id: str, signal: EventSignal) -> bool:
+    try:
+        await client.get_workflow_handle(run_id).signal("event", signal)
+        return True
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return False  # no such run (yet): stored, and delivered when it starts
+        raise
+
+
+async def route(client: Client, catalog: Catalog, db: Database, event: EventIn, task_queue: str,
+                time_scale: float = 1.0) -> Routed:
+    """Signal the runs that wait for or exit on this event; start the runs it triggers."""
     context = {**event.context(), "brand": catalog.file.brand}
-    routed = Routed()
-    signal = EventSignal(id=event.id, type=event.type, occurred_at=event.occurred_at.isoformat(), data=event.data)
+    routed = Routed(event.id)
     for sequence in catalog.interested_in(event.type):
         run_id = workflow_id(sequence, context)
-        if run_id is None:
-            continue
-        try:
-            await client.get_workflow_handle(run_id).signal("event", signal)
+        if run_id and await _deliver(client, run_id, _signal(event)):
             routed.signalled.append(run_id)
-        except RPCError as err:
-            if err.status != RPCStatusCode.NOT_FOUND:
-                raise
     for sequence in catalog.triggered_by(event.type):
         run_id = workflow_id(sequence, context)
         if run_id is None:
-            log.warning("event %s: sequence %s has no key %r in this event", event.id, sequence.id, sequence.key)
+            log.warning("event %s: no %r for sequence %s's key", event.id, sequence.key, sequence.id)
             continue
         snapshot = catalog.snapshot(sequence.id)
         try:
@@ -106,15 +164,82 @@ async def route(client: Client, catalog: Catalog, event: EventIn, task_queue: st
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 memo={"sequence": sequence.id, "definition_hash": snapshot.hash},
             )
-            routed.started.append(run_id)
         except WorkflowAlreadyStartedError:
-            pass
+            continue
+        routed.started.append(run_id)
+        await _catch_up(client, db, sequence, run_id, event)
     return routed
 
 
+async def _catch_up(client: Client, db: Database, sequence: Sequence, run_id: str, trigger: EventIn) -> None:
+    """Deliver to a new run the stored events for it that arrived before it existed."""
+    wanted = set(sequence.exit_on) | sequence.events_awaited()
+    if not wanted:
+        return
+    earlier = await asyncio.to_thread(_stored_events, db, wanted, trigger)
+    for event in earlier:
+        if workflow_id(sequence, event.context()) == run_id:
+            await _deliver(client, run_id, _signal(event))
+
+
+def _stored_events(db: Database, types: set[str], trigger: EventIn) -> list[EventIn]:
+    same_subject = []
+    if trigger.order is not None:
+        same_subject.append(Event.order_id == trigger.order.id)
+    if trigger.customer is not None:
+        same_subject.append(Event.customer_id == trigger.customer.id)
+    if not same_subject:
+        return []
+    with db.session() as session:
+        payloads = session.scalars(
+            select(Event.payload)
+            .where(Event.type.in_(types), or_(*same_subject), Event.id != trigger.id,
+                   # Happened after the trigger, whenever it arrived: earlier ones belong to earlier runs.
+                   Event.occurred_at >= trigger.occurred_at)
+            .order_by(Event.occurred_at)
+        ).all()
+    return [EventIn.model_validate(p) for p in payloads]
+
+
 async def ingest(db: Database, client: Client, catalog: Catalog, event: EventIn, task_queue: str,
-                 time_scale: float = 1.0) -> Routed:
+                 delivery: tuple[str, str] | None = None, time_scale: float = 1.0) -> Routed:
     """Store, then route. The event is durable before any run hears of it."""
-    if not await asyncio.to_thread(store, db, event):
-        return Routed(duplicate=True)
-    return await route(client, catalog, event, task_queue, time_scale)
+    new = await asyncio.to_thread(store, db, event, delivery)
+    if new is False:
+        return Routed(event.id, duplicate=True)
+    return await route_stored(client, catalog, db, event, task_queue, duplicate=new is None, time_scale=time_scale)
+
+
+async def route_stored(client: Client, catalog: Catalog, db: Database, event: EventIn, task_queue: str,
+                       duplicate: bool = False, time_scale: float = 1.0) -> Routed:
+    """Route an event already stored, then mark it routed.
+
+    If routing fails (Temporal unreachable) the event stays stored and unrouted: the sender's
+    retry or the reconciler routes it later, and routing twice has no second effect.
+    """
+    routed = await route(client, catalog, db, event, task_queue, time_scale)
+    routed.duplicate = duplicate
+    await asyncio.to_thread(mark_routed, db, event.id, routed.runs)
+    return routed
+
+
+async def reconcile(db: Database, client: Client, catalog: Catalog, task_queue: str,
+                    older_than: timedelta = timedelta(seconds=10), limit: int = 200) -> int:
+    """Route events stored but never routed (Temporal was down when they came); forget old delivery ids."""
+    def pending() -> list[EventIn]:
+        with db.session() as session:
+            session.execute(delete(Delivery).where(Delivery.received_at < _now() - DELIVERY_RETENTION))
+            rows = session.scalars(
+                select(Event.payload).where(Event.routed_at.is_(None), Event.received_at < _now() - older_than)
+                .order_by(Event.occurred_at).limit(limit)
+            ).all()
+        return [EventIn.model_validate(p) for p in rows]
+
+    events = await asyncio.to_thread(pending)
+    for event in events:
+        await route_stored(client, catalog, db, event, task_queue)
+    return len(events)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from keepflow.durations import Duration
 
 
 class Settings(BaseSettings):
@@ -43,6 +46,26 @@ class Settings(BaseSettings):
     provider_timeout: float = Field(10.0, validation_alias="KEEPFLOW_PROVIDER_TIMEOUT")
 
     default_locale: str = Field("en", validation_alias="KEEPFLOW_DEFAULT_LOCALE")
+
+    # Webhooks in. KEEPFLOW_WEBHOOK_SECRET holds one or more `whsec_...` secrets (space or comma
+    # separated) so a rotation can accept the old and the new at once.
+    webhook_secret: str | None = Field(None, validation_alias="KEEPFLOW_WEBHOOK_SECRET")
+    shopify_secret: str | None = Field(None, validation_alias="SHOPIFY_WEBHOOK_SECRET")
+    shopify_previous_secret: str | None = Field(None, validation_alias="SHOPIFY_WEBHOOK_SECRET_PREVIOUS")
+    # Shopify signs no timestamp; refuse deliveries triggered longer ago than this. Shopify retries a
+    # failed delivery for up to 48 h with its original trigger time, so the bound must exceed that.
+    shopify_max_age: Duration = Field(timedelta(hours=50), validation_alias="KEEPFLOW_SHOPIFY_MAX_AGE")
+    http_host: str = Field("127.0.0.1", validation_alias="KEEPFLOW_HTTP_HOST")
+    http_port: int = Field(8000, validation_alias="KEEPFLOW_HTTP_PORT")
+    max_body_bytes: int = Field(1024 * 1024, validation_alias="KEEPFLOW_MAX_BODY_BYTES")
+
+    @property
+    def webhook_secrets(self) -> list[str]:
+        return (self.webhook_secret or "").replace(",", " ").split()
+
+    @property
+    def shopify_secrets(self) -> list[str]:
+        return [s for s in (self.shopify_secret, self.shopify_previous_secret) if s]
 
     @property
     def resolved_database_url(self) -> str:

@@ -37,9 +37,25 @@ class Event(Base):
     id: Mapped[str] = mapped_column(String(255), primary_key=True)
     type: Mapped[str] = mapped_column(String(128), index=True)
     customer_id: Mapped[str | None] = mapped_column(ForeignKey("customers.id"), index=True)
+    order_id: Mapped[str | None] = mapped_column(String(128), index=True)
     occurred_at: Mapped[datetime]
     received_at: Mapped[datetime] = mapped_column(server_default=func.now())
     payload: Mapped[dict[str, Any]]
+    # Set once the runs it concerns have been started or signalled; NULL means "route me"
+    # (the reconciler, or the sender's retry, does it). `runs` counts them: 0 = reached no sequence.
+    routed_at: Mapped[datetime | None] = mapped_column(index=True)
+    runs: Mapped[int | None]
+
+
+class Delivery(Base):
+    """A webhook delivery id we have accepted: a sender's retry of it changes nothing."""
+
+    __tablename__ = "deliveries"
+
+    source: Mapped[str] = mapped_column(String(32), primary_key=True)
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(255))
+    received_at: Mapped[datetime] = mapped_column(index=True)
 
 
 class Order(Base):

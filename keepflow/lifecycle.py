@@ -1,0 +1,42 @@
+"""Starting and stopping the long-running parts together: one stop for the worker and HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+import uvicorn
+from fastapi import FastAPI
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT (Ctrl-C) or SIGTERM: everything that runs watches it and winds down."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self):
+        # Signals belong to stop_on_signals(), so the worker and HTTP stop as one.
+        yield
+
+
+async def serve_http(app: FastAPI, host: str, port: int, stop: asyncio.Event) -> None:
+    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False))
+
+    async def stop_when_asked() -> None:
+        await stop.wait()
+        server.should_exit = True
+
+    watcher = asyncio.create_task(stop_when_asked())
+    try:
+        await server.serve()
+    finally:
+        watcher.cancel()
+    if not server.started:
+        raise RuntimeError(f"the HTTP server did not start on {host}:{port} (see the log above)")

@@ -1,0 +1,226 @@
+"""The HTTP side: signed events in, runs started and steered.
+
+    POST /events             Keepflow's own event JSON, signed the Standard Webhooks way
+    POST /webhooks/shopify   Shopify's webhooks, verified with X-Shopify-Hmac-Sha256
+    GET  /healthz            200 when the database and Temporal answer, else 503
+    GET  /docs               OpenAPI
+
+Every accepted event is stored before it is routed, and the answer comes after it is stored.
+If Temporal cannot be reached the answer is 503 (the sender retries) and the event stays
+stored; the reconciler in this process routes it as soon as Temporal is back. Routing is
+idempotent, so the retry and the reconciler cannot route it twice in effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import text
+from temporalio.client import Client
+
+from keepflow import router
+from keepflow.events import EventIn
+from keepflow.loader import Catalog, load
+from keepflow.settings import Settings
+from keepflow.store import Database, upgrade
+from keepflow.temporal import connect
+from keepflow.webhooks import shopify, signing
+
+log = logging.getLogger("keepflow.webhooks")
+
+# How long one request may spend routing before it answers 503 and leaves it to the reconciler.
+ROUTE_TIMEOUT = 10.0
+RECONCILE_EVERY = 5.0
+
+
+class Accepted(BaseModel):
+    id: str
+    duplicate: bool
+    started: list[str]
+    signalled: list[str]
+
+
+class Ignored(BaseModel):
+    ignored: str
+
+
+@dataclass
+class Engine:
+    """What the endpoints share, made once in the app's lifespan."""
+
+    settings: Settings
+    catalog: Catalog
+    db: Database
+    client: Client | None
+    webhook_secrets: list[str]
+
+
+def create_app(settings: Settings, *, catalog: Catalog | None = None, db: Database | None = None,
+               client: Client | None = None, webhook_secrets: list[str] | None = None,
+               reconcile_every: float = RECONCILE_EVERY) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own_db = db is None
+        engine = Engine(
+            settings=settings,
+            # An invalid sequences file stops the server here, with every problem listed.
+            catalog=catalog or load(settings.sequences_path, settings.templates_dir),
+            db=db or _open_db(settings),
+            client=client,
+            webhook_secrets=webhook_secrets if webhook_secrets is not None else settings.webhook_secrets,
+        )
+        if not engine.webhook_secrets:
+            raise RuntimeError("set KEEPFLOW_WEBHOOK_SECRET (whsec_...) to accept signed events")
+        app.state.engine = engine
+        reconciler = asyncio.create_task(_reconcile_forever(engine, reconcile_every))
+        try:
+            yield
+        finally:
+            reconciler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reconciler
+            if own_db:
+                engine.db.dispose()
+
+    app = FastAPI(title="Keepflow", summary="Events in: start and steer customer sequences.", lifespan=lifespan)
+
+    @app.post("/events", status_code=202, response_model=Accepted,
+              responses={200: {"description": "already received"}, 401: {}, 413: {}, 422: {}, 503: {}})
+    async def post_event(request: Request) -> JSONResponse:
+        """Keepflow's own event JSON, signed with `webhook-id`, `webhook-timestamp`, `webhook-signature`."""
+        engine: Engine = request.app.state.engine
+        body = await _read_body(request, engine.settings.max_body_bytes)
+        if not signing.verify(body, request.headers, engine.webhook_secrets):
+            raise HTTPException(401, "bad or missing signature, or a timestamp more than 5 minutes off")
+        event = _parse(EventIn, body)
+        return await _ingest(engine, event, ("standard", request.headers["webhook-id"]))
+
+    @app.post("/webhooks/shopify", status_code=202, response_model=Accepted | Ignored,
+              responses={200: {"description": "already received, or a topic Keepflow does not use"}, 401: {}, 413: {}, 422: {}, 503: {}})
+    async def post_shopify(request: Request) -> JSONResponse:
+        """Shopify's webhooks (orders, fulfillments, fulfillment events, refunds, customers)."""
+        engine: Engine = request.app.state.engine
+        body = await _read_body(request, engine.settings.max_body_bytes)
+        if not shopify.verify_hmac(body, request.headers.get("x-shopify-hmac-sha256"), engine.settings.shopify_secrets):
+            raise HTTPException(401, "bad or missing X-Shopify-Hmac-Sha256")
+        try:
+            delivery = shopify.delivery_from_headers(request.headers)
+        except ValueError as err:
+            raise HTTPException(422, str(err)) from err
+        if delivery.triggered_at and datetime.now(timezone.utc) - delivery.triggered_at > engine.settings.shopify_max_age:
+            raise HTTPException(401, f"delivery triggered at {delivery.triggered_at.isoformat()} is too old to accept")
+        try:
+            payload = json.loads(body)
+            event = shopify.to_event(delivery, payload)
+        except (shopify.UnsupportedTopic, shopify.NotRelevant) as reason:
+            return JSONResponse({"ignored": str(reason) or delivery.topic}, status_code=200)
+        except (ValueError, ValidationError) as err:
+            raise _unprocessable(err) from err
+        return await _ingest(engine, event, ("shopify", delivery.webhook_id))
+
+    @app.get("/healthz")
+    async def healthz(request: Request) -> JSONResponse:
+        engine: Engine = request.app.state.engine
+        checks = {"database": await asyncio.to_thread(_db_ok, engine.db), "temporal": await _temporal_ok(engine)}
+        healthy = all(v == "ok" for v in checks.values())
+        return JSONResponse(checks, status_code=200 if healthy else 503)
+
+    return app
+
+
+def _open_db(settings: Settings) -> Database:
+    upgrade(settings.resolved_database_url)
+    return Database(settings.resolved_database_url)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"body larger than {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"body larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse(model: type[EventIn], body: bytes) -> EventIn:
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as err:
+        raise _unprocessable(err) from err
+
+
+def _unprocessable(err: Exception) -> RequestValidationError:
+    if isinstance(err, ValidationError):
+        return RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in err.errors(include_url=False)])
+    return RequestValidationError([{"type": "value_error", "loc": ("body",), "msg": str(err), "input": None}])
+
+
+async def _ingest(engine: Engine, event: EventIn, delivery: tuple[str, str]) -> JSONResponse:
+    new = await asyncio.to_thread(router.store, engine.db, event, delivery)
+    if new is False:
+        return JSONResponse(Accepted(id=event.id, duplicate=True, started=[], signalled=[]).model_dump(), status_code=200)
+    try:
+        if engine.client is None:
+            engine.client = await asyncio.wait_for(_connect(engine.settings), ROUTE_TIMEOUT)
+        routed = await asyncio.wait_for(
+            router.route_stored(engine.client, engine.catalog, engine.db, event, engine.settings.task_queue,
+                                duplicate=new is None),
+            ROUTE_TIMEOUT,
+        )
+    except Exception as err:
+        # Stored: never lost. The sender's retry or the reconciler routes it once Temporal is back.
+        log.warning("event %s stored, not yet routed: %s", event.id, err)
+        return JSONResponse({"detail": "stored; Temporal is unreachable, routing will follow"},
+                            status_code=503, headers={"Retry-After": "30"})
+    body = Accepted(id=routed.event_id, duplicate=routed.duplicate, started=routed.started, signalled=routed.signalled)
+    return JSONResponse(body.model_dump(), status_code=200 if routed.duplicate else 202)
+
+
+async def _connect(settings: Settings) -> Client:
+    return await connect(settings.temporal_address, settings.temporal_namespace)
+
+
+def _db_ok(db: Database) -> str:
+    try:
+        with db.session() as session:
+            session.execute(text("SELECT 1"))
+        return "ok"
+    except Exception as err:
+        return f"unreachable: {type(err).__name__}"
+
+
+async def _temporal_ok(engine: Engine) -> str:
+    try:
+        if engine.client is None:
+            engine.client = await asyncio.wait_for(_connect(engine.settings), 3)
+        await asyncio.wait_for(engine.client.service_client.check_health(), 3)
+        return "ok"
+    except Exception as err:
+        return f"unreachable: {type(err).__name__}"
+
+
+async def _reconcile_forever(engine: Engine, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        try:
+            if engine.client is None:
+                engine.client = await asyncio.wait_for(_connect(engine.settings), ROUTE_TIMEOUT)
+            routed = await router.reconcile(engine.db, engine.client, engine.catalog, engine.settings.task_queue)
+            if routed:
+                log.info("reconciler routed %d stored event(s)", routed)
+        except Exception as err:  # Temporal still away: try again next round
+            log.warning("reconciler: %s", err)

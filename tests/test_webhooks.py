@@ -1,0 +1,326 @@
+"""Events in over real HTTP: signatures, validation, dedupe, ordering, and Temporal outages."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from keepflow.devserver import free_port
+from keepflow.lifecycle import serve_http
+from keepflow.loader import load
+from keepflow.router import reconcile
+from keepflow.store import Event
+from keepflow.webhooks.app import create_app
+from keepflow.webhooks.signing import new_secret, sign
+from tests.conftest import ROOT, running_worker
+
+SECRET = new_secret()
+CATALOG = load(ROOT / "sequences.yaml")
+
+
+def event(event_type: str = "order.created", order_id: str | None = None, **extra) -> dict:
+    order_id = order_id or f"W{uuid.uuid4().hex[:6]}"
+    return {
+        "id": f"evt_{uuid.uuid4().hex}", "type": event_type,
+        "occurred_at": extra.pop("occurred_at", datetime.now(timezone.utc).isoformat()),
+        "customer": {"id": f"cust-{order_id}", "email": "ann@example.com", "phone": "+66812345678", "locale": "th"},
+        "order": {"id": order_id, "total": "1290.00", "currency": "THB",
+                  "items": [{"sku": "LENS-50", "title": "50mm f/1.8", "quantity": 1, "price": "1290.00"}]},
+        **extra,
+    }
+
+
+def signed(body: dict | bytes, secret: str = SECRET, **kwargs) -> tuple[bytes, dict[str, str]]:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return raw, {"content-type": "application/json", **sign(raw, secret, **kwargs)}
+
+
+@asynccontextmanager
+async def serving(env, settings, db, *, client="env", secrets=(SECRET,)) -> AsyncIterator[tuple[httpx.AsyncClient, object]]:
+    port = free_port()
+    app = create_app(settings, catalog=CATALOG, db=db, client=env.client if client == "env" else client,
+                     webhook_secrets=list(secrets), reconcile_every=3600)
+    stop = asyncio.Event()
+    server = asyncio.create_task(serve_http(app, "127.0.0.1", port, stop))
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+        for _ in range(100):
+            try:
+                await http.get("/docs")
+                break
+            except httpx.TransportError:
+                await asyncio.sleep(0.05)
+        try:
+            yield http, app
+        finally:
+            stop.set()
+            await server
+
+
+@pytest.fixture
+async def stack(env, settings, db):
+    async with running_worker(env, settings, db) as tq:
+        routed_settings = settings.model_copy(update={"task_queue": tq})
+        async with serving(env, routed_settings, db) as (http, app):
+            yield http
+
+
+def stored(db) -> int:
+    with db.session() as session:
+        return session.scalar(select(func.count()).select_from(Event))
+
+
+async def test_signed_event_starts_its_sequence(stack, env, db, fake):
+    body = event()
+    response = await stack.post("/events", content=(raw := signed(body))[0], headers=raw[1])
+    assert response.status_code == 202, response.text
+    run_id = f"fulfilment/{body['order']['id']}"
+    assert response.json() == {"id": body["id"], "duplicate": False, "started": [run_id], "signalled": []}
+    assert stored(db) == 1
+    for _ in range(100):
+        if fake.accepted("sendgrid"):
+            break
+        await asyncio.sleep(0.05)
+    assert fake.accepted("sendgrid")[0]["to"] == "ann@example.com"
+
+
+@pytest.mark.parametrize("tamper", ["body", "secret", "stale", "future", "missing"])
+async def test_bad_signatures_get_401_and_change_nothing(stack, env, db, tamper):
+    body = event()
+    raw, headers = signed(body)
+    if tamper == "body":
+        raw = raw.replace(b"1290.00", b"1.00")
+    elif tamper == "secret":
+        raw, headers = signed(body, secret=new_secret())
+    elif tamper == "stale":
+        raw, headers = signed(body, at=datetime.now(timezone.utc) - timedelta(minutes=6))
+    elif tamper == "future":
+        raw, headers = signed(body, at=datetime.now(timezone.utc) + timedelta(minutes=6))
+    else:
+        headers = {"content-type": "application/json"}
+    response = await stack.post("/events", content=raw, headers=headers)
+    assert response.status_code == 401
+    assert stored(db) == 0
+    with pytest.raises(Exception):
+        await env.client.get_workflow_handle(f"fulfilment/{body['order']['id']}").describe()
+
+
+async def test_any_matching_signature_passes_during_rotation(env, settings, db):
+    old, new = new_secret(), new_secret()
+    body = event()
+    raw, headers = signed(body, secret=old)
+    at = datetime.fromtimestamp(int(headers["webhook-timestamp"]), timezone.utc)
+    _, with_new = signed(raw, secret=new, message_id=headers["webhook-id"], at=at)
+    headers["webhook-signature"] = f"v1,AAAA {with_new['webhook-signature']}"
+    async with running_worker(env, settings, db) as tq:
+        async with serving(env, settings.model_copy(update={"task_queue": tq}), db, secrets=(new,)) as (http, _):
+            assert (await http.post("/events", content=raw, headers=headers)).status_code == 202
+        async with serving(env, settings.model_copy(update={"task_queue": tq}), db, secrets=(new, old)) as (http, _):
+            raw2, headers2 = signed(event(), secret=old)
+            assert (await http.post("/events", content=raw2, headers=headers2)).status_code == 202
+
+
+async def test_redelivery_and_a_hundred_copies_have_one_effect(stack, env, db):
+    body = event()
+    raw, headers = signed(body)
+    responses = await asyncio.gather(*(stack.post("/events", content=raw, headers=headers) for _ in range(100)))
+    assert all(r.status_code in (200, 202) for r in responses), {r.status_code for r in responses}
+    started = [r.json()["started"] for r in responses if r.json()["started"]]
+    assert started == [[f"fulfilment/{body['order']['id']}"]]
+    # The same event under a new delivery id (a sender re-sending it) is still one event.
+    raw2, headers2 = signed(body)
+    again = await stack.post("/events", content=raw2, headers=headers2)
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    assert stored(db) == 1
+
+
+async def test_invalid_body_is_422_naming_each_field(stack, db):
+    body = event()
+    body["occurred_at"] = "yesterday"
+    body["customer"]["id"] = ""
+    del body["type"]
+    raw, headers = signed(body)
+    response = await stack.post("/events", content=raw, headers=headers)
+    assert response.status_code == 422
+    locs = {tuple(d["loc"]) for d in response.json()["detail"]}
+    assert {("body", "type"), ("body", "occurred_at"), ("body", "customer", "id")} <= locs
+    assert stored(db) == 0
+
+
+async def test_oversized_body_is_413(stack, db):
+    body = event(data={"padding": "x" * (1024 * 1024)})
+    raw, headers = signed(body)
+    response = await stack.post("/events", content=raw, headers=headers)
+    assert response.status_code == 413
+    assert stored(db) == 0
+
+
+async def test_unknown_event_type_is_stored_and_starts_nothing(stack, db):
+    raw, headers = signed(event("cart.abandoned"))
+    response = await stack.post("/events", content=raw, headers=headers)
+    assert response.status_code == 202 and response.json()["started"] == [] == response.json()["signalled"]
+    with db.session() as session:
+        [row] = session.scalars(select(Event)).all()
+        assert row.type == "cart.abandoned" and row.routed_at is not None and row.runs == 0
+
+
+async def test_shipped_before_created_still_reaches_the_run(stack, env, db):
+    order_id = f"O{uuid.uuid4().hex[:6]}"
+    now = datetime.now(timezone.utc)
+    created = event("order.created", order_id, occurred_at=now.isoformat())
+    shipped = event("order.shipped", order_id, occurred_at=(now + timedelta(hours=20)).isoformat(),
+                    data={"tracking_number": "TH123"})
+    for body in (shipped, created):  # the store's webhooks arrive in the wrong order
+        raw, headers = signed(body)
+        assert (await stack.post("/events", content=raw, headers=headers)).status_code == 202
+    handle = env.client.get_workflow_handle(f"fulfilment/{order_id}")
+    for _ in range(100):
+        status = await handle.query("status")
+        if len(status["steps_done"]) >= 4:
+            break
+        await asyncio.sleep(0.05)
+    outcomes = [s["outcome"] for s in status["steps_done"]]
+    assert outcomes[:4] == ["sent", "received order.shipped", "sent", "sent"]
+
+
+async def test_temporal_unreachable_loses_nothing(env, settings, db, fake):
+    dead = settings.model_copy(update={"temporal_address": f"127.0.0.1:{free_port()}"})
+    body = event()
+    raw, headers = signed(body)
+    async with running_worker(env, settings, db) as tq:
+        dead = dead.model_copy(update={"task_queue": tq})
+        async with serving(env, dead, db, client=None) as (http, app):
+            response = await http.post("/events", content=raw, headers=headers)
+            assert response.status_code == 503 and response.headers["retry-after"] == "30"
+            assert (await http.get("/healthz")).status_code == 503
+            with db.session() as session:
+                assert session.get(Event, body["id"]).routed_at is None
+            # Temporal is back: the reconciler routes what was stored, exactly once.
+            app.state.engine.client = env.client
+            assert await reconcile(db, env.client, CATALOG, tq, older_than=timedelta(0)) == 1
+            assert await reconcile(db, env.client, CATALOG, tq, older_than=timedelta(0)) == 0
+            # The sender's own retry of the same delivery now changes nothing.
+            again = await http.post("/events", content=raw, headers=headers)
+            assert again.status_code == 200 and again.json()["duplicate"] is True
+            assert (await http.get("/healthz")).json() == {"database": "ok", "temporal": "ok"}
+            run = await env.client.get_workflow_handle(f"fulfilment/{body['order']['id']}").describe()
+            assert run.id == f"fulfilment/{body['order']['id']}"
+
+
+async def test_healthz(stack):
+    response = await stack.get("/healthz")
+    assert response.status_code == 200 and response.json() == {"database": "ok", "temporal": "ok"}
+
+
+# -- Shopify -----------------------------------------------------------------------------------
+
+SHOPIFY_SECRET = "shpss_test_secret"
+FIXTURES = ROOT / "tests" / "fixtures" / "shopify"
+
+
+def shopify_request(topic: str, fixture: str, secret: str = SHOPIFY_SECRET, triggered_at: datetime | None = None,
+                    webhook_id: str | None = None) -> tuple[bytes, dict[str, str]]:
+    import base64
+    import hashlib
+    import hmac
+
+    raw = (FIXTURES / f"{fixture}.json").read_bytes()
+    digest = base64.b64encode(hmac.new(secret.encode(), raw, hashlib.sha256).digest()).decode()
+    return raw, {
+        "content-type": "application/json", "X-Shopify-Topic": topic, "X-Shopify-Hmac-Sha256": digest,
+        "X-Shopify-Webhook-Id": webhook_id or str(uuid.uuid4()), "X-Shopify-Event-Id": str(uuid.uuid4()),
+        "X-Shopify-Triggered-At": (triggered_at or datetime.now(timezone.utc)).isoformat(),
+        "X-Shopify-Shop-Domain": "lumen-camera.myshopify.com", "X-Shopify-API-Version": "2026-07",
+    }
+
+
+@pytest.fixture
+async def shop(env, settings, db):
+    async with running_worker(env, settings, db) as tq:
+        shop_settings = settings.model_copy(update={"task_queue": tq, "shopify_secret": SHOPIFY_SECRET})
+        async with serving(env, shop_settings, db) as (http, _):
+            yield http
+
+
+async def test_shopify_order_fulfilment_and_delivery_steer_one_run(shop, env, db):
+    plays = [("orders/create", "orders_create"), ("fulfillments/create", "fulfillments_create"),
+             ("fulfillment_events/create", "fulfillment_events_create")]
+    answers = []
+    for topic, fixture in plays:
+        raw, headers = shopify_request(topic, fixture)
+        response = await shop.post("/webhooks/shopify", content=raw, headers=headers)
+        assert response.status_code == 202, response.text
+        answers.append(response.json())
+    run_id = "fulfilment/820982911946154508"
+    assert answers[0]["started"] == [run_id]
+    assert answers[1]["signalled"] == [run_id] and answers[2]["signalled"] == [run_id]
+    handle = env.client.get_workflow_handle(run_id)
+    for _ in range(100):
+        status = await handle.query("status")
+        if "received order.delivered" in [s["outcome"] for s in status["steps_done"]]:
+            break
+        await asyncio.sleep(0.05)
+    assert status["events_received"] == ["order.shipped", "order.delivered"]
+
+
+@pytest.mark.parametrize("problem", ["hmac", "stale"])
+async def test_shopify_refuses_forged_or_stale_deliveries(shop, db, problem):
+    if problem == "hmac":
+        raw, headers = shopify_request("orders/create", "orders_create", secret="not-the-secret")
+    else:
+        raw, headers = shopify_request("orders/create", "orders_create",
+                                       triggered_at=datetime.now(timezone.utc) - timedelta(days=3))
+    response = await shop.post("/webhooks/shopify", content=raw, headers=headers)
+    assert response.status_code == 401
+    assert stored(db) == 0
+
+
+async def test_shopify_redelivery_is_one_event(shop, db):
+    raw, headers = shopify_request("orders/create", "orders_create")
+    first = await shop.post("/webhooks/shopify", content=raw, headers=headers)
+    again = await shop.post("/webhooks/shopify", content=raw, headers=headers)
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert again.json()["duplicate"] is True and stored(db) == 1
+
+
+async def test_shopify_topic_keepflow_does_not_use_is_acknowledged(shop, db):
+    raw, headers = shopify_request("fulfillment_events/create", "fulfillment_events_create_in_transit")
+    response = await shop.post("/webhooks/shopify", content=raw, headers=headers)
+    assert response.status_code == 200 and "ignored" in response.json()
+    assert stored(db) == 0
+
+
+def test_events_command_lists_what_reached_no_sequence(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from keepflow import router
+    from keepflow.cli import app
+    from keepflow.events import EventIn
+    from keepflow.settings import get_settings
+    from keepflow.store import Database, upgrade
+
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    upgrade(url)
+    db = Database(url)
+    for body, runs in ((event("cart.abandoned"), 0), (event("order.created"), 1)):
+        parsed = EventIn.model_validate(body)
+        router.store(db, parsed)
+        router.mark_routed(db, parsed.id, runs)
+    pending = EventIn.model_validate(event("order.delivered"))
+    router.store(db, pending)  # stored while Temporal was away
+    monkeypatch.setenv("DATABASE_URL", url)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["events", "--unrouted"], env={"COLUMNS": "200"})
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert "cart.abandoned" in result.output and "not yet routed" in result.output
+    assert "order.created" not in result.output
