@@ -52,7 +52,7 @@ def build_worker(client: Client, settings: Settings, db: Database, send_deps: Se
         task_queue=task_queue or settings.task_queue,
         workflows=[SequenceWorkflow],
         workflow_runner=SANDBOX,
-        activities=[MessageSender(send_deps).send_message, SequenceStarter(client).start_sequence, *registered],
+        activities=[MessageSender(send_deps).send_message, SequenceStarter(client, db).start_sequence, *registered],
         activity_executor=ThreadPoolExecutor(ACTIVITY_THREADS, thread_name_prefix="keepflow-activity"),
         max_concurrent_activities=ACTIVITY_THREADS,
         # Longer than a send may take, so a rolling restart lets in-flight sends finish.

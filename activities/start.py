@@ -7,17 +7,22 @@ other run, and never holds its starter open.
 
 from __future__ import annotations
 
+import asyncio
+
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from keepflow.contracts import RunInput
+from keepflow.router import record_run
+from keepflow.store import Database
 
 
 class SequenceStarter:
-    def __init__(self, client: Client):
+    def __init__(self, client: Client, db: Database):
         self.client = client
+        self.db = db
 
     @activity.defn(name="start_sequence")
     async def start_sequence(self, run: RunInput) -> str:
@@ -31,4 +36,5 @@ class SequenceStarter:
             )
         except WorkflowAlreadyStartedError:
             return f"already started {workflow_id}"
+        await asyncio.to_thread(record_run, self.db, workflow_id, run.context)
         return f"started {workflow_id}"

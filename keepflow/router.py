@@ -31,7 +31,7 @@ from keepflow.contracts import EventSignal, RunInput
 from keepflow.dsl import Sequence
 from keepflow.events import EventIn, utc
 from keepflow.loader import Catalog
-from keepflow.store import Customer, Database, Delivery, Event, Order
+from keepflow.store import Customer, Database, Delivery, Event, Order, Run
 
 log = logging.getLogger("keepflow.router")
 
@@ -120,6 +120,16 @@ def _upsert_customer(session: Session, event: EventIn) -> None:
         customer.last_seen_at = seen
 
 
+def record_run(db: Database, run_id: str, context: dict[str, Any]) -> None:
+    """Note a run's start for reports and cool-downs (a later run under the same id replaces it)."""
+    with db.session() as session:
+        session.merge(Run(
+            id=run_id, sequence_id=run_id.split("/", 1)[0], customer_id=(context.get("customer") or {}).get("id"),
+            started_at=_now(), trigger_event_id=(context.get("event") or {}).get("id"),
+            converted_at=None, converted_event_id=None,
+        ))
+
+
 def mark_routed(db: Database, event_id: str, runs: int) -> None:
     with db.session() as session:
         session.execute(update(Event).where(Event.id == event_id).values(routed_at=_now(), runs=runs))
@@ -167,6 +177,7 @@ async def route(client: Client, catalog: Catalog, db: Database, event: EventIn, 
         except WorkflowAlreadyStartedError:
             continue
         routed.started.append(run_id)
+        await asyncio.to_thread(record_run, db, run_id, context)
         await _catch_up(client, db, sequence, run_id, event)
     return routed
 

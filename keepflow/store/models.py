@@ -100,6 +100,23 @@ class Message(Base):
     sent_at: Mapped[datetime | None]
 
 
+class Run(Base):
+    """One run of one sequence: written when it starts, and when it reaches its goal."""
+
+    __tablename__ = "runs"
+    __table_args__ = (Index("ix_runs_sequence_customer_started", "sequence_id", "customer_id", "started_at"),)
+
+    # The workflow id, `<sequence>/<key>`. A sequence that may run again for the same key after
+    # its cool-down (win-back) reuses the id, so the row is replaced by the newer run.
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    sequence_id: Mapped[str] = mapped_column(String(128))
+    customer_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    started_at: Mapped[datetime]
+    trigger_event_id: Mapped[str | None] = mapped_column(String(255))
+    converted_at: Mapped[datetime | None]
+    converted_event_id: Mapped[str | None] = mapped_column(String(255))
+
+
 class Coupon(Base):
     __tablename__ = "coupons"
 
