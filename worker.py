@@ -16,15 +16,18 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.registry import discover, to_temporal
+from activities.inactivity import InactivityScanner
 from activities.send import MessageSender, SendDeps
 from activities.start import SequenceStarter
 from keepflow.lifecycle import stop_on_signals
-from keepflow.loader import load
+from keepflow.loader import Catalog, load
 from keepflow.providers import email_provider, sms_provider
 from keepflow.rendering import Renderer
+from keepflow.schedules import sync_schedules
 from keepflow.settings import Settings, get_settings
 from keepflow.store import Database, upgrade
 from keepflow.temporal import connect
+from workflows.inactivity import InactivityScan
 from workflows.sequence import SEND_TIMEOUT, SequenceWorkflow
 
 log = logging.getLogger("keepflow.worker")
@@ -40,19 +43,25 @@ SANDBOX = SandboxedWorkflowRunner(
 
 
 def build_worker(client: Client, settings: Settings, db: Database, send_deps: SendDeps | None = None,
-                 task_queue: str | None = None) -> Worker:
+                 task_queue: str | None = None, catalog: Catalog | None = None) -> Worker:
     send_deps = send_deps or SendDeps(
         settings=settings, db=db,
         renderer=Renderer(settings.resolved_templates_dir, settings.default_locale),
         email=email_provider(settings), sms=sms_provider(settings),
     )
+    catalog = catalog or load(settings.sequences_path, settings.templates_dir)
     registered = [to_temporal(r, settings, db) for r in discover().values()]
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
-        workflows=[SequenceWorkflow],
+        workflows=[SequenceWorkflow, InactivityScan],
         workflow_runner=SANDBOX,
-        activities=[MessageSender(send_deps).send_message, SequenceStarter(client, db).start_sequence, *registered],
+        activities=[
+            MessageSender(send_deps).send_message,
+            SequenceStarter(client, db).start_sequence,
+            InactivityScanner(client, db, catalog).scan_inactive_page,
+            *registered,
+        ],
         activity_executor=ThreadPoolExecutor(ACTIVITY_THREADS, thread_name_prefix="keepflow-activity"),
         max_concurrent_activities=ACTIVITY_THREADS,
         # Longer than a send may take, so a rolling restart lets in-flight sends finish.
@@ -62,12 +71,13 @@ def build_worker(client: Client, settings: Settings, db: Database, send_deps: Se
 
 async def run_worker(settings: Settings, address: str | None = None, stop: asyncio.Event | None = None) -> None:
     """Validate the sequences, migrate the database, and serve until `stop` is set (or SIGINT/SIGTERM)."""
-    load(settings.sequences_path, settings.templates_dir)  # refuse to run on an invalid file
+    catalog = load(settings.sequences_path, settings.templates_dir)  # refuse to run on an invalid file
     upgrade(settings.resolved_database_url)
     db = Database(settings.resolved_database_url)
     client = await connect(address or settings.temporal_address, settings.temporal_namespace)
     stop = stop or stop_on_signals()
-    worker = build_worker(client, settings, db)
+    log.info(await sync_schedules(client, settings, catalog))
+    worker = build_worker(client, settings, db, catalog=catalog)
     log.info("worker listening on task queue %r", worker.task_queue)
     try:
         async with worker:

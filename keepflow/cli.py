@@ -170,5 +170,76 @@ def db_upgrade() -> None:
     print(f"schema up to date: {settings.resolved_database_url}")
 
 
+@app.command()
+def report(
+    since: Annotated[str, typer.Option(help="how far back: a duration (30d, 12h) or an ISO date")] = "30d",
+    sequence: Annotated[Optional[str], typer.Option("--sequence", help="only this sequence")] = None,
+    window: Annotated[str, typer.Option(help="an order counts for the last message sent this long before it")] = "5d",
+    format: Annotated[str, typer.Option("--format", help="text (tables) or json")] = "text",
+) -> None:
+    """Per sequence and step: entered, sent, skipped (why), delivered, opened, clicked, converted, revenue; KPIs."""
+    from keepflow.durations import parse_duration
+    from keepflow.report import build_report, parse_since, print_report
+    from keepflow.store import Database, upgrade
+
+    if format not in ("text", "json"):
+        raise typer.BadParameter("choose text or json", param_hint="--format")
+    try:
+        start = parse_since(since)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--since") from None
+    try:
+        attribution_window = parse_duration(window)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--window") from None
+    settings = get_settings()
+    upgrade(settings.resolved_database_url)
+    db = Database(settings.resolved_database_url)
+    try:
+        result = build_report(db, start, sequence_id=sequence, window=attribution_window)
+    finally:
+        db.dispose()
+    if format == "json":
+        print(result.model_dump_json(indent=2))
+    else:
+        print_report(result)
+
+
+@app.command()
+def segments(
+    refresh: Annotated[bool, typer.Option("--refresh", help="recompute every customer's scores first (as of now, UTC)")] = False,
+) -> None:
+    """Print the RFM segments of the whole base: customers and revenue per segment, with their shares."""
+    from datetime import datetime, timezone
+
+    from rich.console import Console
+    from rich.table import Column, Table
+
+    from keepflow import rfm
+    from keepflow.store import Database, upgrade
+
+    settings = get_settings()
+    upgrade(settings.resolved_database_url)
+    db = Database(settings.resolved_database_url)
+    try:
+        if refresh:
+            rfm.refresh_all(db, datetime.now(timezone.utc))
+        rows = rfm.segment_table(db)
+        refreshed = rfm.last_refresh(db)
+    finally:
+        db.dispose()
+    caption = (f"scored {refreshed:%Y-%m-%d %H:%M} UTC; --refresh recomputes" if refreshed
+               else "no scores yet: run `keepflow segments --refresh`")
+    right = {"justify": "right"}
+    table = Table("segment", Column("customers", **right), Column("% customers", **right), Column("revenue", **right),
+                  Column("% revenue", **right), caption=caption)
+    for row in rows:
+        table.add_row(row.segment, f"{row.customers:,}", f"{row.share_of_customers:.1%}",
+                      f"{row.revenue:,.2f}", f"{row.share_of_revenue:.1%}")
+    table.add_section()
+    table.add_row("total", f"{sum(r.customers for r in rows):,}", "", f"{sum(r.revenue for r in rows):,.2f}", "")
+    Console().print(table)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

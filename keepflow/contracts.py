@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -67,3 +68,45 @@ class RunStatus(BaseModel):
     steps_done: list[StepRecord]
     events_received: list[str]
     exit_reason: str | None
+
+
+class ScanCursor(BaseModel):
+    """Where a page of the inactivity scan ended: customers are walked by (last_seen_at, id)."""
+
+    last_seen_at: datetime
+    customer_id: str
+
+
+class ScanTotals(BaseModel):
+    scanned: int = 0
+    started: int = 0
+    skipped: dict[str, int] = Field(default_factory=dict)
+
+    def plus(self, page: ScanPageResult) -> ScanTotals:
+        skipped = dict(self.skipped)
+        for reason, count in page.skipped.items():
+            skipped[reason] = skipped.get(reason, 0) + count
+        return ScanTotals(scanned=self.scanned + page.scanned, started=self.started + page.started, skipped=skipped)
+
+
+class ScanInput(BaseModel):
+    # None: the time the scan starts (its workflow time). Kept across continue-as-new.
+    as_of: datetime | None = None
+    after: ScanCursor | None = None
+    page_size: int = Field(500, gt=0, le=10_000)
+    totals: ScanTotals = Field(default_factory=ScanTotals)
+
+
+class ScanPage(BaseModel):
+    as_of: datetime
+    after: ScanCursor | None
+    limit: int
+
+
+class ScanPageResult(BaseModel):
+    scanned: int
+    started: int
+    skipped: dict[str, int]
+    next: ScanCursor | None
+
+ScanTotals.model_rebuild()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, field_validator
@@ -130,15 +131,38 @@ _KIND_BY_CLASS = {
 }
 
 
+class InactivityTrigger(_Model):
+    """Start a run for each customer with no activity for `inactive_for` (the inactivity scan)."""
+
+    inactive_for: Duration
+    # Optional filters on the customer's RFM scores (`keepflow segments` lists the names).
+    segment: list[str] | None = None
+    level: list[str] | None = None
+
+
+EventType = Annotated[str, Field(pattern=_EVENT_TYPE)]
+
+# A mapping is an inactivity trigger; anything else is read as an event type, so a mistake in
+# either is reported once, against what the marketer meant.
+Trigger = Annotated[
+    Union[Annotated[EventType, Tag("event")], Annotated[InactivityTrigger, Tag("inactive_for")]],
+    Discriminator(lambda v: "inactive_for" if isinstance(v, (dict, InactivityTrigger)) else "event"),
+]
+
+
 class Sequence(_Model):
     id: str = Field(pattern=_NAME)
     description: str | None = None
     category: Category
-    # The event type that starts a run; None for a sequence only ever started by another.
-    trigger: str | None = Field(None, pattern=_EVENT_TYPE)
+    # An event type, or {inactive_for: 60d}; None for a sequence only ever started by another.
+    trigger: Trigger | None = None
     # A Jinja2 expression over the run's context; one run per sequence and key value.
     key: str = "customer.id"
-    exit_on: list[Annotated[str, Field(pattern=_EVENT_TYPE)]] = Field(default_factory=list)
+    exit_on: list[EventType] = Field(default_factory=list)
+    # Events that mean the sequence worked (a purchase): the run ends as converted.
+    goal: list[EventType] = Field(default_factory=list)
+    # An inactivity-triggered sequence starts again for a customer only after this long.
+    cool_down: Duration = timedelta(days=90)
     steps: list[Step] = Field(min_length=1)
 
     def walk(self) -> Iterator[tuple[str, Step]]:
@@ -147,6 +171,17 @@ class Sequence(_Model):
 
     def events_awaited(self) -> set[str]:
         return {s.wait_for for _, s in self.walk() if isinstance(s, WaitForStep)}
+
+    def events_heard(self) -> set[str]:
+        """Every event type a run of this sequence must be told about."""
+        return self.events_awaited() | set(self.exit_on) | set(self.goal)
+
+    def channels(self) -> set[str]:
+        return {s.send for _, s in self.walk() if isinstance(s, SendStep)}
+
+    @property
+    def inactivity(self) -> InactivityTrigger | None:
+        return self.trigger if isinstance(self.trigger, InactivityTrigger) else None
 
 
 def step_path(prefix: str, index: int, step: Step) -> str:

@@ -96,8 +96,11 @@ class Catalog:
         return [s for s in self.file.sequences if s.trigger == event_type]
 
     def interested_in(self, event_type: str) -> list[Sequence]:
-        """Sequences whose runs `wait_for` or `exit_on` this event type."""
-        return [s for s in self.file.sequences if event_type in s.exit_on or event_type in s.events_awaited()]
+        """Sequences whose runs `wait_for`, `exit_on` or have as `goal` this event type."""
+        return [s for s in self.file.sequences if event_type in s.events_heard()]
+
+    def inactivity_sequences(self) -> list[Sequence]:
+        return [s for s in self.file.sequences if s.inactivity is not None]
 
 
 def default_templates_dir(path: Path) -> Path:
@@ -375,6 +378,8 @@ def _model_at(loc: tuple[Any, ...]) -> tuple[type[BaseModel] | None, str]:
         return Sequence, "a sequence"
     if len(loc) >= 2 and loc[-2] == "split" and isinstance(loc[-1], int):
         return Variant, "a split variant"
+    if len(loc) >= 2 and loc[-2:] == ("trigger", "inactive_for"):
+        return dsl.InactivityTrigger, "an inactivity trigger"
     return None, "this mapping"
 
 

@@ -68,6 +68,8 @@ def workflow_id(sequence: Sequence, context: dict[str, Any]) -> str | None:
 
 def store(db: Database, event: EventIn, delivery: tuple[str, str] | None = None) -> bool | None:
     """Record the event once. True: new. False: seen before and routed. None: seen, not yet routed."""
+    # SQLite keeps a timestamp's clock time and drops its offset: store UTC, always.
+    occurred_at = event.occurred_at.astimezone(timezone.utc)
     try:
         with db.session() as session:
             if delivery is not None:
@@ -84,11 +86,11 @@ def store(db: Database, event: EventIn, delivery: tuple[str, str] | None = None)
                 session.add(Order(
                     id=event.order.id, customer_id=event.customer.id if event.customer else None,
                     total=event.order.total or 0, currency=event.order.currency or "",
-                    items=[i.model_dump(mode="json") for i in event.order.items], created_at=event.occurred_at,
+                    items=[i.model_dump(mode="json") for i in event.order.items], created_at=occurred_at,
                 ))
             session.add(Event(
                 id=event.id, type=event.type, customer_id=event.customer.id if event.customer else None,
-                order_id=event.order.id if event.order else None, occurred_at=event.occurred_at,
+                order_id=event.order.id if event.order else None, occurred_at=occurred_at,
                 received_at=_now(), payload=event.model_dump(mode="json"),
             ))
         return True
@@ -120,14 +122,20 @@ def _upsert_customer(session: Session, event: EventIn) -> None:
         customer.last_seen_at = seen
 
 
-def record_run(db: Database, run_id: str, context: dict[str, Any]) -> None:
+def record_run(db: Database, run_id: str, context: dict[str, Any], started_at: datetime | None = None) -> None:
     """Note a run's start for reports and cool-downs (a later run under the same id replaces it)."""
     with db.session() as session:
         session.merge(Run(
             id=run_id, sequence_id=run_id.split("/", 1)[0], customer_id=(context.get("customer") or {}).get("id"),
-            started_at=_now(), trigger_event_id=(context.get("event") or {}).get("id"),
+            started_at=started_at or _now(), trigger_event_id=(context.get("event") or {}).get("id"),
             converted_at=None, converted_event_id=None,
         ))
+
+
+def mark_converted(db: Database, run_id: str, event: EventIn) -> None:
+    with db.session() as session:
+        session.execute(update(Run).where(Run.id == run_id, Run.converted_at.is_(None))
+                        .values(converted_at=event.occurred_at.astimezone(timezone.utc), converted_event_id=event.id))
 
 
 def mark_routed(db: Database, event_id: str, runs: int) -> None:
@@ -160,6 +168,8 @@ async def route(client: Client, catalog: Catalog, db: Database, event: EventIn, 
         run_id = workflow_id(sequence, context)
         if run_id and await _deliver(client, run_id, _signal(event)):
             routed.signalled.append(run_id)
+            if event.type in sequence.goal:
+                await asyncio.to_thread(mark_converted, db, run_id, event)
     for sequence in catalog.triggered_by(event.type):
         run_id = workflow_id(sequence, context)
         if run_id is None:
@@ -184,7 +194,7 @@ async def route(client: Client, catalog: Catalog, db: Database, event: EventIn, 
 
 async def _catch_up(client: Client, db: Database, sequence: Sequence, run_id: str, trigger: EventIn) -> None:
     """Deliver to a new run the stored events for it that arrived before it existed."""
-    wanted = set(sequence.exit_on) | sequence.events_awaited()
+    wanted = sequence.events_heard()
     if not wanted:
         return
     earlier = await asyncio.to_thread(_stored_events, db, wanted, trigger)
@@ -206,7 +216,7 @@ def _stored_events(db: Database, types: set[str], trigger: EventIn) -> list[Even
             select(Event.payload)
             .where(Event.type.in_(types), or_(*same_subject), Event.id != trigger.id,
                    # Happened after the trigger, whenever it arrived: earlier ones belong to earlier runs.
-                   Event.occurred_at >= trigger.occurred_at)
+                   Event.occurred_at >= trigger.occurred_at.astimezone(timezone.utc))
             .order_by(Event.occurred_at)
         ).all()
     return [EventIn.model_validate(p) for p in payloads]

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     provider_timeout: float = Field(10.0, validation_alias="KEEPFLOW_PROVIDER_TIMEOUT")
 
     default_locale: str = Field("en", validation_alias="KEEPFLOW_DEFAULT_LOCALE")
+    # How often the inactivity scan runs (a Temporal Schedule, synced when a worker starts).
+    scan_every: Duration = Field(timedelta(hours=1), validation_alias="KEEPFLOW_SCAN_EVERY")
 
     # Webhooks in. KEEPFLOW_WEBHOOK_SECRET holds one or more `whsec_...` secrets (space or comma
     # separated) so a rotation can accept the old and the new at once.

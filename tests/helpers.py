@@ -76,3 +76,15 @@ async def result_of(env, workflow_id: str) -> RunStatus:
     handle = env.client.get_workflow_handle(workflow_id, result_type=RunStatus)
     async with env.time_skipping_unlocked():
         return await handle.result()
+
+
+async def until_step(env, workflow_id: str, path: str, attempts: int = 200) -> None:
+    """Wait (in real time) until the run is at step `path`: its earlier activities are done."""
+    import asyncio
+
+    handle = env.client.get_workflow_handle(workflow_id)
+    for _ in range(attempts):
+        if (await handle.query("status", result_type=RunStatus)).current_step == path:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{workflow_id} never reached step {path}")

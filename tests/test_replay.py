@@ -23,8 +23,9 @@ from keepflow.events import EventIn
 from keepflow.loader import load
 from keepflow.router import ingest
 from tests.conftest import ROOT, running_worker
-from tests.helpers import result_of
+from tests.helpers import result_of, until_step
 from tests.test_journey import CHAIN, customer_in_offer_arm, play_journey
+from tests.test_winback import add_customer, scan
 from worker import SANDBOX
 from workflows.sequence import SequenceWorkflow
 
@@ -36,25 +37,23 @@ def replayer() -> Replayer:
 
 
 async def record_runs(env, settings, db) -> list[WorkflowHistory]:
-    """Run the journey and a win-back that the customer's order ends; return their histories."""
+    """Run the journey, and a win-back (started by the scan) that the customer's order converts."""
     order_id = f"R{uuid.uuid4().hex[:6]}"
     await play_journey(env, settings, db, order_id, customer_in_offer_arm())
     ids = [f"{s}/{order_id}" for s in CHAIN]
 
     catalog = load(ROOT / "sequences.yaml")
-    customer = {"id": f"cust-{order_id}", "email": "kit@example.com", "phone": "+886912345678",
-                "locale": "zh-TW", "consents": {"email": True, "sms": True}}
     async with running_worker(env, settings, db) as tq:
-        inactive = EventIn.model_validate({"id": f"inactive-{order_id}", "type": "customer.inactive",
-                                           "occurred_at": "2026-11-01T00:00:00+00:00", "customer": customer})
-        await ingest(db, env.client, catalog, inactive, tq)
+        customer_id = add_customer(db, await env.get_current_time() - timedelta(days=70))
+        await scan(env, tq)
+        await until_step(env, f"winback/{customer_id}", "3")
         await env.sleep(timedelta(days=5))
         ordered = EventIn.model_validate({
             "id": f"order-{order_id}", "type": "order.created", "occurred_at": "2026-11-06T00:00:00+00:00",
-            "customer": customer, "order": {"id": order_id, "total": "990", "currency": "TWD", "items": []}})
+            "customer": {"id": customer_id}, "order": {"id": order_id, "total": "990", "currency": "TWD", "items": []}})
         await ingest(db, env.client, catalog, ordered, tq)
-        await result_of(env, f"winback/{customer['id']}")
-    ids.append(f"winback/{customer['id']}")
+        await result_of(env, f"winback/{customer_id}")
+    ids.append(f"winback/{customer_id}")
     return [await env.client.get_workflow_handle(i).fetch_history() for i in ids]
 
 

@@ -75,7 +75,11 @@ class SequenceWorkflow:
         if any(e.id == signal.id for e in self.inbox):
             return  # a redelivered event changes nothing
         self.inbox.append(signal)
-        if signal.type in self.sequence.exit_on and self.exit_reason is None:
+        if self.exit_reason is not None:
+            return
+        if signal.type in self.sequence.goal:
+            self.exit_reason = f"converted: {signal.type}"
+        elif signal.type in self.sequence.exit_on:
             self.exit_reason = f"exit_on {signal.type}"
 
     @workflow.query

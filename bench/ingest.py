@@ -1,0 +1,749 @@
+"""Events in, under load: signed `order.created` events over loopback to the first email out.
+
+    python bench/ingest.py [--events N] [--concurrency C] [--timeout S] [--write-results]
+
+A load test script, not a timed test. In a throwaway folder it starts the real stack in this
+process — Temporal's dev server (headless, free port), the fake SendGrid/Twilio server from
+tests/fakes, the Keepflow worker with the real provider SDKs aimed at the fake, and the HTTP
+app on a free port with a fresh webhook secret. Then a second process (this file, `--client`)
+posts N distinct signed `order.created` events with C requests in flight and reports, per
+event, when it sent the request and what came back. This process waits (bounded) until the
+fake has accepted every order_confirmed email and matches them by recipient.
+
+Reported: accepted events/s (2xx answers / wall time of the posting phase), HTTP latency
+p50/p99, and request → first message at the fake p50/p99 (both clocks are time.time() on the
+same machine). For comparison, the same second process then makes N bare `start_workflow`
+calls of a no-op workflow defined here (its own worker and task queue, same server) and the
+ratio ingest / bare is printed. Where the time goes: each run's history split into stages, the
+CPU seconds of each process while posting, and timers wrapped at run time around the engine's
+own steps (`--no-breakdown` leaves those off; no file is changed).
+
+Everything listens on 127.0.0.1 only; every wait is bounded; everything started here is
+stopped and the folder removed, also on error or Ctrl-C. Exit code 0 when every event's email
+arrived, 1 if any was lost (or the run failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from temporalio import workflow
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # worker.py and tests/fakes live at the repository root
+    sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "bench" / "RESULTS.md"
+SECTION = "## Events in (bench/ingest.py)"
+NOOP_WORKFLOW = "bench-noop"
+CLIENT_TIMEOUT = 30.0  # seconds one HTTP request or one start_workflow call may take
+
+# -- figures -----------------------------------------------------------------------------------
+
+def percentile(values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile (p in 0..100); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
+
+
+# -- the second process: posting events, starting bare workflows ------------------------------
+
+def order_id(i: int, tag: str) -> str:
+    return f"B{tag}-{i:05d}"
+
+
+def order_created(i: int, tag: str) -> dict[str, Any]:
+    order = order_id(i, tag)
+    return {
+        "id": f"evt_bench_{tag}_{i}", "type": "order.created",
+        "occurred_at": datetime.now(timezone.utc).isoformat(),
+        "customer": {"id": f"cust-{order}", "email": f"c{i}@example.com", "phone": "+66812345678",
+                     "first_name": "Nok", "locale": "en", "timezone": "Asia/Bangkok",
+                     "consents": {"email": True, "sms": True}},
+        "order": {"id": order, "number": f"#{order}", "currency": "THB", "total": "25900.00", "items": [
+            {"sku": "DSLR-200", "title": "Lumen D200 DSLR camera", "quantity": 1, "price": "24900.00"},
+            {"sku": "SD-64", "title": "64 GB SD card", "quantity": 1, "price": "1000.00"}]},
+    }
+
+
+async def post_events(url: str, secret: str, events: int, concurrency: int, tag: str) -> dict[str, Any]:
+    import httpx
+
+    from keepflow.webhooks.signing import sign
+
+    bodies = [json.dumps(order_created(i, tag)).encode() for i in range(events)]
+    results: list[dict[str, Any]] = [{} for _ in range(events)]
+    gate = asyncio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async with httpx.AsyncClient(base_url=url, timeout=CLIENT_TIMEOUT, limits=limits) as http:
+        async def one(i: int) -> None:
+            async with gate:
+                headers = {"content-type": "application/json", **sign(bodies[i], secret)}
+                sent = time.time()
+                try:
+                    response = await http.post("/events", content=bodies[i], headers=headers)
+                    status, error = response.status_code, None
+                except httpx.HTTPError as err:
+                    status, error = None, f"{type(err).__name__}: {err}"
+                results[i] = {"i": i, "email": f"c{i}@example.com", "sent": sent, "done": time.time(),
+                              "status": status, "error": error}
+
+        started = time.time()
+        await asyncio.gather(*(one(i) for i in range(events)))
+        finished = time.time()
+    return {"started": started, "finished": finished, "results": results}
+
+
+async def start_bare(address: str, task_queue: str, count: int, concurrency: int, tag: str) -> dict[str, Any]:
+    from keepflow.temporal import connect
+
+    client = await connect(address)
+    gate = asyncio.Semaphore(concurrency)
+    results: list[dict[str, Any]] = [{} for _ in range(count)]
+
+    async def one(i: int) -> None:
+        async with gate:
+            sent = time.time()
+            try:
+                await asyncio.wait_for(client.start_workflow(NOOP_WORKFLOW, id=f"bench-noop/{tag}/{i}",
+                                                             task_queue=task_queue), CLIENT_TIMEOUT)
+                ok, error = True, None
+            except Exception as err:  # noqa: BLE001 - counted and reported, not raised
+                ok, error = False, f"{type(err).__name__}: {err}"
+            results[i] = {"sent": sent, "done": time.time(), "ok": ok, "error": error}
+
+    started = time.time()
+    await asyncio.gather(*(one(i) for i in range(count)))
+    return {"started": started, "finished": time.time(), "results": results}
+
+
+def client_main() -> int:
+    """`--client`: read a job line from stdin, get ready, answer `ready`, wait for `go`, run, print the results.
+
+    The handshake keeps interpreter start-up and imports out of the measured window, so the CPU
+    figures of all three processes cover the same seconds.
+    """
+    import httpx  # noqa: F401 - imported before `ready`, not inside the measured window
+
+    from keepflow.temporal import connect  # noqa: F401
+    from keepflow.webhooks.signing import sign  # noqa: F401
+
+    job = json.loads(sys.stdin.readline())
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    if sys.stdin.readline().strip() != "go":
+        return 2
+    cpu = sum(os.times()[:2])
+    if job["kind"] == "events":
+        out = asyncio.run(post_events(job["url"], job["secret"], job["count"], job["concurrency"], job["tag"]))
+    else:
+        out = asyncio.run(start_bare(job["address"], job["task_queue"], job["count"], job["concurrency"], job["tag"]))
+    out["cpu_seconds"] = sum(os.times()[:2]) - cpu
+    sys.stdout.write(json.dumps(out) + "\n")
+    return 0
+
+
+# -- this process: the stack ------------------------------------------------------------------
+
+@workflow.defn(name=NOOP_WORKFLOW, sandboxed=False)
+class NoopWorkflow:
+    """The baseline: a workflow that does nothing, so a start costs only Temporal's own work."""
+
+    @workflow.run
+    async def run(self) -> None:
+        return None
+
+
+def _recording_fake():
+    """FakeProviders that also notes, per recipient, when each accepted email arrived (time.time())."""
+    from tests.fakes.provider_server import FakeProviders
+
+    class RecordingFake(FakeProviders):
+        def __init__(self) -> None:
+            super().__init__()
+            self.arrivals: dict[str, list[tuple[float, str | None]]] = {}
+            self._arrivals_lock = threading.Lock()
+
+        def _sendgrid(self, h, path, body):  # the fake's own handler, then a note of the arrival
+            arrived = time.time()
+            reply = super()._sendgrid(h, path, body)
+            if reply.status == 202 and isinstance(body, dict):
+                to = body["personalizations"][0]["to"][0]["email"]
+                with self._arrivals_lock:
+                    self.arrivals.setdefault(to, []).append((arrived, body.get("subject")))
+            return reply
+
+        def first_arrival(self, recipient: str) -> float | None:
+            with self._arrivals_lock:
+                times = self.arrivals.get(recipient)
+                return min(t for t, _ in times) if times else None
+
+        def arrived_count(self, recipients: set[str]) -> int:
+            with self._arrivals_lock:
+                return sum(1 for r in recipients if r in self.arrivals)
+
+    return RecordingFake()
+
+
+def _proc_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a process (Linux /proc), or None where that is not available."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _tree_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds of a process and its direct children (the dev server runs as one child process)."""
+    total = _proc_cpu_seconds(pid)
+    if total is None:
+        return None
+    with contextlib.suppress(OSError):
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            total += _proc_cpu_seconds(int(child)) or 0.0
+    return total
+
+
+# What --no-breakdown leaves out: timers around the engine's own steps, put on at run time in this
+# process only (no file changes). Each is (module, object name or None, attribute, label).
+TIMED = (
+    ("keepflow.webhooks.app", None, "_ingest", "POST /events after verify+parse (store + route + answer)"),
+    ("keepflow.router", None, "store", "router.store (SQLite: delivery, customer, order, event)"),
+    ("keepflow.router", None, "route", "router.route (signals + start + catch-up)"),
+    ("keepflow.router", None, "_deliver", "router._deliver (signal a run; NOT_FOUND if none)"),
+    ("temporalio.client", "Client", "start_workflow", "Client.start_workflow (in route)"),
+    ("keepflow.router", None, "record_run", "router.record_run (SQLite)"),
+    ("keepflow.router", None, "_catch_up", "router._catch_up (query stored events, signal)"),
+    ("keepflow.router", None, "mark_routed", "router.mark_routed (SQLite)"),
+    ("activities.send", "MessageSender", "_claim", "send_message: claim row (SQLite)"),
+    ("keepflow.rendering", "Renderer", "render", "send_message: render template"),
+    ("activities.send", "MessageSender", "_mark_sending", "send_message: mark sending (SQLite)"),
+    ("keepflow.providers.sendgrid", "SendGridEmail", "send_email", "send_message: SendGrid call to the fake"),
+    ("activities.send", "MessageSender", "_finish", "send_message: finish row (SQLite)"),
+)
+
+
+@contextlib.contextmanager
+def instrument(enabled: bool):
+    """Time the engine steps in TIMED, and how long `asyncio.to_thread` work waits for a thread.
+
+    Yields {label: [seconds, ...]}. Steps the engine no longer has are skipped; everything is put
+    back on exit.
+    """
+    import functools
+    import importlib
+
+    timings: dict[str, list[float]] = {}
+    lock = threading.Lock()
+    undo: list[tuple[Any, str, Any]] = []
+
+    def note(label: str, seconds: float) -> None:
+        with lock:
+            timings.setdefault(label, []).append(seconds)
+
+    def timed(fn, label: str):
+        if asyncio.iscoroutinefunction(fn):
+            @functools.wraps(fn)
+            async def wrapper(*args, **kwargs):
+                start = time.perf_counter()
+                try:
+                    return await fn(*args, **kwargs)
+                finally:
+                    note(label, time.perf_counter() - start)
+        else:
+            @functools.wraps(fn)
+            def wrapper(*args, **kwargs):
+                start = time.perf_counter()
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    note(label, time.perf_counter() - start)
+        return wrapper
+
+    if enabled:
+        for module_name, owner_name, attr, label in TIMED:
+            try:
+                owner = importlib.import_module(module_name)
+                owner = getattr(owner, owner_name) if owner_name else owner
+                original = owner.__dict__[attr]
+            except (ImportError, AttributeError, KeyError):
+                continue
+            undo.append((owner, attr, original))
+            setattr(owner, attr, timed(original, label))
+
+        to_thread = asyncio.to_thread
+
+        async def queued_to_thread(func, /, *args, **kwargs):
+            asked = time.perf_counter()
+
+            def run():
+                note("waiting for a to_thread thread (HTTP side)", time.perf_counter() - asked)
+                return func(*args, **kwargs)
+
+            return await to_thread(run)
+
+        undo.append((asyncio, "to_thread", to_thread))
+        asyncio.to_thread = queued_to_thread
+    try:
+        yield timings
+    finally:
+        for owner, attr, original in reversed(undo):
+            setattr(owner, attr, original)
+
+
+async def run_client(job: dict[str, Any], timeout: float, on_go=None, on_done=None) -> dict[str, Any]:
+    """Run this file with --client in a second process, bounded by `timeout` seconds.
+
+    `on_go` / `on_done` are called right before the job starts and right after its results
+    arrive (the parent samples CPU there).
+    """
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(Path(__file__).resolve()), "--client",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=str(ROOT),
+        limit=64 * 1024 * 1024,  # the results come back as one JSON line
+    )
+    stderr = asyncio.create_task(proc.stderr.read())
+
+    async def talk() -> dict[str, Any]:
+        proc.stdin.write(json.dumps(job).encode() + b"\n")
+        await proc.stdin.drain()
+        if (await proc.stdout.readline()).strip() != b"ready":
+            raise RuntimeError("client process did not get ready")
+        if on_go:
+            on_go()
+        proc.stdin.write(b"go\n")
+        await proc.stdin.drain()
+        line = await proc.stdout.readline()
+        if on_done:
+            on_done()
+        return json.loads(line) if line.strip() else {}
+
+    try:
+        out = await asyncio.wait_for(talk(), timeout)
+        await asyncio.wait_for(proc.wait(), 10)
+    finally:
+        if proc.returncode is None:  # timed out, failed or cancelled: end the child we started
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+    err = await stderr
+    if proc.returncode != 0 or not out:
+        raise RuntimeError(f"client process exited with {proc.returncode}:\n{err.decode(errors='replace')[-3000:]}")
+    return out
+
+
+async def wait_for_http(url: str, server: asyncio.Task, timeout: float = 30.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(base_url=url, timeout=5) as http:
+        while True:
+            if server.done():
+                server.result()  # raises what stopped it
+                raise RuntimeError("the HTTP server stopped before it answered")
+            try:
+                if (await http.get("/healthz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the HTTP app did not answer on {url} within {timeout:.0f} s")
+            await asyncio.sleep(0.1)
+
+
+async def bench(events: int, concurrency: int, wait_timeout: float, breakdown: bool = True) -> dict[str, Any]:
+    from temporalio.worker import Worker
+
+    from keepflow.devserver import DevServer, free_port
+    from keepflow.lifecycle import serve_http
+    from keepflow.loader import load
+    from keepflow.settings import Settings
+    from keepflow.store import Database, upgrade
+    from keepflow.webhooks.app import create_app
+    from keepflow.webhooks.signing import new_secret
+    from worker import build_worker
+
+    tag = uuid.uuid4().hex[:6]
+    data_dir = Path(tempfile.mkdtemp(prefix="keepflow-bench-"))
+    fake = _recording_fake()
+    server = DevServer(data_dir / "temporal", port=free_port(), ui_port=None)
+    stop = asyncio.Event()
+    http_task: asyncio.Task | None = None
+    db: Database | None = None
+    try:
+        fake.start()
+        server.start()
+        client = await server.wait_ready()
+        task_queue = f"bench-{tag}"
+        settings = Settings(
+            data_dir=data_dir, sequences_path=ROOT / "sequences.yaml", templates_dir=ROOT / "templates",
+            database_url=None, temporal_address=server.address, task_queue=task_queue,
+            sendgrid_api_key=fake.sendgrid_api_key, sendgrid_host=fake.url, email_provider="sendgrid",
+            twilio_account_sid=fake.twilio_account_sid, twilio_auth_token=fake.twilio_auth_token,
+            twilio_from="+15005550006", twilio_base_url=fake.url, sms_provider="twilio",
+        )
+        catalog = load(settings.sequences_path, settings.templates_dir)
+        upgrade(settings.resolved_database_url)
+        db = Database(settings.resolved_database_url)
+        secret = new_secret()
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        app = create_app(settings, catalog=catalog, db=db, client=client, webhook_secrets=[secret])
+        noop_queue = f"bench-noop-{tag}"
+        noop_worker = Worker(client, task_queue=noop_queue, workflows=[NoopWorkflow])
+
+        async with contextlib.AsyncExitStack() as running:
+            timings = running.enter_context(instrument(breakdown))
+            await running.enter_async_context(build_worker(client, settings, db, task_queue=task_queue))
+            await running.enter_async_context(noop_worker)
+            http_task = asyncio.create_task(serve_http(app, "127.0.0.1", port, stop))
+
+            async def stop_http() -> None:  # before the workers stop (the exit stack unwinds in reverse)
+                stop.set()
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.wait_for(http_task, 15)
+
+            running.push_async_callback(stop_http)
+            await wait_for_http(url, http_task)
+            print(f"stack up: Temporal {server.address}, HTTP {url}, fake providers {fake.url}; "
+                  f"posting {events} events, {concurrency} in flight ...", flush=True)
+
+            recipients = {f"c{i}@example.com" for i in range(events)}
+            cpu_before: dict[str, float | None] = {}
+            cpu_after: dict[str, float | None] = {}
+
+            def sample(into: dict[str, float | None]) -> None:
+                into.update(keepflow=_proc_cpu_seconds(os.getpid()), temporal=_tree_cpu_seconds(server.process.pid),
+                            wall=time.time())
+
+            posted = await run_client({"kind": "events", "url": url, "secret": secret, "count": events,
+                                       "concurrency": concurrency, "tag": tag}, timeout=wait_timeout + 60,
+                                      on_go=lambda: sample(cpu_before), on_done=lambda: sample(cpu_after))
+
+            deadline = time.monotonic() + wait_timeout
+            while fake.arrived_count(recipients) < events and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            drained_at = time.time()
+            arrivals = {r: fake.first_arrival(r) for r in recipients}  # what came later counts as lost
+
+            print(f"{fake.arrived_count(recipients)}/{events} emails arrived; reading the runs' histories ...",
+                  flush=True)
+            steps = {k: list(v) for k, v in timings.items()}  # the ingest phase only, not the baseline
+            stages = await stage_times(client, [f"fulfilment/{order_id(i, tag)}" for i in range(events)])
+            print(f"now {events} bare start_workflow calls ...", flush=True)
+            bare = await run_client({"kind": "bare", "address": server.address, "task_queue": noop_queue,
+                                     "count": events, "concurrency": concurrency, "tag": tag},
+                                    timeout=wait_timeout + 60)
+            extra = {r: len(fake.arrivals.get(r, [])) - 1 for r in recipients if len(fake.arrivals.get(r, [])) > 1}
+            return {
+                "events": events, "concurrency": concurrency, "posted": posted, "bare": bare, "tag": tag, "stages": stages,
+                "steps": steps,
+                "arrivals": arrivals, "drained_at": drained_at,
+                "heard_by": [q.id for q in catalog.interested_in("order.created")],
+                "started_by": [q.id for q in catalog.triggered_by("order.created")],
+                "duplicates": extra, "unrelated_emails": sum(len(v) for k, v in fake.arrivals.items() if k not in recipients),
+                "cpu": {k: (cpu_after[k] - cpu_before[k]) if None not in (cpu_after[k], cpu_before[k]) else None
+                        for k in cpu_before} | {"client": posted.get("cpu_seconds")},
+            }
+    finally:
+        stop.set()
+        if http_task is not None and not http_task.done():
+            http_task.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await http_task
+        if db is not None:
+            db.dispose()
+        server.stop()
+        fake.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+STAGES = (
+    ("request → run started", "sent", "run_started"),
+    ("run started → first workflow task picked up", "run_started", "wft_started"),
+    ("first workflow task (worker)", "wft_started", "wft_completed"),
+    ("workflow task done → send_message picked up", "wft_completed", "activity_started"),
+    ("send_message picked up → email at fake", "activity_started", "arrived"),
+)
+
+
+async def stage_times(client, workflow_ids: list[str], concurrency: int = 8) -> dict[str, dict[str, Any]]:
+    """From each run's history (server clock, same machine): when it started, when its first workflow
+    task was picked up and completed, and when the first send_message activity was picked up."""
+    from temporalio.api.enums.v1 import EventType, TimeoutType
+
+    gate = asyncio.Semaphore(concurrency)
+    out: dict[str, dict[str, Any]] = {}
+
+    async def one(workflow_id: str) -> None:
+        async with gate:
+            try:
+                history = await asyncio.wait_for(client.get_workflow_handle(workflow_id).fetch_history(), 30)
+            except Exception:  # noqa: BLE001 - a run that never started has no history
+                return
+        times: dict[str, Any] = {"wft_timeouts": 0, "wft_sticky_timeouts": 0, "wft_failures": 0}
+        for e in history.events:
+            at = e.event_time.seconds + e.event_time.nanos / 1e9
+            kind = e.event_type
+            if kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
+                times["run_started"] = at
+            elif kind == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED:
+                times.setdefault("wft_started", at)
+            elif kind == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+                times.setdefault("wft_completed", at)
+            elif kind == EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT:
+                # START_TO_CLOSE: the worker took longer than the task timeout (10 s) and the task ran again;
+                # SCHEDULE_TO_START: a sticky task waited 5 s for its worker and went back to the shared queue.
+                sticky = e.workflow_task_timed_out_event_attributes.timeout_type == TimeoutType.TIMEOUT_TYPE_SCHEDULE_TO_START
+                times["wft_sticky_timeouts" if sticky else "wft_timeouts"] += 1
+            elif kind == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
+                times["wft_failures"] += 1
+            elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+                times.setdefault("activity_started", at)
+        out[workflow_id] = times
+
+    await asyncio.gather(*(one(w) for w in workflow_ids))
+    return out
+
+
+def summarize(raw: dict[str, Any]) -> dict[str, Any]:
+    posted, bare, arrivals = raw["posted"], raw["bare"], raw["arrivals"]
+    results = posted["results"]
+    ok = [r for r in results if r["status"] is not None and 200 <= r["status"] < 300]
+    post_wall = posted["finished"] - posted["started"]
+    http_lat = [r["done"] - r["sent"] for r in ok]
+    first = [arrivals[r["email"]] - r["sent"] for r in results if arrivals.get(r["email"]) is not None]
+    lost = [r["email"] for r in results if arrivals.get(r["email"]) is None]
+    statuses: dict[str, int] = {}
+    for r in results:
+        if not (r["status"] is not None and 200 <= r["status"] < 300):
+            key = str(r["status"]) if r["status"] is not None else (r["error"] or "error").split(":")[0]
+            statuses[key] = statuses.get(key, 0) + 1
+    last_arrival = max((a for a in arrivals.values() if a is not None), default=None)
+    bare_ok = [r for r in bare["results"] if r["ok"]]
+    bare_wall = bare["finished"] - bare["started"]
+    ingest_rate = len(ok) / post_wall if post_wall > 0 else 0.0
+    bare_rate = len(bare_ok) / bare_wall if bare_wall > 0 else 0.0
+    cpu = raw["cpu"]
+    stages: dict[str, tuple[float | None, float | None]] = {}
+    runs = raw["stages"]
+    for label, start, end in STAGES:
+        spans = []
+        for r in results:
+            t = {**runs.get(f"fulfilment/{order_id(r['i'], raw['tag'])}", {}), "sent": r["sent"],
+                 "arrived": arrivals.get(r["email"])}
+            if t.get(start) is not None and t.get(end) is not None:
+                spans.append(t[end] - t[start])
+        stages[label] = (percentile(spans, 50), percentile(spans, 99))
+    steps = {label: (len(v), percentile(v, 50), percentile(v, 99), sum(v)) for label, v in raw["steps"].items()}
+    return {
+        "heard_by": raw["heard_by"], "started_by": raw["started_by"],
+        "steps": steps,
+        "stages": stages, "runs_found": len(runs),
+        "wft_timeouts": sum(t["wft_timeouts"] for t in runs.values()),
+        "wft_sticky_timeouts": sum(t["wft_sticky_timeouts"] for t in runs.values()),
+        "wft_failures": sum(t["wft_failures"] for t in runs.values()),
+        "events": raw["events"], "concurrency": raw["concurrency"],
+        "accepted": len(ok), "non_2xx": len(results) - len(ok), "non_2xx_by_status": statuses,
+        "post_wall_s": post_wall, "ingest_per_s": ingest_rate,
+        "http_p50_s": percentile(http_lat, 50), "http_p99_s": percentile(http_lat, 99),
+        "first_msg_p50_s": percentile(first, 50), "first_msg_p99_s": percentile(first, 99),
+        "first_msg_max_s": max(first, default=None),
+        "delivered": len(first), "lost": len(lost), "lost_examples": lost[:5],
+        "all_emails_in_s": (last_arrival - posted["started"]) if last_arrival else None,
+        "duplicate_emails": sum(raw["duplicates"].values()), "unrelated_emails": raw["unrelated_emails"],
+        "bare_ok": len(bare_ok), "bare_failed": len(bare["results"]) - len(bare_ok),
+        "bare_errors": sorted({r["error"].split(":")[0] for r in bare["results"] if r["error"]}),
+        "bare_wall_s": bare_wall, "bare_per_s": bare_rate,
+        "bare_p50_s": percentile([r["done"] - r["sent"] for r in bare_ok], 50),
+        "bare_p99_s": percentile([r["done"] - r["sent"] for r in bare_ok], 99),
+        "ratio": ingest_rate / bare_rate if bare_rate else None,
+        "cpu_keepflow_s": cpu.get("keepflow"), "cpu_temporal_s": cpu.get("temporal"), "cpu_client_s": cpu.get("client"),
+        "cpu_window_s": cpu.get("wall"), "cpu_available_s": (os.cpu_count() or 1) * (cpu.get("wall") or post_wall),
+    }
+
+
+def report(s: dict[str, Any]) -> str:
+    ratio = f"{s['ratio']:.2f}" if s["ratio"] is not None else "-"
+    rows = [
+        ("events posted / accepted (2xx)", f"{s['events']} / {s['accepted']}"),
+        ("non-2xx answers", f"{s['non_2xx']}" + (f" {s['non_2xx_by_status']}" if s["non_2xx_by_status"] else "")),
+        ("posting phase (wall)", f"{s['post_wall_s']:.2f} s"),
+        ("**accepted events/s**", f"**{s['ingest_per_s']:.1f}**"),
+        ("HTTP latency p50 / p99", f"{ms(s['http_p50_s'])} / {ms(s['http_p99_s'])}"),
+        ("**request → first email at the fake p50 / p99** (max)",
+         f"**{ms(s['first_msg_p50_s'])} / {ms(s['first_msg_p99_s'])}** ({ms(s['first_msg_max_s'])})"),
+        ("every event's email in, after the first request",
+         f"{s['all_emails_in_s']:.2f} s" if s["all_emails_in_s"] is not None else "-"),
+        ("events whose email never arrived", f"{s['lost']}"),
+        ("duplicate order_confirmed emails", f"{s['duplicate_emails']}"),
+        (f"bare start_workflow: {s['events']} calls", f"{s['bare_ok']} ok, {s['bare_failed']} failed in {s['bare_wall_s']:.2f} s"),
+        ("**bare starts/s**", f"**{s['bare_per_s']:.1f}**"),
+        ("bare start latency p50 / p99", f"{ms(s['bare_p50_s'])} / {ms(s['bare_p99_s'])}"),
+        ("**ratio ingest / bare**", f"**{ratio}**"),
+        ("workflow tasks: timed out running / waited out on the sticky queue / failed",
+         f"{s['wft_timeouts']} / {s['wft_sticky_timeouts']} / {s['wft_failures']}"),
+    ]
+    if s["cpu_temporal_s"] is not None:
+        rows.append(("CPU while posting: dev server / Keepflow process (app, worker, fake) / client",
+                     f"{s['cpu_temporal_s']:.1f} / {s['cpu_keepflow_s']:.1f} / {s['cpu_client_s']:.1f} s "
+                     f"of {s['cpu_available_s']:.1f} core-s ({os.cpu_count()} cores × {s['cpu_window_s']:.2f} s)"))
+    out = ["| figure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    out += ["", "Request → email, stage by stage (run histories, server clock, same machine; each stage has its own "
+            "percentiles, so they do not add up to the end-to-end ones):", "",
+            "| stage | p50 | p99 |", "|---|---|---|"]
+    out += [f"| {label} | {ms(p50)} | {ms(p99)} |" for label, (p50, p99) in s["stages"].items()]
+    if s["steps"]:
+        out += ["", "Engine steps while posting (timers put on at run time by the script; `--no-breakdown` leaves them off):",
+                "", "| step | calls | p50 | p99 | total |", "|---|---|---|---|---|"]
+        order = {label: i for i, (_, _, _, label) in enumerate(TIMED)}
+        for label, (n, p50, p99, total) in sorted(s["steps"].items(), key=lambda kv: order.get(kv[0], 99)):
+            out.append(f"| {label} | {n} | {ms(p50)} | {ms(p99)} | {total:.1f} s |")
+    return "\n".join(out)
+
+
+def interpretation(s: dict[str, Any]) -> str:
+    """Three sentences drawn from the figures themselves, so a rerun elsewhere stays honest."""
+    out = []
+    if s["cpu_temporal_s"] is not None and s["cpu_window_s"]:
+        window = s["cpu_window_s"]
+        used = s["cpu_temporal_s"] + s["cpu_keepflow_s"] + (s["cpu_client_s"] or 0)
+        busiest = max(s["cpu_keepflow_s"], s["cpu_temporal_s"]) / window
+        out.append(f"While posting, the Keepflow process (HTTP app, worker and fake provider in one interpreter) ran "
+                   f"at {s['cpu_keepflow_s'] / window:.2f} cores and the Temporal dev server at "
+                   f"{s['cpu_temporal_s'] / window:.2f}, {used / s['cpu_available_s']:.0%} of the machine in all"
+                   + (": no process is pegged, so much of the time is waiting (for threads, for the SQLite write "
+                      "locks, for the disk) rather than computing." if busiest < 0.95 and used / s["cpu_available_s"] < 0.9
+                      else ": the machine is busy, so CPU is the limit."))
+    if s["ratio"] is not None:
+        heard = ", ".join(f"`{q}`" for q in s["heard_by"])
+        signals = (f"signals the runs that listen for order.created ({heard}; here none exists, so each signal "
+                   "comes back NOT_FOUND), " if heard else "")
+        started = ", ".join(f"`{q}`" for q in s["started_by"]) or "no run"
+        out.append(f"An accepted event costs about {1 / s['ratio']:.1f} bare workflow starts (those measured on the "
+                   f"quiet stack afterwards): before it answers, the request stores the event, {signals}starts "
+                   f"{started}, looks up stored events to catch up and marks the event routed, while the worker in "
+                   "the same process runs the new workflows and sends their emails.")
+    detail = []
+    waits = s["steps"].get("waiting for a to_thread thread (HTTP side)")
+    if waits:
+        detail.append(f"each of the HTTP side's {waits[0] / max(s['accepted'], 1):.0f} `asyncio.to_thread` calls per "
+                      f"event waited {ms(waits[1])} at p50 ({ms(waits[2])} at p99) for a thread of asyncio's default "
+                      f"executor ({min(32, (os.cpu_count() or 1) + 4)} threads here)")
+    sqlite = {k: v for k, v in s["steps"].items() if "SQLite" in k}
+    if sqlite:
+        label, (_, p50, p99, _) = max(sqlite.items(), key=lambda kv: kv[1][2] or 0)
+        detail.append(f"Keepflow's own SQLite writes, one writer at a time, have long tails "
+                      f"({label.split(' (')[0]}: {ms(p50)} at p50, {ms(p99)} at p99)")
+    if s["stages"] and s["first_msg_p50_s"] is not None:
+        label, (p50, _) = max(s["stages"].items(), key=lambda kv: kv[1][0] or 0)
+        out.append(f"Of the {ms(s['first_msg_p50_s'])} median from request to email the largest stage is "
+                   f"'{label}' ({ms(p50)})" + ("; and " + " and ".join(detail) + "." if detail else "."))
+    return " ".join(out)
+
+
+def machine() -> dict[str, str]:
+    from keepflow.devserver import SQLITE_PRAGMAS, TEMPORAL_BIN
+
+    version = "?"
+    with contextlib.suppress(Exception):
+        version = subprocess.run([str(TEMPORAL_BIN), "--version"], capture_output=True, text=True,
+                                 timeout=10).stdout.strip() or "?"
+    commit = "?"
+    with contextlib.suppress(Exception):
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.split("\n")
+        changed = sorted(line[3:] for line in dirty if line.strip())
+        commit = head + (f" plus uncommitted changes to {', '.join(changed)}" if changed else "")
+    return {"commit": commit, "nproc": str(os.cpu_count()), "python": platform.python_version(),
+            "os": f"{platform.system()} {platform.release()} {platform.machine()}",
+            "temporal": version, "pragmas": ", ".join(SQLITE_PRAGMAS)}
+
+
+def write_results(s: dict[str, Any]) -> None:
+    m = machine()
+    section = "\n".join([
+        SECTION, "",
+        f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with "
+        f"`python bench/ingest.py --events {s['events']} --concurrency {s['concurrency']} --write-results`.",
+        "",
+        f"- Machine: {m['nproc']} CPUs (nproc), {m['os']}, Python {m['python']}, {m['temporal']}",
+        f"- Code: {m['commit']}",
+        f"- Temporal dev server SQLite pragmas (keepflow/devserver.py SQLITE_PRAGMAS): {m['pragmas']}",
+        f"- Parameters: {s['events']} distinct signed `order.created` events, {s['concurrency']} requests in flight, "
+        "posted by a second process over loopback (httpx); Keepflow app + worker in one process; "
+        "the fake SendGrid from tests/fakes; every order starts `fulfilment`, whose first step sends order_confirmed",
+        "",
+        report(s), "",
+        interpretation(s), "",
+    ])
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nFigures from the scripts in bench/ (see bench/README.md).\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    RESULTS.write_text(text.rstrip("\n") + "\n")
+    print(f"wrote {RESULTS.relative_to(ROOT)}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=300, help="events to post (default 300)")
+    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight (default 16)")
+    parser.add_argument("--timeout", type=float, default=120.0,
+                        help="seconds to wait for the emails after the last answer (default 120)")
+    parser.add_argument("--write-results", action="store_true", help=f"replace this script's section in {RESULTS.name}")
+    parser.add_argument("--no-breakdown", action="store_true",
+                        help="do not time the engine's steps (the timers are put on at run time, never in files)")
+    parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client:
+        return client_main()
+    if args.events < 1 or args.concurrency < 1:
+        parser.error("--events and --concurrency must be at least 1")
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    raw = asyncio.run(bench(args.events, args.concurrency, args.timeout, breakdown=not args.no_breakdown))
+    s = summarize(raw)
+    print()
+    print(report(s))
+    print()
+    print(interpretation(s))
+    if s["lost"]:
+        print(f"\nLOST: {s['lost']} events' emails never arrived, e.g. {', '.join(s['lost_examples'])}")
+    if args.write_results:
+        write_results(s)
+    return 1 if s["lost"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Win-back: the inactivity scan, goals and cool-down, on the time-skipping server."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from temporalio.client import WorkflowExecutionStatus
+
+from keepflow.contracts import ScanInput, ScanTotals
+from keepflow.events import EventIn
+from keepflow.loader import load
+from keepflow.router import ingest
+from keepflow.store import Customer, Run
+from tests.conftest import ROOT, running_worker
+from tests.helpers import messages, result_of, until_step
+from workflows.inactivity import InactivityScan
+
+CATALOG = load(ROOT / "sequences.yaml")
+
+
+def add_customer(db, last_seen_at: datetime, consents=None, **fields) -> str:
+    customer_id = f"wb-{uuid.uuid4().hex[:8]}"
+    with db.session() as session:
+        session.add(Customer(id=customer_id, email=f"{customer_id}@example.com", phone="+66811112222",
+                             first_name="Mali", locale="th", consents=consents if consents is not None else
+                             {"email": True, "sms": True}, attributes={}, last_seen_at=last_seen_at, **fields))
+    return customer_id
+
+
+async def scan(env, tq: str, page_size: int = 500) -> ScanTotals:
+    return await env.client.execute_workflow(
+        InactivityScan.run, ScanInput(page_size=page_size), id=f"scan-{uuid.uuid4().hex[:6]}", task_queue=tq)
+
+
+def runs(db, customer_id: str) -> list[Run]:
+    with db.session() as session:
+        return list(session.scalars(select(Run).where(Run.customer_id == customer_id)))
+
+
+async def test_scan_starts_winback_only_for_customers_past_the_threshold(env, settings, db):
+    now = await env.get_current_time()
+    gone = add_customer(db, now - timedelta(days=61))
+    recent = add_customer(db, now - timedelta(days=59))
+    unconsented = add_customer(db, now - timedelta(days=200), consents={"email": False})
+    async with running_worker(env, settings, db) as tq:
+        totals = await scan(env, tq, page_size=2)  # several pages: the cursor must carry on
+        assert [r.id for r in runs(db, gone)] == [f"winback/{gone}"]
+        assert runs(db, recent) == [] and runs(db, unconsented) == []
+        assert totals.started == 1 and totals.skipped == {"no marketing consent": 1}
+        assert totals.scanned == 2  # the one seen 59 days ago is not even read
+
+
+async def test_an_order_ends_the_run_as_converted_and_nothing_more_is_sent(env, settings, db, fake):
+    now = await env.get_current_time()
+    customer_id = add_customer(db, now - timedelta(days=61))
+    async with running_worker(env, settings, db) as tq:
+        await scan(env, tq)
+        await until_step(env, f"winback/{customer_id}", "3")  # offer sent, waiting 4 days for the reminder
+        await env.sleep(timedelta(days=2))
+        order = EventIn.model_validate({
+            "id": f"order-{customer_id}", "type": "order.created", "occurred_at": (now + timedelta(days=2)).isoformat(),
+            "customer": {"id": customer_id},
+            "order": {"id": f"o-{customer_id}", "total": "990", "currency": "THB", "items": []}})
+        routed = await ingest(db, env.client, CATALOG, order, tq)
+        assert routed.signalled == [f"winback/{customer_id}"]
+        result = await result_of(env, f"winback/{customer_id}")
+    assert result.exit_reason == "converted: order.created"
+    sent = [(m.channel, m.template) for m in messages(db) if m.sequence_id == "winback"]
+    assert sent == [("email", "winback_offer"), ("sms", "winback_offer")]  # no reminder, no last chance
+    [run] = [r for r in runs(db, customer_id) if r.sequence_id == "winback"]
+    assert run.converted_event_id == f"order-{customer_id}"
+    with db.session() as session:  # the order also makes the customer active again
+        assert session.get(Customer, customer_id).last_seen_at is not None
+
+
+async def test_second_scan_and_cool_down_start_nothing_new(env, settings, db):
+    now = await env.get_current_time()
+    customer_id = add_customer(db, now - timedelta(days=100))
+    async with running_worker(env, settings, db) as tq:
+        first = await scan(env, tq)
+        second = await scan(env, tq)  # the run is still going (and so, by its start, cooling down)
+        assert (first.started, second.started) == (1, 0)
+        assert second.skipped in ({"already in a run": 1}, {"cool-down": 1})
+        await until_step(env, f"winback/{customer_id}", "3")
+        await env.sleep(timedelta(days=7))  # the run ends after its last-chance email on day 6
+        run = await env.client.get_workflow_handle(f"winback/{customer_id}").describe()
+        assert run.status == WorkflowExecutionStatus.COMPLETED
+        again = await scan(env, tq)  # finished, but within the 90-day cool-down
+        assert (again.started, again.skipped) == (0, {"cool-down": 1})
+        await env.sleep(timedelta(days=91))
+        later = await scan(env, tq)  # still inactive, cool-down over: a new win-back
+        assert later.started == 1
+    assert len(runs(db, customer_id)) == 1  # the newer run replaced the older row
