@@ -17,6 +17,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.registry import discover, to_temporal
 from activities.inactivity import InactivityScanner
+from activities.scores import ScoresRefresher
 from activities.send import MessageSender, SendDeps
 from activities.start import SequenceStarter
 from keepflow.lifecycle import stop_on_signals
@@ -28,6 +29,7 @@ from keepflow.settings import Settings, get_settings
 from keepflow.store import Database, upgrade
 from keepflow.temporal import connect
 from workflows.inactivity import InactivityScan
+from workflows.scores import ScoresRefresh
 from workflows.sequence import SEND_TIMEOUT, SequenceWorkflow
 
 log = logging.getLogger("keepflow.worker")
@@ -54,12 +56,13 @@ def build_worker(client: Client, settings: Settings, db: Database, send_deps: Se
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
-        workflows=[SequenceWorkflow, InactivityScan],
+        workflows=[SequenceWorkflow, InactivityScan, ScoresRefresh],
         workflow_runner=SANDBOX,
         activities=[
             MessageSender(send_deps).send_message,
             SequenceStarter(client, db).start_sequence,
             InactivityScanner(client, db, catalog).scan_inactive_page,
+            ScoresRefresher(db).refresh_scores,
             *registered,
         ],
         activity_executor=ThreadPoolExecutor(ACTIVITY_THREADS, thread_name_prefix="keepflow-activity"),
@@ -76,7 +79,8 @@ async def run_worker(settings: Settings, address: str | None = None, stop: async
     db = Database(settings.resolved_database_url)
     client = await connect(address or settings.temporal_address, settings.temporal_namespace)
     stop = stop or stop_on_signals()
-    log.info(await sync_schedules(client, settings, catalog))
+    for line in await sync_schedules(client, settings, catalog):
+        log.info(line)
     worker = build_worker(client, settings, db, catalog=catalog)
     log.info("worker listening on task queue %r", worker.task_queue)
     try:

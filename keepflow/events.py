@@ -37,6 +37,8 @@ class OrderIn(_Edge):
     # A shipment or refund may name only the order it belongs to.
     total: Decimal | None = Field(None, ge=0)
     currency: str | None = Field(None, pattern=r"^[A-Z]{3}$")
+    # Codes used on the order; a Keepflow coupon among them is marked redeemed.
+    discount_codes: list[str] = Field(default_factory=list)
 
 
 class EventIn(_Edge):

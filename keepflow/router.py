@@ -26,18 +26,20 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from keepflow import expressions
+from keepflow import expressions, rfm
 from keepflow.contracts import EventSignal, RunInput
 from keepflow.dsl import Sequence
 from keepflow.events import EventIn, utc
 from keepflow.loader import Catalog
-from keepflow.store import Customer, Database, Delivery, Event, Order, Run
+from keepflow.store import Coupon, Customer, Database, Delivery, Event, Order, Run
 
 log = logging.getLogger("keepflow.router")
 
 # Events that show the customer doing something; they move `last_seen_at`, which the
 # inactivity scan reads. A shipment or a profile edit in the store's admin does not.
 ACTIVITY_TYPES = {"order.created", "customer.active", "review.submitted", "referral.created"}
+# Events that change a customer's RFM scores or level.
+RESCORE_TYPES = {"order.created", "review.submitted", "referral.created"}
 
 # Senders retry for hours (Shopify) to days (Standard Webhooks): keep delivery ids longer.
 DELIVERY_RETENTION = timedelta(days=7)
@@ -93,11 +95,34 @@ def store(db: Database, event: EventIn, delivery: tuple[str, str] | None = None)
                 order_id=event.order.id if event.order else None, occurred_at=occurred_at,
                 received_at=_now(), payload=event.model_dump(mode="json"),
             ))
-        return True
+            if event.order is not None and event.type == "order.created":
+                _redeem_coupons(session, event)
     except IntegrityError:
         # The same event (or delivery) stored at this moment by a concurrent request.
         with db.session() as session:
             return _seen(session, event.id)
+    if event.customer is not None and event.type in RESCORE_TYPES:
+        _rescore(db, event.customer.id)
+    return True
+
+
+def _rescore(db: Database, customer_id: str) -> None:
+    """An order, review or referral changes the customer's RFM standing: score them now."""
+    try:
+        rfm.refresh_customer(db, customer_id, _now())
+    except Exception:  # scores are advisory; the daily refresh catches up
+        log.exception("could not rescore customer %s", customer_id)
+
+
+def _redeem_coupons(session: Session, event: EventIn) -> None:
+    """A Keepflow coupon code on an order is used up: once, and only before it expires."""
+    for code in event.order.discount_codes:
+        session.execute(update(Coupon).where(
+            Coupon.code == code.upper(), Coupon.redeemed_at.is_(None),
+            Coupon.expires_at > event.occurred_at.astimezone(timezone.utc),
+        ).values(redeemed_at=event.occurred_at.astimezone(timezone.utc), redeemed_order_id=event.order.id))
+
+
 
 
 def _seen(session: Session, event_id: str) -> bool | None:
@@ -170,7 +195,13 @@ async def route(client: Client, catalog: Catalog, db: Database, event: EventIn, 
             routed.signalled.append(run_id)
             if event.type in sequence.goal:
                 await asyncio.to_thread(mark_converted, db, run_id, event)
-    for sequence in catalog.triggered_by(event.type):
+    triggered = catalog.triggered_by(event.type)
+    if triggered and event.customer is not None:
+        # Conditions may ask `customer.rfm.segment`: the scores as they stand now.
+        scores = await asyncio.to_thread(rfm.profile, db, event.customer.id)
+        if scores is not None:
+            context["customer"] = {**context["customer"], "rfm": scores}
+    for sequence in triggered:
         run_id = workflow_id(sequence, context)
         if run_id is None:
             log.warning("event %s: no %r for sequence %s's key", event.id, sequence.key, sequence.id)

@@ -9,6 +9,8 @@ from temporalio.client import (
     ScheduleOverlapPolicy, SchedulePolicy, ScheduleSpec, ScheduleUpdate,
 )
 
+from temporalio.service import RPCError
+
 from keepflow.contracts import ScanInput
 from keepflow.loader import Catalog
 from keepflow.settings import Settings
@@ -16,6 +18,7 @@ from keepflow.settings import Settings
 log = logging.getLogger("keepflow.schedules")
 
 SCAN_SCHEDULE_ID = "keepflow-inactivity-scan"
+SCORES_SCHEDULE_ID = "keepflow-scores-refresh"
 
 
 def scan_schedule(settings: Settings) -> Schedule:
@@ -29,19 +32,35 @@ def scan_schedule(settings: Settings) -> Schedule:
     )
 
 
-async def sync_schedules(client: Client, settings: Settings, catalog: Catalog) -> str:
-    """Make the scan schedule match the settings; remove it when no sequence is inactivity-triggered."""
-    handle = client.get_schedule_handle(SCAN_SCHEDULE_ID)
-    if not catalog.inactivity_sequences():
-        try:
-            await handle.delete()
-            return "removed the inactivity scan schedule (no sequence uses inactive_for)"
-        except Exception:
-            return "no inactivity scan needed"
-    schedule = scan_schedule(settings)
+def scores_schedule(settings: Settings) -> Schedule:
+    return Schedule(
+        action=ScheduleActionStartWorkflow("scores_refresh", id="keepflow-scores-refresh-run",
+                                           task_queue=settings.task_queue),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=settings.scores_every)]),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
+
+
+async def _upsert(client: Client, schedule_id: str, schedule: Schedule, what: str) -> str:
     try:
-        await client.create_schedule(SCAN_SCHEDULE_ID, schedule)
-        return f"created schedule {SCAN_SCHEDULE_ID}: inactivity scan every {settings.scan_every}"
+        await client.create_schedule(schedule_id, schedule)
+        return f"created schedule {schedule_id}: {what}"
     except ScheduleAlreadyRunningError:
-        await handle.update(lambda _: ScheduleUpdate(schedule=schedule))
-        return f"updated schedule {SCAN_SCHEDULE_ID}: inactivity scan every {settings.scan_every}"
+        await client.get_schedule_handle(schedule_id).update(lambda _: ScheduleUpdate(schedule=schedule))
+        return f"updated schedule {schedule_id}: {what}"
+
+
+async def sync_schedules(client: Client, settings: Settings, catalog: Catalog) -> list[str]:
+    """Make the schedules match the settings and sequences; safe to run on every worker start."""
+    done = [await _upsert(client, SCORES_SCHEDULE_ID, scores_schedule(settings),
+                          f"RFM scores refreshed every {settings.scores_every}")]
+    if catalog.inactivity_sequences():
+        done.append(await _upsert(client, SCAN_SCHEDULE_ID, scan_schedule(settings),
+                                  f"inactivity scan every {settings.scan_every}"))
+    else:
+        try:
+            await client.get_schedule_handle(SCAN_SCHEDULE_ID).delete()
+            done.append(f"removed schedule {SCAN_SCHEDULE_ID}: no sequence uses inactive_for")
+        except RPCError:
+            pass  # there was none
+    return done

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     default_locale: str = Field("en", validation_alias="KEEPFLOW_DEFAULT_LOCALE")
     # How often the inactivity scan runs (a Temporal Schedule, synced when a worker starts).
     scan_every: Duration = Field(timedelta(hours=1), validation_alias="KEEPFLOW_SCAN_EVERY")
+    # How often every customer's RFM scores are recomputed (one customer's also after each order).
+    scores_every: Duration = Field(timedelta(days=1), validation_alias="KEEPFLOW_SCORES_EVERY")
 
     # Webhooks in. KEEPFLOW_WEBHOOK_SECRET holds one or more `whsec_...` secrets (space or comma
     # separated) so a rotation can accept the old and the new at once.

@@ -32,11 +32,14 @@ CATALOG = load(ROOT / "sequences.yaml")
 TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
 
 
+def time_skipping_server():
+    return WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter, test_server_existing_path=str(TEST_SERVER))
+
+
 @pytest.fixture(scope="session")
 async def env() -> AsyncIterator[WorkflowEnvironment]:
-    async with await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter, test_server_existing_path=str(TEST_SERVER),
-    ) as env:
+    async with await time_skipping_server() as env:
         yield env
 
 
@@ -92,9 +95,9 @@ async def _end_leftover_runs(env: WorkflowEnvironment, db: Database) -> None:
     """Terminate the runs a test left waiting, while their worker still runs.
 
     Left alone, a run's timer fires during a later test's time skip and leaves a task nobody
-    completes; terminated mid-activity, the test server never releases that activity's hold on
-    its clock (sdk-java #1138). Either way the shared server's time stops. So: let in-flight
-    activities finish, then terminate. Every run Keepflow starts is in the `runs` table.
+    completes; terminated mid-activity or mid-task, the test server never releases that hold on
+    its clock (sdk-java #1138). Either way the server's time stops. So: let in-flight activities
+    and workflow tasks finish, then terminate. Every run Keepflow starts is in the `runs` table.
     """
     with db.session() as session:
         run_ids = list(session.scalars(select(Run.id)))
@@ -105,9 +108,12 @@ async def _end_leftover_runs(env: WorkflowEnvironment, db: Database) -> None:
                 description = await handle.describe()
                 if description.status != WorkflowExecutionStatus.RUNNING:
                     break
-                if not description.raw_description.pending_activities:
+                raw = description.raw_description
+                if not raw.pending_activities and not raw.HasField("pending_workflow_task"):
                     await handle.terminate("test finished")
                     break
                 await asyncio.sleep(0.05)
+            else:
+                raise AssertionError(f"{run_id} never went quiet: {description.raw_description}")
         except RPCError:
             pass  # gone already

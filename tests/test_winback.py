@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
+import pytest
 from sqlalchemy import select
 from temporalio.client import WorkflowExecutionStatus
 
@@ -12,12 +13,21 @@ from keepflow.contracts import ScanInput, ScanTotals
 from keepflow.events import EventIn
 from keepflow.loader import load
 from keepflow.router import ingest
-from keepflow.store import Customer, Run
-from tests.conftest import ROOT, running_worker
+from keepflow import rfm
+from keepflow.store import Coupon, Customer, Run
+from tests.conftest import ROOT, running_worker, time_skipping_server
 from tests.helpers import messages, result_of, until_step
 from workflows.inactivity import InactivityScan
 
 CATALOG = load(ROOT / "sequences.yaml")
+
+
+@pytest.fixture
+async def env():
+    """A server of each test's own: these tests skip months, and the test server's clock can
+    stall on what earlier tests' runs left behind (see conftest._end_leftover_runs)."""
+    async with await time_skipping_server() as own:
+        yield own
 
 
 def add_customer(db, last_seen_at: datetime, consents=None, **fields) -> str:
@@ -59,10 +69,13 @@ async def test_an_order_ends_the_run_as_converted_and_nothing_more_is_sent(env, 
         await scan(env, tq)
         await until_step(env, f"winback/{customer_id}", "3")  # offer sent, waiting 4 days for the reminder
         await env.sleep(timedelta(days=2))
+        with db.session() as session:
+            code = session.scalars(select(Coupon.code).where(Coupon.customer_id == customer_id)).one()
         order = EventIn.model_validate({
             "id": f"order-{customer_id}", "type": "order.created", "occurred_at": (now + timedelta(days=2)).isoformat(),
             "customer": {"id": customer_id},
-            "order": {"id": f"o-{customer_id}", "total": "990", "currency": "THB", "items": []}})
+            "order": {"id": f"o-{customer_id}", "total": "990", "currency": "THB", "items": [],
+                      "discount_codes": [code.lower()]}})
         routed = await ingest(db, env.client, CATALOG, order, tq)
         assert routed.signalled == [f"winback/{customer_id}"]
         result = await result_of(env, f"winback/{customer_id}")
@@ -71,8 +84,10 @@ async def test_an_order_ends_the_run_as_converted_and_nothing_more_is_sent(env, 
     assert sent == [("email", "winback_offer"), ("sms", "winback_offer")]  # no reminder, no last chance
     [run] = [r for r in runs(db, customer_id) if r.sequence_id == "winback"]
     assert run.converted_event_id == f"order-{customer_id}"
-    with db.session() as session:  # the order also makes the customer active again
-        assert session.get(Customer, customer_id).last_seen_at is not None
+    with db.session() as session:
+        coupon = session.get(Coupon, code)
+        assert coupon.redeemed_order_id == f"o-{customer_id}"  # used once, by this order
+    assert rfm.profile(db, customer_id)["level"] == "first_time"  # rescored on the order
 
 
 async def test_second_scan_and_cool_down_start_nothing_new(env, settings, db):
@@ -93,3 +108,25 @@ async def test_second_scan_and_cool_down_start_nothing_new(env, settings, db):
         later = await scan(env, tq)  # still inactive, cool-down over: a new win-back
         assert later.started == 1
     assert len(runs(db, customer_id)) == 1  # the newer run replaced the older row
+
+
+def test_a_coupon_is_redeemed_once_and_never_after_it_expires(db):
+    from keepflow.router import store
+
+    now = datetime.now(timezone.utc)
+    with db.session() as session:
+        session.add(Coupon(code="BACK-VALID123", key="winback/x:0", customer_id="c", percent=20,
+                           created_at=now - timedelta(days=1), expires_at=now + timedelta(days=6)))
+        session.add(Coupon(code="BACK-OLD12345", key="winback/y:0", customer_id="c", percent=20,
+                           created_at=now - timedelta(days=9), expires_at=now - timedelta(days=2)))
+
+    def order(n: int, *codes: str) -> EventIn:
+        return EventIn.model_validate({
+            "id": f"o{n}", "type": "order.created", "occurred_at": now.isoformat(), "customer": {"id": "c"},
+            "order": {"id": f"o{n}", "total": "10", "currency": "THB", "discount_codes": list(codes)}})
+
+    store(db, order(1, "back-valid123", "BACK-OLD12345"))
+    store(db, order(2, "BACK-VALID123"))
+    with db.session() as session:
+        assert session.get(Coupon, "BACK-VALID123").redeemed_order_id == "o1"
+        assert session.get(Coupon, "BACK-OLD12345").redeemed_at is None

@@ -250,6 +250,7 @@ def _order(order: dict) -> dict:
         "items": [item for item in map(_item, order.get("line_items") or []) if item is not None],
         "total": order.get("total_price"),
         "currency": order.get("currency"),
+        "discount_codes": [d["code"] for d in order.get("discount_codes") or [] if isinstance(d, dict) and d.get("code")],
     }
 
 
