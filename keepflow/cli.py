@@ -15,6 +15,8 @@ from keepflow.settings import get_settings
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(db_app, name="db")
+schedules_app = typer.Typer(no_args_is_help=True, help="Temporal Schedules: the inactivity scan and the RFM refresh.")
+app.add_typer(schedules_app, name="schedules")
 
 SequencesArg = Annotated[Optional[Path], typer.Argument(help="sequences file (default: $KEEPFLOW_SEQUENCES or ./sequences.yaml)")]
 TemplatesOpt = Annotated[Optional[Path], typer.Option("--templates", help="templates folder (default: templates/ beside the sequences file)")]
@@ -158,6 +160,24 @@ def demo(
     except KeyboardInterrupt:
         pass
     raise typer.Exit(code)
+
+
+@schedules_app.command("sync")
+def schedules_sync() -> None:
+    """Create or update the schedules against TEMPORAL_ADDRESS (workers also do this when they start)."""
+    from keepflow.loader import load
+    from keepflow.schedules import sync_schedules
+    from keepflow.temporal import connect
+
+    settings = get_settings()
+
+    async def main() -> None:
+        catalog = load(settings.sequences_path, settings.templates_dir)
+        client = await connect(settings.temporal_address, settings.temporal_namespace)
+        for line in await sync_schedules(client, settings, catalog):
+            print(line)
+
+    _run(main())
 
 
 @db_app.command("upgrade")
