@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 from pydantic import BaseModel, Field
 from sqlalchemy import select
@@ -42,7 +42,9 @@ def create_coupon(args: CreateCouponArgs, ctx: ActivityContext) -> CouponOut:
                 customer_id=ctx.run.get("customer", {}).get("id"),
                 percent=args.percent,
                 created_at=now,
+                # Provisional: the first message offering it restarts the clock (activities/send.py).
                 expires_at=now + args.valid_for,
+                valid_for_seconds=int(args.valid_for.total_seconds()),
             )
             session.add(existing)
         return CouponOut(code=existing.code, percent=existing.percent,

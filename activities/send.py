@@ -3,9 +3,18 @@
 A message row moves through these states, keyed by workflow id + step path:
 
     pending ──► sending ──► sent          provider accepted it
-       ▲           │  └───► failed        permanent: bad address, unsubscribed, bad template
-       └───────────┘  └───► unknown       email whose outcome was lost (see below)
-    (429/5xx/refused: not sent, retry)     or skipped: nothing to send to
+     │ ▲  ▲        │  └───► failed        permanent: bad address, unsubscribed, bad template
+     │ │  └────────┘  └───► unknown       email whose outcome was lost (see below)
+     │ │  (429/5xx/refused: not sent, retry)
+     ▼ │
+    deferred     quiet hours or the frequency cap: the run waits on a timer and asks again
+    or skipped:  nothing to send to, invalid address, suppressed, no consent, over the cap
+                 (`on_cap: skip`), expired, superseded, the offered coupon used up or expired
+
+Before anything goes out, in this order: the step is not stale (expired, superseded); the
+address is valid and not suppressed, and marketing has the channel's consent (read from the
+stored profile, which may have changed since the run started); marketing waits out the quiet
+hours, then takes a slot under the frequency cap (one atomic step, see keepflow/frequency_cap.py).
 
 A retry that finds `sent`, `failed`, `skipped` or `unknown` sends nothing and returns the record.
 A retry that finds `sending` means an earlier attempt died, or lost its answer, during the
@@ -30,6 +39,7 @@ from sqlalchemy.exc import IntegrityError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from keepflow import contacts, frequency_cap, quiet_hours, suppressions, unsubscribe
 from keepflow.contracts import SendRequest, SendResult
 from keepflow.events import utc
 from keepflow.providers import (
@@ -37,11 +47,26 @@ from keepflow.providers import (
 )
 from keepflow.rendering import Renderer, TemplateError
 from keepflow.settings import Settings
-from keepflow.store import Database, Message
+from keepflow.store import Coupon, Customer, Database, Message
+from keepflow.webhooks.twilio import status_callback_url
 
 log = logging.getLogger("keepflow.send")
 
 FINAL = {"sent", "failed", "skipped", "unknown"}
+
+# Twilio errors that mean the number must not be texted again (twilio.com/docs/api/errors):
+# 21610 the recipient replied STOP; 21211 invalid 'To' number; 21614 'To' is not a mobile number.
+PROVIDER_SUPPRESSIONS = {("twilio", "21610"): "sms_stop", ("twilio", "21211"): "invalid", ("twilio", "21614"): "invalid"}
+
+
+def _run_clock(request: SendRequest) -> datetime:
+    """The run's clock for this attempt: what the workflow said, moved on by the time a retry
+    waited (a provider outage), in the run's own time scale."""
+    if request.now is None:
+        return datetime.now(timezone.utc)
+    info = activity.info()
+    waited = info.current_attempt_scheduled_time - info.scheduled_time
+    return request.now + waited / request.time_scale
 
 
 @dataclass
@@ -63,27 +88,67 @@ class MessageSender:
         row = self._claim(key, request)
         if row.status in FINAL:
             return _result(row)
+        now = _run_clock(request)
+
+        if request.drop:
+            return self._finish(row.id, "skipped", error=request.drop)
+        if request.expires_at is not None and now > request.expires_at:
+            return self._finish(row.id, "skipped", error=f"expired: not sent by {request.expires_at:%Y-%m-%d %H:%M} UTC")
 
         customer = request.context.get("customer") or {}
-        recipient = customer.get("email" if request.channel == "email" else "phone")
+        stored = self._customer(customer.get("id"))
+        recipient = (stored or {}).get(request.channel) or customer.get("email" if request.channel == "email" else "phone")
         if not recipient:
             return self._finish(row.id, "skipped", error=f"customer has no {request.channel} address")
+        refusal = self._refusal(request, customer, stored, recipient)
+        if refusal:
+            return self._finish(row.id, "skipped", error=refusal)
+        if request.coupon:
+            gone = self._coupon(request, now, activate=False)
+            if isinstance(gone, str):
+                return self._finish(row.id, "skipped", error=gone)
 
         if request.channel == "email" and row.status == "sending":
             return self._finish(row.id, "unknown", error=(
                 "an earlier attempt stopped during the provider call; not resent (email is at-most-once)"))
+
+        policy = request.policy
+        if policy is not None and row.status != "sending":
+            held = self._hold(row.id, request, policy, customer, stored, now)
+            if held is not None:
+                return held
+
+        context = dict(request.context)
+        if request.coupon:
+            offer = self._coupon(request, now, activate=True)
+            if isinstance(offer, str):
+                return self._finish(row.id, "skipped", error=offer)
+            context[request.coupon] = offer
+        unsubscribe_url = None
+        if request.category == "marketing" and request.channel == "email" and policy is not None:
+            unsubscribe_url = unsubscribe.link_for(self.deps.settings, customer_id=str(customer.get("id", "")),
+                                                   channel="email", address=recipient, scope="marketing")
+            context["unsubscribe_url"] = unsubscribe_url
         try:
-            rendered = self.deps.renderer.render(request.channel, request.template, customer.get("locale"), request.context)
+            rendered = self.deps.renderer.render(request.channel, request.template, customer.get("locale"), context)
         except TemplateError as err:
             return self._finish(row.id, "failed", error=f"template: {err}")
 
         if request.channel == "email":
-            email = OutgoingEmail(to=recipient, subject=rendered.subject or "", html=rendered.body,
-                                  text=rendered.text, from_=self.deps.settings.email_from, key=key)
+            # The plain-text part loses the HTML footer's link, so it gets the address spelled out.
+            text = f"{rendered.text}\n\n{unsubscribe_url}" if unsubscribe_url else rendered.text
+            email = OutgoingEmail(
+                to=recipient, subject=rendered.subject or "", html=rendered.body, text=text,
+                from_=self.deps.settings.email_from, key=key,
+                headers=unsubscribe.headers_for(self.deps.settings, unsubscribe_url) if unsubscribe_url else {},
+                categories=(request.sequence_id, request.template),
+                custom_args={"keepflow_message_id": str(row.id), "keepflow_customer_id": str(customer.get("id", ""))},
+            )
             send = lambda: self.deps.email.send_email(email)  # noqa: E731
             provider = self.deps.email.name
         else:
-            sms = OutgoingSms(to=recipient, body=rendered.body, key=key)
+            sms = OutgoingSms(to=recipient, body=rendered.body, key=key,
+                              status_callback=status_callback_url(self.deps.settings))
             if row.status == "sending":
                 found = self.deps.sms.find_sent(sms, since=utc(row.sending_at) - timedelta(minutes=1))
                 if found is not None:
@@ -95,6 +160,7 @@ class MessageSender:
         try:
             accepted = send()
         except PermanentError as err:
+            self._suppress_for(err, request.channel, recipient, customer.get("id"))
             return self._finish(row.id, "failed", error=_describe(err))
         except RetryableError as err:
             if err.sent is False:
@@ -105,6 +171,95 @@ class MessageSender:
             delay = timedelta(seconds=err.retry_after) if err.retry_after else None
             raise ApplicationError(_describe(err), type="ProviderUnavailable", next_retry_delay=delay) from err
         return self._finish(row.id, "sent", accepted=accepted)
+
+    # -- who may get what ----------------------------------------------------------------------------
+
+    def _customer(self, customer_id: str | None) -> dict | None:
+        """The stored profile, which is newer than the run's context (consent changes mid-run)."""
+        if not customer_id:
+            return None
+        with self.deps.db.session() as session:
+            found = session.get(Customer, str(customer_id))
+            if found is None:
+                return None
+            return {"email": found.email, "sms": found.phone, "consents": dict(found.consents or {}),
+                    "timezone": found.timezone, "email_problem": found.email_problem,
+                    "sms_problem": found.phone_problem}
+
+    def _refusal(self, request: SendRequest, customer: dict, stored: dict | None, recipient: str) -> str | None:
+        channel = request.channel
+        problem = (stored or {}).get(f"{channel}_problem")
+        if problem is None:
+            try:
+                contacts.normalize_email(recipient) if channel == "email" else contacts.normalize_phone(recipient)
+            except contacts.InvalidContact as err:
+                problem = str(err)
+        if problem:
+            return f"invalid {channel} address: {problem}"
+        group = request.policy.group if request.policy else request.sequence_id
+        with self.deps.db.session() as session:
+            blocked = suppressions.blocking(session, channel=channel, address=recipient,
+                                            category=request.category, group=group)
+            if blocked is not None:
+                return f"suppressed: {blocked.reason} ({blocked.source})"
+        if request.category == "marketing":
+            consents = (stored or {}).get("consents") or customer.get("consents") or {}
+            if not consents.get(channel):
+                return f"no {channel} marketing consent"
+        return None
+
+    def _hold(self, row_id: int, request: SendRequest, policy, customer: dict, stored: dict | None,
+              now: datetime) -> SendResult | None:
+        """Quiet hours, then the frequency cap. None: go ahead (and the cap slot is taken)."""
+        if policy.quiet_hours is not None and request.channel in policy.quiet_hours.channels:
+            zone = (stored or {}).get("timezone") or customer.get("timezone")
+            allowed = quiet_hours.next_allowed(now, quiet_hours.zones_for(zone, policy.fallback_timezones),
+                                               policy.quiet_hours)
+            if allowed > now:
+                return self._defer(row_id, allowed, f"quiet hours until {allowed:%Y-%m-%d %H:%M} UTC")
+        customer_id = customer.get("id")
+        if policy.cap is not None and customer_id:
+            free_at = frequency_cap.take_slot(self.deps.db, message_id=row_id, customer_id=str(customer_id),
+                                              channel=request.channel, cap=policy.cap, now=now)
+            if free_at is not None:
+                why = f"frequency cap ({frequency_cap.window_text(policy.cap, request.channel)})"
+                if policy.on_cap == "skip":
+                    return self._finish(row_id, "skipped", error=why)
+                return self._defer(row_id, free_at, f"{why} until {free_at:%Y-%m-%d %H:%M} UTC")
+        return None
+
+    def _defer(self, row_id: int, until: datetime, why: str) -> SendResult:
+        self._set(row_id, status="deferred", error=why)
+        return SendResult(status="deferred", message_id=row_id, reason=why, retry_at=until)
+
+    def _coupon(self, request: SendRequest, now: datetime, *, activate: bool) -> dict | str:
+        """The offered coupon as the template should show it, or why the message must not go.
+        With `activate`, the first message offering it starts its validity."""
+        offered = request.context.get(request.coupon) or {}
+        with self.deps.db.session() as session:
+            coupon = session.get(Coupon, offered.get("code", ""))
+            if coupon is None:
+                return f"coupon {request.coupon!r} not found"
+            if coupon.redeemed_at is not None:
+                return f"coupon {coupon.code} already redeemed"
+            if coupon.activated_at is None and coupon.valid_for_seconds:
+                if not activate:
+                    return {}
+                # The first message offering it: its days count from now, not from its creation.
+                coupon.activated_at = now
+                coupon.expires_at = now + timedelta(seconds=coupon.valid_for_seconds)
+            elif utc(coupon.expires_at) <= now:
+                return f"coupon {coupon.code} expired"
+            return {**offered, "expires_at": utc(coupon.expires_at).isoformat()}
+
+    def _suppress_for(self, err: PermanentError, channel: str, address: str, customer_id: str | None) -> None:
+        """Provider answers that say "never again": remember them, so no later send tries."""
+        reason = PROVIDER_SUPPRESSIONS.get((getattr(err, "provider", None), str(getattr(err, "code", None))))
+        if reason is None:
+            return
+        with self.deps.db.session() as session:
+            suppressions.suppress(session, channel=channel, address=address, scope=suppressions.ALL, reason=reason,
+                                  source=err.provider, detail=_describe(err), customer_id=customer_id)
 
     # -- the message row ---------------------------------------------------------------------------
 
@@ -144,6 +299,8 @@ class MessageSender:
 
     def _finish(self, row_id: int, status: str, *, error: str | None = None, accepted: Accepted | None = None) -> SendResult:
         values: dict = {"status": status, "error": error}
+        if status != "sent":
+            values["counted_at"] = None  # a message that did not go out gives its cap slot back
         if accepted is not None:
             values.update(provider=accepted.provider, provider_message_id=accepted.provider_message_id,
                           sent_at=datetime.now(timezone.utc))

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from keepflow.dsl import Category, Channel, Snapshot
+from keepflow.dsl import Cap, Category, Channel, QuietHours, Snapshot
 
 
 class RunInput(BaseModel):
@@ -26,6 +26,16 @@ class EventSignal(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
+class SendPolicy(BaseModel):
+    """The sending rules that apply to one marketing step, resolved from the run's snapshot."""
+
+    group: str
+    quiet_hours: QuietHours | None = None
+    fallback_timezones: list[str] = Field(default_factory=lambda: ["UTC"])
+    cap: Cap | None = None
+    on_cap: Literal["defer", "skip"] = "defer"
+
+
 class SendRequest(BaseModel):
     workflow_id: str
     sequence_id: str
@@ -34,9 +44,20 @@ class SendRequest(BaseModel):
     template: str
     category: Category
     context: dict[str, Any]
+    # The run's clock (definition time) when this attempt was asked for; None in runs from before
+    # the compliance rules, which fall back to the activity's clock.
+    now: datetime | None = None
+    time_scale: float = 1.0
+    policy: SendPolicy | None = None
+    # Drop instead of sending when the run's clock is past this (`expires_after`).
+    expires_at: datetime | None = None
+    # Set when the workflow already knows the message must not go (a superseding event arrived).
+    drop: str | None = None
+    # The context name of the coupon this message offers (`coupon:` on the step).
+    coupon: str | None = None
 
 
-SendStatus = Literal["sent", "failed", "skipped", "unknown"]
+SendStatus = Literal["sent", "failed", "skipped", "unknown", "deferred"]
 
 
 class SendResult(BaseModel):
@@ -44,6 +65,8 @@ class SendResult(BaseModel):
     message_id: int | None = None
     provider_message_id: str | None = None
     reason: str | None = None
+    # For `deferred`: ask again at this time on the run's clock (quiet hours end, a cap slot frees).
+    retry_at: datetime | None = None
 
 
 class DoRequest(BaseModel):

@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import time, timedelta
 from typing import Annotated, Any, Literal, Union
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, field_validator
 
 from keepflow.durations import Duration
 
@@ -41,6 +42,16 @@ class SendStep(_Step):
     send: Channel
     template: str = Field(pattern=r"^[a-z0-9_][a-z0-9_/-]*$")
     category: Category | None = None
+    # A message held back (quiet hours, the cap, a provider outage) longer than this after it was
+    # due is dropped, not sent late.
+    expires_after: Duration | None = None
+    # Dropped if any of these events has reached the run before it goes out ("shipped" held
+    # overnight when "delivered" comes in).
+    superseded_by: list[Annotated[str, Field(pattern=_EVENT_TYPE)]] = Field(default_factory=list)
+    # The name of a coupon in the context (`as:` of a create_coupon step): the message offers it,
+    # so it is dropped once the coupon is redeemed or expired, and the coupon's validity starts
+    # when the first such message goes out.
+    coupon: str | None = Field(None, pattern=_NAME)
 
 
 class WaitStep(_Step):
@@ -150,10 +161,49 @@ Trigger = Annotated[
 ]
 
 
+class QuietHours(_Model):
+    """Local hours in which marketing messages on `channels` are held until `end`."""
+
+    start: time = time(21, 0)
+    end: time = time(8, 0)
+    channels: list[Channel] = Field(default_factory=lambda: ["sms"])
+
+
+class Cap(_Model):
+    max: int = Field(ge=1)
+    per: Duration
+
+
+def _known_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as err:
+        raise ValueError(f"unknown time zone {name!r}; use an IANA name such as Asia/Bangkok") from err
+    return name
+
+
+class Rules(_Model):
+    """Shop-wide sending rules (`rules:` in sequences.yaml)."""
+
+    quiet_hours: QuietHours = Field(default_factory=QuietHours)
+    # For a customer with no known time zone: a message may go out only when it is outside the
+    # quiet window in every one of these (the shop's markets), the most restrictive reading.
+    fallback_timezones: list[Annotated[str, AfterValidator(_known_zone)]] = Field(default_factory=lambda: ["UTC"], min_length=1)
+    # Marketing messages per customer per rolling window, across all sequences.
+    frequency_cap: dict[Channel, Cap] = Field(default_factory=lambda: {
+        "email": Cap(max=2, per=timedelta(hours=24)), "sms": Cap(max=1, per=timedelta(hours=24))})
+
+
 class Sequence(_Model):
     id: str = Field(pattern=_NAME)
     description: str | None = None
     category: Category
+    # What "unsubscribe from these emails" covers; sequences sharing a group share the opt-out.
+    group: str | None = Field(None, pattern=_NAME)
+    # Overrides `rules.quiet_hours` for this sequence.
+    quiet_hours: QuietHours | None = None
+    # A message over the frequency cap waits for a free slot (defer) or is not sent (skip).
+    on_cap: Literal["defer", "skip"] = "defer"
     # An event type, or {inactive_for: 60d}; None for a sequence only ever started by another.
     trigger: Trigger | None = None
     # A Jinja2 expression over the run's context; one run per sequence and key value.
@@ -174,7 +224,12 @@ class Sequence(_Model):
 
     def events_heard(self) -> set[str]:
         """Every event type a run of this sequence must be told about."""
-        return self.events_awaited() | set(self.exit_on) | set(self.goal)
+        superseding = {e for _, s in self.walk() if isinstance(s, SendStep) for e in s.superseded_by}
+        return self.events_awaited() | set(self.exit_on) | set(self.goal) | superseding
+
+    @property
+    def unsubscribe_group(self) -> str:
+        return self.group or self.id
 
     def channels(self) -> set[str]:
         return {s.send for _, s in self.walk() if isinstance(s, SendStep)}
@@ -210,6 +265,7 @@ def child_branches(step: Step) -> list[tuple[str, list[Step]]]:
 class SequencesFile(_Model):
     # Shop-wide facts every template may use as `brand.*` (name, address, support contact).
     brand: dict[str, Any] = Field(default_factory=dict)
+    rules: Rules = Field(default_factory=Rules)
     sequences: list[Sequence] = Field(min_length=1)
 
     def by_id(self) -> dict[str, Sequence]:
@@ -222,9 +278,10 @@ class Snapshot(_Model):
     root: str
     sequences: dict[str, Sequence]
     hash: str
+    rules: Rules = Field(default_factory=Rules)
 
     @classmethod
-    def of(cls, root: str, all_sequences: dict[str, Sequence]) -> Snapshot:
+    def of(cls, root: str, all_sequences: dict[str, Sequence], rules: Rules | None = None) -> Snapshot:
         needed: dict[str, Sequence] = {}
         pending = [root]
         while pending:
@@ -233,12 +290,14 @@ class Snapshot(_Model):
                 continue
             needed[seq.id] = seq
             pending.extend(s.start for _, s in seq.walk() if isinstance(s, StartStep))
+        rules = rules or Rules()
         canonical = json.dumps(
-            {k: v.model_dump(mode="json") for k, v in sorted(needed.items())},
+            {"sequences": {k: v.model_dump(mode="json") for k, v in sorted(needed.items())},
+             "rules": rules.model_dump(mode="json")},
             sort_keys=True, ensure_ascii=False,
         )
         digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]
-        return cls(root=root, sequences=needed, hash=digest)
+        return cls(root=root, sequences=needed, hash=digest, rules=rules)
 
     def child(self, sequence_id: str) -> Snapshot:
         return self.model_copy(update={"root": sequence_id})

@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from jinja2 import TemplateSyntaxError, meta
+from jinja2 import nodes as jinja_nodes
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from keepflow import dsl
+from keepflow import dsl, template_rules
 from keepflow.dsl import (
     STEP_KINDS,
     DoStep,
@@ -90,7 +91,7 @@ class Catalog:
         return self.file.by_id()
 
     def snapshot(self, sequence_id: str) -> Snapshot:
-        return Snapshot.of(sequence_id, self.sequences)
+        return Snapshot.of(sequence_id, self.sequences, self.file.rules)
 
     def triggered_by(self, event_type: str) -> list[Sequence]:
         return [s for s in self.file.sequences if s.trigger == event_type]
@@ -612,6 +613,19 @@ def _steps_at(steps: list[Step], container: Any, prefix: str) -> Iterator[_StepA
             yield from _steps_at(step.on_timeout, node.get("on_timeout"), f"{here.path}.on_timeout")
 
 
+def _private_names(ast: jinja_nodes.Template) -> Iterator[tuple[jinja_nodes.Node, str]]:
+    """`x.__class__`, `x['_secret']`, `_private`: what the sandbox refuses at send time, caught here."""
+    for node in ast.find_all((jinja_nodes.Getattr, jinja_nodes.Getitem, jinja_nodes.Name)):
+        if isinstance(node, jinja_nodes.Getattr):
+            name = node.attr
+        elif isinstance(node, jinja_nodes.Getitem):
+            name = node.arg.value if isinstance(node.arg, jinja_nodes.Const) and isinstance(node.arg.value, str) else ""
+        else:
+            name = node.name
+        if name.startswith("_"):
+            yield node, name
+
+
 def _locale_files(templates_dir: Path, channel: str, name: str) -> dict[str, Path]:
     """{locale: file} of every variant of a template that exists."""
     english = templates_dir / template_path(channel, name, FALLBACK_LOCALE)
@@ -650,6 +664,8 @@ class _Semantics:
             self.step_ids(seq, steps)
             for at in steps:
                 self.step(at)
+                for problem in template_rules.marketing_email_problems(seq, at.step, self.templates_dir):
+                    self.add(at.pos("template"), problem)
         self.starts()
 
     def add(self, pos: tuple[int, int], message: str, severity: Severity = "error") -> None:
@@ -718,7 +734,8 @@ class _Semantics:
         env = self.renderer.env
         try:
             source, _, _ = env.loader.get_source(env, relative)
-            referenced = [r for r in meta.find_referenced_templates(env.parse(source, relative)) if r]
+            ast = env.parse(source, relative)
+            referenced = [r for r in meta.find_referenced_templates(ast) if r]
             template = env.get_template(relative)
         except TemplateSyntaxError as exc:
             return [f"template {exc.name or relative} line {exc.lineno}: {exc.message}"]
@@ -726,7 +743,8 @@ class _Semantics:
             return [f"template {relative} is not UTF-8 text; save it as UTF-8"]
         except Exception as exc:  # anything Jinja cannot compile is a content mistake
             return [f"template {relative}: {exc}"]
-        problems = []
+        problems = [f"template {relative} line {node.lineno}: '{name}' is not allowed; templates may use the "
+                    "context's fields, not Python internals (names starting with _)" for node, name in _private_names(ast)]
         if subject_required and "subject" not in template.blocks:
             problems.append(f"template {relative} has no {{% block subject %}}: every email needs a subject")
         for other in referenced:

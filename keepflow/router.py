@@ -26,7 +26,7 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from keepflow import expressions, rfm
+from keepflow import contacts, expressions, rfm
 from keepflow.contracts import EventSignal, RunInput
 from keepflow.dsl import Sequence
 from keepflow.events import EventIn, utc
@@ -137,14 +137,33 @@ def _upsert_customer(session: Session, event: EventIn) -> None:
         customer = Customer(id=incoming.id, consents={}, attributes={})
         session.add(customer)
     # Only what the event carries changes: a shipping update without a phone keeps the phone.
-    for name in ("email", "phone", "first_name", "locale", "timezone"):
+    for name in ("first_name", "locale", "timezone"):
         value = getattr(incoming, name)
         if value is not None:
             setattr(customer, name, value)
+    if incoming.email is not None:
+        customer.email, customer.email_problem = _checked(incoming.email, contacts.normalize_email)
+    if incoming.phone is not None:
+        region = _region(customer.locale)
+        customer.phone, customer.phone_problem = _checked(incoming.phone, lambda v: contacts.normalize_phone(v, region))
     customer.consents = {**(customer.consents or {}), **incoming.consents}
     seen = event.occurred_at.astimezone(timezone.utc)
     if event.type in ACTIVITY_TYPES and (customer.last_seen_at is None or utc(customer.last_seen_at) < seen):
         customer.last_seen_at = seen
+
+
+def _checked(value: str, normalize) -> tuple[str, str | None]:
+    """The normal form, or the value as sent with the reason it cannot be used (kept, never sent to)."""
+    try:
+        return normalize(value), None
+    except contacts.InvalidContact as err:
+        return value, str(err)[:255]
+
+
+def _region(locale: str | None) -> str | None:
+    """`th-TH` -> "TH": the country a number without a country code most likely belongs to."""
+    parts = (locale or "").replace("_", "-").split("-")
+    return next((p.upper() for p in parts[1:] if len(p) == 2 and p.isalpha()), None)
 
 
 def record_run(db: Database, run_id: str, context: dict[str, Any], started_at: datetime | None = None) -> None:

@@ -59,6 +59,22 @@ class Settings(BaseSettings):
     # Shopify signs no timestamp; refuse deliveries triggered longer ago than this. Shopify retries a
     # failed delivery for up to 48 h with its original trigger time, so the bound must exceed that.
     shopify_max_age: Duration = Field(timedelta(hours=50), validation_alias="KEEPFLOW_SHOPIFY_MAX_AGE")
+    # The HTTPS address customers and providers reach this app at (e.g. https://mail.shop.example):
+    # unsubscribe links and Twilio status callbacks are built on it. None: links use http_host:port.
+    public_url: str | None = Field(None, validation_alias="KEEPFLOW_PUBLIC_URL")
+    # Signs unsubscribe tokens; one or more secrets (space or comma separated), the first signs,
+    # all verify, so a rotation keeps old links working. None: derived from the webhook secret.
+    unsubscribe_secret: str | None = Field(None, validation_alias="KEEPFLOW_UNSUBSCRIBE_SECRET")
+    # Optional `mailto:` target for List-Unsubscribe, e.g. unsubscribe@shop.example.
+    unsubscribe_mailto: str | None = Field(None, validation_alias="KEEPFLOW_UNSUBSCRIBE_MAILTO")
+    # SendGrid's event webhook verification key (base64 DER, from the Mail Settings page).
+    sendgrid_webhook_public_key: str | None = Field(None, validation_alias="SENDGRID_WEBHOOK_PUBLIC_KEY")
+    # Behind a reverse proxy: rebuild the URL Twilio signed from X-Forwarded-Proto/-Host.
+    trust_forwarded_headers: bool = Field(False, validation_alias="KEEPFLOW_TRUST_FORWARDED_HEADERS")
+    # The answer to an SMS HELP.
+    sms_help_text: str = Field(
+        "Keepflow Demo Shop: order and offer texts. Reply STOP to opt out, START to opt back in.",
+        validation_alias="KEEPFLOW_SMS_HELP_TEXT")
     http_host: str = Field("127.0.0.1", validation_alias="KEEPFLOW_HTTP_HOST")
     http_port: int = Field(8000, validation_alias="KEEPFLOW_HTTP_PORT")
     max_body_bytes: int = Field(1024 * 1024, validation_alias="KEEPFLOW_MAX_BODY_BYTES")

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import httpx
 from ruamel.yaml import YAML
 from sqlalchemy import select
 from temporalio.client import Client, WorkflowHandle
 
+from keepflow.devserver import free_port
+from keepflow.lifecycle import serve_http
+from keepflow.webhooks.signing import new_secret
 from keepflow.contracts import RunInput, RunStatus, SendRequest
-from keepflow.dsl import SequencesFile, Snapshot
+from keepflow.dsl import QuietHours, Rules, SequencesFile, Snapshot
 from keepflow.store import Database, Message
 from workflows.sequence import SequenceWorkflow
 
@@ -20,9 +25,15 @@ CUSTOMER = {"id": "c-1", "email": "nok@example.com", "phone": "+66812345678", "f
             "locale": "en", "timezone": "Asia/Bangkok", "consents": {"email": True, "sms": True}}
 
 
+# Step tests check what each step does, at any hour the suite runs: no quiet hours, no cap, unless
+# the YAML has its own `rules:` (tests/test_compliance.py checks the rules themselves).
+NO_LIMITS = Rules(quiet_hours=QuietHours(channels=[]), frequency_cap={})
+
+
 def snapshot(yaml_text: str, root: str | None = None) -> Snapshot:
-    file = SequencesFile.model_validate(YAML(typ="safe").load(yaml_text))
-    return Snapshot.of(root or file.sequences[0].id, file.by_id())
+    data = YAML(typ="safe").load(yaml_text)
+    file = SequencesFile.model_validate(data)
+    return Snapshot.of(root or file.sequences[0].id, file.by_id(), file.rules if "rules" in data else NO_LIMITS)
 
 
 async def start(client: Client, task_queue: str, snap: Snapshot, context: dict[str, Any] | None = None,
@@ -64,6 +75,19 @@ async def sends(client: Client, *workflow_ids: str) -> list[Scheduled]:
     return sorted(found, key=lambda s: s.at)
 
 
+async def to_local_hour(env, hour: int = 10, zone: str = "Asia/Bangkok") -> datetime:
+    """Skip the server's clock to the next `hour`:00 in `zone`, so quiet hours (21:00-08:00) do not
+    depend on when the suite runs. Returns that moment."""
+    from zoneinfo import ZoneInfo
+
+    now = (await env.get_current_time()).astimezone(ZoneInfo(zone))
+    target = now.replace(hour=hour, minute=0, second=0, microsecond=0)
+    if target <= now:
+        target += timedelta(days=1)
+    await env.sleep(target - now)
+    return target
+
+
 def days(start: datetime, at: datetime) -> float:
     return round((at - start) / timedelta(days=1), 2)
 
@@ -80,11 +104,38 @@ async def result_of(env, workflow_id: str) -> RunStatus:
 
 async def until_step(env, workflow_id: str, path: str, attempts: int = 200) -> None:
     """Wait (in real time) until the run is at step `path`: its earlier activities are done."""
-    import asyncio
-
     handle = env.client.get_workflow_handle(workflow_id)
     for _ in range(attempts):
         if (await handle.query("status", result_type=RunStatus)).current_step == path:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"{workflow_id} never reached step {path}")
+
+
+class serving:
+    """The whole app on a real port with no Temporal behind it, for the provider-webhook tests:
+    `async with serving(settings, db) as http: ...`"""
+
+    def __init__(self, settings, db):
+        from keepflow.webhooks.app import create_app
+        from tests.conftest import CATALOG
+
+        self.app = create_app(settings, catalog=CATALOG, db=db, client=None, webhook_secrets=[new_secret()],
+                              reconcile_every=3600)
+        self.port, self.stop = free_port(), asyncio.Event()
+
+    async def __aenter__(self) -> httpx.AsyncClient:
+        self.server = asyncio.create_task(serve_http(self.app, "127.0.0.1", self.port, self.stop))
+        self.client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
+        for _ in range(100):
+            try:
+                await self.client.get("/docs")
+                break
+            except httpx.TransportError:
+                await asyncio.sleep(0.05)
+        return self.client
+
+    async def __aexit__(self, *exc) -> None:
+        await self.client.aclose()
+        self.stop.set()
+        await self.server

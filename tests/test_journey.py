@@ -10,7 +10,7 @@ from keepflow.expressions import bucket
 from keepflow.loader import load
 from keepflow.router import ingest
 from tests.conftest import ROOT, running_worker
-from tests.helpers import days, messages, result_of, sends
+from tests.helpers import days, messages, result_of, sends, to_local_hour
 
 CHAIN = ["fulfilment", "education", "cross_sell", "review_request"]
 
@@ -35,6 +35,7 @@ def order_event(event_type: str, order_id: str, customer_id: str, locale: str = 
 
 async def play_journey(env, settings, db, order_id: str, customer_id: str) -> None:
     catalog = load(ROOT / "sequences.yaml")
+    await to_local_hour(env, 10)  # the shipping text keeps quiet hours: play the journey by day
     async with running_worker(env, settings, db) as tq:
         routed = await ingest(db, env.client, catalog, order_event("order.created", order_id, customer_id), tq)
         assert routed.started == [f"fulfilment/{order_id}"]

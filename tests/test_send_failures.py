@@ -45,13 +45,24 @@ async def test_transient_errors_are_retried_and_the_message_goes_out_once(env, s
     assert (email.status, email.attempts, sms.status, sms.attempts) == ("sent", 3, "sent", 2)
 
 
-async def test_invalid_address_is_recorded_not_retried_and_the_run_goes_on(env, settings, db, fake):
-    customer = {"id": "c-2", "email": "not-an-address", "phone": "+66812345678"}
+async def test_invalid_address_is_recorded_never_sent_and_the_run_goes_on(env, settings, db, fake):
+    customer = {"id": "c-2", "email": "not-an-address", "phone": "+66812345678", "consents": {"email": True, "sms": True}}
     async with running_worker(env, settings, db) as tq:
         result = await (await start(env.client, tq, EMAIL_THEN_SMS, {"customer": customer})).result()
+    assert sendgrid_posts(fake) == 0
+    email, sms = messages(db)
+    assert email.status == "skipped" and email.error.startswith("invalid email address")
+    assert sms.status == "sent"
+    assert result.steps_done[0].outcome.startswith("skipped: invalid email address")
+
+
+async def test_a_provider_rejection_is_recorded_not_retried_and_the_run_goes_on(env, settings, db, fake):
+    fake.fail_next("sendgrid", 400)
+    async with running_worker(env, settings, db) as tq:
+        result = await (await start(env.client, tq, EMAIL_THEN_SMS)).result()
     assert sendgrid_posts(fake) == 1
     email, sms = messages(db)
-    assert email.status == "failed" and "400" in email.error and "valid address" in email.error
+    assert email.status == "failed" and "400" in email.error
     assert sms.status == "sent"
     assert result.steps_done[0].outcome.startswith("failed")
 
@@ -95,7 +106,8 @@ def test_a_retry_after_the_provider_accepted_sends_nothing_more(settings, db, fa
 
     sender = MessageSender(SendDeps(settings, db, Renderer(TEST_TEMPLATES), email_provider(settings), sms_provider(settings)))
     request = SendRequest(workflow_id="t/retry", sequence_id="t", step="0", channel="email", template="note",
-                          category="marketing", context={"customer": {"id": "c", "email": "x@example.com"}})
+                          category="marketing", context={"customer": {"id": "c", "email": "x@example.com",
+                                                                 "consents": {"email": True}}})
     first = sender.send_message(request)
     second = sender.send_message(request)
     assert first.status == second.status == "sent"

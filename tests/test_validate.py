@@ -27,7 +27,8 @@ def project(directory: Path, text: str) -> Path:
     """A sequences file plus a minimal templates folder beside it."""
     (directory / "templates" / "email").mkdir(parents=True, exist_ok=True)
     (directory / "templates" / "sms").mkdir(parents=True, exist_ok=True)
-    (directory / "templates" / "email" / "x.en.html").write_text("{% block subject %}s{% endblock %}body")
+    (directory / "templates" / "email" / "x.en.html").write_text(
+        "{% block subject %}s{% endblock %}body {{ brand.postal_address }} {{ unsubscribe_url }}")
     (directory / "templates" / "sms" / "y.en.txt").write_text("hello {{ customer.first_name }}")
     path = directory / "sequences.yaml"
     path.write_text(text, encoding="utf-8")

@@ -21,6 +21,7 @@ from keepflow.store import Event
 from keepflow.webhooks.app import create_app
 from keepflow.webhooks.signing import new_secret, sign
 from tests.conftest import ROOT, running_worker
+from tests.helpers import to_local_hour
 
 SECRET = new_secret()
 CATALOG = load(ROOT / "sequences.yaml")
@@ -172,6 +173,7 @@ async def test_unknown_event_type_is_stored_and_starts_nothing(stack, db):
 
 
 async def test_shipped_before_created_still_reaches_the_run(stack, env, db):
+    await to_local_hour(env, 10)  # the shipping text keeps quiet hours
     order_id = f"O{uuid.uuid4().hex[:6]}"
     now = datetime.now(timezone.utc)
     created = event("order.created", order_id, occurred_at=now.isoformat())

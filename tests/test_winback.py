@@ -16,7 +16,7 @@ from keepflow.router import ingest
 from keepflow import rfm
 from keepflow.store import Coupon, Customer, Run
 from tests.conftest import ROOT, running_worker, time_skipping_server
-from tests.helpers import messages, result_of, until_step
+from tests.helpers import messages, result_of, to_local_hour, until_step
 from workflows.inactivity import InactivityScan
 
 CATALOG = load(ROOT / "sequences.yaml")
@@ -63,7 +63,7 @@ async def test_scan_starts_winback_only_for_customers_past_the_threshold(env, se
 
 
 async def test_an_order_ends_the_run_as_converted_and_nothing_more_is_sent(env, settings, db, fake):
-    now = await env.get_current_time()
+    now = await to_local_hour(env, 10)  # the offer SMS is marketing: it keeps quiet hours
     customer_id = add_customer(db, now - timedelta(days=61))
     async with running_worker(env, settings, db) as tq:
         await scan(env, tq)
@@ -91,7 +91,7 @@ async def test_an_order_ends_the_run_as_converted_and_nothing_more_is_sent(env, 
 
 
 async def test_second_scan_and_cool_down_start_nothing_new(env, settings, db):
-    now = await env.get_current_time()
+    now = await to_local_hour(env, 10)
     customer_id = add_customer(db, now - timedelta(days=100))
     async with running_worker(env, settings, db) as tq:
         first = await scan(env, tq)

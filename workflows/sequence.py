@@ -19,7 +19,9 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from keepflow import expressions
-    from keepflow.contracts import DoRequest, EventSignal, RunInput, RunStatus, SendRequest, SendResult, StepRecord
+    from keepflow.contracts import (
+        DoRequest, EventSignal, RunInput, RunStatus, SendPolicy, SendRequest, SendResult, StepRecord,
+    )
     from keepflow.durations import format_duration
     from keepflow.dsl import (
         DoStep, ExitStep, IfStep, Sequence, SendStep, SplitStep, StartStep, Step, WaitForStep, WaitStep, step_path,
@@ -59,6 +61,7 @@ class SequenceWorkflow:
         self.exit_reason: str | None = None
         self.current: str | None = None
         self.done: list[StepRecord] = []
+        self.started_at = workflow.now()
 
     @workflow.run
     async def run(self, input: RunInput) -> RunStatus:
@@ -126,22 +129,60 @@ class SequenceWorkflow:
         raise ApplicationError(f"unknown step {step!r}", non_retryable=True)
 
     async def _send(self, step: SendStep, path: str) -> str:
-        request = SendRequest(
-            workflow_id=workflow.info().workflow_id, sequence_id=self.sequence.id, step=path,
-            channel=step.send, template=step.template, category=step.category or self.sequence.category,
-            context=self.context,
-        )
-        try:
-            result = await workflow.execute_activity(
-                "send_message", request, result_type=SendResult,
-                start_to_close_timeout=SEND_TIMEOUT, schedule_to_close_timeout=SEND_DEADLINE, retry_policy=SEND_RETRY,
+        category = step.category or self.sequence.category
+        due = self._clock()
+        expires_at = due + step.expires_after if step.expires_after else None
+        while True:
+            self._check_exit()
+            superseding = self._superseding(step)
+            request = SendRequest(
+                workflow_id=workflow.info().workflow_id, sequence_id=self.sequence.id, step=path,
+                channel=step.send, template=step.template, category=category, context=self.context,
+                now=self._clock(), time_scale=self.input.time_scale, policy=self._policy(step, category),
+                expires_at=expires_at, drop=f"superseded by {superseding}" if superseding else None,
+                coupon=step.coupon,
             )
-        except ActivityError as err:
-            # Retries ran out (a day of provider outage): the message row keeps the last error;
-            # the run goes on so later steps are not lost too.
-            workflow.logger.warning("send %s gave up: %s", path, err.cause or err)
-            return "failed: retries exhausted"
-        return result.status if not result.reason else f"{result.status}: {result.reason}"
+            try:
+                result = await workflow.execute_activity(
+                    "send_message", request, result_type=SendResult,
+                    start_to_close_timeout=SEND_TIMEOUT, schedule_to_close_timeout=SEND_DEADLINE,
+                    retry_policy=SEND_RETRY,
+                )
+            except ActivityError as err:
+                # Retries ran out (a day of provider outage): the message row keeps the last error;
+                # the run goes on so later steps are not lost too.
+                workflow.logger.warning("send %s gave up: %s", path, err.cause or err)
+                return "failed: retries exhausted"
+            if result.status != "deferred" or result.retry_at is None:
+                return result.status if not result.reason else f"{result.status}: {result.reason}"
+            # Held (quiet hours, the cap): a durable timer in the run, cut short if the run ends or
+            # a superseding event arrives; then the same message is asked for again.
+            wait = max(result.retry_at - self._clock(), timedelta(seconds=1))
+            try:
+                await workflow.wait_condition(
+                    lambda: self.exit_reason is not None or self._superseding(step) is not None,
+                    timeout=self._scaled(wait),
+                )
+            except asyncio.TimeoutError:
+                pass
+
+    def _policy(self, step: SendStep, category: str) -> SendPolicy | None:
+        rules = self.input.snapshot.rules
+        if category != "marketing":
+            # Transactional messages are never capped; they keep quiet hours only where their
+            # sequence asks for them (a shipping text need not arrive at 2 a.m.).
+            if self.sequence.quiet_hours is None:
+                return None
+            return SendPolicy(group=self.sequence.unsubscribe_group, quiet_hours=self.sequence.quiet_hours,
+                              fallback_timezones=rules.fallback_timezones)
+        return SendPolicy(
+            group=self.sequence.unsubscribe_group, quiet_hours=self.sequence.quiet_hours or rules.quiet_hours,
+            fallback_timezones=rules.fallback_timezones, cap=rules.frequency_cap.get(step.send),
+            on_cap=self.sequence.on_cap,
+        )
+
+    def _superseding(self, step: SendStep) -> str | None:
+        return next((e.type for e in self.inbox if e.type in step.superseded_by), None)
 
     async def _wait_for(self, step: WaitForStep, path: str) -> str:
         signal = self._take(step.wait_for)
@@ -208,6 +249,10 @@ class SequenceWorkflow:
 
     def _scaled(self, duration: timedelta) -> timedelta:
         return duration * self.input.time_scale
+
+    def _clock(self):
+        """The run's clock in definition time: workflow time, sped up in a compressed run."""
+        return self.started_at + (workflow.now() - self.started_at) / self.input.time_scale
 
     def _peek(self, event_type: str) -> EventSignal | None:
         return next((e for e in self.inbox if e.type == event_type and e.id not in self.consumed), None)

@@ -15,7 +15,7 @@ Errors are split by what the caller should do next:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol, runtime_checkable
@@ -31,6 +31,12 @@ class OutgoingEmail:
     # Idempotency key of the send (one per workflow step); SendGrid gets it as custom_args
     # {"keepflow_key": key}, so it comes back in event webhooks and shows up in activity search.
     key: str
+    # Extra mail headers (List-Unsubscribe, List-Unsubscribe-Post on marketing mail).
+    headers: dict[str, str] = field(default_factory=dict)
+    # SendGrid categories (sequence, step, template) and more custom_args (message id, customer):
+    # both come back in event webhooks, which is how feedback finds its message.
+    categories: tuple[str, ...] = ()
+    custom_args: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,8 @@ class OutgoingSms:
     to: str  # E.164, e.g. "+15558675310"
     body: str
     key: str  # idempotency key; Twilio has no field for it, see TwilioSms.find_sent
+    # Where Twilio posts delivery status (only when a public URL is configured).
+    status_callback: str | None = None
 
 
 @dataclass(frozen=True)

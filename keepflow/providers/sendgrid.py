@@ -10,7 +10,7 @@ from typing import Any
 
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
-from sendgrid.helpers.mail import CustomArg, From, Mail, To
+from sendgrid.helpers.mail import Category, CustomArg, From, Header, Mail, To
 from sendgrid.helpers.mail.exceptions import SendGridException
 
 from keepflow.providers.base import (
@@ -56,6 +56,12 @@ class SendGridEmail:
                 html_content=msg.html or None,
             )
             mail.custom_arg = CustomArg("keepflow_key", msg.key)
+            for name, value in msg.custom_args.items():
+                mail.custom_arg = CustomArg(name, str(value))
+            for name, value in msg.headers.items():
+                mail.header = Header(name, value)
+            for category in msg.categories[:10]:  # SendGrid allows at most 10 per message
+                mail.category = Category(category[:255])
             return mail.get()
         except SendGridException as exc:  # e.g. an API key pasted into the content
             raise PermanentError(NAME, f"invalid message: {exc}") from exc

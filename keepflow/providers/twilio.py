@@ -8,7 +8,7 @@ from typing import Any
 
 import requests
 import urllib3.exceptions
-from twilio.base.exceptions import TwilioException, TwilioRestException
+from twilio.base.exceptions import TwilioException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
@@ -115,7 +115,8 @@ class TwilioSms:
             {"from_": self.from_} if self.from_ else {"messaging_service_sid": self.messaging_service_sid or ""}
         )
         try:
-            message = self._client.messages.create(to=msg.to, body=msg.body, **sender)
+            extra = {"status_callback": msg.status_callback} if msg.status_callback else {}
+            message = self._client.messages.create(to=msg.to, body=msg.body, **sender, **extra)
         except TwilioException as exc:
             raise self._api_error(exc) from exc
         except requests.exceptions.RequestException as exc:

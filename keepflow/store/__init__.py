@@ -1,5 +1,6 @@
 from keepflow.store.db import Database, upgrade
 from keepflow.store.models import Base, Coupon, Customer, Delivery, Event, Message, Order, Run
 import keepflow.store.scores  # noqa: E402,F401  (registers customer_scores and score_cutoffs on Base.metadata)
+from keepflow.store.compliance import Suppression  # noqa: E402
 
-__all__ = ["Base", "Coupon", "Customer", "Database", "Delivery", "Event", "Message", "Order", "Run", "upgrade"]
+__all__ = ["Base", "Coupon", "Customer", "Database", "Delivery", "Event", "Message", "Order", "Run", "Suppression", "upgrade"]

@@ -23,6 +23,9 @@ class Customer(Base):
     first_name: Mapped[str | None] = mapped_column(String(128))
     locale: Mapped[str | None] = mapped_column(String(35))
     timezone: Mapped[str | None] = mapped_column(String(64))
+    # Why a stored contact point cannot be used (failed validation); None when it is fine.
+    email_problem: Mapped[str | None] = mapped_column(String(255))
+    phone_problem: Mapped[str | None] = mapped_column(String(255))
     consents: Mapped[dict[str, Any]] = mapped_column(default=dict)
     attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
     last_seen_at: Mapped[datetime | None] = mapped_column(index=True)
@@ -73,7 +76,10 @@ class Message(Base):
     """One row per send step of one run: the idempotency record and the message log at once."""
 
     __tablename__ = "messages"
-    __table_args__ = (Index("ix_messages_customer_created", "customer_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_messages_customer_created", "customer_id", "created_at"),
+        Index("ix_messages_customer_counted", "customer_id", "channel", "counted_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     # workflow id + step path: stable across retries, resets and continue-as-new.
@@ -89,7 +95,8 @@ class Message(Base):
     locale: Mapped[str | None] = mapped_column(String(35))
     subject: Mapped[str | None] = mapped_column(Text)
     body: Mapped[str | None] = mapped_column(Text)
-    # pending -> sending -> sent | failed | unknown; or skipped. See activities/send.py.
+    # pending -> sending -> sent | failed | unknown; or skipped; deferred while it waits for
+    # quiet hours or the cap. See activities/send.py.
     status: Mapped[str] = mapped_column(String(16), index=True)
     provider: Mapped[str | None] = mapped_column(String(32))
     provider_message_id: Mapped[str | None] = mapped_column(String(128))
@@ -98,6 +105,11 @@ class Message(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     sending_at: Mapped[datetime | None]
     sent_at: Mapped[datetime | None]
+    # When this marketing message took its slot under the frequency cap (None: not counted).
+    counted_at: Mapped[datetime | None]
+    # Provider feedback: the latest delivery state (delivered, bounced, dropped, undelivered, ...).
+    delivery_status: Mapped[str | None] = mapped_column(String(32))
+    delivery_detail: Mapped[str | None] = mapped_column(Text)
 
 
 class Run(Base):
@@ -126,6 +138,10 @@ class Coupon(Base):
     customer_id: Mapped[str | None] = mapped_column(String(128), index=True)
     percent: Mapped[int]
     created_at: Mapped[datetime]
+    # Provisional until the first message offering it goes out: then it becomes that moment plus
+    # valid_for, so "valid for 7 days" counts from when the customer could first read it.
     expires_at: Mapped[datetime]
+    valid_for_seconds: Mapped[int | None]
+    activated_at: Mapped[datetime | None]
     redeemed_at: Mapped[datetime | None]
     redeemed_order_id: Mapped[str | None] = mapped_column(String(128))

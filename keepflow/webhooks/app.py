@@ -2,6 +2,10 @@
 
     POST /events             Keepflow's own event JSON, signed the Standard Webhooks way
     POST /webhooks/shopify   Shopify's webhooks, verified with X-Shopify-Hmac-Sha256
+    POST /webhooks/sendgrid  SendGrid's event webhook (delivered, open, bounce, spam, ...), ECDSA-signed
+    POST /webhooks/twilio/inbound   texts to our number: STOP/START/HELP (X-Twilio-Signature)
+    POST /webhooks/twilio/status    Twilio delivery status callbacks (X-Twilio-Signature)
+    GET|POST /unsubscribe/{token}   one-click unsubscribe (RFC 8058); GET only shows the page
     GET  /healthz            200 when the database and Temporal answer, else 503
     GET  /docs               OpenAPI
 
@@ -35,6 +39,9 @@ from keepflow.settings import Settings
 from keepflow.store import Database, upgrade
 from keepflow.temporal import connect
 from keepflow.webhooks import shopify, signing
+from keepflow.webhooks import sendgrid as sendgrid_webhook
+from keepflow.webhooks import unsubscribe as unsubscribe_link
+from keepflow.webhooks import twilio as twilio_webhook
 
 log = logging.getLogger("keepflow.webhooks")
 
@@ -128,6 +135,9 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, db: Databa
             raise _unprocessable(err) from err
         return await _ingest(engine, event, ("shopify", delivery.webhook_id))
 
+    app.include_router(sendgrid_webhook.router)
+    app.include_router(unsubscribe_link.router)
+    app.include_router(twilio_webhook.router)
     @app.get("/healthz")
     async def healthz(request: Request) -> JSONResponse:
         engine: Engine = request.app.state.engine

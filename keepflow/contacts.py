@@ -1,0 +1,40 @@
+"""Contact points: emails checked with email-validator, phone numbers normalised to E.164 with
+phonenumbers. A profile is checked when it is stored; a bad contact point is kept (the store sent
+it) but flagged, and nothing is ever sent to it."""
+
+from __future__ import annotations
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+
+
+class InvalidContact(ValueError):
+    pass
+
+
+def normalize_email(value: str) -> str:
+    """The address as we store and compare it: syntax checked, domain lower-cased (no DNS lookups)."""
+    try:
+        checked = validate_email(value.strip(), check_deliverability=False)
+    except EmailNotValidError as err:
+        raise InvalidContact(str(err)) from err
+    return checked.normalized.lower()
+
+
+def normalize_phone(value: str, region: str | None = None) -> str:
+    """E.164 ("+66812345678"). A number without a country code needs `region` (e.g. "TH")."""
+    try:
+        number = phonenumbers.parse(value, region)
+    except phonenumbers.NumberParseException as err:
+        raise InvalidContact(f"not a phone number: {err}") from err
+    if not phonenumbers.is_valid_number(number):
+        raise InvalidContact(f"{value!r} is not a valid phone number")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def normalize_address(channel: str, value: str) -> str:
+    """Best-effort normal form for lookups; an unparseable value is compared as given (trimmed)."""
+    try:
+        return normalize_email(value) if channel == "email" else normalize_phone(value)
+    except InvalidContact:
+        return value.strip().lower()
