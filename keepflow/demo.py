@@ -76,7 +76,8 @@ async def print_messages(db: Database, started: float, console: Console, stop: a
                 continue
             printed.add(m.id)
             day = (time.monotonic() - started) / SECONDS_PER_DAY
-            headline = m.subject if m.channel == "email" else (m.body or "").splitlines()[0]
+            # A skipped message was never rendered: show which template it was.
+            headline = (m.subject if m.channel == "email" else (m.body or "").partition("\n")[0]) or m.template
             note = "" if m.status == "sent" else f"  [red]({m.status}: {m.error})[/red]"
             console.print(f"day {day:5.1f}  {m.sequence_id:<15} {m.step:<16} {m.channel:<5} {m.recipient or '-':<22} "
                           f"{headline}{note}", markup=True, highlight=False)

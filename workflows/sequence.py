@@ -131,7 +131,11 @@ class SequenceWorkflow:
     async def _send(self, step: SendStep, path: str) -> str:
         category = step.category or self.sequence.category
         due = self._clock()
-        expires_at = due + step.expires_after if step.expires_after else None
+        # In a compressed run (`keepflow demo`: a day per second) timers fire a day late or more
+        # and each run's clock drifts from the others', so the wall-clock rules (quiet hours, the
+        # cap, expiry) would misfire; they apply at time scale 1 (production, tests, simulate).
+        compressed = self.input.time_scale != 1.0
+        expires_at = due + step.expires_after if step.expires_after and not compressed else None
         while True:
             self._check_exit()
             superseding = self._superseding(step)
@@ -168,6 +172,8 @@ class SequenceWorkflow:
 
     def _policy(self, step: SendStep, category: str) -> SendPolicy | None:
         rules = self.input.snapshot.rules
+        if self.input.time_scale != 1.0:
+            return SendPolicy(group=self.sequence.unsubscribe_group) if category == "marketing" else None
         if category != "marketing":
             # Transactional messages are never capped; they keep quiet hours only where their
             # sequence asks for them (a shipping text need not arrive at 2 a.m.).
