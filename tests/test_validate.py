@@ -153,6 +153,16 @@ def test_jinja_syntax_error_in_a_locale_variant(tmp_path):
     assert "endif" in problem.message or "end of template" in problem.message
 
 
+@pytest.mark.parametrize("expression", ["customer.__class__", "customer['__class__']", "_secret"])
+def test_templates_may_not_reach_python_internals(tmp_path, expression):
+    path = project(tmp_path, HEAD + "      - send: email\n        template: x\n")
+    (tmp_path / "templates" / "email" / "x.th.html").write_text(
+        "{% block subject %}s{% endblock %}\n{{ brand.postal_address }} {{ unsubscribe_url }} {{ " + expression + " }}")
+    problem = only(check(path)[1])
+    assert_problem(problem, 7, 19, "template email/x.th.html line 2:")
+    assert "is not allowed" in problem.message
+
+
 def test_unknown_activity(tmp_path):
     problem = only(problems_of(tmp_path, HEAD + "      - do: make_coupon\n"))
     assert_problem(problem, 6, 13, "unknown activity 'make_coupon'; did you mean 'create_coupon'?")
