@@ -23,7 +23,8 @@ from keepflow.events import EventIn
 from keepflow.loader import load
 from keepflow.router import ingest
 from tests.conftest import ROOT, running_worker
-from tests.helpers import result_of, until_step
+from keepflow.contracts import EventSignal
+from tests.helpers import result_of, snapshot, start, to_local_hour, until_step
 from tests.test_journey import CHAIN, customer_in_offer_arm, play_journey
 from tests.test_winback import add_customer, scan
 from worker import SANDBOX
@@ -57,9 +58,42 @@ async def record_runs(env, settings, db) -> list[WorkflowHistory]:
     return [await env.client.get_workflow_handle(i).fetch_history() for i in ids]
 
 
+HELD = """
+rules:
+  quiet_hours: {start: "21:00", end: "08:00", channels: [sms]}
+sequences:
+  - id: held
+    category: marketing
+    steps:
+      - send: sms
+        template: order_shipped
+      - send: sms
+        template: order_shipped
+        id: superseded
+        superseded_by: [order.delivered]
+"""
+
+
+async def record_held_run(env, settings, db) -> WorkflowHistory:
+    """A marketing text due at 22:00 Bangkok, held by quiet hours until 08:00 (a deferral timer);
+    the next one dropped by a superseding event while it waits for the cap."""
+    await to_local_hour(env, 22)
+    async with running_worker(env, settings, db) as tq:
+        context = {"order": {"id": "H1", "number": "#H1"}, "shipment": {"data": {"tracking_url": "https://t.example"}},
+                   "brand": {"name": "Shop"}}
+        handle = await start(env.client, tq, snapshot(HELD), context)
+        await env.sleep(timedelta(hours=11))  # past 08:00: the first went out, the second waits for the cap
+        await until_step(env, handle.id, "superseded")
+        await handle.signal("event", EventSignal(id="delivered-1", type="order.delivered", occurred_at="2026-11-24T02:00:00Z"))
+        result = await handle.result()
+    assert [s.outcome for s in result.steps_done] == ["sent", "skipped: superseded by order.delivered"]
+    return await handle.fetch_history()
+
+
 async def test_todays_runs_replay_deterministically(env, settings, db, fake):
     for history in await record_runs(env, settings, db):
         await replayer().replay_workflow(history)
+    await replayer().replay_workflow(await record_held_run(env, settings, db))
 
 
 def stored() -> list[Path]:
@@ -84,3 +118,8 @@ async def test_record_histories(env, settings, db, fake):
     for history in await record_runs(env, settings, db):
         name = history.workflow_id.split("/")[0]
         (HISTORIES / f"{name}.json").write_text(history.to_json())
+
+
+@pytest.mark.skipif(not os.environ.get("KEEPFLOW_RECORD_HISTORIES"), reason="set KEEPFLOW_RECORD_HISTORIES=1 to re-record")
+async def test_record_held_history(env, settings, db, fake):
+    (HISTORIES / "held.json").write_text((await record_held_run(env, settings, db)).to_json())
