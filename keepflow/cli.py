@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -259,6 +260,122 @@ def segments(
     table.add_section()
     table.add_row("total", f"{sum(r.customers for r in rows):,}", "", f"{sum(r.revenue for r in rows):,.2f}", "")
     Console().print(table)
+
+
+
+
+@app.command()
+def simulate(
+    sequence: Annotated[str, typer.Argument(help="a sequence id from sequences.yaml")],
+    customer: Annotated[Path, typer.Option(help="the customer, as JSON (see examples/customer.json)")],
+    events: Annotated[Optional[Path], typer.Option(help="a timeline: `- day 2: order.shipped` per line")] = None,
+    order: Annotated[Optional[Path], typer.Option(help="the order, as JSON, for order sequences")] = None,
+    start: Annotated[Optional[datetime], typer.Option(help="when the run starts (UTC unless an offset is given); "
+                                                             "default now")] = None,
+    path: Annotated[Optional[Path], typer.Option("--sequences", help="sequences file")] = None,
+) -> None:
+    """Run a sequence for one customer on the real engine, weeks in seconds, and print what happens."""
+    from datetime import timezone
+
+    from keepflow import simulate as sim
+    from keepflow.events import CustomerIn, OrderIn
+    from keepflow.loader import load
+    from keepflow.settings import get_settings
+
+    settings = get_settings()
+    try:
+        catalog = load(path or settings.sequences_path, settings.templates_dir)
+        person = sim.read_json_model(customer, CustomerIn, "customer")
+        bought = sim.read_json_model(order, OrderIn, "order") if order else None
+        timeline = sim.read_timeline(events)
+        if start is not None and start.tzinfo is None:
+            start = start.replace(tzinfo=timezone.utc)
+        lines = asyncio.run(sim.simulate(catalog, sequence, person, bought, timeline, start))
+    except sim.SimulationError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    for line in sim.format_lines(lines, person.timezone):
+        typer.echo(line)
+
+
+@app.command()
+def lint(path: SequencesArg = None, templates: TemplatesOpt = None) -> None:
+    """Look at all sequences together: worst-case messages per customer against the cap, unsubscribe links, quiet hours, unreachable sequences."""
+    from keepflow.lint import run_lint
+    from keepflow.loader import default_templates_dir
+
+    settings = get_settings()
+    sequences = path or settings.sequences_path
+    raise typer.Exit(run_lint(sequences, templates or settings.templates_dir or default_templates_dir(sequences)))
+
+
+@app.command()
+def preview(
+    sequence: Annotated[str, typer.Argument(help="a sequence id from sequences.yaml, e.g. winback")],
+    customer: Annotated[Path, typer.Option("--customer", help="the customer as JSON (examples/customer.json), or an event holding one")],
+    locale: Annotated[Optional[str], typer.Option(help="render in this language instead of the customer's (en, th, zh-Hant)")] = None,
+    order: Annotated[Optional[Path], typer.Option("--order", help="the order as JSON (examples/order.json), or an event holding one")] = None,
+    html: Annotated[Optional[Path], typer.Option("--html", help="also write each email as an HTML file into this folder")] = None,
+    sequences: Annotated[Optional[Path], typer.Option("--sequences", help="sequences file (default: $KEEPFLOW_SEQUENCES or ./sequences.yaml)")] = None,
+    templates: TemplatesOpt = None,
+) -> None:
+    """Show every message a customer could get from a sequence, on every branch, with its day; nothing is sent."""
+    from keepflow.events import CustomerIn, OrderIn
+    from keepflow.loader import InvalidSequences
+    from keepflow.preview import PreviewError, build_preview, open_sequence, print_preview, read_json_part, write_html
+
+    settings = get_settings()
+    try:
+        catalog, chosen = open_sequence(sequences or settings.sequences_path, templates or settings.templates_dir, sequence)
+        who = read_json_part(customer, "customer", CustomerIn)
+        bought = read_json_part(order, "order", OrderIn) if order else None
+    except InvalidSequences as invalid:
+        print(f"{invalid}\nfix the problems above first (`keepflow validate` checks again)", file=sys.stderr)
+        raise typer.Exit(1) from None
+    except PreviewError as err:
+        print(err, file=sys.stderr)
+        raise typer.Exit(2) from None
+    result = build_preview(catalog, chosen, who, bought, locale=locale)
+    print_preview(result)
+    if html:
+        files = write_html(result, html)
+        print(f"wrote {len(files)} email{'s' if len(files) != 1 else ''} to {html}")
+
+
+@app.command()
+def graph(
+    sequence: Annotated[str, typer.Argument(help="a sequence id from sequences.yaml, e.g. fulfilment")],
+    format: Annotated[str, typer.Option("--format", help="mermaid (text for docs and GitHub) or svg (a picture)")] = "mermaid",
+    sequences: Annotated[Optional[Path], typer.Option("--sequences", help="sequences file (default: $KEEPFLOW_SEQUENCES or ./sequences.yaml)")] = None,
+    templates: TemplatesOpt = None,
+) -> None:
+    """Draw a sequence as a flowchart: Mermaid text or an SVG picture, printed to standard output."""
+    from keepflow.graph import to_mermaid, to_svg
+    from keepflow.loader import InvalidSequences
+    from keepflow.preview import PreviewError, open_sequence
+
+    if format not in ("mermaid", "svg"):
+        raise typer.BadParameter("choose mermaid or svg", param_hint="--format")
+    settings = get_settings()
+    try:
+        _, chosen = open_sequence(sequences or settings.sequences_path, templates or settings.templates_dir, sequence)
+    except InvalidSequences as invalid:
+        print(f"{invalid}\nfix the problems above first (`keepflow validate` checks again)", file=sys.stderr)
+        raise typer.Exit(1) from None
+    except PreviewError as err:
+        print(err, file=sys.stderr)
+        raise typer.Exit(2) from None
+    print(to_mermaid(chosen) if format == "mermaid" else to_svg(chosen))
+
+
+@app.command()
+def impact(
+    from_runs_table: Annotated[bool, typer.Option("--from-runs-table", help="take the runs from the database instead of Temporal's run list")] = False,
+) -> None:
+    """Which runs in flight keep their old definition after an edit of sequences.yaml, per sequence and step."""
+    from keepflow.impact import run_impact
+
+    raise typer.Exit(run_impact(get_settings(), from_runs_table))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,7 +26,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from keepflow import dsl, template_rules
+from keepflow import dsl, template_rules, validate_extra
 from keepflow.dsl import (
     STEP_KINDS,
     DoStep,
@@ -666,6 +666,7 @@ class _Semantics:
                 self.step(at)
                 for problem in template_rules.marketing_email_problems(seq, at.step, self.templates_dir):
                     self.add(at.pos("template"), problem)
+        validate_extra.check(self)
         self.starts()
 
     def add(self, pos: tuple[int, int], message: str, severity: Severity = "error") -> None:

@@ -72,7 +72,7 @@ def _money(context, amount: Any, currency: str) -> str:
 
 @pass_context
 def _date(context, value: Any, format: str = "long") -> str:
-    """`{{ coupon.expires_at | date }}` -> "30 พฤศจิกายน 2569" / "2026年11月30日" / "November 30, 2026"."""
+    """`{{ coupon.expires_at | date }}` -> "30 พฤศจิกายน ค.ศ. 2026" / "2026年11月30日" / "November 30, 2026"."""
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     return format_date(value, format=format, locale=_babel_locale(context))

@@ -33,6 +33,7 @@ from sqlalchemy import text
 from temporalio.client import Client
 
 from keepflow import router
+from keepflow.dashboard.routes import router as dashboard_router
 from keepflow.events import EventIn
 from keepflow.loader import Catalog, load
 from keepflow.settings import Settings
@@ -138,6 +139,7 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, db: Databa
     app.include_router(sendgrid_webhook.router)
     app.include_router(unsubscribe_link.router)
     app.include_router(twilio_webhook.router)
+    app.include_router(dashboard_router)
     @app.get("/healthz")
     async def healthz(request: Request) -> JSONResponse:
         engine: Engine = request.app.state.engine

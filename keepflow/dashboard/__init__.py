@@ -1,0 +1,1 @@
+"""The marketer's dashboard: sequences, their funnels, messages and customer timelines, at `/`."""

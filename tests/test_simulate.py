@@ -1,0 +1,65 @@
+"""`keepflow simulate`: the real workflow on a time-skipping server, scripted by a timeline."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+from typer.testing import CliRunner
+
+from keepflow import simulate as sim
+from keepflow.cli import app
+from keepflow.events import CustomerIn, OrderIn
+from keepflow.loader import load
+from tests.conftest import ROOT
+
+CATALOG = load(ROOT / "sequences.yaml")
+NOK = CustomerIn(id="cust-7", email="nok@example.com", phone="+66812345678", first_name="Nok", locale="en",
+                 timezone="Asia/Bangkok", consents={"email": True, "sms": True})
+ORDER = OrderIn.model_validate(json.loads((ROOT / "examples" / "order-created.json").read_text())["order"])
+
+
+def texts(lines: list[sim.Line]) -> list[str]:
+    return sim.format_lines(lines, "Asia/Bangkok")
+
+
+async def test_simulate_shows_the_shipping_text_held_until_morning():
+    timeline = sim.read_timeline(ROOT / "examples" / "timeline.yaml")
+    # 21:30 in Bangkok: the shipping text a day later falls in the quiet hours.
+    lines = await sim.simulate(CATALOG, "fulfilment", NOK, ORDER, timeline,
+                               start_at=datetime(2027, 1, 5, 14, 30, tzinfo=timezone.utc))
+    out = texts(lines)
+    held = next(i for i, t in enumerate(out) if "sms order_shipped" in t and "held, quiet hours" in t)
+    sent = next(i for i, t in enumerate(out) if "sms order_shipped" in t and t.endswith(": sent"))
+    assert held < sent and "Thu 07 Jan 08:00" in out[sent]
+    assert any("timeline        event order.delivered" in t for t in out)
+    # The journey goes on into the sequences fulfilment starts, to the review reminder.
+    assert [t.split()[6] for t in out if "end: completed" in t] == [
+        "fulfilment", "education", "cross_sell", "review_request"]
+    assert any("review_reminder" in t for t in out)
+
+
+async def test_simulate_shows_skips_and_branches_with_their_reasons():
+    no_sms = NOK.model_copy(update={"consents": {"email": True, "sms": False}})
+    lines = await sim.simulate(CATALOG, "winback", no_sms, None, [],
+                               start_at=datetime(2027, 1, 5, 3, 0, tzinfo=timezone.utc))
+    out = texts(lines)
+    assert any("email winback_offer" in t and t.endswith(": sent") for t in out)
+    assert not any("sms winback_offer" in t for t in out)
+    assert any("branches taken: 2 → else" in t for t in out)
+
+
+def test_a_bad_timeline_is_refused_in_plain_words(tmp_path):
+    bad = tmp_path / "timeline.yaml"
+    bad.write_text("- someday: order.shipped\n")
+    with pytest.raises(sim.SimulationError, match="entry 1.*use `day 2` or a duration"):
+        sim.read_timeline(bad)
+
+
+def test_the_command_says_which_sequences_exist(tmp_path):
+    customer = tmp_path / "customer.json"
+    customer.write_text(NOK.model_dump_json())
+    result = CliRunner().invoke(app, ["simulate", "nosuch", "--customer", str(customer),
+                                      "--sequences", str(ROOT / "sequences.yaml")])
+    assert result.exit_code == 2 and "no sequence 'nosuch'" in result.output and "winback" in result.output

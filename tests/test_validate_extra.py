@@ -1,0 +1,222 @@
+"""`keepflow validate`: template variables against the run's context, and timing warnings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from keepflow.loader import Problem, check
+
+ROOT = Path(__file__).resolve().parent.parent
+
+FOOTER = "{{ brand.postal_address }} {{ unsubscribe_url }}"
+
+
+def project(directory: Path, text: str, templates: dict[str, str]) -> Path:
+    for relative, body in templates.items():
+        file = directory / "templates" / relative
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(body, encoding="utf-8")
+    path = directory / "sequences.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def email(body: str, footer: str = FOOTER) -> str:
+    return "{% block subject %}s{% endblock %}" + body + footer
+
+
+def problems_of(tmp_path: Path, text: str, templates: dict[str, str]) -> list[Problem]:
+    _, problems = check(project(tmp_path, text, templates))
+    return problems
+
+
+def test_unknown_variable_is_an_error_at_the_template(tmp_path):
+    text = """\
+sequences:
+  - id: welcome
+    category: marketing
+    trigger: customer.created
+    steps:
+      - send: email
+        template: hello
+"""
+    problems = problems_of(tmp_path, text, {"email/hello.en.html": email("Hi {{ customer.first_name }}, {{ coupon.code }}")})
+    [problem] = problems
+    assert problem.severity == "error"
+    assert (problem.line, problem.column) == (7, 19)
+    assert "'coupon'" in problem.message and "available here" in problem.message
+    assert "customer" in problem.message and "unsubscribe_url" in problem.message
+    # `order` is there only for sequences about orders
+    assert "order" not in problem.message.split("available here:")[1]
+
+
+def test_as_names_of_earlier_steps_and_order_context(tmp_path):
+    text = """\
+sequences:
+  - id: after_order
+    category: marketing
+    trigger: order.created
+    steps:
+      - do: create_coupon
+        with: {percent: 10, valid_for: 7d}
+        as: coupon
+      - wait_for: order.shipped
+        timeout: 7d
+        as: shipment
+      - send: email
+        template: offer
+"""
+    templates = {"email/offer.en.html": email("{{ order.id }} {{ coupon.code }} {{ shipment.data }}")}
+    assert [p for p in problems_of(tmp_path, text, templates) if p.severity == "error"] == []
+
+
+def test_name_defined_in_one_split_variant_only_is_missing_after_the_split(tmp_path):
+    text = """\
+sequences:
+  - id: welcome
+    category: marketing
+    trigger: customer.created
+    steps:
+      - split:
+          - variant: plain
+            weight: 50
+          - variant: offer
+            weight: 50
+            steps:
+              - do: create_coupon
+                with: {percent: 10, valid_for: 7d}
+                as: coupon
+              - send: email
+                template: offer
+      - send: email
+        template: offer
+"""
+    templates = {"email/offer.en.html": email("{{ coupon.code }}")}
+    errors = [p for p in problems_of(tmp_path, text, templates) if p.severity == "error"]
+    # the send inside the offer variant has it; the one after the split does not
+    assert [(p.line, "'coupon'" in p.message) for p in errors] == [(18, True)]
+
+
+def test_started_sequence_inherits_the_starters_names(tmp_path):
+    text = """\
+sequences:
+  - id: first
+    category: marketing
+    trigger: customer.created
+    steps:
+      - do: create_coupon
+        with: {percent: 10, valid_for: 7d}
+        as: coupon
+      - start: second
+  - id: second
+    category: marketing
+    steps:
+      - send: email
+        template: offer
+"""
+    templates = {"email/offer.en.html": email("{{ coupon.code }}")}
+    assert [p for p in problems_of(tmp_path, text, templates) if p.severity == "error"] == []
+
+
+def test_name_used_only_where_defined_is_a_warning(tmp_path):
+    text = """\
+sequences:
+  - id: welcome
+    category: marketing
+    trigger: customer.created
+    steps:
+      - send: email
+        template: hello
+"""
+    body = "{% if points is defined %}{{ points.total }}{% endif %} {{ nickname | default('friend') }}"
+    problems = problems_of(tmp_path, text, {"email/hello.en.html": email(body)})
+    assert [(p.severity, "'nickname'" in p.message or "'points'" in p.message) for p in problems] == [
+        ("warning", True), ("warning", True)]
+
+
+def test_variables_of_a_parent_template_count(tmp_path):
+    text = """\
+sequences:
+  - id: welcome
+    category: transactional
+    trigger: customer.created
+    steps:
+      - send: email
+        template: hello
+"""
+    templates = {
+        "email/_frame.html": "{% block subject %}{% endblock %}{{ loyalty.tier }}{% block body %}{% endblock %}",
+        "email/hello.en.html": '{% extends "email/_frame.html" %}{% block subject %}s{% endblock %}',
+    }
+    [problem] = problems_of(tmp_path, text, templates)
+    assert problem.severity == "error" and "'loyalty'" in problem.message
+
+
+def test_transactional_template_may_show_unsubscribe_url_when_present(tmp_path):
+    text = """\
+sequences:
+  - id: receipt
+    category: transactional
+    trigger: order.created
+    steps:
+      - send: email
+        template: receipt
+"""
+    body = "{% if unsubscribe_url is defined %}{{ unsubscribe_url }}{% endif %}{{ order.id }}"
+    assert problems_of(tmp_path, text, {"email/receipt.en.html": email(body, "")}) == []
+
+
+def test_review_request_soon_after_delivery_warns(tmp_path):
+    text = """\
+sequences:
+  - id: after_delivery
+    category: marketing
+    trigger: order.created
+    steps:
+      - wait_for: order.delivered
+        timeout: 14d
+      - wait: 2d
+      - start: reviews
+  - id: reviews
+    category: marketing
+    key: order.id
+    steps:
+      - send: email
+        template: review_request
+"""
+    problems = problems_of(tmp_path, text, {"email/review_request.en.html": email("{{ order.id }}")})
+    [problem] = problems
+    assert problem.severity == "warning" and (problem.line, problem.column) == (15, 19)
+    assert "2d after the order is delivered" in problem.message and "7 days" in problem.message
+
+    later = text.replace("wait: 2d", "wait: 8d")
+    assert problems_of(tmp_path, later, {}) == []
+
+
+def test_marketing_sms_without_quiet_hours_and_odd_timeouts_warn(tmp_path):
+    text = """\
+rules:
+  quiet_hours: {channels: [email]}
+sequences:
+  - id: flash
+    category: marketing
+    trigger: customer.created
+    steps:
+      - wait_for: cart.updated
+        timeout: 10m
+      - wait_for: cart.updated
+        timeout: 45d
+      - send: sms
+        template: flash
+"""
+    problems = problems_of(tmp_path, text, {"sms/flash.en.txt": "Sale! {{ customer.first_name }}"})
+    assert all(p.severity == "warning" for p in problems), [p.format() for p in problems]
+    assert [(p.line, p.column) for p in problems] == [(9, 18), (11, 18), (12, 15)]
+    assert "10m" in problems[0].message and "45d" in problems[1].message
+    assert "quiet" in problems[2].message
+
+
+def test_shipped_sequences_still_validate_cleanly():
+    catalog, problems = check(ROOT / "sequences.yaml")
+    assert catalog is not None
+    assert [p.format() for p in problems if p.severity == "error"] == []
