@@ -250,8 +250,9 @@ TIMED = (
 
 
 @contextlib.contextmanager
-def instrument(enabled: bool):
-    """Time the engine steps in TIMED, and how long `asyncio.to_thread` work waits for a thread.
+def instrument(enabled: bool, steps=None, thread_waits: bool = True):
+    """Time the engine steps in `steps` (default TIMED: (module, class or None, attribute, label)
+    each), and with `thread_waits` how long `asyncio.to_thread` work waits for a thread.
 
     Yields {label: [seconds, ...]}. Steps the engine no longer has are skipped; everything is put
     back on exit.
@@ -287,7 +288,7 @@ def instrument(enabled: bool):
         return wrapper
 
     if enabled:
-        for module_name, owner_name, attr, label in TIMED:
+        for module_name, owner_name, attr, label in (TIMED if steps is None else steps):
             try:
                 owner = importlib.import_module(module_name)
                 owner = getattr(owner, owner_name) if owner_name else owner
@@ -297,6 +298,7 @@ def instrument(enabled: bool):
             undo.append((owner, attr, original))
             setattr(owner, attr, timed(original, label))
 
+    if enabled and thread_waits:
         to_thread = asyncio.to_thread
 
         async def queued_to_thread(func, /, *args, **kwargs):

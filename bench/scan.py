@@ -38,8 +38,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
-import importlib
 import json
 import logging
 import math
@@ -65,7 +63,7 @@ for folder in (ROOT, BENCH):  # worker.py at the repository root; ingest.py besi
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-from ingest import _proc_cpu_seconds, _tree_cpu_seconds, machine, ms, percentile  # noqa: E402
+from ingest import _proc_cpu_seconds, _tree_cpu_seconds, instrument, machine, ms, percentile  # noqa: E402
 
 RESULTS = BENCH / "RESULTS.md"
 SECTION = "## Inactivity scan (bench/scan.py)"
@@ -236,53 +234,6 @@ TIMED = (
 )
 
 
-@contextlib.contextmanager
-def instrument(enabled: bool):
-    """Time the steps in TIMED while the scan runs; everything is put back on exit."""
-    timings: dict[str, list[float]] = {}
-    lock = threading.Lock()
-    undo: list[tuple[Any, str, Any]] = []
-
-    def note(label: str, seconds: float) -> None:
-        with lock:
-            timings.setdefault(label, []).append(seconds)
-
-    def timed(fn, label: str):
-        if asyncio.iscoroutinefunction(fn):
-            @functools.wraps(fn)
-            async def wrapper(*args, **kwargs):
-                start = time.perf_counter()
-                try:
-                    return await fn(*args, **kwargs)
-                finally:
-                    note(label, time.perf_counter() - start)
-        else:
-            @functools.wraps(fn)
-            def wrapper(*args, **kwargs):
-                start = time.perf_counter()
-                try:
-                    return fn(*args, **kwargs)
-                finally:
-                    note(label, time.perf_counter() - start)
-        return wrapper
-
-    if enabled:
-        for module_name, owner_name, attr, label in TIMED:
-            try:
-                owner = importlib.import_module(module_name)
-                owner = getattr(owner, owner_name) if owner_name else owner
-                original = owner.__dict__[attr]
-            except (ImportError, AttributeError, KeyError):
-                continue  # a step the engine no longer has
-            undo.append((owner, attr, original))
-            setattr(owner, attr, timed(original, label))
-    try:
-        yield timings
-    finally:
-        for owner, attr, original in reversed(undo):
-            setattr(owner, attr, original)
-
-
 # -- 4. the stack and the scan -----------------------------------------------------------------
 
 @workflow.defn(name="sequence", sandboxed=False)
@@ -410,7 +361,7 @@ async def bench(customers: int, inactive_share: float, page_size: int, runs_mode
             print(f"stack up: Temporal {server.address}; scanning (page size {page_size}, runs: {runs_mode}, "
                   f"at most {timeout:.0f} s) ...", flush=True)
             cpu_before = {"keepflow": _proc_cpu_seconds(os.getpid()), "temporal": _tree_cpu_seconds(server.process.pid)}
-            with instrument(breakdown) as timings, RssSampler(server.process.pid) as rss:
+            with instrument(breakdown, TIMED, thread_waits=False) as timings, RssSampler(server.process.pid) as rss:
                 started = time.monotonic()
                 handle = await client.start_workflow(InactivityScan.run, ScanInput(page_size=page_size), id=scan_id,
                                                      task_queue=settings.task_queue)
