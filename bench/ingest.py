@@ -707,8 +707,13 @@ def write_results(s: dict[str, Any]) -> None:
         report(s), "",
         interpretation(s), "",
     ])
+    write_section(SECTION, section)
+
+
+def write_section(title: str, section: str) -> None:
+    """Replace (or add) one script's `## title` section of RESULTS.md, leaving the others."""
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nFigures from the scripts in bench/ (see bench/README.md).\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^{re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(text):
         text = pattern.sub(lambda _: section + "\n", text, count=1)
     else:

@@ -63,7 +63,7 @@ for folder in (ROOT, BENCH):  # worker.py at the repository root; ingest.py besi
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-from ingest import _proc_cpu_seconds, _tree_cpu_seconds, instrument, machine, ms, percentile  # noqa: E402
+from ingest import _proc_cpu_seconds, _tree_cpu_seconds, instrument, machine, ms, percentile, write_section  # noqa: E402
 
 RESULTS = BENCH / "RESULTS.md"
 SECTION = "## Inactivity scan (bench/scan.py)"
@@ -543,14 +543,7 @@ def write_results(s: dict[str, Any]) -> None:
         report(s), "",
         interpretation(s), "",
     ])
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nFigures from the scripts in bench/ (see bench/README.md).\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    RESULTS.write_text(text.rstrip("\n") + "\n")
-    print(f"wrote {RESULTS.relative_to(ROOT)}")
+    write_section(SECTION, section)
 
 
 def main() -> int:
