@@ -305,3 +305,21 @@ async def test_a_bad_period_is_explained(settings, db: Database) -> None:
     async with serving(settings, db) as http:
         answer = await http.get("/", params={"since": "last tuesday"})
     assert answer.status_code == 400 and "is not a period" in answer.text
+
+
+async def test_each_sequence_shows_its_flowchart(settings, db):
+    """The overview draws every sequence (keepflow/graph.py's SVG), its steps labelled."""
+    import xml.etree.ElementTree as ET
+
+    from keepflow import graph
+    from tests.conftest import CATALOG
+
+    async with serving(settings, db) as http:
+        page = (await http.get("/")).text
+    for sequence in CATALOG.file.sequences:
+        section = page.split(f'id="seq-{sequence.id}"', 1)[1].split("</section>", 1)[0]
+        svg = section.split('<details class="flowchart">', 1)[1].split("</details>", 1)[0]
+        drawn = ET.fromstring(svg[svg.index("<svg"):])
+        texts = " ".join(t.text or "" for t in drawn.iter("{http://www.w3.org/2000/svg}text"))
+        for _, step in sequence.walk():
+            assert graph.label_of(step).split()[0] in texts

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
+from keepflow import graph
 from keepflow.dsl import InactivityTrigger, SendStep, Sequence
 from keepflow.durations import format_duration
 from keepflow.events import utc
@@ -53,6 +54,8 @@ class SequenceView:
     orders: int
     revenue: str
     not_converted: int
+    # The sequence drawn by keepflow/graph.py: SVG markup it escapes itself.
+    flowchart: str = ""
     steps: list[StepView] = field(default_factory=list)
 
 
@@ -102,7 +105,7 @@ def overview(db: Database, catalog: Catalog, since: datetime) -> tuple[Report, l
             trigger=trigger_text(sequence), entered=total.entered if total else 0,
             converted=total.converted if total else 0, conversion_rate=total.conversion_rate if total else None,
             orders=total.orders if total else 0, revenue=format_money(total.revenue) if total else "-",
-            not_converted=open_runs.get(sequence.id, 0),
+            not_converted=open_runs.get(sequence.id, 0), flowchart=graph.to_svg(sequence),
         )
         reported = [r for r in report.steps if r.sequence_id == sequence.id]
         # Every send step of the current definition gets a row, even before anything went out.
