@@ -22,7 +22,7 @@ from keepflow.contracts import EventSignal, SendPolicy, SendRequest
 from keepflow.dsl import Cap
 from keepflow.providers import email_provider, sms_provider
 from keepflow.rendering import Renderer
-from keepflow.store import Coupon, Customer, Message, Suppression
+from keepflow.store import Coupon, Customer, Event, Message, Suppression
 from tests.conftest import TEST_TEMPLATES, make_settings, running_worker, time_skipping_server
 from tests.helpers import CUSTOMER, messages, sends, snapshot, start
 
@@ -428,5 +428,9 @@ async def test_marketing_mail_carries_one_click_unsubscribe_and_the_link_works(e
             answer = await http.post(url.removeprefix("https://mail.shop.example"),
                                      data={"List-Unsubscribe": "One-Click"})
     assert answer.status_code == 200
+    # Counted against the message it came from, as `keepflow report` reads it.
+    with db.session() as session:
+        [notice] = session.scalars(select(Event).where(Event.type == "message.unsubscribed")).all()
+        assert notice.payload["data"]["message_id"] == messages(db)[0].id
     assert sender.send_message(offer("1")).reason == "suppressed: unsubscribe (unsubscribe_link)"
     assert sender.send_message(offer("2", "transactional")).status == "sent"

@@ -22,8 +22,8 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from keepflow import suppressions
-from keepflow.store import Customer, Database, Suppression
+from keepflow import feedback, suppressions
+from keepflow.store import Customer, Database, Message, Suppression
 from keepflow.unsubscribe import InvalidToken, UnsubscribeToken, verify
 from keepflow.webhooks.unsubscribe_copy import COPY, page_locale
 
@@ -126,9 +126,22 @@ def _state(db: Database, token: UnsubscribeToken) -> tuple[str, bool]:
 
 def _unsubscribe(db: Database, token: UnsubscribeToken) -> str:
     with db.session() as session:
-        suppressions.suppress(session, channel=token.channel, address=token.address, scope=token.scope,
-                              reason="unsubscribe", source="unsubscribe_link", customer_id=token.customer_id)
+        row = suppressions.suppress(session, channel=token.channel, address=token.address, scope=token.scope,
+                                    reason="unsubscribe", source="unsubscribe_link", customer_id=token.customer_id)
+        _credit_last_message(session, token, row.created_at)
         return _locale(session, token.customer_id)
+
+
+def _credit_last_message(session, token: UnsubscribeToken, at) -> None:
+    """`keepflow report` counts unsubscribes per step: credit this one to the last marketing
+    message sent to the address, the one whose link was most likely clicked (once per opt-out)."""
+    last = session.scalar(select(Message).where(
+        Message.customer_id == token.customer_id, Message.channel == token.channel,
+        Message.category == "marketing", Message.status == "sent").order_by(Message.id.desc()).limit(1))
+    notification = f"{token.customer_id}:{token.scope}:{at.isoformat()}"
+    if last is not None and not feedback.seen_before(session, "unsubscribe_link", notification):
+        feedback.record(session, source="unsubscribe_link", notification_id=notification, message=last,
+                        kind="unsubscribed", occurred_at=at)
 
 
 def _resubscribe(db: Database, token: UnsubscribeToken) -> str:
