@@ -24,7 +24,8 @@ from keepflow.loader import load
 from keepflow.router import ingest
 from tests.conftest import ROOT, running_worker
 from keepflow.contracts import EventSignal
-from tests.helpers import result_of, snapshot, start, to_local_hour, until_step
+from keepflow.contracts import RunInput
+from tests.helpers import CUSTOMER, result_of, sends, snapshot, start, to_local_hour, until_step
 from tests.test_journey import CHAIN, customer_in_offer_arm, play_journey
 from tests.test_winback import add_customer, scan
 from worker import SANDBOX
@@ -123,3 +124,34 @@ async def test_record_histories(env, settings, db, fake):
 @pytest.mark.skipif(not os.environ.get("KEEPFLOW_RECORD_HISTORIES"), reason="set KEEPFLOW_RECORD_HISTORIES=1 to re-record")
 async def test_record_held_history(env, settings, db, fake):
     (HISTORIES / "held.json").write_text((await record_held_run(env, settings, db)).to_json())
+
+
+async def test_editing_sequences_yaml_does_not_change_runs_in_flight(env, tmp_path, fake, db):
+    """A run interprets the definition it started with: an edit published mid-run reaches new runs only."""
+    from keepflow.loader import load
+    from tests.conftest import TEST_TEMPLATES, make_settings
+
+    settings = make_settings(tmp_path, fake, templates=TEST_TEMPLATES)
+    path = tmp_path / "sequences.yaml"
+    before = ("sequences:\n  - id: nudge\n    category: transactional\n    steps:\n"
+              "      - wait: 2d\n      - send: email\n        template: note\n")
+    path.write_text(before)
+    old = load(path, TEST_TEMPLATES).snapshot("nudge")
+    context = {"customer": CUSTOMER, "brand": {"name": "Shop"}}
+    async with running_worker(env, settings, db) as tq:
+        first = await env.client.start_workflow(
+            SequenceWorkflow.run, RunInput(snapshot=old, key="first", context=context), id=f"nudge/first-{uuid.uuid4().hex[:6]}",
+            task_queue=tq)
+        # The marketer edits the file while the first run waits: an SMS instead, and a second message.
+        path.write_text(before.replace("send: email\n        template: note", "send: sms\n        template: ping")
+                        + "      - send: email\n        template: note\n        id: extra\n")
+        new = load(path, TEST_TEMPLATES).snapshot("nudge")
+        second = await env.client.start_workflow(
+            SequenceWorkflow.run, RunInput(snapshot=new, key="second", context=context), id=f"nudge/second-{uuid.uuid4().hex[:6]}",
+            task_queue=tq)
+        done_first, done_second = await first.result(), await second.result()
+    assert new.hash != old.hash
+    assert (done_first.definition_hash, [s.path for s in done_first.steps_done]) == (old.hash, ["0", "1"])
+    assert (done_second.definition_hash, [s.path for s in done_second.steps_done]) == (new.hash, ["0", "1", "extra"])
+    assert [s.channel for s in await sends(env.client, first.id)] == ["email"]
+    assert [s.channel for s in await sends(env.client, second.id)] == ["sms", "email"]
