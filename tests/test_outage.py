@@ -53,3 +53,36 @@ async def test_a_long_sendgrid_outage_delays_messages_but_loses_and_doubles_none
     history = [e async for e in handle.fetch_history_events()]
     completed = [e.event_time.ToDatetime(timezone.utc) for e in history if e.HasField("activity_task_completed_event_attributes")]
     assert (completed[0] - first.at).total_seconds() > 4 * 3600
+
+
+async def test_a_briefly_locked_database_delays_a_send_and_records_it_once(env, tmp_path, fake, db):
+    import sqlite3
+    import threading
+    import time
+
+    settings = make_settings(tmp_path, fake, templates=TEST_TEMPLATES)
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_write_lock() -> None:
+        # Another process's long write transaction: every writer must wait for it.
+        conn = sqlite3.connect(db.engine.url.database, isolation_level=None)
+        conn.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        release.wait(10)
+        conn.execute("COMMIT")
+        conn.close()
+
+    holder = threading.Thread(target=hold_the_write_lock)
+    holder.start()
+    locked.wait(5)
+    one = snapshot(THREE_NOTES.split("      - wait: 1h")[0])
+    async with running_worker(env, settings, db) as tq:
+        handle = await start(env.client, tq, one)
+        started = time.monotonic()
+        threading.Timer(2.0, release.set).start()
+        result = await handle.result()
+    holder.join()
+    assert time.monotonic() - started >= 1.5  # it did wait for the lock
+    assert [s.outcome for s in result.steps_done] == ["sent"]
+    assert [(m.step, m.status) for m in messages(db)] == [("first", "sent")]
+    assert len([r for r in fake.requests if r["api"] == "sendgrid" and r["method"] == "POST"]) == 1
