@@ -128,10 +128,13 @@ def events(
     if unrouted:
         query = query.where(or_(Event.routed_at.is_(None), Event.runs == 0))
     table = Table("received", "id", "type", "customer", "order", "runs")
-    with db.session() as session:
-        for e in session.scalars(query):
-            runs = "not yet routed" if e.routed_at is None else str(e.runs)
-            table.add_row(f"{e.received_at:%Y-%m-%d %H:%M:%S}", e.id, e.type, e.customer_id or "-", e.order_id or "-", runs)
+    try:
+        with db.session() as session:
+            for e in session.scalars(query):
+                runs = "not yet routed" if e.routed_at is None else str(e.runs)
+                table.add_row(f"{e.received_at:%Y-%m-%d %H:%M:%S}", e.id, e.type, e.customer_id or "-", e.order_id or "-", runs)
+    finally:
+        db.dispose()  # like the other commands: no pooled connection outlives the command
     Console().print(table)
 
 

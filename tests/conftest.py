@@ -22,6 +22,7 @@ from keepflow.providers import email_provider, sms_provider
 from keepflow.rendering import Renderer
 from keepflow.settings import Settings
 from keepflow.store import Database, Run, upgrade
+from tests.databases import SERVER_URL, fresh_database
 from tests.fakes.provider_server import FakeProviders
 from worker import build_worker
 
@@ -56,12 +57,16 @@ def fake(fake_server: FakeProviders) -> FakeProviders:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    url = f"sqlite:///{tmp_path / 'keepflow.db'}"
-    upgrade(url)
-    database = Database(url)
-    yield database
-    database.dispose()
+def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Database]:
+    with fresh_database(tmp_path) as url:
+        if SERVER_URL:
+            # Anything in the test that opens the store from Settings (DATABASE_URL) rather than
+            # through this fixture must reach the same PostgreSQL database, not a SQLite file.
+            monkeypatch.setenv("DATABASE_URL", url)
+        upgrade(url)
+        database = Database(url)
+        yield database
+        database.dispose()
 
 
 def make_settings(tmp_path: Path, fake: FakeProviders, templates: Path = ROOT / "templates") -> Settings:

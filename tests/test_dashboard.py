@@ -100,9 +100,12 @@ def counted(db: Database, sequence_id: str) -> dict[str, dict[str, int]]:
             funnel[step]["entered"] += n
             metric = {"pending": "waiting", "deferred": "waiting", "sending": "waiting", "unknown": "failed"}.get(status, status)
             funnel[step][metric] += n
+        # JSON paths are spelt differently per database (CI runs this on PostgreSQL too).
+        message_id = ("e.payload #>> '{data,message_id}'" if c.dialect.name == "postgresql"
+                      else "json_extract(e.payload, '$.data.message_id')")
         for step, kind, n in c.execute(text(
                 "SELECT m.step, e.type, count(DISTINCT m.id) FROM messages m JOIN events e "
-                "ON CAST(json_extract(e.payload, '$.data.message_id') AS TEXT) = CAST(m.id AS TEXT) "
+                f"ON CAST({message_id} AS TEXT) = CAST(m.id AS TEXT) "
                 "WHERE m.sequence_id = :s AND e.type LIKE 'message.%' GROUP BY m.step, e.type"), {"s": sequence_id}):
             funnel[step][kind.split(".")[1]] += n
     return funnel

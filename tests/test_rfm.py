@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import keepflow.store.scores  # noqa: F401  (registers the score tables)
 from keepflow import rfm
 from keepflow.store import Customer, Database, Event, Order, upgrade
 from keepflow.store.scores import CustomerScore
+from tests.databases import fresh_database
 
 AS_OF = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
 CUSTOMERS = 3000
@@ -125,28 +125,30 @@ def reference(data: Data, as_of: datetime) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Data, dict[str, dict]]:
-    """The data set loaded and scored once; each test gets its own copy of the database file."""
-    path = tmp_path_factory.mktemp("rfm") / "keepflow.db"
-    url = f"sqlite:///{path}"
-    upgrade(url)
-    db = Database(url)
-    data = generate()
-    load(db, data)
-    assert rfm.refresh_all(db, AS_OF) == CUSTOMERS
-    with db.engine.connect() as connection:
-        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-    db.dispose()
-    return path, data, reference(data, AS_OF)
+def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Data, dict[str, dict]]]:
+    """The data set loaded and scored once; each test gets its own copy of the database."""
+    with fresh_database(tmp_path_factory.mktemp("rfm")) as url:
+        upgrade(url)
+        db = Database(url)
+        data = generate()
+        load(db, data)
+        assert rfm.refresh_all(db, AS_OF) == CUSTOMERS
+        if db.engine.dialect.name == "sqlite":
+            # The copy is of the file alone: fold the write-ahead log into it first.
+            with db.engine.connect() as connection:
+                connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        # Copying needs the source idle (PostgreSQL refuses a template with open sessions).
+        db.dispose()
+        yield url, data, reference(data, AS_OF)
 
 
 @pytest.fixture
 def scored(base, tmp_path: Path) -> Iterator[tuple[Database, Data, dict[str, dict]]]:
-    path, data, expected = base
-    shutil.copyfile(path, tmp_path / "keepflow.db")
-    db = Database(f"sqlite:///{tmp_path / 'keepflow.db'}")
-    yield db, data, expected
-    db.dispose()
+    url, data, expected = base
+    with fresh_database(tmp_path, template=url) as copy:
+        db = Database(copy)
+        yield db, data, expected
+        db.dispose()
 
 
 def stored(db: Database) -> dict[str, CustomerScore]:

@@ -299,18 +299,15 @@ async def test_shopify_topic_keepflow_does_not_use_is_acknowledged(shop, db):
     assert stored(db) == 0
 
 
-def test_events_command_lists_what_reached_no_sequence(tmp_path, monkeypatch):
+def test_events_command_lists_what_reached_no_sequence(db, monkeypatch):
     from typer.testing import CliRunner
 
     from keepflow import router
     from keepflow.cli import app
     from keepflow.events import EventIn
     from keepflow.settings import get_settings
-    from keepflow.store import Database, upgrade
 
-    url = f"sqlite:///{tmp_path / 'k.db'}"
-    upgrade(url)
-    db = Database(url)
+    url = db.url
     for body, runs in ((event("cart.abandoned"), 0), (event("order.created"), 1)):
         parsed = EventIn.model_validate(body)
         router.store(db, parsed)
