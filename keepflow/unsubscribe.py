@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -59,16 +61,22 @@ class _Key:
     secret: bytes
 
 
-def _keys(settings: Settings) -> list[_Key]:
+def _keys(settings: Settings) -> tuple[_Key, ...]:
     """Signing key first, then every key that still verifies."""
-    configured = (settings.unsubscribe_secret or "").replace(",", " ").split()
+    return _derive_keys(settings.unsubscribe_secret, tuple(settings.webhook_secrets), settings.data_dir)
+
+
+@functools.lru_cache(maxsize=8)
+def _derive_keys(unsubscribe_secret: str | None, webhook_secrets: tuple[str, ...], data_dir: Path) -> tuple[_Key, ...]:
+    # Cached: every marketing email signs a link, and the fallback reads the dev secret's file.
+    configured = (unsubscribe_secret or "").replace(",", " ").split()
     if configured:
         secrets = [s.encode() for s in configured]
     else:
         # Same fallback as `keepflow dev`, so the worker and the web server agree on the secret.
-        webhook = settings.webhook_secrets or [dev_secret(settings.data_dir)]
+        webhook = list(webhook_secrets) or [dev_secret(data_dir)]
         secrets = [hmac.new(s.encode(), _DERIVE_LABEL, hashlib.sha256).digest() for s in webhook]
-    return [_Key(_b64(hmac.new(s, _KID_LABEL, hashlib.sha256).digest()[:6]), s) for s in secrets]
+    return tuple(_Key(_b64(hmac.new(s, _KID_LABEL, hashlib.sha256).digest()[:6]), s) for s in secrets)
 
 
 def _b64(data: bytes) -> str:
