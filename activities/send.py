@@ -189,7 +189,9 @@ class MessageSender:
     def _refusal(self, request: SendRequest, customer: dict, stored: dict | None, recipient: str) -> str | None:
         channel = request.channel
         problem = (stored or {}).get(f"{channel}_problem")
-        if problem is None:
+        # A stored address was checked (and normalised) when the profile was stored; only one that
+        # comes from the run's context alone is checked here.
+        if problem is None and recipient != (stored or {}).get(channel):
             try:
                 contacts.normalize_email(recipient) if channel == "email" else contacts.normalize_phone(recipient)
             except contacts.InvalidContact as err:
