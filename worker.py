@@ -25,6 +25,7 @@ from keepflow.loader import Catalog, load
 from keepflow.providers import email_provider, sms_provider
 from keepflow.rendering import Renderer
 from keepflow.schedules import sync_schedules
+from keepflow.search_attributes import ensure_registered
 from keepflow.settings import Settings, get_settings
 from keepflow.store import Database, upgrade
 from keepflow.temporal import connect
@@ -78,6 +79,7 @@ async def run_worker(settings: Settings, address: str | None = None, stop: async
     upgrade(settings.resolved_database_url)
     db = Database(settings.resolved_database_url)
     client = await connect(address or settings.temporal_address, settings.temporal_namespace)
+    await ensure_registered(client, settings.temporal_namespace)
     stop = stop or stop_on_signals()
     for line in await sync_schedules(client, settings, catalog):
         log.info(line)

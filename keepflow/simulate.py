@@ -38,6 +38,7 @@ from keepflow.durations import parse_duration
 from keepflow.events import CustomerIn, EventIn, OrderIn
 from keepflow.loader import Catalog
 from keepflow.router import record_run, store, workflow_id
+from keepflow.search_attributes import ensure_registered
 from keepflow.settings import Settings
 from keepflow.store import Database, Run, upgrade
 
@@ -129,6 +130,7 @@ async def simulate(catalog: Catalog, sequence_id: str, customer: CustomerIn, ord
         async with await WorkflowEnvironment.start_time_skipping(
                 data_converter=pydantic_data_converter,
                 test_server_existing_path=str(server) if server.exists() else None) as env:
+            await ensure_registered(env.client, env.client.namespace)
             if start_at is not None:
                 now = await env.get_current_time()
                 if start_at > now:

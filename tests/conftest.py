@@ -20,6 +20,7 @@ from activities.send import SendDeps
 from keepflow.loader import load
 from keepflow.providers import email_provider, sms_provider
 from keepflow.rendering import Renderer
+from keepflow.search_attributes import ensure_registered
 from keepflow.settings import Settings
 from keepflow.store import Database, Run, upgrade
 from tests.databases import SERVER_URL, fresh_database
@@ -33,9 +34,11 @@ CATALOG = load(ROOT / "sequences.yaml")
 TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
 
 
-def time_skipping_server():
-    return WorkflowEnvironment.start_time_skipping(
+async def time_skipping_server() -> WorkflowEnvironment:
+    env = await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter, test_server_existing_path=str(TEST_SERVER))
+    await ensure_registered(env.client, env.client.namespace)
+    return env
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from temporalio.client import Client, WorkflowHandle
 from keepflow.devserver import free_port
 from keepflow.lifecycle import serve_http
 from keepflow.webhooks.signing import new_secret
-from keepflow.contracts import RunInput, RunStatus, SendRequest
+from keepflow.contracts import EventSignal, RunInput, RunStatus, SendRequest
 from keepflow.dsl import QuietHours, Rules, SequencesFile, Snapshot
 from keepflow.store import Database, Message
 from workflows.sequence import SequenceWorkflow
@@ -139,3 +139,45 @@ class serving:
         await self.client.aclose()
         self.stop.set()
         await self.server
+
+# A run that waits 30 days for a delivery inside a branch: the continue-as-new tests flood it.
+PATIENT = """
+sequences:
+  - id: patient
+    category: marketing
+    steps:
+      - if: "customer.first_name == 'Nok'"
+        then:
+          - wait_for: order.delivered
+            timeout: 30d
+            on_timeout:
+              - send: email
+                template: note
+                id: nudge
+      - send: sms
+        template: ping
+"""
+
+
+def event_signal(event_type: str, event_id: str | None = None) -> EventSignal:
+    return EventSignal(id=event_id or str(uuid.uuid4()), type=event_type, occurred_at="2026-11-23T00:00:00+00:00")
+
+
+async def flood(client: Client, workflow_id: str, count: int) -> None:
+    """`count` order.updated events, four in flight, in rounds of 250 that the run catches up on.
+
+    Paced, as events reaching one run are: the server hands a worker every signal that arrived
+    while the previous workflow task ran, and a task holding thousands of them (about 0.5 ms each
+    here) would run past the SDK's 2-second deadlock detector.
+    """
+    handle = client.get_workflow_handle(workflow_id)
+    gate = asyncio.Semaphore(4)
+
+    async def one(event_id: str) -> None:
+        async with gate:
+            await handle.signal("event", event_signal("order.updated", event_id))
+
+    for start_at in range(0, count, 250):
+        await asyncio.gather(*(one(f"upd-{n}") for n in range(start_at, min(start_at + 250, count))))
+        heard = (await handle.query("status", result_type=RunStatus)).events_count
+        assert heard == min(start_at + 250, count), heard

@@ -1,10 +1,13 @@
 """Replay safety: runs recorded with earlier code must replay, command for command, on today's.
 
-`tests/histories/*.json` are histories of representative runs (every step kind). A change to
-the interpreter that alters the commands a run issues, without `workflow.patched()`, makes
-these replays fail. After an intended, patched change, record new ones beside the old:
+`tests/histories/*.json` are histories of representative runs (every step kind, a quiet-hours
+hold, a run that continued as new). A change to the interpreter that alters the commands a run
+issues, without `workflow.patched()`, makes these replays fail. After an intended, patched
+change, set RECORDED_AS to a name for it and record new ones beside the old:
 
     KEEPFLOW_RECORD_HISTORIES=1 .venv/bin/pytest tests/test_replay.py -k record
+
+The files without a suffix were recorded before runs reported their step (KeepflowStep).
 """
 
 from __future__ import annotations
@@ -22,16 +25,17 @@ from temporalio.worker import Replayer
 from keepflow.events import EventIn
 from keepflow.loader import load
 from keepflow.router import ingest
-from tests.conftest import ROOT, running_worker
-from keepflow.contracts import EventSignal
-from keepflow.contracts import RunInput
-from tests.helpers import CUSTOMER, result_of, sends, snapshot, start, to_local_hour, until_step
+from tests.conftest import ROOT, TEST_TEMPLATES, make_settings, running_worker, time_skipping_server
+from keepflow.contracts import EventSignal, RunInput, RunStatus
+from tests.helpers import CUSTOMER, PATIENT, flood, result_of, sends, snapshot, start, to_local_hour, until_step
 from tests.test_journey import CHAIN, customer_in_offer_arm, play_journey
 from tests.test_winback import add_customer, scan
 from worker import SANDBOX
 from workflows.sequence import SequenceWorkflow
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
+# The suffix of the histories the record tests write: the latest patch they include.
+RECORDED_AS = "step-attribute"
 
 
 def replayer() -> Replayer:
@@ -91,10 +95,29 @@ async def record_held_run(env, settings, db) -> WorkflowHistory:
     return await handle.fetch_history()
 
 
-async def test_todays_runs_replay_deterministically(env, settings, db, fake):
+async def record_continued_run(tmp_path, fake, db) -> list[WorkflowHistory]:
+    """A run waiting in a branch that hears enough events to continue as new, then resumes in the
+    same wait and takes the event it waited for: both runs of the chain."""
+    async with await time_skipping_server() as env:
+        settings = make_settings(tmp_path, fake, templates=TEST_TEMPLATES)
+        async with running_worker(env, settings, db) as tq:
+            handle = await start(env.client, tq, snapshot(PATIENT), key=f"c{uuid.uuid4().hex[:6]}")
+            await flood(env.client, handle.id, 600)
+            latest = env.client.get_workflow_handle(handle.id)
+            await latest.signal("event", EventSignal(id="delivered-1", type="order.delivered",
+                                                     occurred_at="2026-11-24T02:00:00Z"))
+            result = await env.client.get_workflow_handle(handle.id, result_type=RunStatus).result()
+        assert result.continued == 1 and result.steps_done[0].outcome == "received order.delivered"
+        first = await env.client.get_workflow_handle(handle.id, run_id=handle.first_execution_run_id).fetch_history()
+        return [first, await latest.fetch_history()]
+
+
+async def test_todays_runs_replay_deterministically(env, settings, db, fake, tmp_path):
     for history in await record_runs(env, settings, db):
         await replayer().replay_workflow(history)
     await replayer().replay_workflow(await record_held_run(env, settings, db))
+    for history in await record_continued_run(tmp_path, fake, db):
+        await replayer().replay_workflow(history)
 
 
 def stored() -> list[Path]:
@@ -109,7 +132,8 @@ async def test_stored_history_replays(path: Path):
 def test_every_step_kind_is_covered_by_a_stored_history():
     text = "\n".join(p.read_text() for p in stored())
     for kind in ("send_message", "start_sequence", "create_coupon", "load_customer",
-                 "TIMER_FIRED", "TIMER_CANCELED", "WORKFLOW_EXECUTION_SIGNALED"):
+                 "TIMER_FIRED", "TIMER_CANCELED", "WORKFLOW_EXECUTION_SIGNALED",
+                 "UPSERT_WORKFLOW_SEARCH_ATTRIBUTES", "CONTINUED_AS_NEW"):
         assert kind in text, f"no stored history exercises {kind}"
 
 
@@ -118,12 +142,19 @@ async def test_record_histories(env, settings, db, fake):
     HISTORIES.mkdir(exist_ok=True)
     for history in await record_runs(env, settings, db):
         name = history.workflow_id.split("/")[0]
-        (HISTORIES / f"{name}.json").write_text(history.to_json())
+        (HISTORIES / f"{name}.{RECORDED_AS}.json").write_text(history.to_json())
 
 
 @pytest.mark.skipif(not os.environ.get("KEEPFLOW_RECORD_HISTORIES"), reason="set KEEPFLOW_RECORD_HISTORIES=1 to re-record")
 async def test_record_held_history(env, settings, db, fake):
-    (HISTORIES / "held.json").write_text((await record_held_run(env, settings, db)).to_json())
+    (HISTORIES / f"held.{RECORDED_AS}.json").write_text((await record_held_run(env, settings, db)).to_json())
+
+
+@pytest.mark.skipif(not os.environ.get("KEEPFLOW_RECORD_HISTORIES"), reason="set KEEPFLOW_RECORD_HISTORIES=1 to re-record")
+async def test_record_continued_histories(tmp_path, fake, db):
+    first, resumed = await record_continued_run(tmp_path, fake, db)
+    (HISTORIES / f"continued-first.{RECORDED_AS}.json").write_text(first.to_json())
+    (HISTORIES / f"continued-resumed.{RECORDED_AS}.json").write_text(resumed.to_json())
 
 
 async def test_editing_sequences_yaml_does_not_change_runs_in_flight(env, tmp_path, fake, db):

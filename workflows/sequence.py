@@ -5,12 +5,19 @@ activity (`send_message`, or a registered `do:` activity); every pause is a Temp
 The run interprets the definition snapshot it was started with, so editing `sequences.yaml`
 changes new runs only. Events reach the run as signals and are buffered, so one that arrives
 before the run reaches its `wait_for` is waiting there when it does.
+
+A run that has heard many events (each signal grows its history) continues as new from the wait
+it is in, long before Temporal's history limits: the next run skips the steps already done and
+waits out the rest of the same wait (see `Resume`). When it settles into a wait it also sets the
+`KeepflowStep` search attribute, so the dashboard can count the runs waiting at each step.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
@@ -20,12 +27,13 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from keepflow import expressions
     from keepflow.contracts import (
-        DoRequest, EventSignal, RunInput, RunStatus, SendPolicy, SendRequest, SendResult, StepRecord,
+        DoRequest, EventSignal, Resume, RunInput, RunStatus, SendPolicy, SendRequest, SendResult, StepRecord,
     )
     from keepflow.durations import format_duration
     from keepflow.dsl import (
         DoStep, ExitStep, IfStep, Sequence, SendStep, SplitStep, StartStep, Step, WaitForStep, WaitStep, step_path,
     )
+    from keepflow.search_attributes import STEP, step_value
 
 # A send is render + checks + one provider call; the provider's own HTTP timeout is 10 s.
 SEND_TIMEOUT = timedelta(seconds=30)
@@ -43,10 +51,31 @@ DO_RETRY = RetryPolicy(
 )
 DO_DEADLINE = timedelta(hours=2)
 
+# Temporal warns at 10,240 history events and suggests continuing as new well before. A run
+# continues as new from its current wait once its history reaches this length (each signal adds
+# one event, and often a workflow task's three), or when the server suggests it. Kept low because
+# a worker that evicts a run replays its whole history in one workflow task, and the SDK's
+# deadlock detector allows two seconds for it: 1,000 signals replay in about half a second on an
+# idle core, and a busy machine is several times slower.
+CONTINUE_AS_NEW_AFTER = 500
+# A redelivered event comes back within minutes, not thousands of events later: a continued run
+# remembers the ids of the latest ones only, and carries at most this many events not yet taken.
+SEEN_KEPT = 1_000
+INBOX_KEPT = 500
+# Runs started before the KeepflowStep search attribute existed replay without setting it.
+STEP_ATTRIBUTE_PATCH = "keepflow-step-search-attribute"
+
 
 class _Exit(Exception):
     def __init__(self, reason: str):
         self.reason = reason
+
+
+class _Continue(Exception):
+    """The history is long: continue as new, waiting in `path` until `until`."""
+
+    def __init__(self, path: str, until: datetime, expires_at: datetime | None):
+        self.path, self.until, self.expires_at = path, until, expires_at
 
 
 @workflow.defn(name="sequence")
@@ -56,12 +85,25 @@ class SequenceWorkflow:
         self.input = input
         self.sequence: Sequence = input.snapshot.sequence
         self.context: dict[str, Any] = dict(input.context)
-        self.inbox: list[EventSignal] = []
-        self.consumed: set[str] = set()
+        resume = input.resume
+        # Set until the run, continued as new, is back in the wait it left.
+        self.resume: Resume | None = resume
+        self.inbox: list[EventSignal] = list(resume.inbox) if resume else []
+        self.seen: dict[str, None] = dict.fromkeys(resume.seen if resume else [])
+        self.events_count = resume.events_count if resume else 0
+        # Events not yet taken, per type, and the order in which types were first heard: a run told
+        # about tens of thousands of events checks its wait conditions after each one, so these
+        # are looked up, never scanned.
+        self.untaken: dict[str, deque[EventSignal]] = {}
+        self.heard: dict[str, int] = {}
+        for carried in self.inbox:
+            self._note(carried)
         self.exit_reason: str | None = None
         self.current: str | None = None
-        self.done: list[StepRecord] = []
-        self.started_at = workflow.now()
+        self.done: list[StepRecord] = list(resume.done) if resume else []
+        self.started_at = resume.started_at if resume else workflow.now()
+        self.waiting_at: str | None = resume.waiting_at if resume else None
+        self.continued = resume.continued if resume else 0
 
     @workflow.run
     async def run(self, input: RunInput) -> RunStatus:
@@ -70,14 +112,19 @@ class SequenceWorkflow:
             self.exit_reason = self.exit_reason or "completed"
         except _Exit as stop:
             self.exit_reason = stop.reason
+        except _Continue as at:
+            workflow.continue_as_new(self._continued_input(at))
         self.current = None
         return self.status()
 
     @workflow.signal
     def event(self, signal: EventSignal) -> None:
-        if any(e.id == signal.id for e in self.inbox):
+        if signal.id in self.seen:
             return  # a redelivered event changes nothing
+        self.seen[signal.id] = None
+        self.events_count += 1
         self.inbox.append(signal)
+        self._note(signal)
         if self.exit_reason is not None:
             return
         if signal.type in self.sequence.goal:
@@ -91,14 +138,17 @@ class SequenceWorkflow:
             sequence_id=self.sequence.id, key=self.input.key, definition_hash=self.input.snapshot.hash,
             current_step=self.current, steps_done=list(self.done),
             events_received=[e.type for e in self.inbox], exit_reason=self.exit_reason,
+            events_count=self.events_count, continued=self.continued,
         )
 
     # -- interpretation -------------------------------------------------------------------------
 
     async def _run_steps(self, steps: list[Step], prefix: str) -> None:
         for index, step in enumerate(steps):
-            self._check_exit()
             path = step_path(prefix, index, step)
+            if self.resume is not None and not (self.resume.path == path or self.resume.path.startswith(f"{path}.")):
+                continue  # done before the run continued as new
+            self._check_exit()
             self.current = path
             outcome = await self._run_step(step, path)
             self.done.append(StepRecord(path=path, kind=type(step).__name__.removesuffix("Step").lower(), outcome=outcome))
@@ -107,16 +157,20 @@ class SequenceWorkflow:
         if isinstance(step, SendStep):
             return await self._send(step, path)
         if isinstance(step, WaitStep):
-            await self._sleep(step.wait)
+            resumed = self._resumed_here(path)
+            self._settle(path)
+            await self._wait(path, resumed.until if resumed else workflow.now() + self._scaled(step.wait))
+            self._check_exit()
             return "waited"
         if isinstance(step, WaitForStep):
             return await self._wait_for(step, path)
         if isinstance(step, IfStep):
-            branch = "then" if self._condition(step.if_) else "else"
+            branch = self._resumed_branch(path) or ("then" if self._condition(step.if_) else "else")
             await self._run_steps(step.then if branch == "then" else step.else_, f"{path}.{branch}")
             return branch
         if isinstance(step, SplitStep):
-            variant = self._choose_variant(step, path)
+            resumed_variant = self._resumed_branch(path)
+            variant = next((v for v in step.split if v.variant == resumed_variant), None) or self._choose_variant(step, path)
             self.context.setdefault("variants", {})[path] = variant.variant
             await self._run_steps(variant.steps, f"{path}.{variant.variant}")
             return variant.variant
@@ -130,13 +184,24 @@ class SequenceWorkflow:
 
     async def _send(self, step: SendStep, path: str) -> str:
         category = step.category or self.sequence.category
-        due = self._clock()
-        # In a compressed run (`keepflow demo`: a day per second) timers fire a day late or more
-        # and each run's clock drifts from the others', so the wall-clock rules (quiet hours, the
-        # cap, expiry) would misfire; they apply at time scale 1 (production, tests, simulate).
-        compressed = self.input.time_scale != 1.0
-        expires_at = due + step.expires_after if step.expires_after and not compressed else None
+        resumed = self._resumed_here(path)
+        if resumed is not None:
+            # Continued as new while held: finish the same hold, keep the same expiry.
+            expires_at, held_until = resumed.expires_at, resumed.until
+        else:
+            # In a compressed run (`keepflow demo`: a day per second) timers fire a day late or
+            # more and each run's clock drifts from the others', so the wall-clock rules (quiet
+            # hours, the cap, expiry) would misfire; they apply at time scale 1 (production,
+            # tests, simulate).
+            compressed = self.input.time_scale != 1.0
+            expires_at = self._clock() + step.expires_after if step.expires_after and not compressed else None
+            held_until = None
         while True:
+            if held_until is not None:
+                # Held (quiet hours, the cap): a durable timer in the run, cut short if the run
+                # ends or a superseding event arrives; then the same message is asked for again.
+                self._settle(path)
+                await self._wait(path, held_until, lambda: self._superseding(step) is not None, expires_at)
             self._check_exit()
             superseding = self._superseding(step)
             request = SendRequest(
@@ -159,16 +224,7 @@ class SequenceWorkflow:
                 return "failed: retries exhausted"
             if result.status != "deferred" or result.retry_at is None:
                 return result.status if not result.reason else f"{result.status}: {result.reason}"
-            # Held (quiet hours, the cap): a durable timer in the run, cut short if the run ends or
-            # a superseding event arrives; then the same message is asked for again.
-            wait = max(result.retry_at - self._clock(), timedelta(seconds=1))
-            try:
-                await workflow.wait_condition(
-                    lambda: self.exit_reason is not None or self._superseding(step) is not None,
-                    timeout=self._scaled(wait),
-                )
-            except asyncio.TimeoutError:
-                pass
+            held_until = workflow.now() + self._scaled(max(result.retry_at - self._clock(), timedelta(seconds=1)))
 
     def _policy(self, step: SendStep, category: str) -> SendPolicy | None:
         rules = self.input.snapshot.rules
@@ -188,26 +244,25 @@ class SequenceWorkflow:
         )
 
     def _superseding(self, step: SendStep) -> str | None:
-        return next((e.type for e in self.inbox if e.type in step.superseded_by), None)
+        heard = [t for t in step.superseded_by if t in self.heard]
+        return min(heard, key=self.heard.__getitem__) if heard else None
 
     async def _wait_for(self, step: WaitForStep, path: str) -> str:
-        signal = self._take(step.wait_for)
-        if signal is None:
-            try:
-                await workflow.wait_condition(
-                    lambda: self.exit_reason is not None or self._peek(step.wait_for) is not None,
-                    timeout=self._scaled(step.timeout),
-                )
-            except asyncio.TimeoutError:
-                pass
-            self._check_exit()
+        if self._resumed_branch(path) != "on_timeout":
+            resumed = self._resumed_here(path)
             signal = self._take(step.wait_for)
-        if signal is not None:
-            if step.as_:
-                self.context[step.as_] = signal.model_dump(mode="json")
-            return f"received {step.wait_for}"
-        if step.on_timeout == "exit":
-            raise _Exit(f"no {step.wait_for} within {format_duration(step.timeout)}")
+            if signal is None:
+                self._settle(path)
+                deadline = resumed.until if resumed else workflow.now() + self._scaled(step.timeout)
+                await self._wait(path, deadline, lambda: self._peek(step.wait_for) is not None)
+                self._check_exit()
+                signal = self._take(step.wait_for)
+            if signal is not None:
+                if step.as_:
+                    self.context[step.as_] = signal.model_dump(mode="json")
+                return f"received {step.wait_for}"
+            if step.on_timeout == "exit":
+                raise _Exit(f"no {step.wait_for} within {format_duration(step.timeout)}")
         if isinstance(step.on_timeout, list):
             await self._run_steps(step.on_timeout, f"{path}.on_timeout")
         return "timed out"
@@ -245,13 +300,57 @@ class SequenceWorkflow:
         if self.exit_reason is not None:
             raise _Exit(self.exit_reason)
 
-    async def _sleep(self, duration: timedelta) -> None:
-        # A timer that an exit_on event cuts short: one timer command either way.
+    async def _wait(self, path: str, until: datetime, done: Callable[[], bool] = lambda: False,
+                    expires_at: datetime | None = None) -> None:
+        """Wait until `until` (one timer), or less if the run ends or `done()`; or continue as new
+        from here if the history grows long meanwhile."""
+        remaining = until - workflow.now()
+        if remaining <= timedelta(0):
+            return
         try:
-            await workflow.wait_condition(lambda: self.exit_reason is not None, timeout=self._scaled(duration))
+            await workflow.wait_condition(
+                lambda: self.exit_reason is not None or done() or self._history_long(), timeout=remaining)
         except asyncio.TimeoutError:
-            pass
-        self._check_exit()
+            return
+        if self.exit_reason is None and not done():
+            raise _Continue(path, until, expires_at)
+
+    def _history_long(self) -> bool:
+        info = workflow.info()
+        return info.get_current_history_length() >= CONTINUE_AS_NEW_AFTER or info.is_continue_as_new_suggested()
+
+    def _continued_input(self, at: _Continue) -> RunInput:
+        takeable = self.sequence.events_awaited() | {
+            e for _, s in self.sequence.walk() if isinstance(s, SendStep) for e in s.superseded_by}
+        untaken = {e.id for t in takeable for e in self.untaken.get(t, ())}
+        carried = [e for e in self.inbox if e.id in untaken][-INBOX_KEPT:]
+        resume = Resume(
+            path=at.path, until=at.until, expires_at=at.expires_at, started_at=self.started_at, inbox=carried,
+            seen=list(self.seen)[-SEEN_KEPT:], events_count=self.events_count, done=self.done,
+            waiting_at=self.waiting_at, continued=self.continued + 1,
+        )
+        return RunInput(snapshot=self.input.snapshot, key=self.input.key, context=self.context,
+                        time_scale=self.input.time_scale, resume=resume)
+
+    def _resumed_here(self, path: str) -> Resume | None:
+        """The wait to finish, when this is the step the previous run continued as new from."""
+        if self.resume is None or self.resume.path != path:
+            return None
+        resumed, self.resume = self.resume, None
+        return resumed
+
+    def _resumed_branch(self, path: str) -> str | None:
+        """The branch (then/else, a variant, on_timeout) the previous run was in, below `path`."""
+        if self.resume is None or not self.resume.path.startswith(f"{path}."):
+            return None
+        return self.resume.path[len(path) + 1:].split(".", 1)[0]
+
+    def _settle(self, path: str) -> None:
+        """Say where the run waits (the `KeepflowStep` search attribute)."""
+        if self.waiting_at == path or not workflow.patched(STEP_ATTRIBUTE_PATCH):
+            return
+        workflow.upsert_search_attributes([STEP.value_set(step_value(self.sequence.id, path))])
+        self.waiting_at = path
 
     def _scaled(self, duration: timedelta) -> timedelta:
         return duration * self.input.time_scale
@@ -260,14 +359,17 @@ class SequenceWorkflow:
         """The run's clock in definition time: workflow time, sped up in a compressed run."""
         return self.started_at + (workflow.now() - self.started_at) / self.input.time_scale
 
+    def _note(self, signal: EventSignal) -> None:
+        self.untaken.setdefault(signal.type, deque()).append(signal)
+        self.heard.setdefault(signal.type, len(self.heard))
+
     def _peek(self, event_type: str) -> EventSignal | None:
-        return next((e for e in self.inbox if e.type == event_type and e.id not in self.consumed), None)
+        waiting = self.untaken.get(event_type)
+        return waiting[0] if waiting else None
 
     def _take(self, event_type: str) -> EventSignal | None:
-        signal = self._peek(event_type)
-        if signal is not None:
-            self.consumed.add(signal.id)
-        return signal
+        waiting = self.untaken.get(event_type)
+        return waiting.popleft() if waiting else None
 
     def _evaluate(self, expression: str) -> Any:
         try:
