@@ -29,6 +29,7 @@ from keepflow.search_attributes import ensure_registered
 from keepflow.settings import Settings, get_settings
 from keepflow.store import Database, upgrade
 from keepflow.temporal import connect
+from keepflow.workflow_modules import compile_once
 from workflows.inactivity import InactivityScan
 from workflows.scores import ScoresRefresh
 from workflows.sequence import SEND_TIMEOUT, SequenceWorkflow
@@ -54,10 +55,12 @@ def build_worker(client: Client, settings: Settings, db: Database, send_deps: Se
     )
     catalog = catalog or load(settings.sequences_path, settings.templates_dir)
     registered = [to_temporal(r, settings, db) for r in discover().values()]
+    workflows = [SequenceWorkflow, InactivityScan, ScoresRefresh]
+    compile_once(workflows)
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
-        workflows=[SequenceWorkflow, InactivityScan, ScoresRefresh],
+        workflows=workflows,
         workflow_runner=SANDBOX,
         activities=[
             MessageSender(send_deps).send_message,

@@ -34,7 +34,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -85,7 +85,8 @@ class MessageSender:
     @activity.defn(name="send_message")
     def send_message(self, request: SendRequest) -> SendResult:
         key = f"{request.workflow_id}:{request.step}"
-        row = self._claim(key, request)
+        claim = self._claim(key, request)
+        row = claim.row
         if row.status in FINAL:
             return _result(row)
         now = _run_clock(request)
@@ -96,11 +97,10 @@ class MessageSender:
             return self._finish(row.id, "skipped", error=f"expired: not sent by {request.expires_at:%Y-%m-%d %H:%M} UTC")
 
         customer = request.context.get("customer") or {}
-        stored = self._customer(customer.get("id"))
-        recipient = (stored or {}).get(request.channel) or customer.get("email" if request.channel == "email" else "phone")
+        stored, recipient = claim.stored, claim.recipient
         if not recipient:
             return self._finish(row.id, "skipped", error=f"customer has no {request.channel} address")
-        refusal = self._refusal(request, customer, stored, recipient)
+        refusal = _refusal(request, customer, stored, claim)
         if refusal:
             return self._finish(row.id, "skipped", error=refusal)
         if request.coupon:
@@ -156,7 +156,10 @@ class MessageSender:
             send = lambda: self.deps.sms.send_sms(sms)  # noqa: E731
             provider = self.deps.sms.name
 
-        self._mark_sending(row.id, provider, recipient, rendered.locale, rendered.subject, rendered.body)
+        if not self._mark_sending(row, provider, recipient, rendered.locale, rendered.subject, rendered.body):
+            # Another attempt moved the row since this one read it: this attempt outlived its
+            # timeout and Temporal started the next one. Only the row's owner may call the provider.
+            raise ApplicationError(f"message {key}: another attempt has taken over this send", type="SendTakenOver")
         try:
             accepted = send()
         except PermanentError as err:
@@ -173,42 +176,6 @@ class MessageSender:
         return self._finish(row.id, "sent", accepted=accepted)
 
     # -- who may get what ----------------------------------------------------------------------------
-
-    def _customer(self, customer_id: str | None) -> dict | None:
-        """The stored profile, which is newer than the run's context (consent changes mid-run)."""
-        if not customer_id:
-            return None
-        with self.deps.db.session() as session:
-            found = session.get(Customer, str(customer_id))
-            if found is None:
-                return None
-            return {"email": found.email, "sms": found.phone, "consents": dict(found.consents or {}),
-                    "timezone": found.timezone, "email_problem": found.email_problem,
-                    "sms_problem": found.phone_problem}
-
-    def _refusal(self, request: SendRequest, customer: dict, stored: dict | None, recipient: str) -> str | None:
-        channel = request.channel
-        problem = (stored or {}).get(f"{channel}_problem")
-        # A stored address was checked (and normalised) when the profile was stored; only one that
-        # comes from the run's context alone is checked here.
-        if problem is None and recipient != (stored or {}).get(channel):
-            try:
-                contacts.normalize_email(recipient) if channel == "email" else contacts.normalize_phone(recipient)
-            except contacts.InvalidContact as err:
-                problem = str(err)
-        if problem:
-            return f"invalid {channel} address: {problem}"
-        group = request.policy.group if request.policy else request.sequence_id
-        with self.deps.db.session() as session:
-            blocked = suppressions.blocking(session, channel=channel, address=recipient,
-                                            category=request.category, group=group)
-            if blocked is not None:
-                return f"suppressed: {blocked.reason} ({blocked.source})"
-        if request.category == "marketing":
-            consents = (stored or {}).get("consents") or customer.get("consents") or {}
-            if not consents.get(channel):
-                return f"no {channel} marketing consent"
-        return None
 
     def _hold(self, row_id: int, request: SendRequest, policy, customer: dict, stored: dict | None,
               now: datetime) -> SendResult | None:
@@ -265,39 +232,62 @@ class MessageSender:
 
     # -- the message row ---------------------------------------------------------------------------
 
-    def _claim(self, key: str, request: SendRequest) -> Message:
+    def _claim(self, key: str, request: SendRequest) -> _Claim:
+        """The message row (made `pending` if this is the first attempt) and, unless it is final,
+        what the checks read: the stored profile and any suppression of the recipient. One
+        transaction: a send is a handful of indexed reads, so each round trip (and, on SQLite, each
+        wait for the write lock) counts."""
         customer = request.context.get("customer") or {}
-        with self.deps.db.session() as session:
-            row = session.scalar(select(Message).where(Message.key == key))
-            if row is not None:
-                return row
         try:
-            with self.deps.db.session() as session:
-                row = Message(
-                    key=key, workflow_id=request.workflow_id, sequence_id=request.sequence_id, step=request.step,
-                    channel=request.channel, category=request.category, template=request.template,
-                    customer_id=customer.get("id"), status="pending", attempts=0,
-                )
-                session.add(row)
-            return row
+            return self._load(key, request, customer, claim=True)
         except IntegrityError:
             # Another attempt claimed it between our read and write: use its row.
-            with self.deps.db.session() as session:
-                return session.scalars(select(Message).where(Message.key == key)).one()
+            return self._load(key, request, customer, claim=False)
 
-    def _mark_sending(self, row_id: int, provider: str, recipient: str, locale: str, subject: str | None, body: str) -> None:
-        with self.deps.db.session() as session:
-            session.execute(
-                update(Message).where(Message.id == row_id).values(
-                    status="sending", sending_at=datetime.now(timezone.utc), provider=provider,
-                    recipient=recipient, locale=locale, subject=subject, body=body,
-                    attempts=Message.attempts + 1,
-                )
-            )
+    def _load(self, key: str, request: SendRequest, customer: dict, *, claim: bool) -> _Claim:
+        # Reads first, the claiming insert last: on SQLite the write lock is then held only for the
+        # insert and its commit, not while Python checks an address.
+        with self.deps.db.transaction() as connection:
+            found = connection.execute(_ROW_BY_KEY, {"key": key}).first()
+            if found is None and not claim:
+                raise LookupError(f"message {key} is neither stored nor claimable")
+            row = _Row(*found) if found is not None else None
+            if row is not None and row.status in FINAL:
+                return _Claim(row)
+            stored = _stored_profile(connection, customer.get("id"))
+            channel = request.channel
+            recipient = (stored or {}).get(channel) or customer.get("email" if channel == "email" else "phone")
+            problem = _address_problem(channel, stored, recipient) if recipient else None
+            blocked = None
+            if recipient and not problem:
+                group = request.policy.group if request.policy else request.sequence_id
+                blocked = suppressions.blocking_reason(connection, channel=channel, address=recipient,
+                                                       category=request.category, group=group)
+            if row is None:
+                inserted = connection.execute(insert(_messages), {
+                    "key": key, "workflow_id": request.workflow_id, "sequence_id": request.sequence_id,
+                    "step": request.step, "channel": request.channel, "category": request.category,
+                    "template": request.template, "customer_id": customer.get("id"), "status": "pending",
+                    "attempts": 0,
+                })
+                row = _Row(inserted.inserted_primary_key[0], key, "pending", None, None, None, 0)
+            return _Claim(row, stored, recipient, problem, blocked)
+
+    def _mark_sending(self, row: _Row, provider: str, recipient: str, locale: str, subject: str | None,
+                      body: str) -> bool:
+        """Compare-and-set: the row becomes `sending` only if no other attempt changed it since this
+        one read it (same status, same attempt count). False: leave the provider alone."""
+        with self.deps.db.transaction() as connection:
+            marked = connection.execute(_MARK_SENDING, {
+                "row_id": row.id, "read_status": row.status, "read_attempts": row.attempts,
+                "sending_at": datetime.now(timezone.utc), "provider": provider,
+                "recipient": recipient, "locale": locale, "subject": subject, "body": body,
+            })
+            return marked.rowcount == 1
 
     def _set(self, row_id: int, **values) -> None:
-        with self.deps.db.session() as session:
-            session.execute(update(Message).where(Message.id == row_id).values(**values))
+        with self.deps.db.transaction() as connection:
+            connection.execute(_SET, {"row_id": row_id, **values})
 
     def _finish(self, row_id: int, status: str, *, error: str | None = None, accepted: Accepted | None = None) -> SendResult:
         values: dict = {"status": status, "error": error}
@@ -306,16 +296,98 @@ class MessageSender:
         if accepted is not None:
             values.update(provider=accepted.provider, provider_message_id=accepted.provider_message_id,
                           sent_at=datetime.now(timezone.utc))
-        with self.deps.db.session() as session:
+        with self.deps.db.transaction() as connection:
             # Only an unfinished row may change: a late first attempt cannot overwrite a retry's result.
-            session.execute(update(Message).where(Message.id == row_id, Message.status.not_in(FINAL)).values(**values))
-            row = session.get(Message, row_id)
-            if status != "sent":
-                log.warning("message %s %s: %s", row.key, row.status, row.error)
-            return _result(row)
+            connection.execute(_FINISH, {"row_id": row_id, **values})
+            row = _Row(*connection.execute(_ROW_BY_ID, {"row_id": row_id}).one())
+        if status != "sent":
+            log.warning("message %s %s: %s", row.key, row.status, row.error)
+        return _result(row)
 
 
-def _result(row: Message) -> SendResult:
+# -- reads and writes of the message row, as Core statements built once ----------------------------
+
+_messages = Message.__table__
+_customers = Customer.__table__
+_FINAL_ORDERED = sorted(FINAL)
+_ROW = select(_messages.c.id, _messages.c.key, _messages.c.status, _messages.c.error,
+              _messages.c.provider_message_id, _messages.c.sending_at, _messages.c.attempts)
+_ROW_BY_KEY = _ROW.where(_messages.c.key == bindparam("key"))
+_ROW_BY_ID = _ROW.where(_messages.c.id == bindparam("row_id"))
+_PROFILE = select(_customers.c.email, _customers.c.phone, _customers.c.consents, _customers.c.timezone,
+                  _customers.c.email_problem, _customers.c.phone_problem).where(_customers.c.id == bindparam("id"))
+# Without .values(): the columns to set are the keys of the parameters given with each call.
+_SET = update(_messages).where(_messages.c.id == bindparam("row_id"))
+_FINISH = _SET.where(_messages.c.status.not_in(_FINAL_ORDERED))
+_MARK_SENDING = update(_messages).where(
+    _messages.c.id == bindparam("row_id"), _messages.c.status == bindparam("read_status"),
+    _messages.c.attempts == bindparam("read_attempts"),
+).values(
+    status="sending", sending_at=bindparam("sending_at"), provider=bindparam("provider"),
+    recipient=bindparam("recipient"), locale=bindparam("locale"), subject=bindparam("subject"),
+    body=bindparam("body"), attempts=_messages.c.attempts + 1,
+)
+
+
+@dataclass(frozen=True)
+class _Row:
+    """What send_message needs of its message row."""
+    id: int
+    key: str
+    status: str
+    error: str | None
+    provider_message_id: str | None
+    sending_at: datetime | None
+    attempts: int
+
+
+@dataclass(frozen=True)
+class _Claim:
+    row: _Row
+    stored: dict | None = None  # the stored profile
+    recipient: str | None = None
+    problem: str | None = None  # why the recipient's address cannot be used
+    blocked: tuple[str, str] | None = None  # (reason, source) of a suppression that forbids this send
+
+
+def _stored_profile(connection, customer_id: str | None) -> dict | None:
+    """The stored profile, which is newer than the run's context (consent changes mid-run)."""
+    if not customer_id:
+        return None
+    found = connection.execute(_PROFILE, {"id": str(customer_id)}).first()
+    if found is None:
+        return None
+    return {"email": found.email, "sms": found.phone, "consents": dict(found.consents or {}),
+            "timezone": found.timezone, "email_problem": found.email_problem, "sms_problem": found.phone_problem}
+
+
+def _address_problem(channel: str, stored: dict | None, recipient: str) -> str | None:
+    problem = (stored or {}).get(f"{channel}_problem")
+    # A stored address was checked (and normalised) when the profile was stored; only one that
+    # comes from the run's context alone is checked here.
+    if problem is None and recipient != (stored or {}).get(channel):
+        try:
+            contacts.normalize_email(recipient) if channel == "email" else contacts.normalize_phone(recipient)
+        except contacts.InvalidContact as err:
+            problem = str(err)
+    return problem
+
+
+def _refusal(request: SendRequest, customer: dict, stored: dict | None, claim: _Claim) -> str | None:
+    channel = request.channel
+    if claim.problem:
+        return f"invalid {channel} address: {claim.problem}"
+    if claim.blocked is not None:
+        reason, source = claim.blocked
+        return f"suppressed: {reason} ({source})"
+    if request.category == "marketing":
+        consents = (stored or {}).get("consents") or customer.get("consents") or {}
+        if not consents.get(channel):
+            return f"no {channel} marketing consent"
+    return None
+
+
+def _result(row: _Row) -> SendResult:
     return SendResult(status=row.status, message_id=row.id, provider_message_id=row.provider_message_id,
                       reason=row.error if row.status != "sent" else None)
 

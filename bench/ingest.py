@@ -238,10 +238,10 @@ TIMED = (
     ("keepflow.router", None, "route", "router.route (signals + start + catch-up)"),
     ("keepflow.router", None, "_deliver", "router._deliver (signal a run; NOT_FOUND if none)"),
     ("temporalio.client", "Client", "start_workflow", "Client.start_workflow (in route)"),
-    ("keepflow.router", None, "record_run", "router.record_run (SQLite)"),
-    ("keepflow.router", None, "_catch_up", "router._catch_up (query stored events, signal)"),
+    ("keepflow.router", None, "_record_and_find_earlier", "router: record run + find earlier events (SQLite, one transaction)"),
+    ("keepflow.router", None, "_catch_up", "router._catch_up (signal earlier events)"),
     ("keepflow.router", None, "mark_routed", "router.mark_routed (SQLite)"),
-    ("activities.send", "MessageSender", "_claim", "send_message: claim row (SQLite)"),
+    ("activities.send", "MessageSender", "_claim", "send_message: claim row + profile + suppressions (SQLite)"),
     ("keepflow.rendering", "Renderer", "render", "send_message: render template"),
     ("activities.send", "MessageSender", "_mark_sending", "send_message: mark sending (SQLite)"),
     ("keepflow.providers.sendgrid", "SendGridEmail", "send_email", "send_message: SendGrid call to the fake"),
@@ -734,7 +734,12 @@ def main() -> int:
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
-        return client_main()
+        code = client_main()
+        sys.stdout.flush()
+        # Skip interpreter shutdown: the Temporal client's native threads can still call into Python
+        # while it finalizes, which aborts the process ("PyGILState_Release ... finalizing") after the
+        # results were already written.
+        os._exit(code)
     if args.events < 1 or args.concurrency < 1:
         parser.error("--events and --concurrency must be at least 1")
 

@@ -81,9 +81,7 @@ WAIT_SECONDS = 86400  # each `wait: 1d`, in definition seconds
 # `--breakdown`: timers put on at run time around send_message's steps (ingest.py's `instrument`),
 # to see how much of the worker's time is the activity rather than the workflow side.
 SEND_STEPS = (
-    ("activities.send", "MessageSender", "_claim", "send_message: claim row (SQLite)"),
-    ("activities.send", "MessageSender", "_customer", "send_message: read stored customer (SQLite)"),
-    ("activities.send", "MessageSender", "_refusal", "send_message: suppression checks (SQLite)"),
+    ("activities.send", "MessageSender", "_claim", "send_message: claim row + stored profile + suppressions (SQLite, one transaction)"),
     ("keepflow.rendering", "Renderer", "render", "send_message: render template"),
     ("activities.send", "MessageSender", "_mark_sending", "send_message: mark sending (SQLite)"),
     ("keepflow.providers.outbox", "OutboxEmail", "send_email", "send_message: outbox email (file append)"),

@@ -19,33 +19,36 @@ from keepflow.events import utc
 from keepflow.store import Database, Message
 
 
+_messages = Message.__table__
+
+
 def take_slot(db: Database, *, message_id: int, customer_id: str, channel: str, cap: Cap,
               now: datetime) -> datetime | None:
     """Count this message under the cap. None if it fits; else when the next slot frees up."""
-    with db.session() as session:
-        if session.get_bind().dialect.name == "postgresql":
-            session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
-                            {"k": f"cap:{customer_id}:{channel}"})
-        session.execute(update(Message).where(Message.id == message_id).values(counted_at=now))
-        others = session.scalars(
-            select(Message.counted_at).where(
-                Message.customer_id == customer_id, Message.channel == channel, Message.id != message_id,
+    with db.transaction() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+                               {"k": f"cap:{customer_id}:{channel}"})
+        connection.execute(update(_messages).where(_messages.c.id == message_id).values(counted_at=now))
+        others = connection.scalars(
+            select(_messages.c.counted_at).where(
+                _messages.c.customer_id == customer_id, _messages.c.channel == channel, _messages.c.id != message_id,
                 # No upper bound: another run's clock may be a few milliseconds ahead of ours, and
                 # its slot counts all the same.
-                Message.counted_at.is_not(None), Message.counted_at > now - cap.per,
-            ).order_by(Message.counted_at)
+                _messages.c.counted_at.is_not(None), _messages.c.counted_at > now - cap.per,
+            ).order_by(_messages.c.counted_at)
         ).all()
         if len(others) < cap.max:
             return None
-        session.execute(update(Message).where(Message.id == message_id).values(counted_at=None))
+        connection.execute(update(_messages).where(_messages.c.id == message_id).values(counted_at=None))
         # The slot frees when enough of the counted ones have left the window.
         return utc(others[len(others) - cap.max]) + cap.per
 
 
 def release(db: Database, message_id: int) -> None:
     """A counted message that did not go out gives its slot back."""
-    with db.session() as session:
-        session.execute(update(Message).where(Message.id == message_id).values(counted_at=None))
+    with db.transaction() as connection:
+        connection.execute(update(_messages).where(_messages.c.id == message_id).values(counted_at=None))
 
 
 def window_text(cap: Cap, channel: str) -> str:

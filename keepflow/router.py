@@ -169,11 +169,15 @@ def _region(locale: str | None) -> str | None:
 def record_run(db: Database, run_id: str, context: dict[str, Any], started_at: datetime | None = None) -> None:
     """Note a run's start for reports and cool-downs (a later run under the same id replaces it)."""
     with db.session() as session:
-        session.merge(Run(
-            id=run_id, sequence_id=run_id.split("/", 1)[0], customer_id=(context.get("customer") or {}).get("id"),
-            started_at=started_at or _now(), trigger_event_id=(context.get("event") or {}).get("id"),
-            converted_at=None, converted_event_id=None,
-        ))
+        _record_run(session, run_id, context, started_at)
+
+
+def _record_run(session: Session, run_id: str, context: dict[str, Any], started_at: datetime | None = None) -> None:
+    session.merge(Run(
+        id=run_id, sequence_id=run_id.split("/", 1)[0], customer_id=(context.get("customer") or {}).get("id"),
+        started_at=started_at or _now(), trigger_event_id=(context.get("event") or {}).get("id"),
+        converted_at=None, converted_event_id=None,
+    ))
 
 
 def mark_converted(db: Database, run_id: str, event: EventIn) -> None:
@@ -237,23 +241,28 @@ async def route(client: Client, catalog: Catalog, db: Database, event: EventIn, 
         except WorkflowAlreadyStartedError:
             continue
         routed.started.append(run_id)
-        await asyncio.to_thread(record_run, db, run_id, context)
-        await _catch_up(client, db, sequence, run_id, event)
+        # One trip to a thread and one transaction: note the run, and read what it missed.
+        earlier = await asyncio.to_thread(_record_and_find_earlier, db, run_id, context, sequence, event)
+        await _catch_up(client, sequence, run_id, earlier)
     return routed
 
 
-async def _catch_up(client: Client, db: Database, sequence: Sequence, run_id: str, trigger: EventIn) -> None:
+def _record_and_find_earlier(db: Database, run_id: str, context: dict[str, Any], sequence: Sequence,
+                             trigger: EventIn) -> list[EventIn]:
+    with db.session() as session:
+        _record_run(session, run_id, context)
+        wanted = sequence.events_heard()
+        return _stored_events(session, wanted, trigger) if wanted else []
+
+
+async def _catch_up(client: Client, sequence: Sequence, run_id: str, earlier: list[EventIn]) -> None:
     """Deliver to a new run the stored events for it that arrived before it existed."""
-    wanted = sequence.events_heard()
-    if not wanted:
-        return
-    earlier = await asyncio.to_thread(_stored_events, db, wanted, trigger)
     for event in earlier:
         if workflow_id(sequence, event.context()) == run_id:
             await _deliver(client, run_id, _signal(event))
 
 
-def _stored_events(db: Database, types: set[str], trigger: EventIn) -> list[EventIn]:
+def _stored_events(session: Session, types: set[str], trigger: EventIn) -> list[EventIn]:
     same_subject = []
     if trigger.order is not None:
         same_subject.append(Event.order_id == trigger.order.id)
@@ -261,14 +270,13 @@ def _stored_events(db: Database, types: set[str], trigger: EventIn) -> list[Even
         same_subject.append(Event.customer_id == trigger.customer.id)
     if not same_subject:
         return []
-    with db.session() as session:
-        payloads = session.scalars(
-            select(Event.payload)
-            .where(Event.type.in_(types), or_(*same_subject), Event.id != trigger.id,
-                   # Happened after the trigger, whenever it arrived: earlier ones belong to earlier runs.
-                   Event.occurred_at >= trigger.occurred_at.astimezone(timezone.utc))
-            .order_by(Event.occurred_at)
-        ).all()
+    payloads = session.scalars(
+        select(Event.payload)
+        .where(Event.type.in_(types), or_(*same_subject), Event.id != trigger.id,
+               # Happened after the trigger, whenever it arrived: earlier ones belong to earlier runs.
+               Event.occurred_at >= trigger.occurred_at.astimezone(timezone.utc))
+        .order_by(Event.occurred_at)
+    ).all()
     return [EventIn.model_validate(p) for p in payloads]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime, timezone
 
-from sqlalchemy import or_, select
+from sqlalchemy import Connection, bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from keepflow.contacts import normalize_address
@@ -62,9 +62,24 @@ def active(session: Session, channel: str, address: str) -> list[Suppression]:
 def blocking(session: Session, *, channel: str, address: str, category: str, group: str) -> Suppression | None:
     """The suppression that forbids this send, if any: `all` stops everything; `marketing` and the
     sequence's group stop marketing only."""
+    return session.scalars(_BLOCKING, _blocking_params(channel, address, category, group)).first()
+
+
+def blocking_reason(connection: Connection, *, channel: str, address: str, category: str,
+                    group: str) -> tuple[str, str] | None:
+    """`blocking` for a Core connection (send_message's hot path): (reason, source), or None."""
+    row = connection.execute(_BLOCKING_REASON, _blocking_params(channel, address, category, group)).first()
+    return None if row is None else (row.reason, row.source)
+
+
+def _blocking_params(channel: str, address: str, category: str, group: str) -> dict:
     scopes = [ALL] if category == "transactional" else [ALL, MARKETING, group_scope(group)]
-    address = normalize_address(channel, address)
-    return session.scalars(select(Suppression).where(
-        Suppression.channel == channel, Suppression.address == address, Suppression.scope.in_(scopes),
-        Suppression.lifted_at.is_(None),
-    ).order_by(or_(Suppression.scope == ALL).desc(), Suppression.id)).first()
+    return {"channel": channel, "address": normalize_address(channel, address), "scopes": scopes}
+
+
+# Built once: send_message asks before every send.
+_BLOCKING = select(Suppression).where(
+    Suppression.channel == bindparam("channel"), Suppression.address == bindparam("address"),
+    Suppression.scope.in_(bindparam("scopes", expanding=True)), Suppression.lifted_at.is_(None),
+).order_by(or_(Suppression.scope == ALL).desc(), Suppression.id)
+_BLOCKING_REASON = _BLOCKING.with_only_columns(Suppression.reason, Suppression.source)

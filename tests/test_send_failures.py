@@ -122,3 +122,42 @@ async def test_customer_without_a_phone_is_skipped_with_a_reason(env, settings, 
     sms = messages(db)[1]
     assert sms.status == "skipped" and sms.error == "customer has no sms address"
     assert twilio_posts(fake) == 0
+
+
+def test_an_attempt_that_outlived_its_timeout_does_not_send(settings, db, fake):
+    """Attempt 1 stalls after reading the row (a frozen worker); Temporal times it out and attempt 2
+    sends. When attempt 1 wakes, the row has moved on: it must not call the provider again."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from activities.send import MessageSender, SendDeps
+    from keepflow.contracts import SendRequest
+    from keepflow.providers import email_provider, sms_provider
+    from keepflow.rendering import Renderer
+    from temporalio.exceptions import ApplicationError
+
+    paused, resume = threading.Event(), threading.Event()
+
+    class Stalling(Renderer):
+        def render(self, *args, **kwargs):
+            paused.set()
+            assert resume.wait(10)
+            return super().render(*args, **kwargs)
+
+    def sender(renderer: Renderer) -> MessageSender:
+        return MessageSender(SendDeps(settings, db, renderer, email_provider(settings), sms_provider(settings)))
+
+    request = SendRequest(workflow_id="t/zombie", sequence_id="t", step="0", channel="email", template="note",
+                          category="marketing", context={"customer": {"id": "c", "email": "x@example.com",
+                                                                 "consents": {"email": True}}})
+    with ThreadPoolExecutor(1) as pool:
+        stalled = pool.submit(sender(Stalling(TEST_TEMPLATES)).send_message, request)
+        assert paused.wait(10)
+        second = sender(Renderer(TEST_TEMPLATES)).send_message(request)
+        resume.set()
+        with pytest.raises(ApplicationError, match="another attempt has taken over"):
+            stalled.result(10)
+    assert second.status == "sent"
+    assert sendgrid_posts(fake) == 1
+    [row] = messages(db)
+    assert (row.status, row.attempts) == ("sent", 1)
