@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-postgres demo validate clean
+.PHONY: run test test-postgres faults demo validate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ PG_TESTS := tests/test_compliance.py tests/test_webhooks.py tests/test_sendgrid_
 	tests/test_winback.py tests/test_dashboard.py tests/test_impact.py
 test-postgres: $(STAMP)
 	bash .ci/postgres $(BIN)/pytest -q -p no:cacheprovider $(PG_TESTS) $(PYTEST_ARGS)
+
+# Fault injection on the real stack in separate processes (tests/faults): kill -9 of the worker
+# mid-send, a rolling restart, the Temporal server restarted mid-run. Minutes, so not in `make test`.
+faults: $(STAMP)
+	$(BIN)/pytest -q -p no:cacheprovider tests/faults $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/keepflow demo

@@ -5,7 +5,8 @@
 
 Answers follow the real APIs closely enough for `sendgrid` and `twilio` (9.x) to parse them,
 including their error shapes. Failures can be scripted per API (`fail_next`, `accept_then_drop`,
-`accept_then_stall`). Everything listens on 127.0.0.1 only.
+`accept_then_stall`); `on_accept` sees each accepted send before its answer goes out. Everything
+listens on 127.0.0.1 only.
 
     with FakeProviders() as fake:
         client = SendGridAPIClient(fake.sendgrid_api_key, host=fake.url)
@@ -27,7 +28,7 @@ from datetime import date, datetime, time, timezone
 from email.utils import format_datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 Api = Literal["sendgrid", "twilio"]
@@ -130,6 +131,13 @@ class FakeProviders:
         self._accepted: dict[str, list[dict[str, Any]]] = {"sendgrid": [], "twilio": []}
         self._scripts: dict[str, deque[_Script]] = {"sendgrid": deque(), "twilio": deque()}
         self._stopping = threading.Event()
+        # Optional: on_accept(api, record) runs in the request's thread once a send is accepted and
+        # recorded (the record as `accepted` returns it), before the answer is written. It may
+        # hold the answer back (sleep) or return True to drop it, as accept_then_drop does. The
+        # fault tests use it to kill a worker exactly between the provider's accept and the
+        # worker hearing of it. Not cleared by reset().
+        self.on_accept: Callable[[Api, dict[str, Any]], bool | None] | None = None
+        self._accepted_here = threading.local()  # the send this request's thread just accepted
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -254,6 +262,7 @@ class FakeProviders:
                 {"api": api, "method": h.command, "path": path, "query": query, "headers": dict(h.headers.items()), "body": body}
             )
             script = self._scripts[api].popleft() if api and self._scripts[api] else None
+        self._accepted_here.record = None
 
         if api is None:
             self._send(h, _json_reply(404, {"message": f"no such API: {path}"}))
@@ -265,6 +274,10 @@ class FakeProviders:
             reply = self._sendgrid(h, path, body)
         else:
             reply = self._twilio(h, path, query, body)
+        hook, record = self.on_accept, getattr(self._accepted_here, "record", None)
+        if hook is not None and record is not None and hook(api, dict(record)):
+            h.close_connection = True
+            return
         if script is not None:  # drop / stall: the work is done, the answer never arrives
             if script.kind == "stall":
                 self._stopping.wait(script.seconds)
@@ -386,6 +399,7 @@ class FakeProviders:
         }
         with self._lock:
             self._accepted["sendgrid"].append(record)
+        self._accepted_here.record = record
         return _Reply(202, {"X-Message-Id": message_id}, b"")
 
     # -- Twilio ------------------------------------------------------------------------------
@@ -453,8 +467,10 @@ class FakeProviders:
             "to": to,
             "uri": f"{base}/{sid}.json",
         }
+        record = {**message, "created_at": now}
         with self._lock:
-            self._accepted["twilio"].append({**message, "created_at": now})
+            self._accepted["twilio"].append(record)
+        self._accepted_here.record = record
         return _json_reply(201, message)
 
     def _twilio_listed(self, record: dict[str, Any]) -> dict[str, Any]:

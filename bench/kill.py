@@ -1,0 +1,193 @@
+"""kill -9 of the worker, again and again, during ~1,000 sends: what each message cost at the provider.
+
+    python bench/kill.py [--runs 250] [--random-kills 10] [--email-kills 5] [--sms-kills 5]
+                         [--start-over 120] [--seed 1] [--twilio-queued] [--timeout S] [--write-results]
+
+A fault-injection script, not a timed test (tests/faults/test_kill9.py is the small version that
+asserts). In a throwaway folder it starts, with the machinery of tests/faults/stack.py and
+tests/faults/kills.py: Temporal's dev server (headless, file-backed, free port), the fake
+SendGrid/Twilio server from tests/fakes in this process, and worker.py as a separate OS process
+with the real SDKs aimed at the fake. It starts N runs of a sequence of four sends (email, text,
+a 2 s wait, email, text) spread over `--start-over` seconds, and meanwhile SIGKILLs the worker
+again and again, starting a new one after each kill: `--random-kills` at a random moment (1-4 s
+after the worker came up), `--email-kills` / `--sms-kills` from inside the fake right after it
+accepted a send of that channel and before it answered. Then it waits (bounded by `--timeout`)
+for every run to finish.
+
+Reported: runs completed, kills done, and per message key the send requests the fake received
+(0, 1, 2+) against the row's final status in Keepflow's store (sent, unknown, ...), with where
+the unknown-outcome policy of activities/send.py can still send a message twice.
+
+Everything listens on 127.0.0.1 only; every wait is bounded; every process started here is
+stopped and the folder removed, also on error or Ctrl-C. Exit code 0 when every run completed,
+no message key got two requests and no worker died unasked; 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+for folder in (ROOT, BENCH):  # tests/ and worker.py at the repository root; ingest.py beside this file
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+
+from ingest import machine, write_section  # noqa: E402
+
+RESULTS = BENCH / "RESULTS.md"
+SECTION = "## Worker kills mid-send (bench/kill.py)"
+
+# Read from activities/send.py (MessageSender.send_message) and keepflow/providers/twilio.py: the
+# order of the steps decides what a kill at each point costs. Kept here, beside the figures, so a
+# change to that order is a reason to rerun this script and reread this text.
+WHERE_IT_CAN_DOUBLE = """\
+What a kill costs depends on where in `send_message` it lands. The order is: claim the row
+(`_claim`), the checks, for an email whose row is already `sending` stop as `unknown`, render, for
+a text whose row is already `sending` look it up at Twilio (`find_sent`), then mark the row
+`sending` (`_mark_sending`, committed), *then* call the provider, then record `sent` (`_finish`).
+The `sending` mark is committed before the request is written, so there is no window between the
+provider's accept and the mark: a kill lands in one of four places.
+
+- Before the mark commits: the row is `pending` and the provider has nothing; the retry sends it
+  (1 request).
+- After the mark, before the request reaches the provider: the provider has nothing. Email: the
+  retry records `unknown` and does not send, so the message is lost (an `unknown` row with 0
+  requests). Text: the lookup finds nothing and the retry sends it (1 request).
+- After the provider accepted, before `sent` is recorded (what the after-accept kills hit): email
+  becomes `unknown` with 1 request; the text is found at Twilio and recorded `sent`, 1 request.
+- After `sent` is recorded, before Temporal hears of it: the retry finds the finished row and
+  sends nothing.
+
+So kill -9 alone cannot double a message. The policy can still send one twice in these cases, none
+of which a kill produces (this script's fake answers its list at once and never rewrites a body):
+
+1. A text, when Twilio's message list does not show the accepted message at the time of the
+   retry's `find_sent`: the list is eventually consistent (it can lag the create), the lookup
+   reads at most 50 of the number's newest messages (`LOOKUP_LIMIT`), and a body Twilio changed
+   (Smart Encoding, an appended opt-out text) does not match (`_body_matches` is exact). Each of
+   those makes the retry send again. A killed attempt is retried only after its 30 s
+   start-to-close timeout, but a lost answer (the provider call timing out after
+   `KEEPFLOW_PROVIDER_TIMEOUT`, 10 s) is retried 1 s later, so the lag matters most there.
+2. Two attempts of the same send at once, email or text: `send_message` does not heartbeat, so
+   an attempt that runs past `SEND_TIMEOUT` (30 s) without dying (a paused or starved process,
+   an SQLite write waiting out its 30 s busy timeout) is retried on another worker while it still
+   runs. `_mark_sending` updates the row by id whatever its status, so an attempt that read the
+   row as `pending` before the other marked it goes on to call the provider too. A compare-and-set
+   on the status it read (and giving up when no row matched) would close this.
+"""
+
+
+def interpretation(out) -> str:
+    """Sentences drawn from the figures, so a rerun elsewhere stays honest."""
+    crosstab = out.crosstab()
+    lost = crosstab[("email", "unknown", "0")]
+    unknown_sent = crosstab[("email", "unknown", "1")]
+    after = [k for k, c in out.accept_killed.items() if c == "email"]
+    texts = [k for k, c in out.accept_killed.items() if c == "sms"]
+    parts = [
+        f"{len(out.kills)} kills over {len(out.expected):,} messages: "
+        + (f"{len(out.doubled())} message(s) got two or more requests." if out.doubled()
+           else "no message got two requests.")]
+    parts.append(
+        f"Email: {unknown_sent} `unknown` row(s) whose message did reach the provider once "
+        f"({len(after)} of the kills came right after an email's accept), and {lost} `unknown` row(s) with no "
+        "request at all: the at-most-once price, a message lost when a kill landed between the `sending` mark "
+        "and the request.")
+    found = sum(1 for k in texts if k in out.rows and out.rows[k].status == "sent" and out.requests.get(k) == 1)
+    parts.append(f"Texts: {found} of the {len(texts)} whose accept the worker never heard of were found at the fake's "
+                 "Twilio by the retry and recorded `sent` without a second request.")
+    if out.failed:
+        parts.append(f"{len(out.failed)} run(s) did not complete within the timeout.")
+    return " ".join(parts)
+
+
+def write_results(out, args) -> None:
+    m = machine()
+    plan = out.plan
+    command = (f"python bench/kill.py --runs {plan.runs} --random-kills {plan.random_kills} --email-kills "
+               f"{plan.email_accept_kills} --sms-kills {plan.sms_accept_kills} --start-over {plan.start_over:g} "
+               f"--seed {plan.seed}" + (" --twilio-queued" if args.twilio_queued else "") + " --write-results")
+    section = "\n".join([
+        SECTION, "",
+        f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with `{command}`.",
+        "",
+        f"- Machine: {m['nproc']} CPUs (nproc), {m['os']}, Python {m['python']}, {m['temporal']}",
+        f"- Code: {m['commit']}",
+        f"- Parameters: {plan.runs} runs of email, text, 2 s wait, email, text ({len(out.expected):,} messages), "
+        f"started over {plan.start_over:g} s; worker.py as its own process, SIGKILLed {len(out.kills)} times and "
+        f"restarted each time; the fake Twilio lists accepted texts as "
+        + ("still queued (DateSent null)" if args.twilio_queued else "sent at once"),
+        "",
+        out.report(), "",
+        interpretation(out), "",
+        WHERE_IT_CAN_DOUBLE,
+    ])
+    write_section(SECTION, section)
+
+
+async def bench(plan, twilio_queued: bool):
+    from tests.faults.kills import campaign
+    from tests.faults.stack import Stack
+
+    folder = Path(tempfile.mkdtemp(prefix="keepflow-kill-"))
+    started = time.monotonic()
+
+    def progress(line: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f} s] {line}", flush=True)
+
+    try:
+        async with Stack(folder / "stack", twilio_sent_on_accept=not twilio_queued) as stack:
+            progress(f"stack up; {plan.runs} runs over {plan.start_over:g} s, {len(plan.kinds())} kills")
+            return await campaign(stack, plan, progress)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def main() -> int:
+    from tests.faults.kills import Plan
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=250, help="runs of 4 sends each (default 250: 1,000 messages)")
+    parser.add_argument("--random-kills", type=int, default=10, help="SIGKILLs at a random moment (default 10)")
+    parser.add_argument("--email-kills", type=int, default=5,
+                        help="SIGKILLs right after the fake accepted an email (default 5)")
+    parser.add_argument("--sms-kills", type=int, default=5, help="SIGKILLs right after the fake accepted a text (default 5)")
+    parser.add_argument("--start-over", type=float, default=120.0,
+                        help="seconds over which the runs are started (default 120)")
+    parser.add_argument("--seed", type=int, default=1, help="random seed for the kill order and timing")
+    parser.add_argument("--twilio-queued", action="store_true",
+                        help="the fake Twilio lists accepted texts as still queued (DateSent null)")
+    parser.add_argument("--timeout", type=float, default=300.0,
+                        help="seconds the runs may take after the last kill (default 300)")
+    parser.add_argument("--write-results", action="store_true", help=f"replace this script's section in {RESULTS.name}")
+    args = parser.parse_args()
+    if args.runs < 1 or min(args.random_kills, args.email_kills, args.sms_kills) < 0 or args.start_over < 0:
+        parser.error("--runs must be at least 1, kills and --start-over not negative")
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    plan = Plan(runs=args.runs, random_kills=args.random_kills, email_accept_kills=args.email_kills,
+                sms_accept_kills=args.sms_kills, start_over=args.start_over, seed=args.seed, timeout=args.timeout)
+    out = asyncio.run(bench(plan, args.twilio_queued))
+    print()
+    print(out.report())
+    print()
+    print(interpretation(out))
+    print()
+    print(WHERE_IT_CAN_DOUBLE)
+    ok = not out.failed and not out.doubled() and not out.unexpected_exits and not out.strays()
+    if args.write_results:
+        write_results(out, args)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,331 @@
+"""The real stack, split into processes that can fail: for the fault tests and bench/kill.py.
+
+* Temporal's dev server (keepflow/devserver.py), headless, with its SQLite file in the folder, so
+  it can be stopped and started again on the same port with the same state;
+* worker.py in its own OS process (`python worker.py`, configured through the environment as in
+  production), so it can be SIGKILLed or SIGTERMed and replaced;
+* the fake SendGrid/Twilio (tests/fakes/provider_server.py) in this process, which the worker's
+  real SDKs call, and which counts what each message key cost at the provider.
+
+The sequence is written into the folder: two emails and two texts with a wait between the pairs,
+transactional (no quiet hours, no cap), so every step sends whatever the hour. Each run's
+`event.id` is its workflow id and each text's body starts with its message key, because Twilio
+has no field to carry one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from temporalio.client import Client, WorkflowHandle
+
+from keepflow.contracts import RunInput, RunStatus
+from keepflow.devserver import DevServer, free_port
+from keepflow.loader import load
+from keepflow.store import Database, Message, upgrade
+from tests.fakes.provider_server import (
+    FAKE_SENDGRID_API_KEY, FAKE_TWILIO_ACCOUNT_SID, FAKE_TWILIO_AUTH_TOKEN, FakeProviders,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+SEQUENCE_ID = "faults"
+STEPS = {"first_email": "email", "first_sms": "sms", "second_email": "email", "second_sms": "sms"}
+WAIT_PATH = "2"  # the wait step has no id: its path is its index
+READY_LINE = "worker listening on task queue"
+
+SEQUENCES_YAML = """\
+sequences:
+  - id: faults
+    description: Two emails and two texts with a wait between the pairs, for the fault tests.
+    category: transactional
+    trigger: order.created
+    steps:
+      - send: email
+        template: note
+        id: first_email
+      - send: sms
+        template: first
+        id: first_sms
+      - wait: {wait}
+      - send: email
+        template: note
+        id: second_email
+      - send: sms
+        template: second
+        id: second_sms
+"""
+
+TEMPLATES = {
+    "email/note.en.html": "{% block subject %}Note for {{ customer.first_name }}{% endblock %}\n<p>{{ event.id }}</p>\n",
+    "sms/first.en.txt": "{{ event.id }}:first_sms Hello {{ customer.first_name }}\n",
+    "sms/second.en.txt": "{{ event.id }}:second_sms Bye {{ customer.first_name }}\n",
+}
+
+# Variables the worker reads that must come from here, not from whoever runs the tests.
+_OURS = ("KEEPFLOW_", "TEMPORAL_", "SENDGRID_", "TWILIO_", "DATABASE_URL")
+
+
+def write_project(folder: Path, wait: str) -> Path:
+    """The sequences file and its templates; returns the sequences file (checked by the real loader)."""
+    for relative, text in TEMPLATES.items():
+        path = folder / "templates" / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    sequences = folder / "sequences.yaml"
+    sequences.write_text(SEQUENCES_YAML.format(wait=wait), encoding="utf-8")
+    load(sequences, folder / "templates")
+    return sequences
+
+
+def key_of(api: str, body_or_record: Any) -> str | None:
+    """The message key a provider request (parsed body) or accepted record is for."""
+    if not isinstance(body_or_record, dict):
+        return None
+    if api == "sendgrid":
+        if body_or_record.get("keepflow_key"):  # an accepted record
+            return body_or_record["keepflow_key"]
+        args = dict(body_or_record.get("custom_args") or {})
+        for p in body_or_record.get("personalizations") or []:
+            args.update(p.get("custom_args") or {})
+        return args.get("keepflow_key")
+    text = body_or_record.get("Body") or body_or_record.get("body") or ""
+    return text.split(" ", 1)[0] or None
+
+
+class WorkerProcess:
+    """`python worker.py` with the given environment, its output in its own log file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path):
+        self.env, self.log_path = env, log_path
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    @property
+    def identity(self) -> str:
+        """What Temporal records as the worker of its tasks (the Python SDK's default identity)."""
+        return f"{self.pid}@{socket.gethostname()}"
+
+    def start(self) -> WorkerProcess:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(ROOT / "worker.py")], cwd=ROOT, env=self.env, stdout=log,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    async def ready(self, timeout: float = 90.0) -> WorkerProcess:
+        """Wait until it polls its task queue (it logs that line just before)."""
+        deadline = time.monotonic() + timeout
+        while READY_LINE not in self.log():
+            if not self.alive():
+                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"worker not ready after {timeout:.0f} s:\n{self.log()[-3000:]}")
+            await asyncio.sleep(0.1)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no cleanup, in-flight work simply stops. Safe from any thread."""
+        if self.alive():
+            os.kill(self.pid, signal.SIGKILL)
+
+    def terminate(self) -> None:
+        """SIGTERM: worker.py's graceful shutdown (in-flight activities get time to finish)."""
+        if self.alive():
+            os.kill(self.pid, signal.SIGTERM)
+
+    async def exited(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while self.process is not None and self.process.poll() is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker {self.pid} still running after {timeout:.0f} s")
+            await asyncio.sleep(0.05)
+        return self.process.returncode if self.process is not None else 0
+
+    def reap(self) -> None:
+        """Make sure the process is gone and waited for (no zombie, no ResourceWarning)."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+@dataclass
+class Row:
+    key: str
+    channel: str
+    status: str
+    error: str | None
+    attempts: int
+
+
+class Stack:
+    """Dev server + fake providers + any number of worker processes, all on 127.0.0.1, in `folder`.
+
+        async with Stack(folder) as stack:
+            worker = await stack.start_worker()
+            handles = await stack.start_runs(10)
+    """
+
+    def __init__(self, folder: Path, *, wait: str = "2s", provider_timeout: float = 10.0,
+                 twilio_sent_on_accept: bool = True):
+        self.folder = folder
+        self.wait = wait
+        self.provider_timeout = provider_timeout
+        # False: Twilio's list shows accepted texts as still queued (DateSent null), which the
+        # lookup before a resend must also find.
+        self.fake = FakeProviders(twilio_sent_on_accept=twilio_sent_on_accept)
+        self.server = DevServer(folder / "temporal", port=free_port(), ui_port=None)
+        self.task_queue = f"faults-{uuid.uuid4().hex[:8]}"
+        self.database_url = f"sqlite:///{folder / 'keepflow.db'}"
+        self.workers: list[WorkerProcess] = []
+        self.client: Client | None = None
+        self.snapshot = None
+
+    async def __aenter__(self) -> Stack:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        sequences = write_project(self.folder, self.wait)
+        self.snapshot = load(sequences, self.folder / "templates").snapshot(SEQUENCE_ID)
+        upgrade(self.database_url)  # so the rows can be read even if no worker ever starts
+        self.fake.start()
+        try:
+            self.server.start()
+            self.client = await self.server.wait_ready()
+        except BaseException:
+            await self.__aexit__()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for worker in self.workers:
+            worker.reap()
+        self.server.stop()
+        self.fake.on_accept = None
+        self.fake.stop()
+
+    # -- the Temporal server -------------------------------------------------------------------
+
+    async def restart_server(self, down_for: float) -> None:
+        """Stop the dev server (SIGTERM), stay down `down_for` seconds, start it on the same port and file."""
+        self.server.stop()
+        await asyncio.sleep(down_for)
+        self.server.start()
+        self.client = await self.server.wait_ready()
+
+    # -- workers -------------------------------------------------------------------------------
+
+    def worker_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_OURS)}
+        env.update({
+            "KEEPFLOW_DATA_DIR": str(self.folder), "DATABASE_URL": self.database_url,
+            "KEEPFLOW_SEQUENCES": str(self.folder / "sequences.yaml"), "KEEPFLOW_TEMPLATES": str(self.folder / "templates"),
+            "TEMPORAL_ADDRESS": self.server.address, "KEEPFLOW_TASK_QUEUE": self.task_queue,
+            "KEEPFLOW_EMAIL_PROVIDER": "sendgrid", "SENDGRID_API_KEY": FAKE_SENDGRID_API_KEY,
+            "SENDGRID_HOST": self.fake.url,
+            "KEEPFLOW_SMS_PROVIDER": "twilio", "TWILIO_ACCOUNT_SID": FAKE_TWILIO_ACCOUNT_SID,
+            "TWILIO_AUTH_TOKEN": FAKE_TWILIO_AUTH_TOKEN, "TWILIO_FROM_NUMBER": "+15005550006",
+            "TWILIO_BASE_URL": self.fake.url, "KEEPFLOW_PROVIDER_TIMEOUT": str(self.provider_timeout),
+            "PYTHONUNBUFFERED": "1",
+        })
+        return env
+
+    async def start_worker(self) -> WorkerProcess:
+        worker = WorkerProcess(self.worker_env(), self.folder / f"worker-{len(self.workers) + 1}.log")
+        self.workers.append(worker)
+        return await worker.start().ready()
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    def run_id(self, i: int) -> str:
+        return f"{SEQUENCE_ID}/r{i:05d}"
+
+    def expected_keys(self, runs: int) -> dict[str, str]:
+        """Every message key `runs` runs send, with its channel."""
+        return {f"{self.run_id(i)}:{step}": channel for i in range(runs) for step, channel in STEPS.items()}
+
+    async def start_run(self, i: int) -> WorkflowHandle:
+        workflow_id = self.run_id(i)
+        customer = {"id": f"cust-{i:05d}", "email": f"r{i}@example.com", "phone": f"+66812{i:06d}",
+                    "first_name": f"R{i}", "locale": "en", "timezone": "Asia/Bangkok",
+                    "consents": {"email": True, "sms": True}}
+        run = RunInput(snapshot=self.snapshot, key=f"r{i:05d}",
+                       context={"customer": customer, "brand": {"name": "Fault Shop"},
+                                "event": {"id": workflow_id, "type": "order.created", "occurred_at": ""}})
+        return await self.client.start_workflow("sequence", run, id=workflow_id, task_queue=self.task_queue,
+                                                result_type=RunStatus)
+
+    async def start_runs(self, count: int, over: float = 0.0, first: int = 0) -> list[WorkflowHandle]:
+        """Start `count` runs, spread evenly over `over` seconds."""
+        handles = []
+        for n in range(count):
+            handles.append(await self.start_run(first + n))
+            if over and n < count - 1:
+                await asyncio.sleep(over / count)
+        return handles
+
+    async def results(self, handles: list[WorkflowHandle], timeout: float) -> tuple[dict[str, RunStatus], dict[str, str]]:
+        """Each run's result, waited for (bounded); and each run that failed or did not finish, with why."""
+        done: dict[str, RunStatus] = {}
+        failed: dict[str, str] = {}
+
+        async def one(handle: WorkflowHandle) -> None:
+            try:
+                done[handle.id] = await handle.result()
+            except Exception as err:  # noqa: BLE001 - reported per run
+                failed[handle.id] = f"{type(err).__name__}: {err}"
+
+        try:
+            await asyncio.wait_for(asyncio.gather(*(one(h) for h in handles)), timeout)
+        except asyncio.TimeoutError:
+            for handle in handles:
+                if handle.id not in done and handle.id not in failed:
+                    failed[handle.id] = f"not finished after {timeout:.0f} s"
+        return done, failed
+
+    # -- what happened -------------------------------------------------------------------------
+
+    def requests_per_key(self) -> Counter[str]:
+        """Send requests (POSTs) the fake received for each message key."""
+        counts: Counter[str] = Counter()
+        for request in self.fake.requests:
+            if request["method"] == "POST" and request["api"] in ("sendgrid", "twilio"):
+                counts[key_of(request["api"], request["body"]) or "?"] += 1
+        return counts
+
+    def rows(self) -> dict[str, Row]:
+        db = Database(self.database_url)
+        try:
+            with db.session() as session:
+                return {m.key: Row(m.key, m.channel, m.status, m.error, m.attempts)
+                        for m in session.scalars(select(Message))}
+        finally:
+            db.dispose()
+
+
+async def history_events(client: Client, workflow_id: str) -> list[Any]:
+    return [e async for e in client.get_workflow_handle(workflow_id).fetch_history_events()]
