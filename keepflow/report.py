@@ -62,12 +62,14 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import String, and_, case, cast, func, inspect, literal, or_, select
+from sqlalchemy import String, case, cast, func, inspect, literal, select
+from sqlalchemy.orm import aliased
 from sqlalchemy.sql import column, table
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import Interval
@@ -75,6 +77,7 @@ from sqlalchemy.types import Interval
 from keepflow.durations import Duration
 from keepflow.events import utc
 from keepflow.store import Database, Event, Message, Order, Run
+from keepflow.store.models import EventMessageId
 
 WINDOW = timedelta(days=5)
 BRANCHES = frozenset({"then", "else", "on_timeout"})
@@ -187,29 +190,35 @@ def _within_window(dialect: str, sent_at: Any, created_at: Any, window: timedelt
 
 
 def _attribution_query(db: Database, since: datetime, window: timedelta):
-    """One row per attributed order: the order joined to its last in-window sent message."""
-    ranked = (
-        select(
-            Order.id.label("order_id"), Order.customer_id, Order.total, Order.currency,
-            Order.created_at.label("order_created_at"),
-            Message.id.label("message_id"), Message.workflow_id, Message.sequence_id, Message.step,
-            Message.channel, Message.template, Message.sent_at,
-            func.row_number().over(
-                partition_by=Order.id, order_by=(Message.sent_at.desc(), Message.id.desc()),
-            ).label("rank"),
+    """One row per attributed order: the order joined to its last in-window sent message.
+
+    For each order of the period, the message is one look-up in ix_messages_customer_sent (the
+    customer's sent messages by time, newest first). Written as a correlated subquery so that the
+    database starts from the orders, whatever it knows about the tables' sizes."""
+    candidate = aliased(Message)
+    last_touch = (
+        select(candidate.id)
+        .where(
+            candidate.customer_id == Order.customer_id,
+            candidate.status == "sent",
+            candidate.sent_at < Order.created_at,
+            # A constant bound first, so the look-up need not look at older messages at all.
+            candidate.sent_at >= since - window,
+            _within_window(db.engine.dialect.name, candidate.sent_at, Order.created_at, window),
         )
-        .join(Message, and_(
-            Message.customer_id == Order.customer_id,
-            Message.status == "sent",
-            Message.sent_at < Order.created_at,
-            # A constant bound first, so the join need not look at older messages at all.
-            Message.sent_at >= since - window,
-            _within_window(db.engine.dialect.name, Message.sent_at, Order.created_at, window),
-        ))
-        .where(Order.created_at >= since)
-        .subquery("ranked")
+        .order_by(candidate.sent_at.desc(), candidate.id.desc()).limit(1)
+        .correlate(Order).scalar_subquery()
     )
-    return select(ranked).where(ranked.c.rank == 1).subquery("attributed")
+    orders = (
+        select(Order.id.label("order_id"), Order.customer_id, Order.total, Order.currency,
+               Order.created_at.label("order_created_at"), last_touch.label("message_id"))
+        .where(Order.created_at >= since).subquery("orders_of_period")
+    )
+    return (
+        select(orders, Message.workflow_id, Message.sequence_id, Message.step, Message.channel, Message.template,
+               Message.sent_at)
+        .join(Message, Message.id == orders.c.message_id).subquery("attributed")
+    )
 
 
 def _since(value: datetime) -> datetime:
@@ -239,11 +248,13 @@ def attribute(db: Database, since: datetime, window: timedelta = WINDOW) -> list
 
 def build_report(
     db: Database, since: datetime, sequence_id: str | None = None, window: timedelta = WINDOW,
-    now: datetime | None = None,
+    now: datetime | None = None, clv: bool = True,
 ) -> Report:
+    """The report; `clv=False` leaves `kpis.clv_by_segment` empty (it reads every order ever
+    stored, so a caller that does not show it need not pay for it)."""
     since = _since(since)
-    attributions = [a for a in attribute(db, since, window) if sequence_id in (None, a.sequence_id)]
-    attributed_runs = select(_attribution_query(db, since, window).c.workflow_id)
+    attributed = attribute(db, since, window)
+    attributions = [a for a in attributed if sequence_id in (None, a.sequence_id)]
 
     sequences: dict[str, SequenceReport] = {}
     steps: dict[tuple[str, str, str, str], StepReport] = {}
@@ -258,48 +269,59 @@ def build_report(
                                     variant=variant_of(path))
         return steps[key]
 
-    converted = or_(Run.converted_at.is_not(None), Run.id.in_(attributed_runs))
-    runs = (
-        select(Run.sequence_id, func.count(), func.coalesce(func.sum(case((converted, 1), else_=0)), 0))
-        .where(Run.started_at >= since).group_by(Run.sequence_id)
-    )
+    # Converted: a goal reached (counted from ix_runs_started alone), or an attributed order. The
+    # attributed runs are looked up by id, instead of attributing every order a second time in SQL.
+    run_filter = [Run.started_at >= since]
     message_filter = [Message.created_at >= since]
     if sequence_id is not None:
-        runs = runs.where(Run.sequence_id == sequence_id)
+        run_filter.append(Run.sequence_id == sequence_id)
         message_filter.append(Message.sequence_id == sequence_id)
+    # Materialised first: otherwise SQLite may walk a sequence_id index for the GROUP BY, reading
+    # every run, instead of the period's range of ix_runs_started.
+    period = (select(Run.sequence_id, Run.converted_at).where(*run_filter)
+              .cte("runs_of_period").prefix_with("MATERIALIZED"))
+    runs = select(period.c.sequence_id, func.count(), func.count(period.c.converted_at)).group_by(period.c.sequence_id)
+    run_filter.append(Run.converted_at.is_(None))
+    attributed_runs = sorted({a.workflow_id for a in attributed})
     step_columns = (Message.sequence_id, Message.step, Message.channel, Message.template)
-    reason = case((Message.status == "skipped", func.coalesce(Message.error, "")), else_=None)
-    statuses = (
-        select(*step_columns, Message.status, reason.label("reason"), func.count())
-        .where(*message_filter).group_by(*step_columns, Message.status, reason)
-    )
-    # Provider notifications about a message: `events.payload.data.message_id` = `messages.id`.
-    event_message_id = cast(Event.payload[("data", "message_id")].as_string(), String)
-    notified = (
-        select(*step_columns, Event.type, func.count(func.distinct(Message.id)))
-        .join(Event, and_(Event.type.in_(DELIVERY_EVENTS), event_message_id == cast(Message.id, String)))
-        .where(*message_filter).group_by(*step_columns, Event.type)
+    bits = {kind: 1 << n for n, kind in enumerate(DELIVERY_EVENTS)}
+    slices = _slices(since, utc(now or datetime.now(timezone.utc)).astimezone(timezone.utc))
+    funnels = [_funnel(step_columns, bits, [*message_filter[1:], *bounds]) for bounds in slices]
+    # The reasons need the rows: read for the period's skipped messages only (ix_messages_status_created).
+    reasons = (
+        select(*step_columns, Message.error, func.count())
+        .where(Message.status == "skipped", *message_filter).group_by(*step_columns, Message.error)
     )
 
     with db.session() as session:
         for sid, entered, converted_runs in session.execute(runs):
             s = sequence(sid)
             s.entered, s.converted = entered, int(converted_runs)
-        for sid, path, channel, template, status, why, count in session.execute(statuses):
+        for chunk in range(0, len(attributed_runs), 500):
+            for sid, count in session.execute(
+                select(Run.sequence_id, func.count()).where(Run.id.in_(attributed_runs[chunk:chunk + 500]), *run_filter)
+                .group_by(Run.sequence_id)
+            ):
+                sequence(sid).converted += count
+        for sid, path, channel, template, status, mask, count in _run_all(db, funnels):
             row = step(sid, path, channel, template)
             sequence(sid)
             row.entered += count
             if status == "skipped":
                 row.skipped += count
-                row.skipped_reasons[why or "(no reason)"] = row.skipped_reasons.get(why or "(no reason)", 0) + count
             elif status in IN_FLIGHT:
                 row.in_flight += count
             elif status in ("sent", "failed", "unknown"):
                 setattr(row, status, getattr(row, status) + count)
-        for sid, path, channel, template, event_type, count in session.execute(notified):
+            for kind, bit in bits.items():
+                if int(mask or 0) & bit:
+                    counter = DELIVERY_EVENTS[kind]
+                    setattr(row, counter, getattr(row, counter) + count)
+        for sid, path, channel, template, why, count in session.execute(reasons):
+            why = why or "(no reason)"
             row = step(sid, path, channel, template)
-            setattr(row, DELIVERY_EVENTS[event_type], count)
-        clv = _clv_by_segment(db, session)
+            row.skipped_reasons[why] = row.skipped_reasons.get(why, 0) + count
+        clv_rows = _clv_by_segment(db, session) if clv else []
 
     for a in attributions:
         for target in (sequence(a.sequence_id), step(a.sequence_id, a.step, a.channel, a.template)):
@@ -320,7 +342,7 @@ def build_report(
         sent=sent, delivered=delivered, opened=total("opened"), clicked=total("clicked"), unsubscribed=unsubscribed,
         unsubscribe_rate=_rate(unsubscribed, delivered or sent),
         actions_per_engagement=_rate(total("opened") + total("clicked"), sent),
-        orders=len(attributions), revenue=_sorted(revenue), clv_by_segment=clv,
+        orders=len(attributions), revenue=_sorted(revenue), clv_by_segment=clv_rows,
     )
     return Report(
         since=since, until=utc(now or datetime.now(timezone.utc)), window=window, sequence_id=sequence_id,
@@ -328,6 +350,52 @@ def build_report(
         steps=[r.model_copy(update={"revenue": _sorted(r.revenue)}) for r in step_rows],
         kpis=kpis,
     )
+
+
+def _funnel(step_columns, bits: dict[str, int], where: list) -> Any:
+    """Messages per step, status and the kinds of provider notification they got.
+
+    One pass over the messages (ix_messages_created_funnel holds every column used). The
+    notifications about a message (`events.payload.data.message_id` = `messages.id`) are one
+    look-up in ix_events_message_id per message, folded into a bit mask per kind, so each message
+    counts once per kind and the database starts from the messages, never from every notification
+    ever received. (No condition on the event type in the look-up: other events about a message
+    add no bit, and a type list would cost a look-up per type.)"""
+    told = (
+        select(sum(func.max(case((Event.type == kind, bit), else_=0)) for kind, bit in bits.items()))
+        .where(EventMessageId(Event.payload) == cast(Message.id, String))
+        .correlate(Message).scalar_subquery()
+    )
+    per_message = select(*step_columns, Message.status, told.label("told")).where(*where).subquery("per_message")
+    grouped = [per_message.c.sequence_id, per_message.c.step, per_message.c.channel, per_message.c.template,
+               per_message.c.status, per_message.c.told]
+    return select(*grouped, func.count()).group_by(*grouped)
+
+
+# The funnel reads the period's messages in this many time slices at once, one connection each:
+# a period of a busy shop is tens of thousands of messages, and each costs an index look-up.
+SLICES = 2
+
+
+def _slices(since: datetime, now: datetime) -> list[list]:
+    """Conditions splitting `created_at >= since` into SLICES ranges (the last one open-ended)."""
+    if now <= since:
+        return [[Message.created_at >= since]]
+    cuts = [since + (now - since) * n / SLICES for n in range(SLICES)]
+    return [[Message.created_at >= start, *([Message.created_at < end] if end is not None else [])]
+            for start, end in zip(cuts, [*cuts[1:], None])]
+
+
+def _run_all(db: Database, queries: list) -> list:
+    """Every query's rows, the queries run side by side on their own connections."""
+    def rows(query) -> list:
+        with db.session() as session:
+            return session.execute(query).all()
+
+    if len(queries) == 1:
+        return rows(queries[0])
+    with ThreadPoolExecutor(len(queries), thread_name_prefix="keepflow-report") as pool:
+        return [row for part in pool.map(rows, queries) for row in part]
 
 
 def _clv_by_segment(db: Database, session) -> list[SegmentValue]:

@@ -233,26 +233,50 @@ def many(db: Database, count: int) -> None:
         )
 
 
+def link(page: str, rel: str) -> str | None:
+    found = re.search(rf'rel="{rel}" href="([^"]+)"', page)
+    return found.group(1).replace("&amp;", "&") if found else None
+
+
+async def follow(http, start: str, rel: str = "next") -> list[list[int]]:
+    """The ids on each page reached by following `rel` links from `start`, as a reader would."""
+    pages, url = [], start
+    while url is not None:
+        answer = await http.get(url)
+        assert answer.status_code == 200, url
+        pages.append([int(i) for i in re.findall(r'<tr data-id="(\d+)"', answer.text)])
+        url = link(answer.text, rel)
+        assert len(pages) < 20, "the links go round in circles"
+    return pages
+
+
 async def test_messages_are_paginated_newest_first(settings, db: Database) -> None:
     fill(db)
     many(db, 120)
     async with serving(settings, db) as http:
-        pages = [(await http.get("/messages", params={"page": n})) for n in (1, 2, 3, 4)]
-        winback = [(await http.get("/messages", params={"page": n, "sequence": "winback"})) for n in (1, 2)]
+        by_number = [(await http.get("/messages", params={"page": n})) for n in (1, 2, 3, 4)]
+        older = await follow(http, "/messages")
+        winback = await follow(http, "/messages?sequence=winback")
+        winback_2 = await http.get("/messages", params={"page": 2, "sequence": "winback"})
+        second = await http.get(link(by_number[0].text, "next"))
+        newer = await follow(http, link(second.text, "next"), rel="prev")
         bad = await http.get("/messages", params={"page": 0})
-    ids = [re.findall(r'<tr data-id="(\d+)"', p.text) for p in pages]
-    assert [len(i) for i in ids] == [50, 50, 29, 0]
-    everything = [int(i) for page in ids for i in page]
-    assert everything == list(range(219, 99, -1)) + list(range(9, 0, -1))
-    assert 'rel="next"' in pages[0].text and 'rel="next"' not in pages[2].text
-    assert 'href="/messages/219"' in pages[0].text
-    assert "No messages on this page." in pages[3].text
     with db.engine.connect() as c:
-        expected = [r[0] for r in c.execute(text(
-            "SELECT id FROM messages WHERE sequence_id = 'winback' ORDER BY id DESC"))]
-    shown_winback = [int(i) for p in winback for i in re.findall(r'<tr data-id="(\d+)"', p.text)]
-    assert shown_winback == expected and len(expected) == 80
-    assert 'rel="next" href="/messages?page=2&amp;sequence=winback"' in winback[0].text
+        everything = [r[0] for r in c.execute(text("SELECT id FROM messages ORDER BY id DESC"))]
+        expected = [r[0] for r in c.execute(text("SELECT id FROM messages WHERE sequence_id = 'winback' ORDER BY id DESC"))]
+    assert everything == list(range(219, 99, -1)) + list(range(9, 0, -1))
+    # Page numbers (OFFSET) and the links' cursors give the same pages.
+    ids = [[int(i) for i in re.findall(r'<tr data-id="(\d+)"', p.text)] for p in by_number]
+    assert [len(i) for i in ids] == [50, 50, 29, 0]
+    assert [i for page in ids for i in page] == everything
+    assert older == ids[:3]
+    assert 'href="/messages/219"' in by_number[0].text
+    assert "No messages on this page." in by_number[3].text
+    assert [i for page in winback for i in page] == expected and len(expected) == 80 and len(winback) == 2
+    assert [int(i) for i in re.findall(r'<tr data-id="(\d+)"', winback_2.text)] == winback[1]
+    assert link(second.text, "next") == f"/messages?page=3&before={ids[1][-1]}"
+    # Back from page 3 to page 1, newest first on every page, and page 1 offers no newer page.
+    assert newer == [ids[2], ids[1], ids[0]]
     assert bad.status_code == 422
 
 

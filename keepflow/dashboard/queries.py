@@ -1,9 +1,10 @@
 """What the dashboard shows, read with SQL aggregates and index-backed lookups.
 
 The funnel comes from `keepflow.report.build_report`, so the page and `keepflow report` can
-never disagree. Everything else here touches the messages table only through its indexes
-(`status`, `(customer_id, created_at)`, the primary key), so a page costs the same with a
-thousand messages or a million.
+never disagree; it reads the period's rows through indexes (migration 0006). Everything else here
+touches the messages table only through its indexes (`(status, created_at)`,
+`(customer_id, created_at)`, `(sequence_id, id)`, the primary key), so a page of messages or a
+customer costs the same with a thousand messages or a million. `bench/dashboard.py` times them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pydantic import BaseModel
 from sqlalchemy import func, select
 
 from keepflow import graph
+from keepflow.contacts import normalize_address
+from keepflow.dashboard.in_flight import SETTLING
 from keepflow.dsl import InactivityTrigger, SendStep, Sequence
 from keepflow.durations import format_duration
 from keepflow.events import utc
@@ -57,6 +60,8 @@ class SequenceView:
     # The sequence drawn by keepflow/graph.py: SVG markup it escapes itself.
     flowchart: str = ""
     steps: list[StepView] = field(default_factory=list)
+    # (path, label) of each step a run can wait at, for the runs in flight (keepflow/dashboard/in_flight.py).
+    settling: list[tuple[str, str]] = field(default_factory=list)
 
 
 def trigger_text(sequence: Sequence) -> str:
@@ -70,11 +75,12 @@ def trigger_text(sequence: Sequence) -> str:
 
 def waiting_by_step(db: Database) -> dict[tuple[str, str], int]:
     """Messages not yet out (pending, deferred, sending) per sequence and step: the status index."""
+    held = select(Message.sequence_id, Message.step).where(Message.status.in_(WAITING))
+    # Materialised first, so the few rows come from the status index (see keepflow/report.py).
+    held = held.cte("held").prefix_with("MATERIALIZED")
+    query = select(held.c.sequence_id, held.c.step, func.count()).group_by(held.c.sequence_id, held.c.step)
     with db.session() as session:
-        rows = session.execute(
-            select(Message.sequence_id, Message.step, func.count())
-            .where(Message.status.in_(WAITING)).group_by(Message.sequence_id, Message.step)
-        ).all()
+        rows = session.execute(query).all()
     return {(sid, step): n for sid, step, n in rows}
 
 
@@ -84,43 +90,61 @@ def not_converted_runs(db: Database, since: datetime) -> dict[str, int]:
     The runs table records starts and conversions, not endings, so this includes runs that have
     already finished without converting.
     """
+    # Materialised first: ix_runs_started's range, not a sequence_id index (see keepflow/report.py).
+    period = (select(Run.sequence_id).where(Run.started_at >= since, Run.converted_at.is_(None))
+              .cte("open_runs").prefix_with("MATERIALIZED"))
+    query = select(period.c.sequence_id, func.count()).group_by(period.c.sequence_id)
     with db.session() as session:
-        rows = session.execute(
-            select(Run.sequence_id, func.count())
-            .where(Run.started_at >= since, Run.converted_at.is_(None)).group_by(Run.sequence_id)
-        ).all()
+        rows = session.execute(query).all()
     return dict(rows)
 
 
+def _view(sequence: Sequence, report: Report, waiting: dict[tuple[str, str], int],
+          open_runs: dict[str, int]) -> SequenceView:
+    total = next((s for s in report.sequences if s.sequence_id == sequence.id), None)
+    view = SequenceView(
+        id=sequence.id, description=sequence.description or "", category=sequence.category,
+        trigger=trigger_text(sequence), entered=total.entered if total else 0,
+        converted=total.converted if total else 0, conversion_rate=total.conversion_rate if total else None,
+        orders=total.orders if total else 0, revenue=format_money(total.revenue) if total else "-",
+        not_converted=open_runs.get(sequence.id, 0), flowchart=graph.to_svg(sequence),
+        settling=[(path, graph.label_of(step)) for path, step in sequence.walk() if isinstance(step, SETTLING)],
+    )
+    reported = [r for r in report.steps if r.sequence_id == sequence.id]
+    # Every send step of the current definition gets a row, even before anything went out.
+    paths = [path for path, step in sequence.walk() if isinstance(step, SendStep)]
+    for path, step in sequence.walk():
+        if not isinstance(step, SendStep):
+            continue
+        matching = [r for r in reported if r.step == path] or [
+            StepReport(sequence_id=sequence.id, step=path, channel=step.send, template=step.template,
+                       variant=variant_of(path))]
+        view.steps.extend(StepView(r, waiting.get((sequence.id, path), 0), current=True) for r in matching)
+    view.steps.extend(StepView(r, waiting.get((sequence.id, r.step), 0), current=False)
+                      for r in reported if r.step not in paths)
+    return view
+
+
 def overview(db: Database, catalog: Catalog, since: datetime) -> tuple[Report, list[SequenceView]]:
-    report = build_report(db, since)
+    report = build_report(db, since, clv=False)  # the pages do not show lifetime value
     waiting = waiting_by_step(db)
     open_runs = not_converted_runs(db, report.since)
-    totals = {s.sequence_id: s for s in report.sequences}
-    views: list[SequenceView] = []
-    for sequence in catalog.file.sequences:
-        total = totals.get(sequence.id)
-        view = SequenceView(
-            id=sequence.id, description=sequence.description or "", category=sequence.category,
-            trigger=trigger_text(sequence), entered=total.entered if total else 0,
-            converted=total.converted if total else 0, conversion_rate=total.conversion_rate if total else None,
-            orders=total.orders if total else 0, revenue=format_money(total.revenue) if total else "-",
-            not_converted=open_runs.get(sequence.id, 0), flowchart=graph.to_svg(sequence),
-        )
-        reported = [r for r in report.steps if r.sequence_id == sequence.id]
-        # Every send step of the current definition gets a row, even before anything went out.
-        paths = [path for path, step in sequence.walk() if isinstance(step, SendStep)]
-        for path, step in sequence.walk():
-            if not isinstance(step, SendStep):
-                continue
-            matching = [r for r in reported if r.step == path] or [
-                StepReport(sequence_id=sequence.id, step=path, channel=step.send, template=step.template,
-                           variant=variant_of(path))]
-            view.steps.extend(StepView(r, waiting.get((sequence.id, path), 0), current=True) for r in matching)
-        view.steps.extend(StepView(r, waiting.get((sequence.id, r.step), 0), current=False)
-                          for r in reported if r.step not in paths)
-        views.append(view)
-    return report, views
+    return report, [_view(sequence, report, waiting, open_runs) for sequence in catalog.file.sequences]
+
+
+def sequence_page(db: Database, catalog: Catalog, sequence_id: str, since: datetime) -> tuple[Report, SequenceView] | None:
+    """One sequence of the current file: its funnel alone (the report filtered to it)."""
+    sequence = catalog.file.by_id().get(sequence_id)
+    if sequence is None:
+        return None
+    # The whole report, this sequence's part taken: its numbers are the same as with the report's
+    # `sequence_id` filter, and the period's indexes serve it better than the sequence's.
+    report = build_report(db, since, clv=False)
+    # Unfiltered too: a sequence_id condition would draw SQLite to that column's index (every
+    # message of the sequence) instead of the few held rows of the status index.
+    waiting = waiting_by_step(db)
+    open_runs = not_converted_runs(db, report.since)
+    return report, _view(sequence, report, waiting, open_runs)
 
 
 # -- messages ---------------------------------------------------------------------------------
@@ -145,26 +169,46 @@ class MessagePage:
     rows: list[MessageRow]
     page: int
     has_next: bool
+    has_prev: bool
 
 
-def message_page(db: Database, page: int = 1, sequence_id: str | None = None) -> MessagePage:
-    """Newest first, 50 a page. No total count: counting a million rows per page view is the cost
-    this page exists to avoid; one extra row says whether there is a next page."""
+def message_page(db: Database, page: int = 1, sequence_id: str | None = None, before: int | None = None,
+                 after: int | None = None) -> MessagePage:
+    """Newest first, 50 a page. The links carry a cursor, the id of the last (`before`) or first
+    (`after`) row of the page they come from, so a deep page is found through the primary key (or
+    ix_messages_sequence_id) instead of skipping rows; `page` alone (no cursor) still works: the
+    rows before it are skipped in a narrow index, not read. No total count: counting a million rows per page view is the cost this page exists to
+    avoid; one extra row says whether there is a page beyond."""
     page = max(page, 1)
     query = select(
         Message.id, Message.created_at, Message.sequence_id, Message.step, Message.channel, Message.template,
         Message.customer_id, Message.recipient, Message.status, Message.delivery_status, Message.error,
-    ).order_by(Message.id.desc()).limit(PER_PAGE + 1).offset((page - 1) * PER_PAGE)
+    ).limit(PER_PAGE + 1)
     if sequence_id:
-        # Run ids are `<sequence>/<key>`: a range on the indexed workflow_id finds one sequence's
-        # messages without reading the others ('0' is the character after '/').
-        query = query.where(Message.workflow_id >= f"{sequence_id}/", Message.workflow_id < f"{sequence_id}0",
-                            Message.sequence_id == sequence_id)
+        query = query.where(Message.sequence_id == sequence_id)
+    if after is not None:
+        query = query.where(Message.id > after).order_by(Message.id)
+    elif before is not None:
+        query = query.where(Message.id < before).order_by(Message.id.desc())
+    else:
+        query = query.order_by(Message.id.desc())
+        if page > 1:
+            # The page's newest id, counted off a narrow index (ix_messages_id, or
+            # ix_messages_sequence_id), then the page from there through the primary key.
+            edge = select(Message.id).order_by(Message.id.desc()).offset((page - 1) * PER_PAGE).limit(1)
+            if sequence_id:
+                edge = edge.where(Message.sequence_id == sequence_id)
+            query = query.where(Message.id <= edge.scalar_subquery())
     with db.session() as session:
         rows = [MessageRow.model_validate(r._asdict()) for r in session.execute(query)]
     for row in rows:
         row.created_at = utc(row.created_at)
-    return MessagePage(rows=rows[:PER_PAGE], page=page, has_next=len(rows) > PER_PAGE)
+    beyond = len(rows) > PER_PAGE
+    rows = rows[:PER_PAGE]
+    if after is not None:
+        # Read oldest first from the cursor up; shown newest first. Nothing newer: the first page.
+        return MessagePage(rows=rows[::-1], page=page if beyond else 1, has_next=True, has_prev=beyond)
+    return MessagePage(rows=rows, page=page, has_next=beyond, has_prev=page > 1)
 
 
 @dataclass
@@ -223,15 +267,20 @@ class Timeline:
 
 
 def find_customer(db: Database, q: str) -> Customer | None:
-    """By id (the primary key), else by email address (case-insensitive)."""
+    """By id (the primary key), else by email address, in any case.
+
+    Addresses are stored in their normal form (keepflow/contacts.py), so the lookup normalises
+    what was typed and compares with `=`, which ix_customers_email answers; an address that
+    failed validation was stored as sent, so that spelling is tried too."""
     q = q.strip()
     if not q:
         return None
     with db.session() as session:
         customer = session.get(Customer, q)
         if customer is None and "@" in q:
+            spellings = {normalize_address("email", q), q}
             customer = session.scalars(
-                select(Customer).where(func.lower(Customer.email) == q.lower()).limit(1)).first()
+                select(Customer).where(Customer.email.in_(sorted(spellings))).order_by(Customer.id).limit(1)).first()
         return customer
 
 

@@ -1,7 +1,8 @@
 """The dashboard's pages: server-rendered HTML, no scripts, nothing fetched from elsewhere.
 
-    GET /                     sequences, their per-step funnels and what is waiting to go out
-    GET /messages             recent messages, 50 a page (?page=N&sequence=ID)
+    GET /                     sequences, their per-step funnels, what is waiting to go out, runs in flight
+    GET /sequences/{id}       one sequence: its funnel, and its runs in flight per step (from Temporal)
+    GET /messages             recent messages, 50 a page (?page=N&sequence=ID, and a cursor: before/after=ID)
     GET /messages/{id}        one message as the customer saw it, with its status and feedback
     GET /customers?q=...      one customer's timeline, by id or email address
 """
@@ -9,14 +10,17 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from pathlib import Path
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader
+from temporalio.client import Client
 
-from keepflow.dashboard import queries
+from keepflow.dashboard import in_flight, queries
 from keepflow.report import format_money, parse_since
+from keepflow.temporal import connect
 
 router = APIRouter(include_in_schema=False)
 
@@ -38,23 +42,64 @@ def _page(name: str, status: int = 200, **context) -> HTMLResponse:
     return HTMLResponse(_templates.get_template(name).render(**context), status_code=status, headers=_HEADERS)
 
 
-@router.get("/", response_class=HTMLResponse)
-async def overview(request: Request, since: str = "30d") -> HTMLResponse:
+def _temporal(request: Request):
+    """How the pages reach Temporal: the app's client, connected on first use (as routing does)."""
     engine = request.app.state.engine
+
+    async def client() -> Client:
+        if engine.client is None:
+            engine.client = await connect(engine.settings.temporal_address, engine.settings.temporal_namespace)
+        return engine.client
+
+    return client
+
+
+def _period(since: str) -> datetime | HTMLResponse:
     try:
-        start = parse_since(since)
+        return parse_since(since)
     except ValueError:
         return _page("problem.html", 400, title="Unknown period",
                      text=f"'{since}' is not a period: use a length such as 30d or 12w, or a date such as 2024-03-01.")
-    report, sequences = await asyncio.to_thread(queries.overview, engine.db, engine.catalog, start)
-    return _page("overview.html", report=report, sequences=sequences, since=since)
+
+
+@router.get("/", response_class=HTMLResponse)
+async def overview(request: Request, since: str = "30d") -> HTMLResponse:
+    engine = request.app.state.engine
+    start = _period(since)
+    if isinstance(start, HTMLResponse):
+        return start
+    # The SQL (in a thread) and Temporal's counts (on this loop) at the same time.
+    (report, sequences), runs = await asyncio.gather(
+        asyncio.to_thread(queries.overview, engine.db, engine.catalog, start),
+        in_flight.count_waiting(_temporal(request), engine.catalog.file.sequences),
+    )
+    return _page("overview.html", report=report, sequences=sequences, since=since, in_flight=runs)
+
+
+@router.get("/sequences/{sequence_id}", response_class=HTMLResponse)
+async def sequence(request: Request, sequence_id: str, since: str = "30d") -> HTMLResponse:
+    engine = request.app.state.engine
+    known = engine.catalog.file.by_id().get(sequence_id)
+    if known is None:
+        return _page("problem.html", 404, title="No such sequence",
+                     text=f"There is no sequence '{sequence_id}' in the current sequences file.")
+    start = _period(since)
+    if isinstance(start, HTMLResponse):
+        return start
+    found, runs = await asyncio.gather(
+        asyncio.to_thread(queries.sequence_page, engine.db, engine.catalog, sequence_id, start),
+        in_flight.count_waiting(_temporal(request), [known]),
+    )
+    report, view = found
+    return _page("sequence.html", report=report, s=view, since=since, in_flight=runs)
 
 
 @router.get("/messages", response_class=HTMLResponse)
-async def messages(request: Request, page: int = Query(1, ge=1), sequence: str | None = None) -> HTMLResponse:
+async def messages(request: Request, page: int = Query(1, ge=1), sequence: str | None = None,
+                   before: int | None = None, after: int | None = None) -> HTMLResponse:
     engine = request.app.state.engine
     sequence = sequence or None
-    result = await asyncio.to_thread(queries.message_page, engine.db, page, sequence)
+    result = await asyncio.to_thread(queries.message_page, engine.db, page, sequence, before, after)
     return _page("messages.html", result=result, sequence=sequence, sequences=list(engine.catalog.sequences))
 
 

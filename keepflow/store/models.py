@@ -7,7 +7,10 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, Numeric, String, Text, func
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.visitors import InternalTraversal
 
 
 class Base(DeclarativeBase):
@@ -18,7 +21,8 @@ class Customer(Base):
     __tablename__ = "customers"
 
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    email: Mapped[str | None] = mapped_column(String(320))
+    # Stored normalised (keepflow/contacts.py), so a lookup compares with `=` and uses the index.
+    email: Mapped[str | None] = mapped_column(String(320), index=True)
     phone: Mapped[str | None] = mapped_column(String(32))
     first_name: Mapped[str | None] = mapped_column(String(128))
     locale: Mapped[str | None] = mapped_column(String(35))
@@ -50,6 +54,34 @@ class Event(Base):
     runs: Mapped[int | None]
 
 
+class EventMessageId(ColumnElement[str]):
+    """`payload.data.message_id` as text: the message a provider notification is about.
+
+    Spelt out per database with a literal JSON path (a bound path could not use the index), and
+    the same text in the index and in the queries, which is what lets them use it."""
+
+    inherit_cache = True
+    _traverse_internals = [("payload", InternalTraversal.dp_clauseelement)]
+    type = String()
+
+    def __init__(self, payload) -> None:
+        self.payload = payload
+
+
+@compiles(EventMessageId, "sqlite")
+def _event_message_id_sqlite(element, compiler, **kw) -> str:
+    return f"CAST(json_extract({compiler.process(element.payload, **kw)}, '$.data.message_id') AS TEXT)"
+
+
+@compiles(EventMessageId)
+def _event_message_id_postgresql(element, compiler, **kw) -> str:
+    return f"({compiler.process(element.payload, **kw)} #>> '{{data,message_id}}')"
+
+
+# The report counts notifications per message: found from the message, by this index.
+Index("ix_events_message_id", EventMessageId(Event.__table__.c.payload), Event.__table__.c.type)
+
+
 class Delivery(Base):
     """A webhook delivery id we have accepted: a sender's retry of it changes nothing."""
 
@@ -69,7 +101,8 @@ class Order(Base):
     total: Mapped[Decimal] = mapped_column(Numeric(12, 2))
     currency: Mapped[str] = mapped_column(String(3))
     items: Mapped[list[Any]] = mapped_column(default=list)
-    created_at: Mapped[datetime]
+    # The orders of a period, the start of the report's attribution.
+    created_at: Mapped[datetime] = mapped_column(index=True)
 
 
 class Message(Base):
@@ -79,6 +112,17 @@ class Message(Base):
     __table_args__ = (
         Index("ix_messages_customer_created", "customer_id", "created_at"),
         Index("ix_messages_customer_counted", "customer_id", "channel", "counted_at"),
+        # The funnel of a period, read from the index alone (keepflow/report.py groups by these).
+        Index("ix_messages_created_funnel", "created_at", "sequence_id", "step", "channel", "template", "status", "id"),
+        # Skipped messages (and their reasons) of a period.
+        Index("ix_messages_status_created", "status", "created_at"),
+        # A customer's sent messages in a time window: what an order is attributed to.
+        Index("ix_messages_customer_sent", "customer_id", "status", "sent_at"),
+        # One sequence's messages newest first, a page at a time (the dashboard's message list).
+        Index("ix_messages_sequence_id", "sequence_id", "id"),
+        # Just the ids: counting off a deep page number reads this instead of whole rows (SQLite
+        # keeps every column, bodies included, in the primary key's b-tree).
+        Index("ix_messages_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -97,7 +141,7 @@ class Message(Base):
     body: Mapped[str | None] = mapped_column(Text)
     # pending -> sending -> sent | failed | unknown; or skipped; deferred while it waits for
     # quiet hours or the cap. See activities/send.py.
-    status: Mapped[str] = mapped_column(String(16), index=True)
+    status: Mapped[str] = mapped_column(String(16))
     provider: Mapped[str | None] = mapped_column(String(32))
     provider_message_id: Mapped[str | None] = mapped_column(String(128))
     error: Mapped[str | None] = mapped_column(Text)
@@ -116,7 +160,11 @@ class Run(Base):
     """One run of one sequence: written when it starts, and when it reaches its goal."""
 
     __tablename__ = "runs"
-    __table_args__ = (Index("ix_runs_sequence_customer_started", "sequence_id", "customer_id", "started_at"),)
+    __table_args__ = (
+        Index("ix_runs_sequence_customer_started", "sequence_id", "customer_id", "started_at"),
+        # Runs started in a period, per sequence, converted or not: from the index alone.
+        Index("ix_runs_started", "started_at", "sequence_id", "converted_at", "id"),
+    )
 
     # The workflow id, `<sequence>/<key>`. A sequence that may run again for the same key after
     # its cool-down (win-back) reuses the id, so the row is replaced by the newer run.
