@@ -26,6 +26,12 @@ provider call, so the provider may or may not have the message:
     row becomes `unknown`, nothing is resent, and the row says why, so it is counted in reports
     and an operator can follow up. A missed marketing email costs less than a doubled one, and
     the window is only the length of one HTTP call.
+
+Only one attempt may call the provider for a row: `sending` is set by compare-and-set on the
+status and attempt count the attempt read, so an attempt that stalled past its timeout (a frozen
+worker) while Temporal ran the next one finds the row moved on and stops. Where a message can
+still go twice: a text whose first attempt Twilio accepted but does not yet list (or lists
+beyond the 50 newest) when the retry looks; bench/RESULTS.md has the kill -9 figures.
 """
 
 from __future__ import annotations

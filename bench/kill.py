@@ -77,12 +77,13 @@ of which a kill produces (this script's fake answers its list at once and never 
    those makes the retry send again. A killed attempt is retried only after its 30 s
    start-to-close timeout, but a lost answer (the provider call timing out after
    `KEEPFLOW_PROVIDER_TIMEOUT`, 10 s) is retried 1 s later, so the lag matters most there.
-2. Two attempts of the same send at once, email or text: `send_message` does not heartbeat, so
-   an attempt that runs past `SEND_TIMEOUT` (30 s) without dying (a paused or starved process,
-   an SQLite write waiting out its 30 s busy timeout) is retried on another worker while it still
-   runs. `_mark_sending` updates the row by id whatever its status, so an attempt that read the
-   row as `pending` before the other marked it goes on to call the provider too. A compare-and-set
-   on the status it read (and giving up when no row matched) would close this.
+2. Two attempts of the same text at once. `send_message` does not heartbeat, so an attempt that
+   runs past `SEND_TIMEOUT` (30 s) without dying (a paused or starved process) is retried while it
+   still runs. `_mark_sending` is a compare-and-set on the status and attempt count the attempt
+   read, so a stalled attempt that had not yet marked the row stops when it wakes. One that
+   stalled after its mark and before its request is still a risk for a text: the retry finds
+   `sending`, Twilio lists nothing yet, the retry sends, and the stalled attempt's request follows.
+   (An email retry that finds `sending` sends nothing, so email cannot double this way.)
 """
 
 
