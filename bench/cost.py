@@ -54,7 +54,7 @@ for folder in (ROOT, BENCH):  # worker.py and tests/fakes at the repository root
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-from ingest import machine, write_section  # noqa: E402
+from ingest import machine, settings_for, write_section  # noqa: E402
 from scan import scan_runs  # noqa: E402
 from throughput import BARE_ACTIVITY, noop_send, parse_scale  # noqa: E402
 
@@ -400,7 +400,6 @@ async def bench(runs: int, time_scale: float, timeout: float) -> dict[str, Any]:
 
     from keepflow.devserver import DevServer, free_port
     from keepflow.loader import load
-    from keepflow.settings import Settings
     from keepflow.store import Database, upgrade
     from tests.fakes.provider_server import FakeProviders
     from worker import ACTIVITY_THREADS, build_worker
@@ -417,13 +416,7 @@ async def bench(runs: int, time_scale: float, timeout: float) -> dict[str, Any]:
         with contextlib.suppress(ImportError):  # runs upsert KeepflowStep once the code has it: register it first
             from keepflow.search_attributes import ensure_registered
             await ensure_registered(client, "default")
-        settings = Settings(
-            data_dir=data_dir, sequences_path=ROOT / "sequences.yaml", templates_dir=ROOT / "templates",
-            database_url=None, temporal_address=server.address, task_queue=f"cost-{tag}",
-            sendgrid_api_key=fake.sendgrid_api_key, sendgrid_host=fake.url, email_provider="sendgrid",
-            twilio_account_sid=fake.twilio_account_sid, twilio_auth_token=fake.twilio_auth_token,
-            twilio_from="+15005550006", twilio_base_url=fake.url, sms_provider="twilio",
-        )
+        settings = settings_for(data_dir, server.address, fake, f"cost-{tag}")
         catalog = load(settings.sequences_path, settings.templates_dir)
         upgrade(settings.resolved_database_url)
         db = Database(settings.resolved_database_url)

@@ -43,7 +43,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from temporalio import workflow
 
@@ -379,13 +379,30 @@ async def wait_for_http(url: str, server: asyncio.Task, timeout: float = 30.0) -
             await asyncio.sleep(0.1)
 
 
+if TYPE_CHECKING:
+    from keepflow.settings import Settings
+
+
+def settings_for(data_dir: Path, temporal_address: str, fake, task_queue: str) -> Settings:
+    """The real sequences and templates, a fresh SQLite store in `data_dir`, and the real SendGrid
+    and Twilio SDKs aimed at the fake providers."""
+    from keepflow.settings import Settings
+
+    return Settings(
+        data_dir=data_dir, sequences_path=ROOT / "sequences.yaml", templates_dir=ROOT / "templates",
+        database_url=None, temporal_address=temporal_address, task_queue=task_queue,
+        sendgrid_api_key=fake.sendgrid_api_key, sendgrid_host=fake.url, email_provider="sendgrid",
+        twilio_account_sid=fake.twilio_account_sid, twilio_auth_token=fake.twilio_auth_token,
+        twilio_from="+15005550006", twilio_base_url=fake.url, sms_provider="twilio",
+    )
+
+
 async def bench(events: int, concurrency: int, wait_timeout: float, breakdown: bool = True) -> dict[str, Any]:
     from temporalio.worker import Worker
 
     from keepflow.devserver import DevServer, free_port
     from keepflow.lifecycle import serve_http
     from keepflow.loader import load
-    from keepflow.settings import Settings
     from keepflow.store import Database, upgrade
     from keepflow.webhooks.app import create_app
     from keepflow.webhooks.signing import new_secret
@@ -403,13 +420,7 @@ async def bench(events: int, concurrency: int, wait_timeout: float, breakdown: b
         server.start()
         client = await server.wait_ready()
         task_queue = f"bench-{tag}"
-        settings = Settings(
-            data_dir=data_dir, sequences_path=ROOT / "sequences.yaml", templates_dir=ROOT / "templates",
-            database_url=None, temporal_address=server.address, task_queue=task_queue,
-            sendgrid_api_key=fake.sendgrid_api_key, sendgrid_host=fake.url, email_provider="sendgrid",
-            twilio_account_sid=fake.twilio_account_sid, twilio_auth_token=fake.twilio_auth_token,
-            twilio_from="+15005550006", twilio_base_url=fake.url, sms_provider="twilio",
-        )
+        settings = settings_for(data_dir, server.address, fake, task_queue)
         catalog = load(settings.sequences_path, settings.templates_dir)
         upgrade(settings.resolved_database_url)
         db = Database(settings.resolved_database_url)
