@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -113,15 +114,16 @@ async def until_step(env, workflow_id: str, path: str, attempts: int = 200) -> N
 
 
 class serving:
-    """The whole app on a real port with no Temporal behind it, for the provider-webhook tests:
-    `async with serving(settings, db) as http: ...`"""
+    """The whole app on a real port, as a store or a mail client reaches it (redirects are not
+    followed): `async with serving(settings, db) as http: ...`. No Temporal behind it unless
+    `client` is given; `.app` is the app."""
 
-    def __init__(self, settings, db):
+    def __init__(self, settings, db, *, client=None, secrets: tuple[str, ...] | None = None):
         from keepflow.webhooks.app import create_app
         from tests.conftest import CATALOG
 
-        self.app = create_app(settings, catalog=CATALOG, db=db, client=None, webhook_secrets=[new_secret()],
-                              reconcile_every=3600)
+        self.app = create_app(settings, catalog=CATALOG, db=db, client=client,
+                              webhook_secrets=list(secrets or (new_secret(),)), reconcile_every=3600)
         self.port, self.stop = free_port(), asyncio.Event()
 
     async def __aenter__(self) -> httpx.AsyncClient:
@@ -139,6 +141,17 @@ class serving:
         await self.client.aclose()
         self.stop.set()
         await self.server
+
+def write_project(directory: Path, text: str, templates: dict[str, str]) -> Path:
+    """`sequences.yaml` with `text` and the given templates (relative path: body) in `directory`."""
+    for relative, body in templates.items():
+        file = directory / "templates" / relative
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(body, encoding="utf-8")
+    path = directory / "sequences.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
 
 # A run that waits 30 days for a delivery inside a branch: the continue-as-new tests flood it.
 PATIENT = """

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from keepflow.lint import lint, read_file, run_lint, worst_case
+from tests.helpers import write_project
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -12,14 +13,7 @@ GOOD_EMAIL = "{% block subject %}s{% endblock %}{{ brand.postal_address }} {{ un
 
 
 def project(directory: Path, text: str, templates: dict[str, str] | None = None) -> Path:
-    files = {"email/note.en.html": GOOD_EMAIL, "sms/ping.en.txt": "ping", **(templates or {})}
-    for relative, body in files.items():
-        file = directory / "templates" / relative
-        file.parent.mkdir(parents=True, exist_ok=True)
-        file.write_text(body, encoding="utf-8")
-    path = directory / "sequences.yaml"
-    path.write_text(text, encoding="utf-8")
-    return path
+    return write_project(directory, text, {"email/note.en.html": GOOD_EMAIL, "sms/ping.en.txt": "ping", **(templates or {})})
 
 
 def lint_of(tmp_path: Path, text: str, templates: dict[str, str] | None = None):

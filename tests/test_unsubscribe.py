@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -14,14 +12,13 @@ import pytest
 from sqlalchemy import func, select
 
 from keepflow import suppressions
-from keepflow.devserver import free_port
-from keepflow.lifecycle import serve_http
 from keepflow.settings import Settings
 from keepflow.store import Customer, Database, Suppression
 from keepflow.unsubscribe import InvalidToken, headers_for, link_for, token_for, verify
 from keepflow.webhooks.app import create_app
 from keepflow.webhooks.signing import new_secret
 from tests.conftest import CATALOG, ROOT
+from tests.helpers import serving
 
 SECRET = "unsubscribe-secret-current"
 OLD_SECRET = "unsubscribe-secret-previous"
@@ -39,31 +36,9 @@ def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path)
 
 
-@asynccontextmanager
-async def serve(settings: Settings, db: Database) -> AsyncIterator[httpx.AsyncClient]:
-    """The real app on a real port, as a mail client reaches it."""
-    port = free_port()
-    app = create_app(settings, catalog=CATALOG, db=db, client=None, webhook_secrets=[new_secret()], reconcile_every=3600)
-    stop = asyncio.Event()
-    server = asyncio.create_task(serve_http(app, "127.0.0.1", port, stop))
-    # Redirects are never followed: one would be hidden from the test, and RFC 8058 forbids them.
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30, follow_redirects=False) as http:
-        for _ in range(100):
-            try:
-                await http.get("/docs")
-                break
-            except httpx.TransportError:
-                await asyncio.sleep(0.05)
-        try:
-            yield http
-        finally:
-            stop.set()
-            await server
-
-
 @pytest.fixture
 async def http(settings: Settings, db: Database) -> AsyncIterator[httpx.AsyncClient]:
-    async with serve(settings, db) as client:
+    async with serving(settings, db) as client:
         yield client
 
 
@@ -198,7 +173,7 @@ async def test_old_links_keep_working_after_a_rotation(tmp_path, db):
     new_url = link(rotated)
     assert new_url != old_url and verify(rotated, new_url.rsplit("/", 1)[1]).key_id != verify(
         rotated, old_url.rsplit("/", 1)[1]).key_id
-    async with serve(rotated, db) as http:
+    async with serving(rotated, db) as http:
         assert_plain_200(await http.post(old_url, content="List-Unsubscribe=One-Click", headers={"content-type": FORM}))
     assert rows(db) == [("email", "nok@example.com", "marketing", "unsubscribe", "unsubscribe_link", "cus_1", True)]
     # Once the old secret is dropped, its links stop verifying.

@@ -5,20 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from keepflow.loader import Problem, check
+from tests.helpers import write_project
 
 ROOT = Path(__file__).resolve().parent.parent
 
 FOOTER = "{{ brand.postal_address }} {{ unsubscribe_url }}"
-
-
-def project(directory: Path, text: str, templates: dict[str, str]) -> Path:
-    for relative, body in templates.items():
-        file = directory / "templates" / relative
-        file.parent.mkdir(parents=True, exist_ok=True)
-        file.write_text(body, encoding="utf-8")
-    path = directory / "sequences.yaml"
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def email(body: str, footer: str = FOOTER) -> str:
@@ -26,7 +17,7 @@ def email(body: str, footer: str = FOOTER) -> str:
 
 
 def problems_of(tmp_path: Path, text: str, templates: dict[str, str]) -> list[Problem]:
-    _, problems = check(project(tmp_path, text, templates))
+    _, problems = check(write_project(tmp_path, text, templates))
     return problems
 
 

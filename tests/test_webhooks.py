@@ -14,13 +14,12 @@ import pytest
 from sqlalchemy import func, select
 
 from keepflow.devserver import free_port
-from keepflow.lifecycle import serve_http
 from keepflow.loader import load
 from keepflow.router import reconcile
 from keepflow.store import Event
-from keepflow.webhooks.app import create_app
 from keepflow.webhooks.signing import new_secret, sign
 from tests.conftest import ROOT, running_worker
+from tests import helpers
 from tests.helpers import to_local_hour
 
 SECRET = new_secret()
@@ -46,23 +45,9 @@ def signed(body: dict | bytes, secret: str = SECRET, **kwargs) -> tuple[bytes, d
 
 @asynccontextmanager
 async def serving(env, settings, db, *, client="env", secrets=(SECRET,)) -> AsyncIterator[tuple[httpx.AsyncClient, object]]:
-    port = free_port()
-    app = create_app(settings, catalog=CATALOG, db=db, client=env.client if client == "env" else client,
-                     webhook_secrets=list(secrets), reconcile_every=3600)
-    stop = asyncio.Event()
-    server = asyncio.create_task(serve_http(app, "127.0.0.1", port, stop))
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-        for _ in range(100):
-            try:
-                await http.get("/docs")
-                break
-            except httpx.TransportError:
-                await asyncio.sleep(0.05)
-        try:
-            yield http, app
-        finally:
-            stop.set()
-            await server
+    app = helpers.serving(settings, db, client=env.client if client == "env" else client, secrets=secrets)
+    async with app as http:
+        yield http, app.app
 
 
 @pytest.fixture
