@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 from temporalio.service import RPCError
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
@@ -104,20 +105,21 @@ async def _end_leftover_runs(env: WorkflowEnvironment, db: Database) -> None:
 
     Left alone, a run's timer fires during a later test's time skip and leaves a task nobody
     completes; terminated mid-activity or mid-task, the test server never releases that hold on
-    its clock (sdk-java #1138). Either way the server's time stops. So: let in-flight activities
-    and workflow tasks finish, then terminate. Every run Keepflow starts is in the `runs` table.
+    its clock (sdk-java #1138). Either way the server's time stops for every later test. So: let
+    in-flight activities and workflow tasks finish, then terminate. The test server's describe
+    lists pending activities but never a pending workflow task, so the last history event tells
+    whether one is in flight. Every run Keepflow starts is in the `runs` table.
     """
     with db.session() as session:
         run_ids = list(session.scalars(select(Run.id)))
     for run_id in run_ids:
         handle = env.client.get_workflow_handle(run_id)
         try:
-            for _ in range(100):
+            for _ in range(200):
                 description = await handle.describe()
                 if description.status != WorkflowExecutionStatus.RUNNING:
                     break
-                raw = description.raw_description
-                if not raw.pending_activities and not raw.HasField("pending_workflow_task"):
+                if not description.raw_description.pending_activities and not await _task_in_flight(handle):
                     await handle.terminate("test finished")
                     break
                 await asyncio.sleep(0.05)
@@ -125,3 +127,8 @@ async def _end_leftover_runs(env: WorkflowEnvironment, db: Database) -> None:
                 raise AssertionError(f"{run_id} never went quiet: {description.raw_description}")
         except RPCError:
             pass  # gone already
+
+
+async def _task_in_flight(handle) -> bool:
+    last = (await handle.fetch_history()).events[-1]
+    return last.event_type in (EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED, EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED)

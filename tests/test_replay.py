@@ -49,6 +49,7 @@ async def record_runs(env, settings, db) -> list[WorkflowHistory]:
     ids = [f"{s}/{order_id}" for s in CHAIN]
 
     catalog = load(ROOT / "sequences.yaml")
+    await to_local_hour(env, 10)  # the win-back's text keeps quiet hours too
     async with running_worker(env, settings, db) as tq:
         customer_id = add_customer(db, await env.get_current_time() - timedelta(days=70))
         await scan(env, tq)
