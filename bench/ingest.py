@@ -234,18 +234,17 @@ def _tree_cpu_seconds(pid: int) -> float | None:
 # process only (no file changes). Each is (module, object name or None, attribute, label).
 TIMED = (
     ("keepflow.webhooks.app", None, "_ingest", "POST /events after verify+parse (store + route + answer)"),
-    ("keepflow.router", None, "store", "router.store (SQLite: delivery, customer, order, event)"),
-    ("keepflow.router", None, "route", "router.route (signals + start + catch-up)"),
+    ("keepflow.router", None, "store", "router.store (store: delivery, customer, order, event; rescore)"),
+    ("keepflow.router", None, "route", "router.route (signals + start + settle + catch-up)"),
     ("keepflow.router", None, "_deliver", "router._deliver (signal a run; NOT_FOUND if none)"),
     ("temporalio.client", "Client", "start_workflow", "Client.start_workflow (in route)"),
-    ("keepflow.router", None, "_record_and_find_earlier", "router: record run + find earlier events (SQLite, one transaction)"),
+    ("keepflow.router", None, "_settle", "router._settle: record runs + find earlier events + mark routed (store, one transaction)"),
     ("keepflow.router", None, "_catch_up", "router._catch_up (signal earlier events)"),
-    ("keepflow.router", None, "mark_routed", "router.mark_routed (SQLite)"),
-    ("activities.send", "MessageSender", "_claim", "send_message: claim row + profile + suppressions (SQLite)"),
+    ("activities.send", "MessageSender", "_claim", "send_message: claim row + profile + suppressions (store)"),
     ("keepflow.rendering", "Renderer", "render", "send_message: render template"),
-    ("activities.send", "MessageSender", "_mark_sending", "send_message: mark sending (SQLite)"),
+    ("activities.send", "MessageSender", "_mark_sending", "send_message: mark sending (store)"),
     ("keepflow.providers.sendgrid", "SendGridEmail", "send_email", "send_message: SendGrid call to the fake"),
-    ("activities.send", "MessageSender", "_finish", "send_message: finish row (SQLite)"),
+    ("activities.send", "MessageSender", "_finish", "send_message: finish row (store)"),
 )
 
 
@@ -384,20 +383,21 @@ if TYPE_CHECKING:
 
 
 def settings_for(data_dir: Path, temporal_address: str, fake, task_queue: str) -> Settings:
-    """The real sequences and templates, a fresh SQLite store in `data_dir`, and the real SendGrid
-    and Twilio SDKs aimed at the fake providers."""
+    """The real sequences and templates, a fresh SQLite store in `data_dir` (or the empty database
+    DATABASE_URL names), and the real SendGrid and Twilio SDKs aimed at the fake providers."""
     from keepflow.settings import Settings
 
     return Settings(
         data_dir=data_dir, sequences_path=ROOT / "sequences.yaml", templates_dir=ROOT / "templates",
-        database_url=None, temporal_address=temporal_address, task_queue=task_queue,
+        database_url=os.environ.get("DATABASE_URL") or None, temporal_address=temporal_address, task_queue=task_queue,
         sendgrid_api_key=fake.sendgrid_api_key, sendgrid_host=fake.url, email_provider="sendgrid",
         twilio_account_sid=fake.twilio_account_sid, twilio_auth_token=fake.twilio_auth_token,
         twilio_from="+15005550006", twilio_base_url=fake.url, sms_provider="twilio",
     )
 
 
-async def bench(events: int, concurrency: int, wait_timeout: float, breakdown: bool = True) -> dict[str, Any]:
+async def bench(events: int, concurrency: int, wait_timeout: float, breakdown: bool = True,
+                worker_process: bool = False) -> dict[str, Any]:
     from temporalio.worker import Worker
 
     from keepflow.devserver import DevServer, free_port
@@ -433,7 +433,18 @@ async def bench(events: int, concurrency: int, wait_timeout: float, breakdown: b
 
         async with contextlib.AsyncExitStack() as running:
             timings = running.enter_context(instrument(breakdown))
-            await running.enter_async_context(build_worker(client, settings, db, task_queue=task_queue))
+            worker = None
+            if worker_process:
+                # As production runs it: `worker.py` in its own process, its own interpreter and GIL.
+                from tests.faults.stack import WorkerProcess, worker_env
+
+                env = worker_env(data_dir, settings.resolved_database_url, server.address, task_queue, fake.url)
+                worker = WorkerProcess(env, data_dir / "worker.log")
+                running.callback(worker.reap)
+                running.callback(worker.terminate)
+                await worker.start().ready()
+            else:
+                await running.enter_async_context(build_worker(client, settings, db, task_queue=task_queue))
             await running.enter_async_context(noop_worker)
             http_task = asyncio.create_task(serve_http(app, "127.0.0.1", port, stop))
 
@@ -454,6 +465,8 @@ async def bench(events: int, concurrency: int, wait_timeout: float, breakdown: b
             def sample(into: dict[str, float | None]) -> None:
                 into.update(keepflow=_proc_cpu_seconds(os.getpid()), temporal=_tree_cpu_seconds(server.process.pid),
                             wall=time.time())
+                if worker is not None:
+                    into["worker"] = _proc_cpu_seconds(worker.pid)
 
             posted = await run_client({"kind": "events", "url": url, "secret": secret, "count": events,
                                        "concurrency": concurrency, "tag": tag}, timeout=wait_timeout + 60,
@@ -476,6 +489,7 @@ async def bench(events: int, concurrency: int, wait_timeout: float, breakdown: b
             extra = {r: len(fake.arrivals.get(r, [])) - 1 for r in recipients if len(fake.arrivals.get(r, [])) > 1}
             return {
                 "events": events, "concurrency": concurrency, "posted": posted, "bare": bare, "tag": tag, "stages": stages,
+                "worker_process": worker_process,
                 "steps": steps,
                 "arrivals": arrivals, "drained_at": drained_at,
                 "heard_by": [q.id for q in catalog.interested_in("order.created")],
@@ -576,7 +590,8 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         stages[label] = (percentile(spans, 50), percentile(spans, 99))
     steps = {label: (len(v), percentile(v, 50), percentile(v, 99), sum(v)) for label, v in raw["steps"].items()}
     return {
-        "heard_by": raw["heard_by"], "started_by": raw["started_by"],
+        "heard_by": raw["heard_by"], "started_by": raw["started_by"], "database": database(),
+        "worker_process": raw["worker_process"], "cpu_worker_s": cpu.get("worker"),
         "steps": steps,
         "stages": stages, "runs_found": len(runs),
         "wft_timeouts": sum(t["wft_timeouts"] for t in runs.values()),
@@ -623,7 +638,12 @@ def report(s: dict[str, Any]) -> str:
         ("workflow tasks: timed out running / waited out on the sticky queue / failed",
          f"{s['wft_timeouts']} / {s['wft_sticky_timeouts']} / {s['wft_failures']}"),
     ]
-    if s["cpu_temporal_s"] is not None:
+    if s["cpu_temporal_s"] is not None and s["worker_process"]:
+        rows.append(("CPU while posting: dev server / HTTP app (and fake) / worker / client",
+                     f"{s['cpu_temporal_s']:.1f} / {s['cpu_keepflow_s']:.1f} / {s['cpu_worker_s']:.1f} / "
+                     f"{s['cpu_client_s']:.1f} s of {s['cpu_available_s']:.1f} core-s "
+                     f"({os.cpu_count()} cores × {s['cpu_window_s']:.2f} s)"))
+    elif s["cpu_temporal_s"] is not None:
         rows.append(("CPU while posting: dev server / Keepflow process (app, worker, fake) / client",
                      f"{s['cpu_temporal_s']:.1f} / {s['cpu_keepflow_s']:.1f} / {s['cpu_client_s']:.1f} s "
                      f"of {s['cpu_available_s']:.1f} core-s ({os.cpu_count()} cores × {s['cpu_window_s']:.2f} s)"))
@@ -651,7 +671,7 @@ def interpretation(s: dict[str, Any]) -> str:
         out.append(f"While posting, the Keepflow process (HTTP app, worker and fake provider in one interpreter) ran "
                    f"at {s['cpu_keepflow_s'] / window:.2f} cores and the Temporal dev server at "
                    f"{s['cpu_temporal_s'] / window:.2f}, {used / s['cpu_available_s']:.0%} of the machine in all"
-                   + (": no process is pegged, so much of the time is waiting (for threads, for the SQLite write "
+                   + (": no process is pegged, so much of the time is waiting (for threads, for the store's write "
                       "locks, for the disk) rather than computing." if busiest < 0.95 and used / s["cpu_available_s"] < 0.9
                       else ": the machine is busy, so CPU is the limit."))
     if s["ratio"] is not None:
@@ -669,10 +689,11 @@ def interpretation(s: dict[str, Any]) -> str:
         detail.append(f"each of the HTTP side's {waits[0] / max(s['accepted'], 1):.0f} `asyncio.to_thread` calls per "
                       f"event waited {ms(waits[1])} at p50 ({ms(waits[2])} at p99) for a thread of asyncio's default "
                       f"executor ({min(32, (os.cpu_count() or 1) + 4)} threads here)")
-    sqlite = {k: v for k, v in s["steps"].items() if "SQLite" in k}
-    if sqlite:
-        label, (_, p50, p99, _) = max(sqlite.items(), key=lambda kv: kv[1][2] or 0)
-        detail.append(f"Keepflow's own SQLite writes, one writer at a time, have long tails "
+    writes = {k: v for k, v in s["steps"].items() if "(store" in k}
+    if writes:
+        label, (_, p50, p99, _) = max(writes.items(), key=lambda kv: kv[1][2] or 0)
+        kind = "SQLite writes, one writer at a time," if s["database"] == "SQLite" else f"{s['database']} writes"
+        detail.append(f"Keepflow's own {kind} have long tails "
                       f"({label.split(' (')[0]}: {ms(p50)} at p50, {ms(p99)} at p99)")
     if s["stages"] and s["first_msg_p50_s"] is not None:
         label, (p50, _) = max(s["stages"].items(), key=lambda kv: kv[1][0] or 0)
@@ -701,10 +722,17 @@ def machine() -> dict[str, str]:
             "temporal": version, "pragmas": ", ".join(SQLITE_PRAGMAS)}
 
 
+def database() -> str:
+    url = os.environ.get("DATABASE_URL") or ""
+    return "PostgreSQL" if url.startswith("postgresql") else "SQLite"
+
+
 def write_results(s: dict[str, Any]) -> None:
     m = machine()
+    # A run on PostgreSQL (DATABASE_URL) gets a section of its own beside the default SQLite one.
+    title = SECTION if s["database"] == "SQLite" else f"{SECTION}, {s['database']} store"
     section = "\n".join([
-        SECTION, "",
+        title, "",
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with "
         f"`python bench/ingest.py --events {s['events']} --concurrency {s['concurrency']} --write-results`.",
         "",
@@ -712,13 +740,13 @@ def write_results(s: dict[str, Any]) -> None:
         f"- Code: {m['commit']}",
         f"- Temporal dev server SQLite pragmas (keepflow/devserver.py SQLITE_PRAGMAS): {m['pragmas']}",
         f"- Parameters: {s['events']} distinct signed `order.created` events, {s['concurrency']} requests in flight, "
-        "posted by a second process over loopback (httpx); Keepflow app + worker in one process; "
+        f"posted by a second process over loopback (httpx); Keepflow app + worker in one process; {s['database']} store; "
         "the fake SendGrid from tests/fakes; every order starts `fulfilment`, whose first step sends order_confirmed",
         "",
         report(s), "",
         interpretation(s), "",
     ])
-    write_section(SECTION, section)
+    write_section(title, section)
 
 
 def write_section(title: str, section: str) -> None:
@@ -742,6 +770,8 @@ def main() -> int:
     parser.add_argument("--write-results", action="store_true", help=f"replace this script's section in {RESULTS.name}")
     parser.add_argument("--no-breakdown", action="store_true",
                         help="do not time the engine's steps (the timers are put on at run time, never in files)")
+    parser.add_argument("--worker-process", action="store_true",
+                        help="run worker.py in its own process, as production does (default: in this process)")
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
@@ -755,7 +785,8 @@ def main() -> int:
         parser.error("--events and --concurrency must be at least 1")
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    raw = asyncio.run(bench(args.events, args.concurrency, args.timeout, breakdown=not args.no_breakdown))
+    raw = asyncio.run(bench(args.events, args.concurrency, args.timeout, breakdown=not args.no_breakdown,
+                            worker_process=args.worker_process))
     s = summarize(raw)
     print()
     print(report(s))

@@ -188,7 +188,11 @@ def mark_converted(db: Database, run_id: str, event: EventIn) -> None:
 
 def mark_routed(db: Database, event_id: str, runs: int) -> None:
     with db.session() as session:
-        session.execute(update(Event).where(Event.id == event_id).values(routed_at=_now(), runs=runs))
+        _mark_routed(session, event_id, runs)
+
+
+def _mark_routed(session: Session, event_id: str, runs: int) -> None:
+    session.execute(update(Event).where(Event.id == event_id).values(routed_at=_now(), runs=runs))
 
 
 # -- routing ----------------------------------------------------------------------------------
@@ -209,7 +213,8 @@ async def _deliver(client: Client, run_id: str, signal: EventSignal) -> bool:
 
 async def route(client: Client, catalog: Catalog, db: Database, event: EventIn, task_queue: str,
                 time_scale: float = 1.0) -> Routed:
-    """Signal the runs that wait for or exit on this event; start the runs it triggers."""
+    """Signal the runs that wait for or exit on this event; start the runs it triggers; mark the
+    event routed."""
     context = {**event.context(), "brand": catalog.file.brand}
     routed = Routed(event.id)
     for sequence in catalog.interested_in(event.type):
@@ -224,6 +229,7 @@ async def route(client: Client, catalog: Catalog, db: Database, event: EventIn, 
         scores = await asyncio.to_thread(rfm.profile, db, event.customer.id)
         if scores is not None:
             context["customer"] = {**context["customer"], "rfm": scores}
+    started: list[tuple[Sequence, str]] = []
     for sequence in triggered:
         run_id = workflow_id(sequence, context)
         if run_id is None:
@@ -241,18 +247,27 @@ async def route(client: Client, catalog: Catalog, db: Database, event: EventIn, 
         except WorkflowAlreadyStartedError:
             continue
         routed.started.append(run_id)
-        # One trip to a thread and one transaction: note the run, and read what it missed.
-        earlier = await asyncio.to_thread(_record_and_find_earlier, db, run_id, context, sequence, event)
-        await _catch_up(client, sequence, run_id, earlier)
+        started.append((sequence, run_id))
+    # One trip to a thread and one transaction (each trip waits for a free thread under load):
+    # note the new runs, read what each missed, mark the event routed. A crash before the
+    # catch-up below loses nothing a crash before the marking would not: routed again, the
+    # event finds its runs started and starts nothing.
+    earlier = await asyncio.to_thread(_settle, db, event, context, started, routed.runs)
+    for (sequence, run_id), missed in zip(started, earlier):
+        await _catch_up(client, sequence, run_id, missed)
     return routed
 
 
-def _record_and_find_earlier(db: Database, run_id: str, context: dict[str, Any], sequence: Sequence,
-                             trigger: EventIn) -> list[EventIn]:
+def _settle(db: Database, trigger: EventIn, context: dict[str, Any], started: list[tuple[Sequence, str]],
+            runs: int) -> list[list[EventIn]]:
     with db.session() as session:
-        _record_run(session, run_id, context)
-        wanted = sequence.events_heard()
-        return _stored_events(session, wanted, trigger) if wanted else []
+        earlier = []
+        for sequence, run_id in started:
+            _record_run(session, run_id, context)
+            wanted = sequence.events_heard()
+            earlier.append(_stored_events(session, wanted, trigger) if wanted else [])
+        _mark_routed(session, trigger.id, runs)
+        return earlier
 
 
 async def _catch_up(client: Client, sequence: Sequence, run_id: str, earlier: list[EventIn]) -> None:
@@ -291,14 +306,13 @@ async def ingest(db: Database, client: Client, catalog: Catalog, event: EventIn,
 
 async def route_stored(client: Client, catalog: Catalog, db: Database, event: EventIn, task_queue: str,
                        duplicate: bool = False, time_scale: float = 1.0) -> Routed:
-    """Route an event already stored, then mark it routed.
+    """Route an event already stored; routing marks it routed.
 
     If routing fails (Temporal unreachable) the event stays stored and unrouted: the sender's
     retry or the reconciler routes it later, and routing twice has no second effect.
     """
     routed = await route(client, catalog, db, event, task_queue, time_scale)
     routed.duplicate = duplicate
-    await asyncio.to_thread(mark_routed, db, event.id, routed.runs)
     return routed
 
 

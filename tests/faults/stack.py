@@ -104,6 +104,24 @@ def key_of(api: str, body_or_record: Any) -> str | None:
     return text.split(" ", 1)[0] or None
 
 
+def worker_env(data_dir: Path, database_url: str, temporal_address: str, task_queue: str, fake_url: str, *,
+               provider_timeout: float = 10.0, sequences: Path = ROOT / "sequences.yaml",
+               templates: Path = ROOT / "templates") -> dict[str, str]:
+    """The environment of a `worker.py` process aimed at the fake providers (none of ours inherited)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_OURS)}
+    env.update({
+        "KEEPFLOW_DATA_DIR": str(data_dir), "DATABASE_URL": database_url,
+        "KEEPFLOW_SEQUENCES": str(sequences), "KEEPFLOW_TEMPLATES": str(templates),
+        "TEMPORAL_ADDRESS": temporal_address, "KEEPFLOW_TASK_QUEUE": task_queue,
+        "KEEPFLOW_EMAIL_PROVIDER": "sendgrid", "SENDGRID_API_KEY": FAKE_SENDGRID_API_KEY, "SENDGRID_HOST": fake_url,
+        "KEEPFLOW_SMS_PROVIDER": "twilio", "TWILIO_ACCOUNT_SID": FAKE_TWILIO_ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": FAKE_TWILIO_AUTH_TOKEN, "TWILIO_FROM_NUMBER": "+15005550006",
+        "TWILIO_BASE_URL": fake_url, "KEEPFLOW_PROVIDER_TIMEOUT": str(provider_timeout),
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
 class WorkerProcess:
     """`python worker.py` with the given environment, its output in its own log file."""
 
@@ -240,19 +258,9 @@ class Stack:
     # -- workers -------------------------------------------------------------------------------
 
     def worker_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(_OURS)}
-        env.update({
-            "KEEPFLOW_DATA_DIR": str(self.folder), "DATABASE_URL": self.database_url,
-            "KEEPFLOW_SEQUENCES": str(self.folder / "sequences.yaml"), "KEEPFLOW_TEMPLATES": str(self.folder / "templates"),
-            "TEMPORAL_ADDRESS": self.server.address, "KEEPFLOW_TASK_QUEUE": self.task_queue,
-            "KEEPFLOW_EMAIL_PROVIDER": "sendgrid", "SENDGRID_API_KEY": FAKE_SENDGRID_API_KEY,
-            "SENDGRID_HOST": self.fake.url,
-            "KEEPFLOW_SMS_PROVIDER": "twilio", "TWILIO_ACCOUNT_SID": FAKE_TWILIO_ACCOUNT_SID,
-            "TWILIO_AUTH_TOKEN": FAKE_TWILIO_AUTH_TOKEN, "TWILIO_FROM_NUMBER": "+15005550006",
-            "TWILIO_BASE_URL": self.fake.url, "KEEPFLOW_PROVIDER_TIMEOUT": str(self.provider_timeout),
-            "PYTHONUNBUFFERED": "1",
-        })
-        return env
+        return worker_env(self.folder, self.database_url, self.server.address, self.task_queue, self.fake.url,
+                          provider_timeout=self.provider_timeout, sequences=self.folder / "sequences.yaml",
+                          templates=self.folder / "templates")
 
     async def start_worker(self) -> WorkerProcess:
         worker = WorkerProcess(self.worker_env(), self.folder / f"worker-{len(self.workers) + 1}.log")
