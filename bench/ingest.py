@@ -666,14 +666,26 @@ def interpretation(s: dict[str, Any]) -> str:
     out = []
     if s["cpu_temporal_s"] is not None and s["cpu_window_s"]:
         window = s["cpu_window_s"]
-        used = s["cpu_temporal_s"] + s["cpu_keepflow_s"] + (s["cpu_client_s"] or 0)
-        busiest = max(s["cpu_keepflow_s"], s["cpu_temporal_s"]) / window
-        out.append(f"While posting, the Keepflow process (HTTP app, worker and fake provider in one interpreter) ran "
-                   f"at {s['cpu_keepflow_s'] / window:.2f} cores and the Temporal dev server at "
-                   f"{s['cpu_temporal_s'] / window:.2f}, {used / s['cpu_available_s']:.0%} of the machine in all"
-                   + (": no process is pegged, so much of the time is waiting (for threads, for the store's write "
-                      "locks, for the disk) rather than computing." if busiest < 0.95 and used / s["cpu_available_s"] < 0.9
-                      else ": the machine is busy, so CPU is the limit."))
+        worker = s["cpu_worker_s"] or 0.0
+        used = s["cpu_temporal_s"] + s["cpu_keepflow_s"] + worker + (s["cpu_client_s"] or 0)
+        share = used / s["cpu_available_s"]
+        # One interpreter runs Python on one core at a time: near 1.0 core a process is at its limit.
+        gil_bound = max(s["cpu_keepflow_s"], worker) / window >= 0.9
+        if s["worker_process"]:
+            where = (f"the HTTP app (with the fake provider) ran at {s['cpu_keepflow_s'] / window:.2f} cores, the "
+                     f"worker process at {worker / window:.2f}")
+        else:
+            where = (f"the Keepflow process (HTTP app, worker and fake provider in one interpreter) ran at "
+                     f"{s['cpu_keepflow_s'] / window:.2f} cores")
+        limit = (": the machine is busy, so CPU is the limit." if share >= 0.9 else
+                 ": one interpreter at its one-core limit (the GIL) is what holds it back." if gil_bound else
+                 ": no process is pegged, so much of the time is waiting (for threads, for the store's write "
+                 "locks, for the disk) rather than computing.")
+        if s["database"] != "SQLite":
+            limit = (f" (not counting the {s['database']} server on the same machine, whose CPU this script does "
+                     f"not read){limit}")
+        out.append(f"While posting, {where} and the Temporal dev server at {s['cpu_temporal_s'] / window:.2f}, "
+                   f"{share:.0%} of the machine in all{limit}")
     if s["ratio"] is not None:
         heard = ", ".join(f"`{q}`" for q in s["heard_by"])
         signals = (f"signals the runs that listen for order.created ({heard}; here none exists, so each signal "
@@ -681,8 +693,9 @@ def interpretation(s: dict[str, Any]) -> str:
         started = ", ".join(f"`{q}`" for q in s["started_by"]) or "no run"
         out.append(f"An accepted event costs about {1 / s['ratio']:.1f} bare workflow starts (those measured on the "
                    f"quiet stack afterwards): before it answers, the request stores the event, {signals}starts "
-                   f"{started}, looks up stored events to catch up and marks the event routed, while the worker in "
-                   "the same process runs the new workflows and sends their emails.")
+                   f"{started}, looks up stored events to catch up and marks the event routed, while the worker"
+                   + (" process" if s["worker_process"] else " in the same process")
+                   + " runs the new workflows and sends their emails.")
     detail = []
     waits = s["steps"].get("waiting for a to_thread thread (HTTP side)")
     if waits:
@@ -729,18 +742,25 @@ def database() -> str:
 
 def write_results(s: dict[str, Any]) -> None:
     m = machine()
-    # A run on PostgreSQL (DATABASE_URL) gets a section of its own beside the default SQLite one.
-    title = SECTION if s["database"] == "SQLite" else f"{SECTION}, {s['database']} store"
+    # Runs on PostgreSQL (DATABASE_URL) or with the worker in its own process get sections of their
+    # own beside the default one (SQLite, one process, as `keepflow dev` runs).
+    variant = ([f"{s['database']} store"] if s["database"] != "SQLite" else []) + (
+        ["worker in its own process"] if s["worker_process"] else [])
+    title = ", ".join([SECTION, *variant])
     section = "\n".join([
         title, "",
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with "
-        f"`python bench/ingest.py --events {s['events']} --concurrency {s['concurrency']} --write-results`.",
+        f"`python bench/ingest.py --events {s['events']} --concurrency {s['concurrency']}"
+        + (" --worker-process" if s["worker_process"] else "") + " --write-results`"
+        + ("" if s["database"] == "SQLite" else " with DATABASE_URL set (`.ci/postgres` starts a throwaway server)") + ".",
         "",
         f"- Machine: {m['nproc']} CPUs (nproc), {m['os']}, Python {m['python']}, {m['temporal']}",
         f"- Code: {m['commit']}",
         f"- Temporal dev server SQLite pragmas (keepflow/devserver.py SQLITE_PRAGMAS): {m['pragmas']}",
         f"- Parameters: {s['events']} distinct signed `order.created` events, {s['concurrency']} requests in flight, "
-        f"posted by a second process over loopback (httpx); Keepflow app + worker in one process; {s['database']} store; "
+        f"posted by a second process over loopback (httpx); "
+        + ("the Keepflow app in this process, `worker.py` in its own; " if s["worker_process"] else
+           "Keepflow app + worker in one process; ") + f"{s['database']} store; "
         "the fake SendGrid from tests/fakes; every order starts `fulfilment`, whose first step sends order_confirmed",
         "",
         report(s), "",
