@@ -4,7 +4,9 @@
                                [--timeout S] [--breakdown] [--unsandboxed] [--bare-first] [--write-results]
 
 A benchmark script, not a timed test. In a throwaway folder it starts Temporal's dev server
-(headless, free port on 127.0.0.1) and, one phase after the other on that same server:
+(headless, free port on 127.0.0.1) and runs two kinds of phase on that same server, four phases in
+mirrored order (Keepflow, bare, bare, Keepflow), because each phase meets a server slowed by the
+runs of the phases before it:
 
 1. Keepflow: the real worker from worker.py (`build_worker`, sandboxed `sequence` workflow, the
    outbox providers, its own SQLite store) runs N runs of a synthetic sequence with the shape of
@@ -20,15 +22,16 @@ A benchmark script, not a timed test. In a throwaway folder it starts Temporal's
    durations), N runs, with the same worker limits (max concurrent activities; workflow tasks at
    the SDK default in both).
 
-Reported for each: wall time from the first start call to the last run closed (server clock),
+Reported for each side, its two phases added up: wall time from the first start call to the last run closed (server clock),
 runs/s, activities/s, events per run history, and the CPU seconds of this process (client and
 worker) and of the dev server during the phase, split for this process into the activity
 threads' CPU and the rest; then the ratio Keepflow / bare. `--breakdown` times send_message's
 steps (timers put on at run time; no file is changed). Diagnostics, not how the worker runs:
-`--unsandboxed` runs Keepflow's workflows without the sandbox, `--bare-first` swaps the phases.
+`--unsandboxed` runs Keepflow's workflows without the sandbox, `--bare-first` starts the mirrored
+order with bare (bare, Keepflow, Keepflow, bare).
 
 Everything listens on 127.0.0.1 only; every wait is bounded; the dev server is stopped and the
-folder removed, also on error or Ctrl-C. Exit code 0 when every run of both phases completed.
+folder removed, also on error or Ctrl-C. Exit code 0 when every run of every phase completed.
 """
 
 from __future__ import annotations
@@ -294,8 +297,9 @@ async def bench(runs: int, concurrency: int, time_scale: float, timeout: float, 
         print(f"Temporal on {server.address}; {runs} runs per phase, {concurrency} start calls in flight, "
               f"time scale {time_scale:g} (each wait {WAIT_SECONDS * time_scale:g} s)", flush=True)
 
-        async def keepflow_phase() -> dict[str, Any]:
+        async def keepflow_phase(round_no: int) -> dict[str, Any]:
             keepflow_queue = f"throughput-keepflow-{tag}"
+            key = f"T{tag}{round_no}"
             print("phase: Keepflow ...", flush=True)
             # `--unsandboxed` is a diagnostic: build_worker reads worker.SANDBOX when called, so swapping
             # it here (this process only, put back at once) shows what the sandbox costs per run.
@@ -312,12 +316,12 @@ async def bench(runs: int, concurrency: int, time_scale: float, timeout: float, 
             with instrument(breakdown, SEND_STEPS, thread_waits=False) as timings:
                 async with kf_worker:
                     kf = await phase(client, [
-                        (f"{SEQUENCE_ID}/T{tag}-{i:05d}", "sequence",
-                         RunInput(snapshot=snapshot, key=f"T{tag}-{i:05d}", context=context(i, tag, brand),
+                        (f"{SEQUENCE_ID}/{key}-{i:05d}", "sequence",
+                         RunInput(snapshot=snapshot, key=f"{key}-{i:05d}", context=context(i, f"{tag}{round_no}", brand),
                                   time_scale=time_scale))
                         for i in range(runs)], keepflow_queue, concurrency, timeout, server.process.pid)
             kf["cpu_activities_s"] = executor.cpu_seconds if isinstance(executor, CpuCountingExecutor) else None
-            kf["steps"] = {label: (len(v), percentile(v, 50), percentile(v, 99), sum(v)) for label, v in timings.items()}
+            kf["timings"] = {label: list(v) for label, v in timings.items()}
             with db.session() as session:
                 kf["messages"] = dict(session.execute(select(Message.status, func.count()).group_by(Message.status)).all())
             kf["outcomes"] = {}
@@ -328,7 +332,7 @@ async def bench(runs: int, concurrency: int, time_scale: float, timeout: float, 
                         kf["outcomes"][key] = kf["outcomes"].get(key, 0) + 1
             return kf
 
-        async def bare_phase() -> dict[str, Any]:
+        async def bare_phase(round_no: int) -> dict[str, Any]:
             bare_queue = f"throughput-bare-{tag}"
             print("phase: bare Temporal ...", flush=True)
             executor = CpuCountingExecutor(ACTIVITY_THREADS, thread_name_prefix="bench-activity")
@@ -338,20 +342,23 @@ async def bench(runs: int, concurrency: int, time_scale: float, timeout: float, 
                 max_concurrent_activities=ACTIVITY_THREADS,
             )
             async with bare_worker:
-                bare = await phase(client, [(f"{BARE_WORKFLOW}/{tag}-{i:05d}", BARE_WORKFLOW, shape)
+                bare = await phase(client, [(f"{BARE_WORKFLOW}/{tag}{round_no}-{i:05d}", BARE_WORKFLOW, shape)
                                             for i in range(runs)], bare_queue, concurrency, timeout, server.process.pid)
             bare.pop("results")
             bare["cpu_activities_s"] = executor.cpu_seconds
             return bare
 
-        # The second phase meets a dev server whose SQLite file already holds the first phase's runs;
-        # `--bare-first` swaps the order to show whether that matters.
-        if bare_first:
-            bare = await bare_phase()
-            kf = await keepflow_phase()
-        else:
-            kf = await keepflow_phase()
-            bare = await bare_phase()
+        # Each phase meets a dev server whose SQLite file holds every earlier phase's runs, which
+        # slows it: in one Keepflow-then-bare pair the ratio moved from 0.85-0.90 to 0.62-0.68 when
+        # the order was swapped (500 runs). So the phases run twice, mirrored (Keepflow, bare, bare,
+        # Keepflow; `--bare-first`: bare, Keepflow, Keepflow, bare), and each side's figures are
+        # its two phases added up.
+        order = ["bare", "keepflow", "keepflow", "bare"] if bare_first else ["keepflow", "bare", "bare", "keepflow"]
+        phases: dict[str, list[dict[str, Any]]] = {"keepflow": [], "bare": []}
+        for round_no, side in enumerate(order):
+            run = keepflow_phase if side == "keepflow" else bare_phase
+            phases[side].append(await run(round_no))
+        kf, bare = merged(phases["keepflow"]), merged(phases["bare"])
         return {"unsandboxed": unsandboxed, "bare_first": bare_first, "runs": runs, "concurrency": concurrency,
                 "time_scale": time_scale, "keepflow": kf, "bare": bare, "activity_threads": ACTIVITY_THREADS}
     finally:
@@ -359,6 +366,31 @@ async def bench(runs: int, concurrency: int, time_scale: float, timeout: float, 
             db.dispose()
         server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def merged(phases: list[dict[str, Any]]) -> dict[str, Any]:
+    """One side's phases added up, with each phase's own runs/s kept for the table."""
+    out = {**phases[0], "phase_rates": []}
+    for n, p in enumerate(phases):
+        out["phase_rates"].append(p["completed"] / p["wall_s"] if p["wall_s"] > 0 else float("nan"))
+        if n == 0:
+            continue
+        for k in ("runs", "completed", "wall_s", "starts_s", "observed_wall_s", "activities", "timers"):
+            out[k] += p[k]
+        for k in ("errors", "history", "run_s", "wft_s"):
+            out[k] = out[k] + p[k]
+        for k in ("cpu_self_s", "cpu_server_s", "cpu_activities_s"):
+            out[k] = None if out.get(k) is None or p.get(k) is None else out[k] + p[k]
+        if "outcomes" in p:
+            out["outcomes"] = {k: out["outcomes"].get(k, 0) + p["outcomes"].get(k, 0)
+                               for k in {*out["outcomes"], *p["outcomes"]}}
+            out["messages"] = p["messages"]  # the store's totals after the last phase
+            out["timings"] = {k: out["timings"].get(k, []) + p["timings"].get(k, [])
+                              for k in {*out["timings"], *p["timings"]}}
+    if "timings" in out:
+        out["steps"] = {label: (len(v), percentile(v, 50), percentile(v, 99), sum(v))
+                        for label, v in out.pop("timings").items()}
+    return out
 
 
 # -- figures -----------------------------------------------------------------------------------
@@ -389,6 +421,7 @@ def report(raw: dict[str, Any]) -> tuple[str, float | None]:
         ("start calls (wall)", lambda p: f"{p['starts_s']:.2f} s"),
         ("first start → last run closed (wall)", lambda p: f"{p['wall_s']:.2f} s"),
         ("**runs/s**", lambda p: f"**{p['runs_per_s']:.1f}**"),
+        ("runs/s of each phase, in the order run", lambda p: ", ".join(f"{r:.1f}" for r in p["phase_rates"])),
         ("**activities/s**", lambda p: f"**{p['activities_per_s']:.1f}**"),
         ("activities / timers fired, all runs", lambda p: f"{p['activities']} / {p['timers']}"),
         ("events per run history", hist),
@@ -429,8 +462,9 @@ def write_results(raw: dict[str, Any], table: str, note: str) -> None:
         f"- Machine: {m['nproc']} CPUs (nproc), {m['os']}, Python {m['python']}, {m['temporal']}",
         f"- Code: {m['commit']}",
         f"- Temporal dev server SQLite pragmas (keepflow/devserver.py SQLITE_PRAGMAS): {m['pragmas']}",
-        f"- Parameters: {raw['runs']} runs per phase on one dev server, "
-        f"{'bare first, then Keepflow' if raw['bare_first'] else 'Keepflow first, then bare'}; "
+        f"- Parameters: {raw['runs']} runs per phase on one dev server, four phases mirrored "
+        f"({'bare, Keepflow, Keepflow, bare' if raw['bare_first'] else 'Keepflow, bare, bare, Keepflow'}), "
+        "each side's two phases added up; "
         f"{raw['concurrency']} start calls in flight; time scale {scale} (each `wait: 1d` lasts "
         f"{WAIT_SECONDS * raw['time_scale']:g} s). Keepflow: the worker from worker.py "
         f"({'`sequence` UNSANDBOXED (diagnostic)' if raw['unsandboxed'] else 'sandboxed `sequence`'}, "
@@ -483,7 +517,7 @@ def main() -> int:
                         help="time send_message's steps (timers put on at run time, never in files)")
     parser.add_argument("--unsandboxed", action="store_true",
                         help="diagnostic: run Keepflow's workflows without the sandbox (not how the worker runs)")
-    parser.add_argument("--bare-first", action="store_true", help="run the bare phase before Keepflow's")
+    parser.add_argument("--bare-first", action="store_true", help="mirror the other way: bare, Keepflow, Keepflow, bare")
     parser.add_argument("--write-results", action="store_true", help=f"replace this script's section in {RESULTS.name}")
     args = parser.parse_args()
     if args.runs < 1 or args.start_concurrency < 1:
@@ -498,7 +532,7 @@ def main() -> int:
     print(table)
     print()
     print(note)
-    ok = raw["keepflow"]["completed"] == args.runs and raw["bare"]["completed"] == args.runs
+    ok = all(raw[side]["completed"] == raw[side]["runs"] == 2 * args.runs for side in ("keepflow", "bare"))
     if args.write_results:
         write_results(raw, table, note)
     return 0 if ok else 1
