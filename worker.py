@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.worker import Worker
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+from temporalio.worker.workflow_sandbox import SandboxRestrictions
 
 from activities.registry import discover, to_temporal
 from activities.inactivity import InactivityScanner
@@ -24,6 +24,7 @@ from keepflow.lifecycle import stop_on_signals
 from keepflow.loader import Catalog, load
 from keepflow.providers import email_provider, sms_provider
 from keepflow.rendering import Renderer
+from keepflow.sandbox import SandboxRunner
 from keepflow.schedules import sync_schedules
 from keepflow.search_attributes import ensure_registered
 from keepflow.settings import Settings, get_settings
@@ -41,7 +42,7 @@ ACTIVITY_THREADS = 32
 
 # Pure, deterministic libraries the interpreter uses: load them once, not per workflow run
 # (Jinja also imports modules lazily, which the sandbox refuses mid-run).
-SANDBOX = SandboxedWorkflowRunner(
+SANDBOX = SandboxRunner(
     restrictions=SandboxRestrictions.default.with_passthrough_modules("keepflow", "jinja2", "markupsafe", "pydantic")
 )
 
