@@ -54,7 +54,7 @@ for folder in (ROOT, BENCH):  # worker.py and tests/fakes at the repository root
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-from ingest import machine, settings_for, write_section  # noqa: E402
+from ingest import provenance, settings_for, write_section  # noqa: E402
 from scan import scan_runs  # noqa: E402
 from throughput import BARE_ACTIVITY, noop_send, parse_scale  # noqa: E402
 
@@ -593,15 +593,10 @@ def explanation(s: dict[str, Any]) -> str:
 
 
 def write_results(raw: dict[str, Any], table: str, note: str) -> None:
-    m = machine()
     scale = Fraction(raw["time_scale"]).limit_denominator(1_000_000)
     section = "\n".join([
         SECTION, "",
-        f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with "
-        f"`python bench/cost.py --runs {raw['runs']} --time-scale {scale} --write-results`.",
-        "",
-        f"- Machine: {m['nproc']} CPUs (nproc), {m['os']}, Python {m['python']}, {m['temporal']}",
-        f"- Code: {m['commit']}",
+        *provenance(f"python bench/cost.py --runs {raw['runs']} --time-scale {scale} --write-results"),
         f"- Parameters: {raw['runs']} post-purchase journeys (order.created → shipped → delivered through "
         "keepflow.router.ingest; customers in cross_sell's offer arm; no review) and "
         f"{raw['runs']} win-back runs (started as the scan starts them; no return), the real sequences.yaml on the "

@@ -52,7 +52,7 @@ for folder in (ROOT, BENCH):  # keepflow at the repository root; ingest.py besid
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-from ingest import machine, wait_for_http, write_section  # noqa: E402
+from ingest import provenance, wait_for_http, write_section  # noqa: E402
 
 RESULTS = BENCH / "RESULTS.md"
 SECTION = "## Dashboard pages (bench/dashboard.py)"
@@ -465,14 +465,9 @@ def report(s: dict[str, Any]) -> str:
 
 
 def write_results(s: dict[str, Any]) -> None:
-    m = machine()
     section = "\n".join([
         SECTION, "",
-        f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with "
-        f"`python bench/dashboard.py --messages {s['messages']} --repeat {s['repeat']} --write-results`.",
-        "",
-        f"- Machine: {m['nproc']} CPUs (nproc), {m['os']}, Python {m['python']}, {m['temporal']}",
-        f"- Code: {m['commit']}",
+        *provenance(f"python bench/dashboard.py --messages {s['messages']} --repeat {s['repeat']} --write-results"),
         f"- Parameters: a generated year in Keepflow's SQLite file (seed {s['seed']}); the real app over loopback "
         f"(httpx, one request at a time) with Temporal's dev server behind it; median and slowest of "
         f"{s['repeat']} requests after a warm-up",

@@ -740,8 +740,18 @@ def database() -> str:
     return "PostgreSQL" if url.startswith("postgresql") else "SQLite"
 
 
-def write_results(s: dict[str, Any]) -> None:
+def provenance(command: str, pragmas: bool = False, after: str = "") -> list[str]:
+    """The lines under a RESULTS.md section's title: when and with what command, machine and code."""
     m = machine()
+    lines = [f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with `{command}`{after}.", "",
+             f"- Machine: {m['nproc']} CPUs (nproc), {m['os']}, Python {m['python']}, {m['temporal']}",
+             f"- Code: {m['commit']}"]
+    if pragmas:
+        lines.append(f"- Temporal dev server SQLite pragmas (keepflow/devserver.py SQLITE_PRAGMAS): {m['pragmas']}")
+    return lines
+
+
+def write_results(s: dict[str, Any]) -> None:
     # Runs on PostgreSQL (DATABASE_URL) or with the worker in its own process get sections of their
     # own beside the default one (SQLite, one process, as `keepflow dev` runs).
     variant = ([f"{s['database']} store"] if s["database"] != "SQLite" else []) + (
@@ -749,14 +759,10 @@ def write_results(s: dict[str, Any]) -> None:
     title = ", ".join([SECTION, *variant])
     section = "\n".join([
         title, "",
-        f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with "
-        f"`python bench/ingest.py --events {s['events']} --concurrency {s['concurrency']}"
-        + (" --worker-process" if s["worker_process"] else "") + " --write-results`"
-        + ("" if s["database"] == "SQLite" else " with DATABASE_URL set (`.ci/postgres` starts a throwaway server)") + ".",
-        "",
-        f"- Machine: {m['nproc']} CPUs (nproc), {m['os']}, Python {m['python']}, {m['temporal']}",
-        f"- Code: {m['commit']}",
-        f"- Temporal dev server SQLite pragmas (keepflow/devserver.py SQLITE_PRAGMAS): {m['pragmas']}",
+        *provenance(f"python bench/ingest.py --events {s['events']} --concurrency {s['concurrency']}"
+                    + (" --worker-process" if s["worker_process"] else "") + " --write-results", pragmas=True,
+                    after="" if s["database"] == "SQLite" else
+                    " with DATABASE_URL set (`.ci/postgres` starts a throwaway server)"),
         f"- Parameters: {s['events']} distinct signed `order.created` events, {s['concurrency']} requests in flight, "
         f"posted by a second process over loopback (httpx); "
         + ("the Keepflow app in this process, `worker.py` in its own; " if s["worker_process"] else

@@ -32,7 +32,6 @@ import shutil
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -41,7 +40,7 @@ for folder in (ROOT, BENCH):  # tests/ and worker.py at the repository root; ing
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-from ingest import machine, write_section  # noqa: E402
+from ingest import provenance, write_section  # noqa: E402
 
 RESULTS = BENCH / "RESULTS.md"
 SECTION = "## Worker kills mid-send (bench/kill.py)"
@@ -112,17 +111,13 @@ def interpretation(out) -> str:
 
 
 def write_results(out, args) -> None:
-    m = machine()
     plan = out.plan
     command = (f"python bench/kill.py --runs {plan.runs} --random-kills {plan.random_kills} --email-kills "
                f"{plan.email_accept_kills} --sms-kills {plan.sms_accept_kills} --start-over {plan.start_over:g} "
                f"--seed {plan.seed}" + (" --twilio-queued" if args.twilio_queued else "") + " --write-results")
     section = "\n".join([
         SECTION, "",
-        f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with `{command}`.",
-        "",
-        f"- Machine: {m['nproc']} CPUs (nproc), {m['os']}, Python {m['python']}, {m['temporal']}",
-        f"- Code: {m['commit']}",
+        *provenance(command),
         f"- Parameters: {plan.runs} runs of email, text, 2 s wait, email, text ({len(out.expected):,} messages), "
         f"started over {plan.start_over:g} s; worker.py as its own process, SIGKILLed {len(out.kills)} times and "
         f"restarted each time; the fake Twilio lists accepted texts as "

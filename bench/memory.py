@@ -380,20 +380,14 @@ def interpretation(raw: dict[str, Any]) -> str:
 
 
 def write_results(raw: dict[str, Any], table: str, note: str) -> None:
-    from datetime import datetime, timezone
+    from ingest import provenance, write_section
 
-    from ingest import machine, write_section
-
-    m = machine()
     points = ",".join(str(c) for c in raw["checkpoints"])
     section = "\n".join([
         SECTION, "",
-        f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with `python bench/memory.py --runs {raw['runs']} "
-        f"--checkpoints {points} --start-concurrency {raw['concurrency']}"
-        f"{' --bare-unsandboxed' if raw['unsandboxed'] else ''} --write-results`.",
-        "",
-        f"- Machine: {m['nproc']} CPUs (nproc), {m['os']}, Python {m['python']}, {m['temporal']}",
-        f"- Code: {m['commit']}",
+        *provenance(f"python bench/memory.py --runs {raw['runs']} --checkpoints {points} "
+                    f"--start-concurrency {raw['concurrency']}"
+                    f"{' --bare-unsandboxed' if raw['unsandboxed'] else ''} --write-results"),
         f"- Parameters: {raw['runs']:,} runs per phase on one dev server, Keepflow first; each worker alone in a child "
         f"process. Keepflow: the worker from worker.py (sandboxed `sequence`, outbox providers, SQLite store), a "
         f"sequence of one transactional email then `wait: {SLEEP.days}d`. Bare: a workflow with one no-op activity "

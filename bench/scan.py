@@ -63,7 +63,7 @@ for folder in (ROOT, BENCH):  # worker.py at the repository root; ingest.py besi
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-from ingest import _proc_cpu_seconds, _tree_cpu_seconds, instrument, machine, ms, percentile, write_section  # noqa: E402
+from ingest import _proc_cpu_seconds, _tree_cpu_seconds, instrument, ms, percentile, provenance, write_section  # noqa: E402
 
 RESULTS = BENCH / "RESULTS.md"
 SECTION = "## Inactivity scan (bench/scan.py)"
@@ -524,16 +524,11 @@ def interpretation(s: dict[str, Any]) -> str:
 
 
 def write_results(s: dict[str, Any]) -> None:
-    m = machine()
     command = (f"python bench/scan.py --customers {s['customers']} --inactive-share {s['inactive_share']} "
                f"--page-size {s['page_size']}" + (" --runs park" if s["runs_mode"] == "park" else "") + " --write-results")
     section = "\n".join([
         SECTION, "",
-        f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with `{command}`.",
-        "",
-        f"- Machine: {m['nproc']} CPUs (nproc), {m['os']}, Python {m['python']}, {m['temporal']}",
-        f"- Code: {m['commit']}",
-        f"- Temporal dev server SQLite pragmas (keepflow/devserver.py SQLITE_PRAGMAS): {m['pragmas']}",
+        *provenance(command, pragmas=True),
         f"- Parameters: {s['customers']:,} customers in Keepflow's SQLite file, {s['inactive_share']:.2%} of them last "
         f"seen 61-730 days ago, 90 % consented to email and SMS; one `inactivity_scan` run (page size "
         f"{s['page_size']}) on the worker from worker.py with the outbox providers; "

@@ -61,7 +61,7 @@ for folder in (ROOT, BENCH):  # worker.py at the repository root; ingest.py besi
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-from ingest import _proc_cpu_seconds, _tree_cpu_seconds, instrument, machine, ms, percentile, write_section  # noqa: E402
+from ingest import _proc_cpu_seconds, _tree_cpu_seconds, instrument, ms, percentile, provenance, write_section  # noqa: E402
 
 RESULTS = BENCH / "RESULTS.md"
 SECTION = "## Sequence throughput (bench/throughput.py)"
@@ -450,18 +450,12 @@ def report(raw: dict[str, Any]) -> tuple[str, float | None]:
 
 
 def write_results(raw: dict[str, Any], table: str, note: str) -> None:
-    m = machine()
     scale = Fraction(raw["time_scale"]).limit_denominator(1_000_000)
     section = "\n".join([
         SECTION, "",
-        f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with "
-        f"`python bench/throughput.py --runs {raw['runs']} --start-concurrency {raw['concurrency']} "
-        f"--time-scale {scale}{' --unsandboxed' if raw['unsandboxed'] else ''}"
-        f"{' --bare-first' if raw['bare_first'] else ''} --write-results`.",
-        "",
-        f"- Machine: {m['nproc']} CPUs (nproc), {m['os']}, Python {m['python']}, {m['temporal']}",
-        f"- Code: {m['commit']}",
-        f"- Temporal dev server SQLite pragmas (keepflow/devserver.py SQLITE_PRAGMAS): {m['pragmas']}",
+        *provenance(f"python bench/throughput.py --runs {raw['runs']} --start-concurrency {raw['concurrency']} "
+                    f"--time-scale {scale}{' --unsandboxed' if raw['unsandboxed'] else ''}"
+                    f"{' --bare-first' if raw['bare_first'] else ''} --write-results", pragmas=True),
         f"- Parameters: {raw['runs']} runs per phase on one dev server, four phases mirrored "
         f"({'bare, Keepflow, Keepflow, bare' if raw['bare_first'] else 'Keepflow, bare, bare, Keepflow'}), "
         "each side's two phases added up; "
