@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from datetime import time, timedelta
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union, assert_never, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, field_validator
@@ -25,9 +25,6 @@ Channel = Literal["email", "sms"]
 _NAME = r"^[a-z][a-z0-9_]*$"
 _EVENT_TYPE = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$"
 
-STEP_KINDS = ("send", "wait_for", "wait", "if", "split", "do", "start", "exit")
-
-
 class _Model(BaseModel):
     # Aliases (`if`, `else`, `with`, `as`) are the YAML words; serialising by alias keeps a
     # snapshot readable and lets it validate again unchanged inside the workflow.
@@ -35,10 +32,15 @@ class _Model(BaseModel):
 
 
 class _Step(_Model):
+    # The kind's word in YAML, written once on each step model: the kind list, the union's tags,
+    # a run's step records and the flowchart's node kinds all read it from there.
+    kind: ClassVar[str]
+
     id: str | None = Field(None, pattern=_NAME, description="Optional name, shown in reports and logs.")
 
 
 class SendStep(_Step):
+    kind: ClassVar[str] = "send"
     send: Channel
     template: str = Field(pattern=r"^[a-z0-9_][a-z0-9_/-]*$")
     category: Category | None = None
@@ -55,10 +57,12 @@ class SendStep(_Step):
 
 
 class WaitStep(_Step):
+    kind: ClassVar[str] = "wait"
     wait: Duration
 
 
 class WaitForStep(_Step):
+    kind: ClassVar[str] = "wait_for"
     wait_for: str = Field(pattern=_EVENT_TYPE)
     timeout: Duration
     on_timeout: Literal["continue", "exit"] | list[Step] = "continue"
@@ -66,6 +70,7 @@ class WaitForStep(_Step):
 
 
 class IfStep(_Step):
+    kind: ClassVar[str] = "if"
     if_: str = Field(alias="if", min_length=1)
     then: list[Step] = Field(default_factory=list)
     else_: list[Step] = Field(default_factory=list, alias="else")
@@ -78,6 +83,7 @@ class Variant(_Model):
 
 
 class SplitStep(_Step):
+    kind: ClassVar[str] = "split"
     split: list[Variant] = Field(min_length=2)
 
     @field_validator("split")
@@ -90,17 +96,29 @@ class SplitStep(_Step):
 
 
 class DoStep(_Step):
+    kind: ClassVar[str] = "do"
     do: str = Field(pattern=_NAME)
     with_: dict[str, Any] = Field(default_factory=dict, alias="with")
     as_: str | None = Field(None, alias="as", pattern=_NAME)
 
 
 class StartStep(_Step):
+    kind: ClassVar[str] = "start"
     start: str = Field(pattern=_NAME)
 
 
 class ExitStep(_Step):
+    kind: ClassVar[str] = "exit"
     exit: str = "done"
+
+
+# Every step kind, once. The type checker reads this union to tell a `match step:` that misses a
+# kind; the kind list, the tagged union pydantic validates with and kind-by-class derive from it.
+# Its order is the order in which a mapping's keys are tried when it names more than one kind.
+AnyStep = Union[SendStep, WaitForStep, WaitStep, IfStep, SplitStep, DoStep, StartStep, ExitStep]
+STEP_CLASSES: tuple[type[AnyStep], ...] = get_args(AnyStep)
+STEP_KINDS: tuple[str, ...] = tuple(c.kind for c in STEP_CLASSES)
+STEP_CLASS_BY_KIND: dict[str, type[AnyStep]] = {c.kind: c for c in STEP_CLASSES}
 
 
 def _step_kind(value: Any) -> str | None:
@@ -109,37 +127,28 @@ def _step_kind(value: Any) -> str | None:
     if isinstance(value, dict):
         keys = {k.rstrip("_") for k in value}
         return next((k for k in STEP_KINDS if k in keys), None)
-    return _KIND_BY_CLASS.get(type(value))
+    return type(value).kind if type(value) in STEP_CLASSES else None
 
 
 def _bare_exit(value: Any) -> Any:
     return {"exit": "done"} if value == "exit" else value
 
 
-_StepUnion = Annotated[
-    Union[
-        Annotated[SendStep, Tag("send")],
-        Annotated[WaitForStep, Tag("wait_for")],
-        Annotated[WaitStep, Tag("wait")],
-        Annotated[IfStep, Tag("if")],
-        Annotated[SplitStep, Tag("split")],
-        Annotated[DoStep, Tag("do")],
-        Annotated[StartStep, Tag("start")],
-        Annotated[ExitStep, Tag("exit")],
-    ],
-    Discriminator(
-        _step_kind,
-        custom_error_type="unknown_step",
-        custom_error_message="a step needs one of: " + ", ".join(STEP_KINDS),
-    ),
-]
-# `- exit` is the one step a marketer may write as a plain word.
-Step = Annotated[_StepUnion, BeforeValidator(_bare_exit)]
-
-_KIND_BY_CLASS = {
-    SendStep: "send", WaitForStep: "wait_for", WaitStep: "wait", IfStep: "if",
-    SplitStep: "split", DoStep: "do", StartStep: "start", ExitStep: "exit",
-}
+if TYPE_CHECKING:
+    # The checker sees the plain union, so `match step:` narrows it and `assert_never` flags a
+    # missing kind; the tags and the discriminator below matter to validation only.
+    Step = AnyStep
+else:
+    _TaggedStep = Annotated[
+        Union[tuple(Annotated[c, Tag(c.kind)] for c in STEP_CLASSES)],
+        Discriminator(
+            _step_kind,
+            custom_error_type="unknown_step",
+            custom_error_message="a step needs one of: " + ", ".join(STEP_KINDS),
+        ),
+    ]
+    # `- exit` is the one step a marketer may write as a plain word.
+    Step = Annotated[_TaggedStep, BeforeValidator(_bare_exit)]
 
 
 class InactivityTrigger(_Model):
@@ -253,13 +262,17 @@ def walk_steps(steps: list[Step], prefix: str) -> Iterator[tuple[str, Step]]:
 
 
 def child_branches(step: Step) -> list[tuple[str, list[Step]]]:
-    if isinstance(step, IfStep):
-        return [("then", step.then), ("else", step.else_)]
-    if isinstance(step, SplitStep):
-        return [(v.variant, v.steps) for v in step.split]
-    if isinstance(step, WaitForStep) and isinstance(step.on_timeout, list):
-        return [("on_timeout", step.on_timeout)]
-    return []
+    match step:
+        case IfStep():
+            return [("then", step.then), ("else", step.else_)]
+        case SplitStep():
+            return [(v.variant, v.steps) for v in step.split]
+        case WaitForStep():
+            return [("on_timeout", step.on_timeout)] if isinstance(step.on_timeout, list) else []
+        case SendStep() | WaitStep() | DoStep() | StartStep() | ExitStep():
+            return []
+        case _:
+            assert_never(step)
 
 
 class SequencesFile(_Model):

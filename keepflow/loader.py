@@ -364,7 +364,7 @@ _FIELD_HINTS = {
 
 
 def _step_class_by_kind() -> dict[str, type[BaseModel]]:
-    return {kind: cls for cls, kind in dsl._KIND_BY_CLASS.items()}
+    return dict(dsl.STEP_CLASS_BY_KIND)
 
 
 def _model_at(loc: tuple[Any, ...]) -> tuple[type[BaseModel] | None, str]:
