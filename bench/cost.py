@@ -151,7 +151,7 @@ def minimum_actions(runs: list[tuple[str, list[Any]]]) -> Counter:
                 out["activity scheduled"] += 1
             elif r.kind == "wait":
                 out["timer started"] += 1
-            elif r.kind == "waitfor":
+            elif r.kind == "wait_for":
                 out["timer started"] += 1
                 if r.outcome.startswith("received"):
                     out["signal"] += 1
@@ -162,7 +162,7 @@ def steps_taken(runs: list[tuple[str, list[Any]]]) -> Counter:
     out: Counter = Counter()
     for _, records in runs:
         for r in records:
-            out[r.kind + (" (received)" if r.kind == "waitfor" and r.outcome.startswith("received") else "")] += 1
+            out[r.kind + (" (received)" if r.kind == "wait_for" and r.outcome.startswith("received") else "")] += 1
     return out
 
 
@@ -233,7 +233,7 @@ def bare_plan(catalog, runs: list[tuple[str, list[Any]]], prefix: str, time_scal
                 ops.append({"op": "start", "next": {}})
             elif r.kind == "wait":
                 ops.append({"op": "sleep", "seconds": step.wait.total_seconds() * time_scale})
-            elif r.kind == "waitfor":
+            elif r.kind == "wait_for":
                 ops.append({"op": "wait_for", "seconds": step.timeout.total_seconds() * time_scale,
                             "signal": r.outcome.startswith("received")})
         plans.append({"id": f"{BARE_RUN}/{prefix}/{sequence_id}", "ops": ops})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from keepflow.dsl import Cap, Category, Channel, QuietHours, Snapshot
 
@@ -19,8 +19,15 @@ class EventSignal(BaseModel):
 
 class StepRecord(BaseModel):
     path: str
-    kind: str
+    kind: str  # the step's word in YAML (`dsl.STEP_KINDS`)
     outcome: str
+
+    @field_validator("kind")
+    @classmethod
+    def _legacy_spelling(cls, kind: str) -> str:
+        # Runs that continued as new before the kinds were spelled one way carry "waitfor" in
+        # the steps they had done; read it as the kind it is, so one run reports one spelling.
+        return "wait_for" if kind == "waitfor" else kind
 
 
 class Resume(BaseModel):

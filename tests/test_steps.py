@@ -81,7 +81,7 @@ async def test_wait_for_takes_an_event_that_arrived_early(env, settings, db):
         await handle.signal("event", signal("order.shipped"))  # before the run reaches wait_for
         result: RunStatus = await handle.result()
     assert [(s.kind, s.outcome) for s in result.steps_done] == [
-        ("wait", "waited"), ("waitfor", "received order.shipped"), ("send", "sent")]
+        ("wait", "waited"), ("wait_for", "received order.shipped"), ("send", "sent")]
     scheduled = await sends(env.client, handle.id)
     assert len(scheduled) == 1
 

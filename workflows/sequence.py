@@ -18,7 +18,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, assert_never
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -151,36 +151,39 @@ class SequenceWorkflow:
             self._check_exit()
             self.current = path
             outcome = await self._run_step(step, path)
-            self.done.append(StepRecord(path=path, kind=type(step).__name__.removesuffix("Step").lower(), outcome=outcome))
+            self.done.append(StepRecord(path=path, kind=step.kind, outcome=outcome))
 
     async def _run_step(self, step: Step, path: str) -> str:
-        if isinstance(step, SendStep):
-            return await self._send(step, path)
-        if isinstance(step, WaitStep):
-            resumed = self._resumed_here(path)
-            self._settle(path)
-            await self._wait(path, resumed.until if resumed else workflow.now() + self._scaled(step.wait))
-            self._check_exit()
-            return "waited"
-        if isinstance(step, WaitForStep):
-            return await self._wait_for(step, path)
-        if isinstance(step, IfStep):
-            branch = self._resumed_branch(path) or ("then" if self._condition(step.if_) else "else")
-            await self._run_steps(step.then if branch == "then" else step.else_, f"{path}.{branch}")
-            return branch
-        if isinstance(step, SplitStep):
-            resumed_variant = self._resumed_branch(path)
-            variant = next((v for v in step.split if v.variant == resumed_variant), None) or self._choose_variant(step, path)
-            self.context.setdefault("variants", {})[path] = variant.variant
-            await self._run_steps(variant.steps, f"{path}.{variant.variant}")
-            return variant.variant
-        if isinstance(step, DoStep):
-            return await self._do(step, path)
-        if isinstance(step, StartStep):
-            return await self._start(step)
-        if isinstance(step, ExitStep):
-            raise _Exit(step.exit)
-        raise ApplicationError(f"unknown step {step!r}", non_retryable=True)
+        match step:
+            case SendStep():
+                return await self._send(step, path)
+            case WaitStep():
+                resumed = self._resumed_here(path)
+                self._settle(path)
+                await self._wait(path, resumed.until if resumed else workflow.now() + self._scaled(step.wait))
+                self._check_exit()
+                return "waited"
+            case WaitForStep():
+                return await self._wait_for(step, path)
+            case IfStep():
+                branch = self._resumed_branch(path) or ("then" if self._condition(step.if_) else "else")
+                await self._run_steps(step.then if branch == "then" else step.else_, f"{path}.{branch}")
+                return branch
+            case SplitStep():
+                resumed_variant = self._resumed_branch(path)
+                variant = (next((v for v in step.split if v.variant == resumed_variant), None)
+                           or self._choose_variant(step, path))
+                self.context.setdefault("variants", {})[path] = variant.variant
+                await self._run_steps(variant.steps, f"{path}.{variant.variant}")
+                return variant.variant
+            case DoStep():
+                return await self._do(step, path)
+            case StartStep():
+                return await self._start(step)
+            case ExitStep():
+                raise _Exit(step.exit)
+            case _:
+                assert_never(step)
 
     async def _send(self, step: SendStep, path: str) -> str:
         category = step.category or self.sequence.category
