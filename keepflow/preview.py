@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_never
 
 from markupsafe import Markup
 from pydantic import ValidationError
@@ -149,36 +149,38 @@ class _Walker:
 
     def step(self, sequence: Sequence, step: Step, path: str, context: dict[str, Any], when: When,
              branch: list[str], started: tuple[str, ...]) -> When | None:
-        if isinstance(step, SendStep):
-            self.send(sequence, step, path, context, when, branch)
-            return when
-        if isinstance(step, WaitStep):
-            return when.later(step.wait)
-        if isinstance(step, WaitForStep):
-            return self.wait_for(sequence, step, path, context, when, branch, started)
-        if isinstance(step, IfStep):
-            outcome = self.outcome(step.if_, context)
-            arms = [(f"if {step.if_} → then{outcome.get('then', '')}", step.then, f"{path}.then", context),
-                    (f"if {step.if_} → else{outcome.get('else', '')}", step.else_, f"{path}.else", context)]
-            return self.arms(sequence, arms, context, when, branch, started)
-        if isinstance(step, SplitStep):
-            total = sum(v.weight for v in step.split)
-            arms = []
-            for variant in step.split:
-                arm_context = {**context, "variants": {**context.get("variants", {}), path: variant.variant}}
-                label = f"split: variant {variant.variant} ({variant.weight / total:.0%})"
-                arms.append((label, variant.steps, f"{path}.{variant.variant}", arm_context))
-            return self.arms(sequence, arms, context, when, branch, started)
-        if isinstance(step, DoStep):
-            self.do(step, context, branch, when)
-            return when
-        if isinstance(step, StartStep):
-            self.start(step, context, when, branch, started)
-            return when
-        if isinstance(step, ExitStep):
-            self.note(f"exit: the {sequence.id} run ends here ({step.exit})", branch)
-            return None
-        raise AssertionError(f"unknown step {step!r}")
+        match step:
+            case SendStep():
+                self.send(sequence, step, path, context, when, branch)
+                return when
+            case WaitStep():
+                return when.later(step.wait)
+            case WaitForStep():
+                return self.wait_for(sequence, step, path, context, when, branch, started)
+            case IfStep():
+                outcome = self.outcome(step.if_, context)
+                arms = [(f"if {step.if_} → then{outcome.get('then', '')}", step.then, f"{path}.then", context),
+                        (f"if {step.if_} → else{outcome.get('else', '')}", step.else_, f"{path}.else", context)]
+                return self.arms(sequence, arms, context, when, branch, started)
+            case SplitStep():
+                total = sum(v.weight for v in step.split)
+                arms = []
+                for variant in step.split:
+                    arm_context = {**context, "variants": {**context.get("variants", {}), path: variant.variant}}
+                    label = f"split: variant {variant.variant} ({variant.weight / total:.0%})"
+                    arms.append((label, variant.steps, f"{path}.{variant.variant}", arm_context))
+                return self.arms(sequence, arms, context, when, branch, started)
+            case DoStep():
+                self.do(step, context, branch, when)
+                return when
+            case StartStep():
+                self.start(step, context, when, branch, started)
+                return when
+            case ExitStep():
+                self.note(f"exit: the {sequence.id} run ends here ({step.exit})", branch)
+                return None
+            case _:
+                assert_never(step)
 
     def outcome(self, expression: str, context: dict[str, Any]) -> dict[str, str]:
         """Which arm this customer would take, when the preview's data is enough to tell."""
