@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import textwrap
 from dataclasses import dataclass, field
+from typing import assert_never
 from xml.sax.saxutils import escape, quoteattr
 
 from keepflow.dsl import (DoStep, ExitStep, IfStep, InactivityTrigger, SendStep, Sequence, SplitStep, StartStep,
@@ -78,18 +79,24 @@ class _Builder:
         return items, pending
 
     def step(self, step: Step, pending: Pending) -> tuple[Item, Pending]:
-        node = self.node(label_of(step), kind_of(step), pending)
-        if isinstance(step, ExitStep):
-            return Item(node), []
+        node = self.node(label_of(step), step.kind, pending)
         arms: list[tuple[str, list[Step] | None]] = []
-        if isinstance(step, IfStep):
-            arms = [("then", step.then), ("else", step.else_)]
-        elif isinstance(step, SplitStep):
-            total = sum(v.weight for v in step.split)
-            arms = [(f"{v.variant} ({v.weight / total:.0%})", v.steps) for v in step.split]
-        elif isinstance(step, WaitForStep) and step.on_timeout != "continue":
-            timed_out = f"none within {format_duration(step.timeout)}"
-            arms = [(timed_out, None if step.on_timeout == "exit" else step.on_timeout), ("received", [])]
+        match step:
+            case ExitStep():
+                return Item(node), []
+            case IfStep():
+                arms = [("then", step.then), ("else", step.else_)]
+            case SplitStep():
+                total = sum(v.weight for v in step.split)
+                arms = [(f"{v.variant} ({v.weight / total:.0%})", v.steps) for v in step.split]
+            case WaitForStep():
+                if step.on_timeout != "continue":
+                    timed_out = f"none within {format_duration(step.timeout)}"
+                    arms = [(timed_out, None if step.on_timeout == "exit" else step.on_timeout), ("received", [])]
+            case SendStep() | WaitStep() | DoStep() | StartStep():
+                pass
+            case _:
+                assert_never(step)
         if not arms:
             return Item(node), [(node.id, None, None)]
         item, out = Item(node), []
@@ -107,27 +114,25 @@ class _Builder:
 
 
 def label_of(step: Step) -> str:
-    if isinstance(step, SendStep):
-        return f"{step.send}: {step.template}"
-    if isinstance(step, WaitStep):
-        return f"wait {format_duration(step.wait)}"
-    if isinstance(step, WaitForStep):
-        return f"wait for {step.wait_for} ({format_duration(step.timeout)})"
-    if isinstance(step, IfStep):
-        return f"if {step.if_}"
-    if isinstance(step, SplitStep):
-        return "split"
-    if isinstance(step, DoStep):
-        return f"do: {step.do}" + (f" → {step.as_}" if step.as_ else "")
-    if isinstance(step, StartStep):
-        return f"start → {step.start}"
-    if isinstance(step, ExitStep):
-        return "exit" if step.exit == "done" else f"exit ({step.exit})"
-    raise AssertionError(f"unknown step {step!r}")
-
-
-def kind_of(step: Step) -> str:
-    return type(step).__name__.removesuffix("Step").lower().replace("waitfor", "wait_for")
+    match step:
+        case SendStep():
+            return f"{step.send}: {step.template}"
+        case WaitStep():
+            return f"wait {format_duration(step.wait)}"
+        case WaitForStep():
+            return f"wait for {step.wait_for} ({format_duration(step.timeout)})"
+        case IfStep():
+            return f"if {step.if_}"
+        case SplitStep():
+            return "split"
+        case DoStep():
+            return f"do: {step.do}" + (f" → {step.as_}" if step.as_ else "")
+        case StartStep():
+            return f"start → {step.start}"
+        case ExitStep():
+            return "exit" if step.exit == "done" else f"exit ({step.exit})"
+        case _:
+            assert_never(step)
 
 
 def _begin_label(sequence: Sequence) -> str:
