@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Literal, assert_never
 
 from pydantic import ValidationError
 from ruamel.yaml import YAML
@@ -173,36 +173,39 @@ def _walk(steps: list[Step], seq: Sequence, sequences: dict[str, Sequence], part
 
 def _step(step: Step, seq: Sequence, sequences: dict[str, Sequence], partials: list[_Partial],
           active: set[str]) -> list[_Partial]:
-    if isinstance(step, SendStep):
-        if (step.category or seq.category) != "marketing":
+    match step:
+        case SendStep():
+            if (step.category or seq.category) != "marketing":
+                return partials
+            return [((*sends, (clock, step.send)), clock, False) for sends, clock, _ in partials]
+        case WaitStep():
+            return [(sends, clock + step.wait, False) for sends, clock, _ in partials]
+        case WaitForStep():
+            arrived = partials  # worst case: the event comes at once
+            late = [(sends, clock + step.timeout, step.on_timeout == "exit") for sends, clock, _ in partials]
+            if isinstance(step.on_timeout, list):
+                late = _walk(step.on_timeout, seq, sequences, late, active)
+            return arrived + late
+        case IfStep():
+            return (_walk(step.then, seq, sequences, partials, active)
+                    + _walk(step.else_, seq, sequences, partials, active))
+        case SplitStep():
+            return [p for v in step.split for p in _walk(v.steps, seq, sequences, partials, active)]
+        case StartStep():
+            target = sequences.get(step.start)
+            if target is None or target.id in active:
+                return partials  # `validate` reports unknown targets and cycles
+            child = _walk(target.steps, target, sequences, [((), timedelta(0), False)], active | {target.id})
+            # The started run goes on by itself: its sends join this path from now on, whatever
+            # this run does next.
+            return [(sends + tuple((clock + t, ch) for t, ch in child_sends), clock, False)
+                    for sends, clock, _ in partials for child_sends, _, _ in child]
+        case ExitStep():
+            return [(sends, clock, True) for sends, clock, _ in partials]
+        case DoStep():
             return partials
-        return [((*sends, (clock, step.send)), clock, False) for sends, clock, _ in partials]
-    if isinstance(step, WaitStep):
-        return [(sends, clock + step.wait, False) for sends, clock, _ in partials]
-    if isinstance(step, WaitForStep):
-        arrived = partials  # worst case: the event comes at once
-        late = [(sends, clock + step.timeout, step.on_timeout == "exit") for sends, clock, _ in partials]
-        if isinstance(step.on_timeout, list):
-            late = _walk(step.on_timeout, seq, sequences, late, active)
-        return arrived + late
-    if isinstance(step, IfStep):
-        return (_walk(step.then, seq, sequences, partials, active)
-                + _walk(step.else_, seq, sequences, partials, active))
-    if isinstance(step, SplitStep):
-        return [p for v in step.split for p in _walk(v.steps, seq, sequences, partials, active)]
-    if isinstance(step, StartStep):
-        target = sequences.get(step.start)
-        if target is None or target.id in active:
-            return partials  # `validate` reports unknown targets and cycles
-        child = _walk(target.steps, target, sequences, [((), timedelta(0), False)], active | {target.id})
-        # The started run goes on by itself: its sends join this path from now on, whatever
-        # this run does next.
-        return [(sends + tuple((clock + t, ch) for t, ch in child_sends), clock, False)
-                for sends, clock, _ in partials for child_sends, _, _ in child]
-    if isinstance(step, ExitStep):
-        return [(sends, clock, True) for sends, clock, _ in partials]
-    assert isinstance(step, DoStep)
-    return partials
+        case _:
+            assert_never(step)
 
 
 def _noun(channel: str, n: int) -> str:
