@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, assert_never
 
 from jinja2 import TemplateError, meta, nodes
 
-from keepflow.dsl import DoStep, IfStep, SendStep, Sequence, SplitStep, StartStep, WaitForStep, WaitStep, step_path
+from keepflow.dsl import (DoStep, ExitStep, IfStep, SendStep, Sequence, SplitStep, StartStep, Step, WaitForStep,
+                          WaitStep, step_path)
 from keepflow.durations import format_duration
 from keepflow.rendering import template_path
 
@@ -90,44 +91,51 @@ class Checker:
         by_path = {at.path: at for at in steps}
         self.steps(seq, seq.steps, "", self.entry_state(seq), by_path, report)
 
-    def steps(self, seq: Sequence, steps: list, prefix: str, state: _State, by_path: dict[str, _StepAt],
+    def steps(self, seq: Sequence, steps: list[Step], prefix: str, state: _State, by_path: dict[str, _StepAt],
               report: bool) -> _State:
         for index, step in enumerate(steps):
             path = step_path(prefix, index, step)
             at = by_path.get(path)
-            if isinstance(step, SendStep):
-                if report and at is not None:
-                    self.send(seq, step, at, state)
-            elif isinstance(step, WaitStep):
-                state = _State(state.names, _plus(state.since_delivered, step.wait))
-            elif isinstance(step, WaitForStep):
-                if report and at is not None and step.timeout <= timedelta(days=90):
-                    if step.timeout < SHORT_TIMEOUT or step.timeout > LONG_TIMEOUT:
-                        self.sem.add(at.pos("timeout"),
-                                     f"wait_for {step.wait_for} gives up after {format_duration(step.timeout)}; "
-                                     "under an hour is rarely enough for it to arrive, over 30 days the "
-                                     "customer has moved on", "warning")
-                since = timedelta(0) if step.wait_for == "order.delivered" else state.since_delivered
-                names = state.names | {step.as_} if step.as_ else state.names
-                after = _State(names, since)
-                if isinstance(step.on_timeout, list):
-                    late = self.steps(seq, step.on_timeout, f"{path}.on_timeout",
-                                      _State(state.names, _plus(state.since_delivered, step.timeout)), by_path, report)
-                    after = _State(after.names & late.names | ({step.as_} if step.as_ else set()),
-                                   after.since_delivered)
-                state = after
-            elif isinstance(step, DoStep):
-                if step.as_:
-                    state = _State(state.names | {step.as_}, state.since_delivered)
-            elif isinstance(step, IfStep):
-                then = self.steps(seq, step.then, f"{path}.then", state, by_path, report)
-                other = self.steps(seq, step.else_, f"{path}.else", state, by_path, report)
-                state = _State(then.names & other.names, state.since_delivered)
-            elif isinstance(step, SplitStep):
-                ends = [self.steps(seq, v.steps, f"{path}.{v.variant}", state, by_path, report) for v in step.split]
-                state = _State(frozenset.intersection(*(e.names for e in ends)), state.since_delivered)
-            elif isinstance(step, StartStep) and not report:
-                self.started(seq, step, state)
+            match step:
+                case SendStep():
+                    if report and at is not None:
+                        self.send(seq, step, at, state)
+                case WaitStep():
+                    state = _State(state.names, _plus(state.since_delivered, step.wait))
+                case WaitForStep():
+                    if report and at is not None and step.timeout <= timedelta(days=90):
+                        if step.timeout < SHORT_TIMEOUT or step.timeout > LONG_TIMEOUT:
+                            self.sem.add(at.pos("timeout"),
+                                         f"wait_for {step.wait_for} gives up after {format_duration(step.timeout)}; "
+                                         "under an hour is rarely enough for it to arrive, over 30 days the "
+                                         "customer has moved on", "warning")
+                    since = timedelta(0) if step.wait_for == "order.delivered" else state.since_delivered
+                    names = state.names | {step.as_} if step.as_ else state.names
+                    after = _State(names, since)
+                    if isinstance(step.on_timeout, list):
+                        late = self.steps(seq, step.on_timeout, f"{path}.on_timeout",
+                                          _State(state.names, _plus(state.since_delivered, step.timeout)), by_path,
+                                          report)
+                        after = _State(after.names & late.names | ({step.as_} if step.as_ else set()),
+                                       after.since_delivered)
+                    state = after
+                case DoStep():
+                    if step.as_:
+                        state = _State(state.names | {step.as_}, state.since_delivered)
+                case IfStep():
+                    then = self.steps(seq, step.then, f"{path}.then", state, by_path, report)
+                    other = self.steps(seq, step.else_, f"{path}.else", state, by_path, report)
+                    state = _State(then.names & other.names, state.since_delivered)
+                case SplitStep():
+                    ends = [self.steps(seq, v.steps, f"{path}.{v.variant}", state, by_path, report) for v in step.split]
+                    state = _State(frozenset.intersection(*(e.names for e in ends)), state.since_delivered)
+                case StartStep():
+                    if not report:
+                        self.started(seq, step, state)
+                case ExitStep():
+                    pass  # it adds no name a template may use and takes no time
+                case _:
+                    assert_never(step)
         return state
 
     def started(self, seq: Sequence, step: StartStep, state: _State) -> None:
