@@ -15,18 +15,18 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import assert_never
 
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from keepflow.dsl import SendStep, Sequence, WaitForStep, WaitStep
+from keepflow.dsl import DoStep, ExitStep, IfStep, SendStep, Sequence, SplitStep, StartStep, Step, WaitForStep, WaitStep
 from keepflow.search_attributes import STEP, waiting_at
 
 log = logging.getLogger("keepflow.dashboard")
 
 # The whole count (connecting included) may take this long before the page gives up on it.
 TIMEOUT = 2.0
-SETTLING = (SendStep, WaitStep, WaitForStep)
 
 
 @dataclass
@@ -43,9 +43,20 @@ class InFlight:
         return None if self.note else sum(n for (sid, _), n in self.counts.items() if sid == sequence_id)
 
 
+def settles(step: Step) -> bool:
+    """Whether a run can be found waiting at `step` (the workflow sets KeepflowStep there)."""
+    match step:
+        case SendStep() | WaitStep() | WaitForStep():
+            return True
+        case IfStep() | SplitStep() | DoStep() | StartStep() | ExitStep():
+            return False
+        case _:
+            assert_never(step)
+
+
 def settling_steps(sequence: Sequence) -> list[str]:
     """Paths of the steps a run of `sequence` can be waiting at."""
-    return [path for path, step in sequence.walk() if isinstance(step, SETTLING)]
+    return [path for path, step in sequence.walk() if settles(step)]
 
 
 async def count_waiting(client: Callable[[], Awaitable[Client]], sequences: Iterable[Sequence],

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 
 from keepflow import graph
 from keepflow.contacts import normalize_address
-from keepflow.dashboard.in_flight import SETTLING
+from keepflow.dashboard.in_flight import settles
 from keepflow.dsl import InactivityTrigger, SendStep, Sequence
 from keepflow.durations import format_duration
 from keepflow.events import utc
@@ -108,7 +108,7 @@ def _view(sequence: Sequence, report: Report, waiting: dict[tuple[str, str], int
         converted=total.converted if total else 0, conversion_rate=total.conversion_rate if total else None,
         orders=total.orders if total else 0, revenue=format_money(total.revenue) if total else "-",
         not_converted=open_runs.get(sequence.id, 0), flowchart=graph.to_svg(sequence),
-        settling=[(path, graph.label_of(step)) for path, step in sequence.walk() if isinstance(step, SETTLING)],
+        settling=[(path, graph.label_of(step)) for path, step in sequence.walk() if settles(step)],
     )
     reported = [r for r in report.steps if r.sequence_id == sequence.id]
     # Every send step of the current definition gets a row, even before anything went out.
