@@ -127,7 +127,7 @@ from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from keepflow.store.db import Database
-from keepflow.store.models import Customer, Event, Order
+from keepflow.store.models import Base, Customer, Event, Order
 from keepflow.store.scores import CustomerScore, ScoreCutoffs
 
 Segment = Literal[
@@ -290,9 +290,9 @@ class Cutoffs:
 
     @classmethod
     def from_stats(cls, rows: Iterable[OrderStats]) -> Cutoffs:
-        rows = [row for row in rows if row.orders_count > 0 and row.last_order_at is not None]
-        return cls.from_population((_utc_date(row.last_order_at).toordinal() for row in rows),
-                                   (row.orders_count for row in rows), (_cents(row.total_spent) for row in rows))
+        dated = [(row, row.last_order_at) for row in rows if row.orders_count > 0 and row.last_order_at is not None]
+        return cls.from_population((_utc_date(last).toordinal() for _, last in dated),
+                                   (row.orders_count for row, _ in dated), (_cents(row.total_spent) for row, _ in dated))
 
     def scores(self, last_order_at: datetime, orders_count: int, total_spent: Decimal) -> tuple[int, int, int]:
         return (_score(_utc_date(last_order_at).toordinal(), self.recency), _score(orders_count, self.frequency),
@@ -371,15 +371,14 @@ def _row(scores: Scores, computed_at: datetime) -> dict[str, Any]:
                 level=scores.level, fit=scores.fit, computed_at=computed_at)
 
 
-def _upsert(session: Session, model: type, rows: list[dict[str, Any]], key: str) -> None:
+def _upsert(session: Session, model: type[Base], rows: list[dict[str, Any]], key: str) -> None:
     if not rows:
         return
     dialect = session.get_bind().dialect.name
     if dialect in ("sqlite", "postgresql"):
-        if dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        else:
-            from sqlalchemy.dialects.postgresql import insert
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
         statement = insert(model.__table__)
         statement = statement.on_conflict_do_update(
             index_elements=[key], set_={name: statement.excluded[name] for name in rows[0] if name != key},

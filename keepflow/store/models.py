@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, Numeric, String, Text, func
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, Numeric, String, Table, Text, func
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.elements import ColumnElement
@@ -14,6 +14,10 @@ from sqlalchemy.sql.visitors import InternalTraversal
 
 
 class Base(DeclarativeBase):
+    # Each model maps one table (none maps a join or a select), so `Model.__table__` is a Table
+    # that insert() and update() accept; DeclarativeBase can only promise a FromClause.
+    __table__: ClassVar[Table]
+
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
 
 
