@@ -19,7 +19,7 @@ from typing import Any
 
 from babel.dates import format_date
 from babel.numbers import format_currency
-from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, pass_context, select_autoescape
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFound, pass_context, select_autoescape
 from markupsafe import Markup
 
 from keepflow.expressions import Sandbox
@@ -80,6 +80,14 @@ def _date(context, value: Any, format: str = "long") -> str:
 
 class TemplateError(ValueError):
     """A template is missing or fails to render: a content problem, not worth retrying."""
+
+
+def template_source(env: Environment, name: str) -> str:
+    """A template's text, found as `env` finds it when rendering (jinja2's TemplateNotFound if absent)."""
+    if env.loader is None:  # jinja2 allows it; every environment of ours has a loader
+        raise TemplateNotFound(name)
+    source, _, _ = env.loader.get_source(env, name)
+    return source
 
 
 class Renderer:

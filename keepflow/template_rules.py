@@ -20,7 +20,7 @@ from pathlib import Path
 from jinja2 import Environment, TemplateError, nodes
 
 from keepflow.dsl import SendStep, Sequence, Step
-from keepflow.rendering import FALLBACK_LOCALE, Renderer, template_path
+from keepflow.rendering import FALLBACK_LOCALE, Renderer, template_path, template_source
 
 UNSUBSCRIBE = "unsubscribe_url"
 POSTAL_ADDRESS = "brand.postal_address"
@@ -102,7 +102,7 @@ class _Output:
             self._active.discard(name)
 
     def _parse(self, name: str) -> nodes.Template:
-        source, _, _ = self.env.loader.get_source(self.env, name)
+        source = template_source(self.env, name)
         return self.env.parse(source, name)
 
     def _chain(self, name: str) -> list[tuple[str, nodes.Template]]:
@@ -172,8 +172,8 @@ class _Output:
         elif isinstance(node, (nodes.Macro, nodes.Extends)):
             return  # a macro shows nothing until called; `extends` is followed by _chain
         else:
-            for child in node.iter_child_nodes():
-                self._node(child, chain)
+            for part in node.iter_child_nodes():
+                self._node(part, chain)
 
 
 def _calls_super(block: nodes.Block) -> bool:

@@ -24,7 +24,7 @@ from jinja2 import TemplateError, meta, nodes
 from keepflow.dsl import (DoStep, ExitStep, IfStep, SendStep, Sequence, SplitStep, StartStep, Step, WaitForStep,
                           WaitStep, step_path)
 from keepflow.durations import format_duration
-from keepflow.rendering import template_path
+from keepflow.rendering import template_path, template_source
 
 if TYPE_CHECKING:
     from keepflow.loader import _Semantics, _StepAt
@@ -209,7 +209,7 @@ class Checker:
                 if name in seen:
                     continue
                 seen.add(name)
-                source, _, _ = env.loader.get_source(env, name)
+                source = template_source(env, name)
                 ast = env.parse(source, name)
                 # `_private` names are refused by the loader already, with their own message.
                 undeclared = {n for n in meta.find_undeclared_variables(ast) if not n.startswith("_")}
