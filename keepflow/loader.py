@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -43,7 +43,7 @@ from keepflow.dsl import (
 )
 from keepflow.durations import format_duration
 from keepflow.expressions import ExpressionError, check_syntax
-from keepflow.rendering import FALLBACK_LOCALE, Renderer, template_path
+from keepflow.rendering import FALLBACK_LOCALE, Renderer, template_path, template_source
 
 if TYPE_CHECKING:
     from activities.registry import Registered
@@ -418,7 +418,7 @@ def _num(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _friendly(error: dict[str, Any], field: str | None) -> str:
+def _friendly(error: Mapping[str, Any], field: str | None) -> str:
     """A pydantic error about one value, in words a marketer can act on."""
     kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
     name = field or "value"
@@ -507,7 +507,8 @@ def _validate_schema(tree: Any, report: _Report) -> SequencesFile | None:
     try:
         return SequencesFile.model_validate(_plain(tree))
     except ValidationError as exc:
-        errors = _prune_union_errors(exc.errors(include_url=False))
+        # pydantic's ErrorDetails are plain dicts, which this module reads and amends as such.
+        errors = _prune_union_errors(exc.errors(include_url=False))  # type: ignore[arg-type]
     # A misspelt field is reported once, as unknown with its correction, not also as missing.
     misspelt: set[tuple[Any, ...]] = set()
     for error in errors:
@@ -620,8 +621,10 @@ def _private_names(ast: jinja_nodes.Template) -> Iterator[tuple[jinja_nodes.Node
             name = node.attr
         elif isinstance(node, jinja_nodes.Getitem):
             name = node.arg.value if isinstance(node.arg, jinja_nodes.Const) and isinstance(node.arg.value, str) else ""
-        else:
+        elif isinstance(node, jinja_nodes.Name):
             name = node.name
+        else:
+            continue  # find_all yields only the three kinds asked for
         if name.startswith("_"):
             yield node, name
 
@@ -734,7 +737,7 @@ class _Semantics:
             self.renderer = Renderer(self.templates_dir)
         env = self.renderer.env
         try:
-            source, _, _ = env.loader.get_source(env, relative)
+            source = template_source(env, relative)
             ast = env.parse(source, relative)
             referenced = [r for r in meta.find_referenced_templates(ast) if r]
             template = env.get_template(relative)
@@ -802,7 +805,7 @@ class _Semantics:
     def starts(self) -> None:
         ids = list(dict.fromkeys(s.id for s in self.file.sequences))
         known = set(ids)
-        edges: dict[str, list[_StepAt]] = {}
+        edges: dict[str, list[tuple[_StepAt, str]]] = {}
         started: set[str] = set()
         for seq, steps in zip(self.file.sequences, self.steps):
             for at in steps:
@@ -814,7 +817,7 @@ class _Semantics:
                     hint = f"did you mean {guess!r}?" if guess else "sequences: " + ", ".join(ids)
                     self.add(at.pos("start"), f"start: no sequence {target!r}; {hint}")
                     continue
-                edges.setdefault(seq.id, []).append(at)
+                edges.setdefault(seq.id, []).append((at, target))
                 if target != seq.id:
                     started.add(target)
         self.cycles(ids, edges)
@@ -823,15 +826,14 @@ class _Semantics:
                 self.add(_value_pos(node, "id"),
                          "never starts: give it a trigger or start it from another sequence", "warning")
 
-    def cycles(self, ids: list[str], edges: dict[str, list[_StepAt]]) -> None:
+    def cycles(self, ids: list[str], edges: dict[str, list[tuple[_StepAt, str]]]) -> None:
         state: dict[str, str] = {}  # "open" while on the stack, then "done"
         stack: list[str] = []
 
         def visit(seq_id: str) -> None:
             state[seq_id] = "open"
             stack.append(seq_id)
-            for at in edges.get(seq_id, []):
-                target = at.step.start
+            for at, target in edges.get(seq_id, []):
                 if state.get(target) == "open":
                     chain = " → ".join([*stack[stack.index(target):], target])
                     self.add(at.pos("start"), f"start: cycle {chain}; these sequences would start each other forever")
