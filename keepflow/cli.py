@@ -254,9 +254,8 @@ def segments(
         db.dispose()
     caption = (f"scored {refreshed:%Y-%m-%d %H:%M} UTC; --refresh recomputes" if refreshed
                else "no scores yet: run `keepflow segments --refresh`")
-    right = {"justify": "right"}
-    table = Table("segment", Column("customers", **right), Column("% customers", **right), Column("revenue", **right),
-                  Column("% revenue", **right), caption=caption)
+    table = Table("segment", Column("customers", justify="right"), Column("% customers", justify="right"),
+                  Column("revenue", justify="right"), Column("% revenue", justify="right"), caption=caption)
     for row in rows:
         table.add_row(row.segment, f"{row.customers:,}", f"{row.share_of_customers:.1%}",
                       f"{row.revenue:,.2f}", f"{row.share_of_revenue:.1%}")

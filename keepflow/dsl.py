@@ -170,12 +170,16 @@ Trigger = Annotated[
 ]
 
 
+def _sms_only() -> list[Channel]:
+    return ["sms"]
+
+
 class QuietHours(_Model):
     """Local hours in which marketing messages on `channels` are held until `end`."""
 
     start: time = time(21, 0)
     end: time = time(8, 0)
-    channels: list[Channel] = Field(default_factory=lambda: ["sms"])
+    channels: list[Channel] = Field(default_factory=_sms_only)
 
 
 class Cap(_Model):
@@ -191,6 +195,10 @@ def _known_zone(name: str) -> str:
     return name
 
 
+def _default_caps() -> dict[Channel, Cap]:
+    return {"email": Cap(max=2, per=timedelta(hours=24)), "sms": Cap(max=1, per=timedelta(hours=24))}
+
+
 class Rules(_Model):
     """Shop-wide sending rules (`rules:` in sequences.yaml)."""
 
@@ -199,8 +207,7 @@ class Rules(_Model):
     # quiet window in every one of these (the shop's markets), the most restrictive reading.
     fallback_timezones: list[Annotated[str, AfterValidator(_known_zone)]] = Field(default_factory=lambda: ["UTC"], min_length=1)
     # Marketing messages per customer per rolling window, across all sequences.
-    frequency_cap: dict[Channel, Cap] = Field(default_factory=lambda: {
-        "email": Cap(max=2, per=timedelta(hours=24)), "sms": Cap(max=1, per=timedelta(hours=24))})
+    frequency_cap: dict[Channel, Cap] = Field(default_factory=_default_caps)
 
 
 class Sequence(_Model):

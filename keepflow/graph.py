@@ -99,7 +99,8 @@ class _Builder:
                 assert_never(step)
         if not arms:
             return Item(node), [(node.id, None, None)]
-        item, out = Item(node), []
+        item = Item(node)
+        out: Pending = []
         for label, steps in arms:
             branch = Branch(f"{node.id}_{len(item.branches)}", label, [])
             item.branches.append(branch)

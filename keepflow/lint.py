@@ -28,7 +28,7 @@ from ruamel.yaml.error import YAMLError
 
 from keepflow import template_rules
 from keepflow.dsl import (
-    IfStep, SendStep, Sequence, SequencesFile, SplitStep, StartStep, Step, WaitForStep, WaitStep, ExitStep,
+    Channel, IfStep, SendStep, Sequence, SequencesFile, SplitStep, StartStep, Step, WaitForStep, WaitStep, ExitStep,
     DoStep,
 )
 from keepflow.durations import format_duration
@@ -71,7 +71,7 @@ class LintResult:
 
 
 # A path is the marketing sends it makes: (time from the run's start, channel).
-Path_ = tuple[tuple[timedelta, str], ...]
+Path_ = tuple[tuple[timedelta, Channel], ...]
 
 
 def lint(file: SequencesFile, templates_dir: Path) -> LintResult:
@@ -246,11 +246,11 @@ def run_lint(path: Path, templates_dir: Path) -> int:
             console.print(f"[red]error[/red]: {problem}", highlight=False)
         return 1
     result = lint(file, templates_dir)
-    right = {"justify": "right"}
-    table = Table("channel", Column("worst day", **right), Column("worst week", **right), "frequency cap",
+    table = Table("channel", Column("worst day", justify="right"), Column("worst week", justify="right"), "frequency cap",
                   "from (day/week)", title="Marketing messages one customer can get if every sequence runs at once")
     for v in result.volumes:
-        cap = f"{v.cap_max} per {format_duration(v.cap_per)}" if v.cap_max is not None else "none"
+        cap = (f"{v.cap_max} per {format_duration(v.cap_per)}" if v.cap_max is not None and v.cap_per is not None
+               else "none")
         sources = ", ".join(f"{s} {d}/{w}" for s, (d, w) in v.by_sequence.items()) or "-"
         table.add_row(v.channel, str(v.per_day), str(v.per_week), cap, sources)
     console.print(table)

@@ -40,7 +40,7 @@ def next_allowed(at: datetime, zones: list[ZoneInfo], quiet: QuietHours) -> date
     at = at.astimezone(timezone.utc)
     if not any(is_quiet(at, z, quiet) for z in zones):
         return at
-    candidates = sorted(c for c in (_window_ends(at, z, quiet.end) for z in zones) for c in c if c > at)
+    candidates = sorted(end for ends in (_window_ends(at, z, quiet.end) for z in zones) for end in ends if end > at)
     for candidate in candidates:
         if not any(is_quiet(candidate, z, quiet) for z in zones):
             return candidate
