@@ -29,7 +29,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from keepflow import contacts, expressions, rfm
 from keepflow.contracts import EventSignal, RunInput
 from keepflow.dsl import Sequence
-from keepflow.events import EventIn, utc
+from keepflow.events import CustomerIn, EventIn, OrderIn, utc
 from keepflow.loader import Catalog
 from keepflow.store import Coupon, Customer, Database, Delivery, Event, Order, Run
 
@@ -83,7 +83,7 @@ def store(db: Database, event: EventIn, delivery: tuple[str, str] | None = None)
             if session.get(Event, event.id) is not None:
                 return _seen(session, event.id)
             if event.customer is not None:
-                _upsert_customer(session, event)
+                _upsert_customer(session, event, event.customer)
             if event.type == "order.created" and event.order is not None and session.get(Order, event.order.id) is None:
                 session.add(Order(
                     id=event.order.id, customer_id=event.customer.id if event.customer else None,
@@ -96,7 +96,7 @@ def store(db: Database, event: EventIn, delivery: tuple[str, str] | None = None)
                 received_at=_now(), payload=event.model_dump(mode="json"),
             ))
             if event.order is not None and event.type == "order.created":
-                _redeem_coupons(session, event)
+                _redeem_coupons(session, event, event.order)
     except IntegrityError:
         # The same event (or delivery) stored at this moment by a concurrent request.
         with db.session() as session:
@@ -114,13 +114,13 @@ def _rescore(db: Database, customer_id: str) -> None:
         log.exception("could not rescore customer %s", customer_id)
 
 
-def _redeem_coupons(session: Session, event: EventIn) -> None:
+def _redeem_coupons(session: Session, event: EventIn, order: OrderIn) -> None:
     """A Keepflow coupon code on an order is used up: once, and only before it expires."""
-    for code in event.order.discount_codes:
+    for code in order.discount_codes:
         session.execute(update(Coupon).where(
             Coupon.code == code.upper(), Coupon.redeemed_at.is_(None),
             Coupon.expires_at > event.occurred_at.astimezone(timezone.utc),
-        ).values(redeemed_at=event.occurred_at.astimezone(timezone.utc), redeemed_order_id=event.order.id))
+        ).values(redeemed_at=event.occurred_at.astimezone(timezone.utc), redeemed_order_id=order.id))
 
 
 
@@ -130,8 +130,7 @@ def _seen(session: Session, event_id: str) -> bool | None:
     return False if routed_at is not None else None
 
 
-def _upsert_customer(session: Session, event: EventIn) -> None:
-    incoming = event.customer
+def _upsert_customer(session: Session, event: EventIn, incoming: CustomerIn) -> None:
     customer = session.get(Customer, incoming.id)
     if customer is None:
         customer = Customer(id=incoming.id, consents={}, attributes={})

@@ -197,7 +197,7 @@ def apply_batch(db: Database, events: list[SendGridEvent]) -> Received:
 
 def _apply(session: Session, e: SendGridEvent) -> str:
     kind = KINDS.get(e.event)
-    if kind is None:
+    if kind is None or e.email is None:  # the model refuses a mail event (one in KINDS) without an address
         return "ignored"
     if feedback.seen_before(session, SOURCE, e.sg_event_id):
         return "duplicate"

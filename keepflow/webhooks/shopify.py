@@ -215,7 +215,9 @@ def _refund_created(refund: dict) -> tuple[str, dict]:
 
 
 def _customer_updated(customer: dict) -> tuple[str, dict]:
-    address = customer.get("default_address") if isinstance(customer.get("default_address"), dict) else {}
+    address = customer.get("default_address")
+    if not isinstance(address, dict):
+        address = {}
     return "customer.updated", {
         "occurred_at": _first_time(customer, "updated_at", "created_at"),
         "customer": {

@@ -293,7 +293,7 @@ def customer_with_phone(session: Session, phone: str) -> str | None:
                            .order_by(Customer.id))
     for customer_id, stored in rows:
         try:
-            if normalize_phone(stored) == e164:
+            if stored is not None and normalize_phone(stored) == e164:
                 return customer_id
         except InvalidContact:
             continue
