@@ -23,7 +23,7 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from keepflow.contracts import RunInput, ScanCursor, ScanPage, ScanPageResult
-from keepflow.dsl import Sequence
+from keepflow.dsl import InactivityTrigger, Sequence
 from keepflow.events import utc
 from keepflow.loader import Catalog
 from keepflow.router import record_run
@@ -62,7 +62,9 @@ class InactivityScanner:
                               skipped={k: v for k, v in skipped.items() if v}, next=next_cursor)
 
     def _candidates(self, page: ScanPage, sequences: list[Sequence]):
-        oldest_needed = page.as_of - min(s.inactivity.inactive_for for s in sequences)
+        # All of them have one (Catalog.inactivity_sequences); the pairs keep it typed as such.
+        triggered = [(s, s.inactivity) for s in sequences if s.inactivity is not None]
+        oldest_needed = page.as_of - min(trigger.inactive_for for _, trigger in triggered)
         query = select(Customer).where(Customer.last_seen_at < oldest_needed)
         if page.after is not None:
             query = query.where(or_(
@@ -76,14 +78,16 @@ class InactivityScanner:
             customers = list(session.scalars(query))
             ids = [c.id for c in customers]
             scores = _scores(session, ids)
-            for sequence in sequences:
+            for sequence, trigger in triggered:
                 cooling = set(session.scalars(select(Run.customer_id).where(
                     Run.sequence_id == sequence.id, Run.customer_id.in_(ids),
                     Run.started_at > page.as_of - sequence.cool_down)))
                 for customer in customers:
-                    if utc(customer.last_seen_at) >= page.as_of - sequence.inactivity.inactive_for:
+                    seen = customer.last_seen_at  # never None: the query compared it
+                    if seen is None or utc(seen) >= page.as_of - trigger.inactive_for:
                         continue  # inactive long enough for another sequence, not this one
-                    reason = _skip_reason(sequence, customer, customer.id in cooling, scores.get(customer.id))
+                    reason = _skip_reason(sequence, trigger, customer, customer.id in cooling,
+                                          scores.get(customer.id))
                     if reason:
                         skipped[reason] += 1
                     else:
@@ -112,7 +116,8 @@ class InactivityScanner:
         return True
 
 
-def _skip_reason(sequence: Sequence, customer: Customer, cooling: bool, score: dict | None) -> str | None:
+def _skip_reason(sequence: Sequence, trigger: InactivityTrigger, customer: Customer, cooling: bool,
+                 score: dict | None) -> str | None:
     if cooling:
         return "cool-down"
     if sequence.category == "marketing":
@@ -120,7 +125,6 @@ def _skip_reason(sequence: Sequence, customer: Customer, cooling: bool, score: d
         reachable = {"email": customer.email, "sms": customer.phone}
         if not any(consents.get(ch) and reachable.get(ch) for ch in sequence.channels()):
             return "no marketing consent"
-    trigger = sequence.inactivity
     if trigger.segment is not None and (score or {}).get("segment") not in trigger.segment:
         return "segment"
     if trigger.level is not None and (score or {}).get("level") not in trigger.level:

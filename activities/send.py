@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -62,7 +63,8 @@ FINAL = {"sent", "failed", "skipped", "unknown"}
 
 # Twilio errors that mean the number must not be texted again (twilio.com/docs/api/errors):
 # 21610 the recipient replied STOP; 21211 invalid 'To' number; 21614 'To' is not a mobile number.
-PROVIDER_SUPPRESSIONS = {("twilio", "21610"): "sms_stop", ("twilio", "21211"): "invalid", ("twilio", "21614"): "invalid"}
+PROVIDER_SUPPRESSIONS: dict[tuple[str | None, str], str] = {
+    ("twilio", "21610"): "sms_stop", ("twilio", "21211"): "invalid", ("twilio", "21614"): "invalid"}
 
 
 def _run_clock(request: SendRequest) -> datetime:
@@ -110,7 +112,7 @@ class MessageSender:
         if refusal:
             return self._finish(row.id, "skipped", error=refusal)
         if request.coupon:
-            gone = self._coupon(request, now, activate=False)
+            gone = self._coupon(request.context, request.coupon, now, activate=False)
             if isinstance(gone, str):
                 return self._finish(row.id, "skipped", error=gone)
 
@@ -126,7 +128,7 @@ class MessageSender:
 
         context = dict(request.context)
         if request.coupon:
-            offer = self._coupon(request, now, activate=True)
+            offer = self._coupon(request.context, request.coupon, now, activate=True)
             if isinstance(offer, str):
                 return self._finish(row.id, "skipped", error=offer)
             context[request.coupon] = offer
@@ -156,6 +158,7 @@ class MessageSender:
             sms = OutgoingSms(to=recipient, body=rendered.body, key=key,
                               status_callback=status_callback_url(self.deps.settings))
             if row.status == "sending":
+                assert row.sending_at is not None  # _MARK_SENDING sets both at once
                 found = self.deps.sms.find_sent(sms, since=utc(row.sending_at) - timedelta(minutes=1))
                 if found is not None:
                     return self._finish(row.id, "sent", accepted=found)
@@ -207,14 +210,14 @@ class MessageSender:
         self._set(row_id, status="deferred", error=why)
         return SendResult(status="deferred", message_id=row_id, reason=why, retry_at=until)
 
-    def _coupon(self, request: SendRequest, now: datetime, *, activate: bool) -> dict | str:
-        """The offered coupon as the template should show it, or why the message must not go.
-        With `activate`, the first message offering it starts its validity."""
-        offered = request.context.get(request.coupon) or {}
+    def _coupon(self, context: dict[str, Any], name: str, now: datetime, *, activate: bool) -> dict | str:
+        """The offered coupon (`name` in the run's context) as the template should show it, or why the
+        message must not go. With `activate`, the first message offering it starts its validity."""
+        offered = context.get(name) or {}
         with self.deps.db.session() as session:
             coupon = session.get(Coupon, offered.get("code", ""))
             if coupon is None:
-                return f"coupon {request.coupon!r} not found"
+                return f"coupon {name!r} not found"
             if coupon.redeemed_at is not None:
                 return f"coupon {coupon.code} already redeemed"
             if coupon.activated_at is None and coupon.valid_for_seconds:
@@ -276,7 +279,9 @@ class MessageSender:
                     "template": request.template, "customer_id": customer.get("id"), "status": "pending",
                     "attempts": 0,
                 })
-                row = _Row(inserted.inserted_primary_key[0], key, "pending", None, None, None, 0)
+                new_key = inserted.inserted_primary_key
+                assert new_key is not None  # an INSERT of one row always has it
+                row = _Row(new_key[0], key, "pending", None, None, None, 0)
             return _Claim(row, stored, recipient, problem, blocked)
 
     def _mark_sending(self, row: _Row, provider: str, recipient: str, locale: str, subject: str | None,
