@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
@@ -361,8 +362,11 @@ def _funnel(step_columns, bits: dict[str, int], where: list) -> Any:
     counts once per kind and the database starts from the messages, never from every notification
     ever received. (No condition on the event type in the look-up: other events about a message
     add no bit, and a type list would cost a look-up per type.)"""
+    # sum() of SQL expressions builds one expression (0 + max(..) + ...); typeshed's sum() knows
+    # only numbers.
+    mask: Any = sum(func.max(case((Event.type == kind, bit), else_=0)) for kind, bit in bits.items())
     told = (
-        select(sum(func.max(case((Event.type == kind, bit), else_=0)) for kind, bit in bits.items()))
+        select(mask)
         .where(EventMessageId(Event.payload) == cast(Message.id, String))
         .correlate(Message).scalar_subquery()
     )
@@ -386,9 +390,9 @@ def _slices(since: datetime, now: datetime) -> list[list]:
             for start, end in zip(cuts, [*cuts[1:], None])]
 
 
-def _run_all(db: Database, queries: list) -> list:
+def _run_all(db: Database, queries: list) -> Sequence[Any]:
     """Every query's rows, the queries run side by side on their own connections."""
-    def rows(query) -> list:
+    def rows(query) -> Sequence[Any]:
         with db.session() as session:
             return session.execute(query).all()
 

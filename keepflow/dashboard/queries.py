@@ -75,9 +75,9 @@ def trigger_text(sequence: Sequence) -> str:
 
 def waiting_by_step(db: Database) -> dict[tuple[str, str], int]:
     """Messages not yet out (pending, deferred, sending) per sequence and step: the status index."""
-    held = select(Message.sequence_id, Message.step).where(Message.status.in_(WAITING))
     # Materialised first, so the few rows come from the status index (see keepflow/report.py).
-    held = held.cte("held").prefix_with("MATERIALIZED")
+    held = (select(Message.sequence_id, Message.step).where(Message.status.in_(WAITING))
+            .cte("held").prefix_with("MATERIALIZED"))
     query = select(held.c.sequence_id, held.c.step, func.count()).group_by(held.c.sequence_id, held.c.step)
     with db.session() as session:
         rows = session.execute(query).all()
@@ -132,11 +132,8 @@ def overview(db: Database, catalog: Catalog, since: datetime) -> tuple[Report, l
     return report, [_view(sequence, report, waiting, open_runs) for sequence in catalog.file.sequences]
 
 
-def sequence_page(db: Database, catalog: Catalog, sequence_id: str, since: datetime) -> tuple[Report, SequenceView] | None:
+def sequence_page(db: Database, sequence: Sequence, since: datetime) -> tuple[Report, SequenceView]:
     """One sequence of the current file: its funnel alone (the report filtered to it)."""
-    sequence = catalog.file.by_id().get(sequence_id)
-    if sequence is None:
-        return None
     # The whole report, this sequence's part taken: its numbers are the same as with the report's
     # `sequence_id` filter, and the period's indexes serve it better than the sequence's.
     report = build_report(db, since, clv=False)

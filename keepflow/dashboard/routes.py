@@ -87,7 +87,7 @@ async def sequence(request: Request, sequence_id: str, since: str = "30d") -> HT
     if isinstance(start, HTMLResponse):
         return start
     found, runs = await asyncio.gather(
-        asyncio.to_thread(queries.sequence_page, engine.db, engine.catalog, sequence_id, start),
+        asyncio.to_thread(queries.sequence_page, engine.db, known, start),
         in_flight.count_waiting(_temporal(request), [known]),
     )
     report, view = found

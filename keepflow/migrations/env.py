@@ -16,7 +16,10 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    engine = make_engine(config.get_main_option("sqlalchemy.url"))
+    url = config.get_main_option("sqlalchemy.url")
+    if url is None:  # alembic_config() in keepflow/store/db.py always sets it
+        raise RuntimeError("alembic: sqlalchemy.url is not set")
+    engine = make_engine(url)
     with engine.connect() as connection:
         # Batch mode lets later migrations alter SQLite tables (it has no ALTER COLUMN).
         context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
