@@ -18,7 +18,10 @@ $(STAMP): pyproject.toml Makefile | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/keepflow dev
 
+# The type checker first ([tool.mypy] in pyproject.toml): a `match step:` that misses a step kind
+# (keepflow/dsl.py, AnyStep) fails here, before any test runs.
 test: $(STAMP)
+	$(BIN)/mypy
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 # The tests that exercise the store's SQL (webhooks, consent, cap, reports, RFM, dashboard) run
