@@ -18,7 +18,10 @@ $(STAMP): pyproject.toml Makefile | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/keepflow dev
 
+# The import contract (pyproject's [tool.importlinter]) first: a module that imports upward or in a
+# circle fails the build before any test runs.
 test: $(STAMP)
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 # The tests that exercise the store's SQL (webhooks, consent, cap, reports, RFM, dashboard) run

