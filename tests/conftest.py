@@ -60,14 +60,21 @@ def fake(fake_server: FakeProviders) -> FakeProviders:
     return fake_server
 
 
+@pytest.fixture(scope="session")
+def migrated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database at the newest schema, migrated once: each test's database is a copy of it."""
+    with fresh_database(tmp_path_factory.mktemp("migrated")) as url:
+        upgrade(url)
+        yield url
+
+
 @pytest.fixture
-def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Database]:
-    with fresh_database(tmp_path) as url:
+def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, migrated: str) -> Iterator[Database]:
+    with fresh_database(tmp_path, template=migrated) as url:
         if SERVER_URL:
             # Anything in the test that opens the store from Settings (DATABASE_URL) rather than
             # through this fixture must reach the same PostgreSQL database, not a SQLite file.
             monkeypatch.setenv("DATABASE_URL", url)
-        upgrade(url)
         database = Database(url)
         yield database
         database.dispose()
