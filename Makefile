@@ -18,9 +18,11 @@ $(STAMP): pyproject.toml Makefile | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/keepflow dev
 
-# The type checker first ([tool.mypy] in pyproject.toml): a `match step:` that misses a step kind
-# (keepflow/dsl.py, AnyStep) fails here, before any test runs.
+# Two checks before any test runs: the import contract (pyproject's [tool.importlinter]), so a
+# module that imports upward or in a circle fails the build; then the type checker ([tool.mypy]),
+# so a `match step:` that misses a step kind (AnyStep in keepflow/language/dsl.py) fails it too.
 test: $(STAMP)
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 

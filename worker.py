@@ -13,24 +13,23 @@ from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.worker import Worker
-from temporalio.worker.workflow_sandbox import SandboxRestrictions
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-from activities.registry import discover, to_temporal
-from activities.inactivity import InactivityScanner
-from activities.scores import ScoresRefresher
-from activities.send import MessageSender, SendDeps
-from activities.start import SequenceStarter
-from keepflow.lifecycle import stop_on_signals
-from keepflow.loader import Catalog, load
-from keepflow.providers import email_provider, sms_provider
-from keepflow.rendering import Renderer
-from keepflow.sandbox import SandboxRunner
-from keepflow.schedules import sync_schedules
-from keepflow.search_attributes import ensure_registered
+from activities.builtin.inactivity import InactivityScanner
+from activities.builtin.scores import ScoresRefresher
+from activities.builtin.send import MessageSender, SendDeps
+from activities.builtin.start import SequenceStarter
+from keepflow.language.catalog import Catalog
+from keepflow.language.rendering import Renderer
+from keepflow.runtime.client import connect
+from keepflow.runtime.compiled_workflows import compile_once
+from keepflow.runtime.registry import discover, load_catalog, to_temporal
+from keepflow.runtime.schedules import sync_schedules
+from keepflow.runtime.search_attributes import ensure_registered
+from keepflow.runtime.shutdown import stop_on_signals
+from keepflow.sending.providers import email_provider, sms_provider
 from keepflow.settings import Settings, get_settings
 from keepflow.store import Database, upgrade
-from keepflow.temporal import connect
-from keepflow.workflow_modules import compile_once
 from workflows.inactivity import InactivityScan
 from workflows.scores import ScoresRefresh
 from workflows.sequence import SEND_TIMEOUT, SequenceWorkflow
@@ -42,7 +41,7 @@ ACTIVITY_THREADS = 32
 
 # Pure, deterministic libraries the interpreter uses: load them once, not per workflow run
 # (Jinja also imports modules lazily, which the sandbox refuses mid-run).
-SANDBOX = SandboxRunner(
+SANDBOX = SandboxedWorkflowRunner(
     restrictions=SandboxRestrictions.default.with_passthrough_modules("keepflow", "jinja2", "markupsafe", "pydantic")
 )
 
@@ -54,7 +53,7 @@ def build_worker(client: Client, settings: Settings, db: Database, send_deps: Se
         renderer=Renderer(settings.resolved_templates_dir, settings.default_locale),
         email=email_provider(settings), sms=sms_provider(settings),
     )
-    catalog = catalog or load(settings.sequences_path, settings.templates_dir)
+    catalog = catalog or load_catalog(settings.sequences_path, settings.templates_dir)
     registered = [to_temporal(r, settings, db) for r in discover().values()]
     workflows = [SequenceWorkflow, InactivityScan, ScoresRefresh]
     compile_once(workflows)
@@ -79,7 +78,7 @@ def build_worker(client: Client, settings: Settings, db: Database, send_deps: Se
 
 async def run_worker(settings: Settings, address: str | None = None, stop: asyncio.Event | None = None) -> None:
     """Validate the sequences, migrate the database, and serve until `stop` is set (or SIGINT/SIGTERM)."""
-    catalog = load(settings.sequences_path, settings.templates_dir)  # refuse to run on an invalid file
+    catalog = load_catalog(settings.sequences_path, settings.templates_dir)  # refuse to run on an invalid file
     upgrade(settings.resolved_database_url)
     db = Database(settings.resolved_database_url)
     client = await connect(address or settings.temporal_address, settings.temporal_namespace)

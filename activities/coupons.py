@@ -8,8 +8,8 @@ from datetime import datetime, timezone
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from activities.registry import ActivityContext, activity
-from keepflow.durations import Duration
+from keepflow import ActivityContext, activity
+from keepflow.language.durations import Duration
 from keepflow.store import Coupon
 
 # No 0/O or 1/I: codes get read aloud and typed from phones.
@@ -42,7 +42,7 @@ def create_coupon(args: CreateCouponArgs, ctx: ActivityContext) -> CouponOut:
                 customer_id=ctx.run.get("customer", {}).get("id"),
                 percent=args.percent,
                 created_at=now,
-                # Provisional: the first message offering it restarts the clock (activities/send.py).
+                # Provisional: the first message offering it restarts the clock (activities/builtin/send.py).
                 expires_at=now + args.valid_for,
                 valid_for_seconds=int(args.valid_for.total_seconds()),
             )

@@ -7,7 +7,7 @@ from decimal import Decimal
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
-from activities.registry import ActivityContext, activity
+from keepflow import ActivityContext, activity
 from keepflow.store import Customer, Order
 
 

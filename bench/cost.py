@@ -7,7 +7,7 @@ A benchmark script, not a timed test. In a throwaway folder it starts Temporal's
 worker from worker.py (`build_worker`, real provider SDKs aimed at the fake, its own SQLite store)
 with the real sequences.yaml, at a compressed time scale (default a day per second). It then runs:
 
-* post-purchase journeys: an `order.created` event through keepflow.router.ingest starts
+* post-purchase journeys: an `order.created` event through keepflow.runtime.routing.ingest starts
   `fulfilment`; `order.shipped` and `order.delivered` follow once the run waits for each (it has
   started the timer of that `wait_for`), as a store would send them; `fulfilment` starts
   `education`, which starts `cross_sell` (customers the split puts in the `offer` arm), which starts
@@ -218,7 +218,7 @@ class BareStarter:
 def bare_plan(catalog, runs: list[tuple[str, list[Any]]], prefix: str, time_scale: float) -> dict[str, Any]:
     """Nested plans, one per run of the chain, with the steps each Keepflow run took, in definition order
     (a record is written when its step ends, so an `if` comes after its branch; the walk puts it first)."""
-    from keepflow.dsl import walk_steps
+    from keepflow.language.dsl import walk_steps
 
     plans = []
     for sequence_id, records in runs:
@@ -291,7 +291,7 @@ async def when_waiting(client, workflow_id: str, timers: int, deadline: float) -
 async def keepflow_chain(client, first_id: str, deadline: float) -> list[tuple[str, list[Any], list[Any]]]:
     """(sequence id, steps_done, histories of each run of its continue-as-new chain) for a run and
     every run it started (`start:` steps, whose outcome names the run)."""
-    from keepflow.contracts import RunStatus
+    from keepflow.runtime.payloads import RunStatus
 
     out, pending = [], [first_id]
     while pending:
@@ -307,7 +307,7 @@ async def keepflow_chain(client, first_id: str, deadline: float) -> list[tuple[s
 
 
 def order_event(event_type: str, order_id: str, customer_id: str, **data) -> Any:
-    from keepflow.events import EventIn
+    from keepflow.runtime.events import EventIn
 
     return EventIn.model_validate({
         "id": f"{event_type}-{order_id}", "type": event_type, "occurred_at": datetime.now(timezone.utc).isoformat(),
@@ -322,7 +322,7 @@ def order_event(event_type: str, order_id: str, customer_id: str, **data) -> Any
 
 def offer_arm_customers(count: int, tag: str) -> list[str]:
     """Customers cross_sell's split (step 1.then.0) puts in the `offer` arm: a coupon, then its email."""
-    from keepflow.expressions import bucket
+    from keepflow.language.expressions import bucket
 
     found, n = [], 0
     while len(found) < count:
@@ -335,7 +335,7 @@ def offer_arm_customers(count: int, tag: str) -> list[str]:
 
 async def post_purchase(client, catalog, db, task_queue: str, order_id: str, customer_id: str, time_scale: float,
                         deadline: float):
-    from keepflow.router import ingest
+    from keepflow.runtime.routing import ingest
 
     first = f"fulfilment/{order_id}"
     routed = await ingest(db, client, catalog, order_event("order.created", order_id, customer_id), task_queue,
@@ -356,8 +356,8 @@ async def post_purchase(client, catalog, db, task_queue: str, order_id: str, cus
 async def winback(client, catalog, db, task_queue: str, customer_id: str, time_scale: float, deadline: float):
     from temporalio.common import WorkflowIDReusePolicy
 
-    from activities.inactivity import _context
-    from keepflow.contracts import RunInput
+    from activities.builtin.inactivity import _context
+    from keepflow.runtime.payloads import RunInput
     from keepflow.store import Customer
 
     as_of = datetime.now(timezone.utc)
@@ -368,7 +368,7 @@ async def winback(client, catalog, db, task_queue: str, customer_id: str, time_s
                              last_seen_at=as_of - timedelta(days=61)))
     with db.session() as session:
         customer = _context(session.get(Customer, customer_id), None)
-    # As activities/inactivity.py's InactivityScanner._start starts it, plus the time scale.
+    # As activities/builtin/inactivity.py's InactivityScanner._start starts it, plus the time scale.
     snapshot = catalog.snapshot("winback")
     context = {"customer": customer, "brand": catalog.file.brand,
                "event": {"id": f"inactive:{customer_id}:{as_of:%Y%m%d%H%M}", "type": "customer.inactive",
@@ -398,9 +398,9 @@ async def run_bare(client, plan: dict[str, Any], deadline: float) -> list[list[A
 async def bench(runs: int, time_scale: float, timeout: float) -> dict[str, Any]:
     from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-    from keepflow.devserver import DevServer, free_port
-    from keepflow.loader import load
+    from keepflow.runtime.registry import load_catalog
     from keepflow.store import Database, upgrade
+    from keepflow.tools.temporal_dev_server import DevServer, free_port
     from tests.fakes.provider_server import FakeProviders
     from worker import ACTIVITY_THREADS, build_worker
 
@@ -414,10 +414,10 @@ async def bench(runs: int, time_scale: float, timeout: float) -> dict[str, Any]:
         server.start()
         client = await server.wait_ready()
         with contextlib.suppress(ImportError):  # runs upsert KeepflowStep once the code has it: register it first
-            from keepflow.search_attributes import ensure_registered
+            from keepflow.runtime.search_attributes import ensure_registered
             await ensure_registered(client, "default")
         settings = settings_for(data_dir, server.address, fake, f"cost-{tag}")
-        catalog = load(settings.sequences_path, settings.templates_dir)
+        catalog = load_catalog(settings.sequences_path, settings.templates_dir)
         upgrade(settings.resolved_database_url)
         db = Database(settings.resolved_database_url)
         print(f"Temporal on {server.address}, fake providers on {fake.url}; {runs} post-purchase journeys and "
@@ -598,7 +598,7 @@ def write_results(raw: dict[str, Any], table: str, note: str) -> None:
         SECTION, "",
         *provenance(f"python bench/cost.py --runs {raw['runs']} --time-scale {scale} --write-results"),
         f"- Parameters: {raw['runs']} post-purchase journeys (order.created → shipped → delivered through "
-        "keepflow.router.ingest; customers in cross_sell's offer arm; no review) and "
+        "keepflow.runtime.routing.ingest; customers in cross_sell's offer arm; no review) and "
         f"{raw['runs']} win-back runs (started as the scan starts them; no return), the real sequences.yaml on the "
         "worker from worker.py with the real SendGrid/Twilio SDKs against the fake in tests/fakes, time scale "
         f"{scale}; then a bare unsandboxed workflow replaying the same steps. Actions per {ACTIONS_PAGE}.",

@@ -11,7 +11,7 @@ A benchmark script, not a timed test. In a throwaway folder it
    send step reached (realistic bodies; sent, skipped with reasons, failed, held, pending), the
    provider notifications about them (delivered, opened, sometimes twice, clicked, unsubscribed),
    each run's trigger event and the orders of fulfilment runs. This is set-up and is timed on its own;
-2. serves the real app (`keepflow.webhooks.app.create_app`) on a free port, with Temporal's dev
+2. serves the real app (`keepflow.http.app.create_app`) on a free port, with Temporal's dev
    server (headless, free port) behind it so the pages that ask Temporal ask a real one;
 3. requests each dashboard page over HTTP: one warm-up, then `--repeat` times; reports the median
    and the slowest, the page size, and the SQL statements one more request ran (count and time),
@@ -69,7 +69,7 @@ TS = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy writes a datetime on SQLite (naive
 
 def _send_paths(steps, prefix: str, rng: random.Random) -> list[tuple[str, Any]]:
     """The send steps one run reaches: one arm of each `if` and `split`, a timeout arm sometimes."""
-    from keepflow.dsl import IfStep, SendStep, SplitStep, WaitForStep, child_branches, step_path
+    from keepflow.language.dsl import IfStep, SendStep, SplitStep, WaitForStep, child_branches, step_path
 
     out: list[tuple[str, Any]] = []
     for index, step in enumerate(steps):
@@ -105,9 +105,9 @@ def generate(db_path: Path, messages: int, seed: int) -> dict[str, Any]:
     Runs start in time order over the year and each run's sends follow it every STEP_GAP, so message
     ids grow with `created_at` as in production (a heap orders the sends of overlapping runs).
     """
-    from keepflow.loader import load
+    from keepflow.runtime.registry import load_catalog
 
-    catalog = load(ROOT / "sequences.yaml", ROOT / "templates")
+    catalog = load_catalog(ROOT / "sequences.yaml", ROOT / "templates")
     rng = random.Random(seed)
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     start = now - timedelta(days=DAYS)
@@ -374,13 +374,12 @@ async def time_pages(base: str, targets: list[tuple[str, str]], repeat: int, log
 
 async def bench(messages: int, repeat: int, seed: int, keep: Path | None, reuse: Path | None,
                 plans: bool, only: str | None = None) -> dict[str, Any]:
-    from keepflow.devserver import DevServer, free_port
-    from keepflow.lifecycle import serve_http
-    from keepflow.loader import load
-    from keepflow.settings import Settings
+    from keepflow.http.app import create_app
+    from keepflow.http.serving import serve_http
+    from keepflow.runtime.registry import load_catalog
+    from keepflow.settings import Settings, new_secret
     from keepflow.store import Database, upgrade
-    from keepflow.webhooks.app import create_app
-    from keepflow.webhooks.signing import new_secret
+    from keepflow.tools.temporal_dev_server import DevServer, free_port
 
     data_dir = Path(tempfile.mkdtemp(prefix="keepflow-dashboard-"))
     server = DevServer(data_dir / "temporal", port=free_port(), ui_port=None)
@@ -410,7 +409,7 @@ async def bench(messages: int, repeat: int, seed: int, keep: Path | None, reuse:
         log = StatementLog(db.engine)
         server.start()
         client = await server.wait_ready()
-        catalog = load(settings.sequences_path, settings.templates_dir)
+        catalog = load_catalog(settings.sequences_path, settings.templates_dir)
         app = create_app(settings, catalog=catalog, db=db, client=client, webhook_secrets=[new_secret()],
                          reconcile_every=3600)
         port = free_port()

@@ -93,7 +93,7 @@ def order_created(i: int, tag: str) -> dict[str, Any]:
 async def post_events(url: str, secret: str, events: int, concurrency: int, tag: str) -> dict[str, Any]:
     import httpx
 
-    from keepflow.webhooks.signing import sign
+    from keepflow.http.signing import sign
 
     bodies = [json.dumps(order_created(i, tag)).encode() for i in range(events)]
     results: list[dict[str, Any]] = [{} for _ in range(events)]
@@ -120,7 +120,7 @@ async def post_events(url: str, secret: str, events: int, concurrency: int, tag:
 
 
 async def start_bare(address: str, task_queue: str, count: int, concurrency: int, tag: str) -> dict[str, Any]:
-    from keepflow.temporal import connect
+    from keepflow.runtime.client import connect
 
     client = await connect(address)
     gate = asyncio.Semaphore(concurrency)
@@ -150,8 +150,8 @@ def client_main() -> int:
     """
     import httpx  # noqa: F401 - imported before `ready`, not inside the measured window
 
-    from keepflow.temporal import connect  # noqa: F401
-    from keepflow.webhooks.signing import sign  # noqa: F401
+    from keepflow.http.signing import sign  # noqa: F401
+    from keepflow.runtime.client import connect  # noqa: F401
 
     job = json.loads(sys.stdin.readline())
     sys.stdout.write("ready\n")
@@ -233,18 +233,18 @@ def _tree_cpu_seconds(pid: int) -> float | None:
 # What --no-breakdown leaves out: timers around the engine's own steps, put on at run time in this
 # process only (no file changes). Each is (module, object name or None, attribute, label).
 TIMED = (
-    ("keepflow.webhooks.app", None, "_ingest", "POST /events after verify+parse (store + route + answer)"),
-    ("keepflow.router", None, "store", "router.store (store: delivery, customer, order, event; rescore)"),
-    ("keepflow.router", None, "route", "router.route (signals + start + settle + catch-up)"),
-    ("keepflow.router", None, "_deliver", "router._deliver (signal a run; NOT_FOUND if none)"),
+    ("keepflow.http.app", None, "_ingest", "POST /events after verify+parse (store + route + answer)"),
+    ("keepflow.runtime.routing", None, "store", "router.store (store: delivery, customer, order, event; rescore)"),
+    ("keepflow.runtime.routing", None, "route", "router.route (signals + start + settle + catch-up)"),
+    ("keepflow.runtime.routing", None, "_deliver", "router._deliver (signal a run; NOT_FOUND if none)"),
     ("temporalio.client", "Client", "start_workflow", "Client.start_workflow (in route)"),
-    ("keepflow.router", None, "_settle", "router._settle: record runs + find earlier events + mark routed (store, one transaction)"),
-    ("keepflow.router", None, "_catch_up", "router._catch_up (signal earlier events)"),
-    ("activities.send", "MessageSender", "_claim", "send_message: claim row + profile + suppressions (store)"),
-    ("keepflow.rendering", "Renderer", "render", "send_message: render template"),
-    ("activities.send", "MessageSender", "_mark_sending", "send_message: mark sending (store)"),
-    ("keepflow.providers.sendgrid", "SendGridEmail", "send_email", "send_message: SendGrid call to the fake"),
-    ("activities.send", "MessageSender", "_finish", "send_message: finish row (store)"),
+    ("keepflow.runtime.routing", None, "_settle", "router._settle: record runs + find earlier events + mark routed (store, one transaction)"),
+    ("keepflow.runtime.routing", None, "_catch_up", "router._catch_up (signal earlier events)"),
+    ("activities.builtin.send", "MessageSender", "_claim", "send_message: claim row + profile + suppressions (store)"),
+    ("keepflow.language.rendering", "Renderer", "render", "send_message: render template"),
+    ("activities.builtin.send", "MessageSender", "_mark_sending", "send_message: mark sending (store)"),
+    ("keepflow.sending.providers.sendgrid", "SendGridEmail", "send_email", "send_message: SendGrid call to the fake"),
+    ("activities.builtin.send", "MessageSender", "_finish", "send_message: finish row (store)"),
 )
 
 
@@ -400,12 +400,12 @@ async def bench(events: int, concurrency: int, wait_timeout: float, breakdown: b
                 worker_process: bool = False) -> dict[str, Any]:
     from temporalio.worker import Worker
 
-    from keepflow.devserver import DevServer, free_port
-    from keepflow.lifecycle import serve_http
-    from keepflow.loader import load
+    from keepflow.http.app import create_app
+    from keepflow.http.serving import serve_http
+    from keepflow.runtime.registry import load_catalog
+    from keepflow.settings import new_secret
     from keepflow.store import Database, upgrade
-    from keepflow.webhooks.app import create_app
-    from keepflow.webhooks.signing import new_secret
+    from keepflow.tools.temporal_dev_server import DevServer, free_port
     from worker import build_worker
 
     tag = uuid.uuid4().hex[:6]
@@ -421,7 +421,7 @@ async def bench(events: int, concurrency: int, wait_timeout: float, breakdown: b
         client = await server.wait_ready()
         task_queue = f"bench-{tag}"
         settings = settings_for(data_dir, server.address, fake, task_queue)
-        catalog = load(settings.sequences_path, settings.templates_dir)
+        catalog = load_catalog(settings.sequences_path, settings.templates_dir)
         upgrade(settings.resolved_database_url)
         db = Database(settings.resolved_database_url)
         secret = new_secret()
@@ -716,7 +716,7 @@ def interpretation(s: dict[str, Any]) -> str:
 
 
 def machine() -> dict[str, str]:
-    from keepflow.devserver import SQLITE_PRAGMAS, TEMPORAL_BIN
+    from keepflow.tools.temporal_dev_server import SQLITE_PRAGMAS, TEMPORAL_BIN
 
     version = "?"
     with contextlib.suppress(Exception):
@@ -747,7 +747,7 @@ def provenance(command: str, pragmas: bool = False, after: str = "") -> list[str
              f"- Machine: {m['nproc']} CPUs (nproc), {m['os']}, Python {m['python']}, {m['temporal']}",
              f"- Code: {m['commit']}"]
     if pragmas:
-        lines.append(f"- Temporal dev server SQLite pragmas (keepflow/devserver.py SQLITE_PRAGMAS): {m['pragmas']}")
+        lines.append(f"- Temporal dev server SQLite pragmas (keepflow/tools/temporal_dev_server.py SQLITE_PRAGMAS): {m['pragmas']}")
     return lines
 
 

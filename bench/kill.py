@@ -16,7 +16,7 @@ for every run to finish.
 
 Reported: runs completed, kills done, and per message key the send requests the fake received
 (0, 1, 2+) against the row's final status in Keepflow's store (sent, unknown, ...), with where
-the unknown-outcome policy of activities/send.py can still send a message twice.
+the unknown-outcome policy of activities/builtin/send.py can still send a message twice.
 
 Everything listens on 127.0.0.1 only; every wait is bounded; every process started here is
 stopped and the folder removed, also on error or Ctrl-C. Exit code 0 when every run completed,
@@ -45,7 +45,7 @@ from ingest import provenance, write_section  # noqa: E402
 RESULTS = BENCH / "RESULTS.md"
 SECTION = "## Worker kills mid-send (bench/kill.py)"
 
-# Read from activities/send.py (MessageSender.send_message) and keepflow/providers/twilio.py: the
+# Read from activities/builtin/send.py (MessageSender.send_message) and keepflow/sending/providers/twilio.py: the
 # order of the steps decides what a kill at each point costs. Kept here, beside the figures, so a
 # change to that order is a reason to rerun this script and reread this text.
 WHERE_IT_CAN_DOUBLE = """\

@@ -62,8 +62,8 @@ class BareSleeper:
 
 
 def _paths():
-    from pathlib import Path
     import sys
+    from pathlib import Path
 
     bench = Path(__file__).resolve().parent
     root = bench.parent
@@ -90,26 +90,25 @@ async def child(kind: str, address: str, task_queue: str, data_dir: str, metrics
     Runtime.set_default(Runtime(telemetry=TelemetryConfig(
         metrics=PrometheusConfig(bind_address=f"127.0.0.1:{metrics_port}"))), error_if_already_set=False)
     if kind == "keepflow":
-        from keepflow.loader import load
+        from keepflow.runtime.client import connect
+        from keepflow.runtime.registry import load_catalog
         from keepflow.settings import Settings
         from keepflow.store import Database, upgrade
-        from keepflow.temporal import connect
         from worker import build_worker
 
         folder = Path(data_dir)
         settings = Settings(data_dir=folder, sequences_path=folder / "sequences.yaml", templates_dir=root / "templates",
                             email_provider="outbox", sms_provider="outbox", database_url=None, task_queue=task_queue)
-        catalog = load(settings.sequences_path, settings.templates_dir)
+        catalog = load_catalog(settings.sequences_path, settings.templates_dir)
         upgrade(settings.resolved_database_url)
         db = Database(settings.resolved_database_url)
         client = await connect(address)
         worker = build_worker(client, settings, db, task_queue=task_queue, catalog=catalog)
     else:
+        import memory  # this file under its own name, so the sandbox can import the workflow's module
         from temporalio.client import Client
         from temporalio.worker import UnsandboxedWorkflowRunner, Worker
         from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
-
-        import memory  # this file under its own name, so the sandbox can import the workflow's module
 
         client = await Client.connect(address)
         worker = Worker(client, task_queue=task_queue, workflows=[memory.BareSleeper], activities=[memory.noop_send],
@@ -194,14 +193,14 @@ async def phase(kind: str, client, server, data_dir, checkpoints: list[int], con
                 tag: str, max_cached: int | None, threads: int, unsandboxed: bool, make_start) -> dict[str, Any]:
     import asyncio
     import json
+    import os
     import sys
     import time
 
-    import os
-
     from ingest import _proc_cpu_seconds, _tree_cpu_seconds
-    from keepflow.devserver import free_port
     from scan import _status_kb
+
+    from keepflow.tools.temporal_dev_server import free_port
 
     task_queue = f"memory-{kind}-{tag}"
     port = free_port()
@@ -275,10 +274,11 @@ async def bench(runs: int, checkpoints: list[int], concurrency: int, timeout: fl
     import uuid
     from pathlib import Path
 
-    from keepflow.contracts import RunInput
-    from keepflow.devserver import DevServer, free_port
-    from keepflow.loader import load
     from throughput import context
+
+    from keepflow.runtime.payloads import RunInput
+    from keepflow.runtime.registry import load_catalog
+    from keepflow.tools.temporal_dev_server import DevServer, free_port
     from worker import ACTIVITY_THREADS
 
     root, _ = _paths()
@@ -287,14 +287,14 @@ async def bench(runs: int, checkpoints: list[int], concurrency: int, timeout: fl
     server = DevServer(data_dir / "temporal", port=free_port(), ui_port=None)
     try:
         sequences_file(data_dir, root)
-        catalog = load(data_dir / "sequences.yaml", root / "templates")  # refuse to run on an invalid file
+        catalog = load_catalog(data_dir / "sequences.yaml", root / "templates")  # refuse to run on an invalid file
         snapshot = catalog.snapshot(SEQUENCE_ID)
         brand = catalog.file.brand
         brand = brand.model_dump(mode="json") if hasattr(brand, "model_dump") else brand
         server.start()
         client = await server.wait_ready()
         try:  # runs upsert KeepflowStep once the code has it: register it first, as the worker does
-            from keepflow.search_attributes import ensure_registered
+            from keepflow.runtime.search_attributes import ensure_registered
         except ImportError:
             pass
         else:

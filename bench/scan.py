@@ -225,12 +225,12 @@ class RssSampler:
 # -- 3. timers around the scan's own steps -----------------------------------------------------
 
 TIMED = (
-    ("activities.inactivity", "InactivityScanner", "_candidates",
+    ("activities.builtin.inactivity", "InactivityScanner", "_candidates",
      "page read + checks (_candidates: customers, cool-down, RFM, consent; in a thread)"),
-    ("activities.inactivity", None, "_scores", "RFM scores lookup (_scores, inside the page read)"),
-    ("activities.inactivity", "InactivityScanner", "_start", "one start (_start: start_workflow + record_run)"),
+    ("activities.builtin.inactivity", None, "_scores", "RFM scores lookup (_scores, inside the page read)"),
+    ("activities.builtin.inactivity", "InactivityScanner", "_start", "one start (_start: start_workflow + record_run)"),
     ("temporalio.client", "Client", "start_workflow", "Client.start_workflow (in _start)"),
-    ("activities.inactivity", None, "record_run", "record_run (SQLite insert; in a thread)"),
+    ("activities.builtin.inactivity", None, "record_run", "record_run (SQLite insert; in a thread)"),
 )
 
 
@@ -248,7 +248,7 @@ class ParkedSequence:
 def scan_only_worker(client, settings, db, catalog, task_queue: str):
     from temporalio.worker import Worker
 
-    from activities.inactivity import InactivityScanner
+    from activities.builtin.inactivity import InactivityScanner
     from worker import SANDBOX
     from workflows.inactivity import InactivityScan
 
@@ -319,11 +319,11 @@ async def bench(customers: int, inactive_share: float, page_size: int, runs_mode
                 seed: int, breakdown: bool) -> dict[str, Any]:
     from sqlalchemy import func, select
 
-    from keepflow.contracts import ScanInput
-    from keepflow.devserver import DevServer, free_port
-    from keepflow.loader import load
+    from keepflow.runtime.payloads import ScanInput
+    from keepflow.runtime.registry import load_catalog
     from keepflow.settings import Settings
     from keepflow.store import Database, Message, Run, upgrade
+    from keepflow.tools.temporal_dev_server import DevServer, free_port
     from worker import build_worker
     from workflows.inactivity import PAGES_PER_RUN, InactivityScan
 
@@ -337,7 +337,7 @@ async def bench(customers: int, inactive_share: float, page_size: int, runs_mode
             database_url=None, temporal_address=None, task_queue=f"bench-scan-{tag}",
             email_provider="outbox", sms_provider="outbox",
         )
-        catalog = load(settings.sequences_path, settings.templates_dir)
+        catalog = load_catalog(settings.sequences_path, settings.templates_dir)
         [winback] = [s for s in catalog.inactivity_sequences()]
         upgrade(settings.resolved_database_url)
         print(f"generating {customers:,} customers ({inactive_share:.2%} inactive) ...", flush=True)
@@ -502,7 +502,7 @@ def interpretation(s: dict[str, Any]) -> str:
     if read and start and begin:
         parallel = 16
         with contextlib.suppress(ImportError):
-            from activities.inactivity import PARALLEL_STARTS as parallel
+            from activities.builtin.inactivity import PARALLEL_STARTS as parallel
         out.append(
             f"Reading {t['scanned']:,} customers in pages of {s['page_size']} (cool-down, RFM and consent checks "
             f"included) took {read[3]:.1f} s in all; the rest is starting runs, {parallel} at a time: one start took "

@@ -84,12 +84,12 @@ WAIT_SECONDS = 86400  # each `wait: 1d`, in definition seconds
 # `--breakdown`: timers put on at run time around send_message's steps (ingest.py's `instrument`),
 # to see how much of the worker's time is the activity rather than the workflow side.
 SEND_STEPS = (
-    ("activities.send", "MessageSender", "_claim", "send_message: claim row + stored profile + suppressions (SQLite, one transaction)"),
-    ("keepflow.rendering", "Renderer", "render", "send_message: render template"),
-    ("activities.send", "MessageSender", "_mark_sending", "send_message: mark sending (SQLite)"),
-    ("keepflow.providers.outbox", "OutboxEmail", "send_email", "send_message: outbox email (file append)"),
-    ("keepflow.providers.outbox", "OutboxSms", "send_sms", "send_message: outbox sms (file append)"),
-    ("activities.send", "MessageSender", "_finish", "send_message: finish row (SQLite)"),
+    ("activities.builtin.send", "MessageSender", "_claim", "send_message: claim row + stored profile + suppressions (SQLite, one transaction)"),
+    ("keepflow.language.rendering", "Renderer", "render", "send_message: render template"),
+    ("activities.builtin.send", "MessageSender", "_mark_sending", "send_message: mark sending (SQLite)"),
+    ("keepflow.sending.providers.outbox", "OutboxEmail", "send_email", "send_message: outbox email (file append)"),
+    ("keepflow.sending.providers.outbox", "OutboxSms", "send_sms", "send_message: outbox sms (file append)"),
+    ("activities.builtin.send", "MessageSender", "_finish", "send_message: finish row (SQLite)"),
 )
 
 
@@ -270,12 +270,12 @@ async def bench(runs: int, concurrency: int, time_scale: float, timeout: float, 
     from sqlalchemy import func, select
     from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-    from keepflow.contracts import RunInput
-    from keepflow.devserver import DevServer, free_port
-    from keepflow.loader import load
+    import worker
+    from keepflow.runtime.payloads import RunInput
+    from keepflow.runtime.registry import load_catalog
     from keepflow.settings import Settings
     from keepflow.store import Database, Message, upgrade
-    import worker
+    from keepflow.tools.temporal_dev_server import DevServer, free_port
     from worker import ACTIVITY_THREADS, build_worker
 
     tag = uuid.uuid4().hex[:6]
@@ -283,7 +283,7 @@ async def bench(runs: int, concurrency: int, time_scale: float, timeout: float, 
     server = DevServer(data_dir / "temporal", port=free_port(), ui_port=None)
     db: Database | None = None
     try:
-        catalog = load(sequences_file(data_dir), ROOT / "templates")
+        catalog = load_catalog(sequences_file(data_dir), ROOT / "templates")
         snapshot = catalog.snapshot(SEQUENCE_ID)
         brand = catalog.file.brand
         brand = brand.model_dump(mode="json") if hasattr(brand, "model_dump") else brand

@@ -30,7 +30,7 @@ def _logging() -> None:
 
 def _run(coroutine) -> None:
     """Run an engine command; an invalid sequences file ends it with its problems, not a traceback."""
-    from keepflow.loader import InvalidSequences
+    from keepflow.language.problems import InvalidSequences
 
     try:
         asyncio.run(coroutine)
@@ -45,7 +45,7 @@ def _run(coroutine) -> None:
 @app.command()
 def validate(path: SequencesArg = None, templates: TemplatesOpt = None) -> None:
     """Check sequences.yaml and its templates; print every problem as PATH:LINE:COL: message."""
-    from keepflow.loader import run_validate
+    from keepflow.tools.validate import run_validate
 
     settings = get_settings()
     raise typer.Exit(run_validate(path or settings.sequences_path, templates or settings.templates_dir))
@@ -59,7 +59,7 @@ def dev(
     data_dir: Annotated[Optional[Path], typer.Option(help="where the databases live (default: var/)")] = None,
 ) -> None:
     """Run everything locally: Temporal's dev server (unless TEMPORAL_ADDRESS is set), the worker and the webhooks."""
-    from keepflow.dev import run_dev
+    from keepflow.tools.dev_stack import run_dev
 
     _logging()
     settings = get_settings()
@@ -74,8 +74,9 @@ def serve(
     port: Annotated[Optional[int], typer.Option(help="port (default: $KEEPFLOW_HTTP_PORT or 8000)")] = None,
 ) -> None:
     """Serve the webhook endpoints against TEMPORAL_ADDRESS (run as many as you like behind a load balancer)."""
-    from keepflow.lifecycle import serve_http, stop_on_signals
-    from keepflow.webhooks.app import create_app
+    from keepflow.http.app import create_app
+    from keepflow.http.serving import serve_http
+    from keepflow.runtime.shutdown import stop_on_signals
 
     _logging()
     settings = get_settings()
@@ -88,13 +89,14 @@ def serve(
 
 @app.command("send-event")
 def send_event(
-    file: Annotated[Path, typer.Argument(help="an event as JSON (see `keepflow/events.py` or /docs)")],
+    file: Annotated[Path, typer.Argument(help="an event as JSON (see `keepflow/runtime/events.py` or /docs)")],
     url: Annotated[Optional[str], typer.Option(help="where to post (default: this machine's `keepflow dev`)")] = None,
 ) -> None:
     """Sign an event with the webhook secret and post it, as a store would."""
     import httpx
 
-    from keepflow.webhooks.signing import dev_secret, sign
+    from keepflow.http.signing import sign
+    from keepflow.settings import dev_secret
 
     settings = get_settings()
     body = file.read_bytes()
@@ -152,7 +154,7 @@ def demo(
     locale: Annotated[str, typer.Option(help="the demo customer's language: en, th or zh-Hant")] = "en",
 ) -> None:
     """Play one order through the whole post-purchase journey, a day per second, and exit."""
-    from keepflow.demo import CUSTOMERS, run_demo
+    from keepflow.tools.demo import CUSTOMERS, run_demo
 
     if locale not in CUSTOMERS:
         raise typer.BadParameter(f"choose one of {', '.join(CUSTOMERS)}", param_hint="--locale")
@@ -169,14 +171,14 @@ def demo(
 @schedules_app.command("sync")
 def schedules_sync() -> None:
     """Create or update the schedules against TEMPORAL_ADDRESS (workers also do this when they start)."""
-    from keepflow.loader import load
-    from keepflow.schedules import sync_schedules
-    from keepflow.temporal import connect
+    from keepflow.runtime.client import connect
+    from keepflow.runtime.registry import load_catalog
+    from keepflow.runtime.schedules import sync_schedules
 
     settings = get_settings()
 
     async def main() -> None:
-        catalog = load(settings.sequences_path, settings.templates_dir)
+        catalog = load_catalog(settings.sequences_path, settings.templates_dir)
         client = await connect(settings.temporal_address, settings.temporal_namespace)
         for line in await sync_schedules(client, settings, catalog):
             print(line)
@@ -202,8 +204,8 @@ def report(
     format: Annotated[str, typer.Option("--format", help="text (tables) or json")] = "text",
 ) -> None:
     """Per sequence and step: entered, sent, skipped (why), delivered, opened, clicked, converted, revenue; KPIs."""
-    from keepflow.durations import parse_duration
-    from keepflow.report import build_report, parse_since, print_report
+    from keepflow.insights.report import build_report, parse_since, print_report
+    from keepflow.language.durations import parse_duration
     from keepflow.store import Database, upgrade
 
     if format not in ("text", "json"):
@@ -239,7 +241,7 @@ def segments(
     from rich.console import Console
     from rich.table import Column, Table
 
-    from keepflow import rfm
+    from keepflow.insights import rfm
     from keepflow.store import Database, upgrade
 
     settings = get_settings()
@@ -279,14 +281,14 @@ def simulate(
     """Run a sequence for one customer on the real engine, weeks in seconds, and print what happens."""
     from datetime import timezone
 
-    from keepflow import simulate as sim
-    from keepflow.events import CustomerIn, OrderIn
-    from keepflow.loader import load
+    from keepflow.runtime.events import CustomerIn, OrderIn
+    from keepflow.runtime.registry import load_catalog
     from keepflow.settings import get_settings
+    from keepflow.tools import simulate as sim
 
     settings = get_settings()
     try:
-        catalog = load(path or settings.sequences_path, settings.templates_dir)
+        catalog = load_catalog(path or settings.sequences_path, settings.templates_dir)
         person = sim.read_json_model(customer, CustomerIn, "customer")
         bought = sim.read_json_model(order, OrderIn, "order") if order else None
         timeline = sim.read_timeline(events)
@@ -303,8 +305,8 @@ def simulate(
 @app.command()
 def lint(path: SequencesArg = None, templates: TemplatesOpt = None) -> None:
     """Look at all sequences together: worst-case messages per customer against the cap, unsubscribe links, quiet hours, unreachable sequences."""
-    from keepflow.lint import run_lint
-    from keepflow.loader import default_templates_dir
+    from keepflow.language.catalog import default_templates_dir
+    from keepflow.language.lint import run_lint
 
     settings = get_settings()
     sequences = path or settings.sequences_path
@@ -322,9 +324,16 @@ def preview(
     templates: TemplatesOpt = None,
 ) -> None:
     """Show every message a customer could get from a sequence, on every branch, with its day; nothing is sent."""
-    from keepflow.events import CustomerIn, OrderIn
-    from keepflow.loader import InvalidSequences
-    from keepflow.preview import PreviewError, build_preview, open_sequence, print_preview, read_json_part, write_html
+    from keepflow.language.problems import InvalidSequences
+    from keepflow.runtime.events import CustomerIn, OrderIn
+    from keepflow.tools.preview import (
+        PreviewError,
+        build_preview,
+        open_sequence,
+        print_preview,
+        read_json_part,
+        write_html,
+    )
 
     settings = get_settings()
     try:
@@ -352,9 +361,9 @@ def graph(
     templates: TemplatesOpt = None,
 ) -> None:
     """Draw a sequence as a flowchart: Mermaid text or an SVG picture, printed to standard output."""
-    from keepflow.graph import to_mermaid, to_svg
-    from keepflow.loader import InvalidSequences
-    from keepflow.preview import PreviewError, open_sequence
+    from keepflow.insights.graph import to_mermaid, to_svg
+    from keepflow.language.problems import InvalidSequences
+    from keepflow.tools.preview import PreviewError, open_sequence
 
     if format not in ("mermaid", "svg"):
         raise typer.BadParameter("choose mermaid or svg", param_hint="--format")
@@ -375,7 +384,7 @@ def impact(
     from_runs_table: Annotated[bool, typer.Option("--from-runs-table", help="take the runs from the database instead of Temporal's run list")] = False,
 ) -> None:
     """Which runs in flight keep their old definition after an edit of sequences.yaml, per sequence and step."""
-    from keepflow.impact import run_impact
+    from keepflow.tools.impact import run_impact
 
     raise typer.Exit(run_impact(get_settings(), from_runs_table))
 

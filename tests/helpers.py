@@ -14,12 +14,12 @@ from ruamel.yaml import YAML
 from sqlalchemy import select
 from temporalio.client import Client, WorkflowHandle
 
-from keepflow.devserver import free_port
-from keepflow.lifecycle import serve_http
-from keepflow.webhooks.signing import new_secret
-from keepflow.contracts import EventSignal, RunInput, RunStatus, SendRequest
-from keepflow.dsl import QuietHours, Rules, SequencesFile, Snapshot
+from keepflow.http.serving import serve_http
+from keepflow.language.dsl import QuietHours, Rules, SequencesFile, Snapshot
+from keepflow.runtime.payloads import EventSignal, RunInput, RunStatus, SendRequest
+from keepflow.settings import new_secret
 from keepflow.store import Database, Message
+from keepflow.tools.temporal_dev_server import free_port
 from workflows.sequence import SequenceWorkflow
 
 CUSTOMER = {"id": "c-1", "email": "nok@example.com", "phone": "+66812345678", "first_name": "Nok",
@@ -119,7 +119,7 @@ class serving:
     `client` is given; `.app` is the app."""
 
     def __init__(self, settings, db, *, client=None, secrets: tuple[str, ...] | None = None):
-        from keepflow.webhooks.app import create_app
+        from keepflow.http.app import create_app
         from tests.conftest import CATALOG
 
         self.app = create_app(settings, catalog=CATALOG, db=db, client=client,

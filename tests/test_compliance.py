@@ -16,12 +16,12 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select
 
-from activities.send import MessageSender, SendDeps
-from keepflow import frequency_cap, suppressions
-from keepflow.contracts import EventSignal, SendPolicy, SendRequest
-from keepflow.dsl import Cap
-from keepflow.providers import email_provider, sms_provider
-from keepflow.rendering import Renderer
+from activities.builtin.send import MessageSender, SendDeps
+from keepflow.language.dsl import Cap
+from keepflow.language.rendering import Renderer
+from keepflow.runtime.payloads import EventSignal, SendPolicy, SendRequest
+from keepflow.sending import frequency_cap, suppressions
+from keepflow.sending.providers import email_provider, sms_provider
 from keepflow.store import Coupon, Customer, Event, Message, Suppression
 from tests.conftest import TEST_TEMPLATES, make_settings, running_worker, time_skipping_server
 from tests.helpers import CUSTOMER, messages, sends, snapshot, start
@@ -374,8 +374,8 @@ def test_script_in_a_customer_name_comes_out_escaped(settings, db, fake):
 # -- contact points ---------------------------------------------------------------------------------
 
 def test_stored_profiles_get_e164_phones_and_checked_emails(db):
-    from keepflow.events import EventIn
-    from keepflow.router import store
+    from keepflow.runtime.events import EventIn
+    from keepflow.runtime.routing import store
 
     def event(customer: dict) -> EventIn:
         return EventIn.model_validate({"id": uuid.uuid4().hex, "type": "customer.updated",
@@ -397,8 +397,8 @@ async def test_marketing_mail_carries_one_click_unsubscribe_and_the_link_works(e
     marketing mail is skipped and a transactional one still goes."""
     import httpx
 
-    from keepflow.loader import load
-    from keepflow.webhooks.app import create_app
+    from keepflow.http.app import create_app
+    from keepflow.runtime.registry import load_catalog
     from tests.conftest import ROOT
 
     real = settings.model_copy(update={"templates_dir": ROOT / "templates", "public_url": "https://mail.shop.example",
@@ -422,7 +422,7 @@ async def test_marketing_mail_carries_one_click_unsubscribe_and_the_link_works(e
     assert url.startswith("https://mail.shop.example/unsubscribe/") and url in mail["html"] and url in mail["text"]
     assert mail["custom_args"]["keepflow_message_id"] == str(messages(db)[0].id)
 
-    app = create_app(real, catalog=load(ROOT / "sequences.yaml"), db=db, client=env.client)
+    app = create_app(real, catalog=load_catalog(ROOT / "sequences.yaml"), db=db, client=env.client)
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="https://mail.shop.example") as http:
             answer = await http.post(url.removeprefix("https://mail.shop.example"),

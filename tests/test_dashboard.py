@@ -335,10 +335,10 @@ async def test_a_bad_period_is_explained(settings, db: Database) -> None:
 
 
 async def test_each_sequence_shows_its_flowchart(settings, db):
-    """The overview draws every sequence (keepflow/graph.py's SVG), its steps labelled."""
+    """The overview draws every sequence (keepflow/insights/graph.py's SVG), its steps labelled."""
     import xml.etree.ElementTree as ET
 
-    from keepflow import graph
+    from keepflow.insights import graph
     from tests.conftest import CATALOG
 
     async with serving(settings, db) as http:

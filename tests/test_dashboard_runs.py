@@ -14,11 +14,11 @@ import time
 import uuid
 from collections import Counter
 
-from keepflow.dashboard.in_flight import settling_steps
-from keepflow.devserver import DevServer, free_port
-from keepflow.router import ingest
-from keepflow.search_attributes import STEP, ensure_registered
-from keepflow.temporal import connect
+from keepflow.http.dashboard.in_flight import settling_steps
+from keepflow.runtime.client import connect
+from keepflow.runtime.routing import ingest
+from keepflow.runtime.search_attributes import STEP, ensure_registered
+from keepflow.tools.temporal_dev_server import DevServer, free_port
 from tests.conftest import CATALOG
 from tests.helpers import serving, start
 from tests.test_journey import order_event
@@ -86,7 +86,7 @@ async def test_pages_count_the_runs_waiting_at_each_step(tmp_path, settings, db,
             app = serving(settings, db)
             async with app as http:
                 # The app's Temporal client (what create_app is given, or connects to on first use).
-                app.app.state.engine.client = client
+                app.app.state.services.client = client
                 fulfilment = (await http.get("/sequences/fulfilment")).text
                 education = (await http.get("/sequences/education")).text
                 overview = (await http.get("/")).text
@@ -112,7 +112,7 @@ async def test_a_server_that_cannot_count_gets_a_note_not_an_error(env, settings
     """The time-skipping test server has no visibility store: count_workflows is UNIMPLEMENTED."""
     app = serving(settings, db)
     async with app as http:
-        app.app.state.engine.client = env.client
+        app.app.state.services.client = env.client
         overview = await http.get("/")
         page = await http.get("/sequences/winback")
     for answer in (overview, page):

@@ -12,12 +12,12 @@ from ruamel.yaml import YAML
 from typer.testing import CliRunner
 
 from keepflow.cli import app
-from keepflow.dsl import SequencesFile
-from keepflow.graph import build_flow, to_mermaid, to_svg
-from keepflow.loader import load
+from keepflow.insights.graph import build_flow, to_mermaid, to_svg
+from keepflow.language.dsl import SequencesFile
+from keepflow.runtime.registry import load_catalog
 
 ROOT = Path(__file__).resolve().parent.parent
-CATALOG = load(ROOT / "sequences.yaml")
+CATALOG = load_catalog(ROOT / "sequences.yaml")
 SVG = "{http://www.w3.org/2000/svg}"
 NODE = re.compile(r'^\s+(n\d+)\W+"(.*)"\W*$')
 EDGE = re.compile(r'^\s+(n\d+) -->(?:\|"(.*)"\|)? (n\d+)$')

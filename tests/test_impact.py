@@ -9,12 +9,12 @@ import pytest
 from ruamel.yaml import YAML
 from sqlalchemy import select
 
-from keepflow.contracts import EventSignal, RunStatus
-from keepflow.dsl import SequencesFile
-from keepflow.impact import compute_impact, runs_in_flight
-from keepflow.loader import Catalog
-from keepflow.router import record_run
+from keepflow.language.catalog import Catalog
+from keepflow.language.dsl import SequencesFile
+from keepflow.runtime.payloads import EventSignal, RunStatus
+from keepflow.runtime.routing import record_run
 from keepflow.store import Run
+from keepflow.tools.impact import compute_impact, runs_in_flight
 from tests.conftest import TEST_TEMPLATES, make_settings, running_worker
 from tests.helpers import CUSTOMER, NO_LIMITS, start, until_step
 
@@ -106,7 +106,7 @@ async def test_runs_listed_by_visibility_on_the_dev_server(tmp_path, settings, d
     server cannot), and `impact` finds them without being told their ids."""
     import asyncio
 
-    from keepflow.devserver import DevServer, free_port
+    from keepflow.tools.temporal_dev_server import DevServer, free_port
     from worker import build_worker
 
     old, new = catalog(BEFORE), catalog(AFTER)
@@ -114,7 +114,7 @@ async def test_runs_listed_by_visibility_on_the_dev_server(tmp_path, settings, d
     server.start()
     try:
         await server.wait_ready()
-        from keepflow.temporal import connect
+        from keepflow.runtime.client import connect
 
         client = await connect(server.address)
         task_queue = f"test-{uuid.uuid4()}"

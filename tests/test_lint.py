@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from keepflow.lint import lint, read_file, run_lint, worst_case
+from keepflow.language.lint import lint, read_file, run_lint, worst_case
 from tests.helpers import write_project
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from keepflow.cli import app
-from keepflow.events import CustomerIn, OrderIn
-from keepflow.preview import Note, PreviewError, build_preview, open_sequence, read_json_part
+from keepflow.runtime.events import CustomerIn, OrderIn
+from keepflow.tools.preview import Note, PreviewError, build_preview, open_sequence, read_json_part
 
 ROOT = Path(__file__).resolve().parent.parent
 SEQUENCES = ROOT / "sequences.yaml"
@@ -129,8 +129,8 @@ def test_start_loops_are_followed_once(tmp_path: Path):
     # `validate` refuses such a file; the preview still must not recurse forever on one.
     from ruamel.yaml import YAML
 
-    from keepflow.dsl import SequencesFile
-    from keepflow.loader import Catalog
+    from keepflow.language.catalog import Catalog
+    from keepflow.language.dsl import SequencesFile
 
     file = SequencesFile.model_validate(YAML(typ="safe").load("""
 sequences:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from keepflow.providers import (
+from keepflow.sending.providers import (
     Accepted,
     EmailProvider,
     OutgoingEmail,
@@ -25,9 +25,9 @@ from keepflow.providers import (
     parse_retry_after,
     sms_provider,
 )
-from keepflow.providers.outbox import OutboxEmail, OutboxSms
-from keepflow.providers.sendgrid import SendGridEmail
-from keepflow.providers.twilio import TwilioSms
+from keepflow.sending.providers.outbox import OutboxEmail, OutboxSms
+from keepflow.sending.providers.sendgrid import SendGridEmail
+from keepflow.sending.providers.twilio import TwilioSms
 from keepflow.settings import Settings
 from tests.fakes.provider_server import FakeProviders, unused_url
 

@@ -22,11 +22,11 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from keepflow.events import EventIn
-from keepflow.loader import load
-from keepflow.router import ingest
+from keepflow.runtime.events import EventIn
+from keepflow.runtime.payloads import EventSignal, RunInput, RunStatus
+from keepflow.runtime.registry import load_catalog
+from keepflow.runtime.routing import ingest
 from tests.conftest import ROOT, TEST_TEMPLATES, make_settings, running_worker, time_skipping_server
-from keepflow.contracts import EventSignal, RunInput, RunStatus
 from tests.helpers import CUSTOMER, PATIENT, flood, result_of, sends, snapshot, start, to_local_hour, until_step
 from tests.test_journey import CHAIN, customer_in_offer_arm, play_journey
 from tests.test_winback import add_customer, scan
@@ -48,7 +48,7 @@ async def record_runs(env, settings, db) -> list[WorkflowHistory]:
     await play_journey(env, settings, db, order_id, customer_in_offer_arm())
     ids = [f"{s}/{order_id}" for s in CHAIN]
 
-    catalog = load(ROOT / "sequences.yaml")
+    catalog = load_catalog(ROOT / "sequences.yaml")
     await to_local_hour(env, 10)  # the win-back's text keeps quiet hours too
     async with running_worker(env, settings, db) as tq:
         customer_id = add_customer(db, await env.get_current_time() - timedelta(days=70))
@@ -160,7 +160,7 @@ async def test_record_continued_histories(tmp_path, fake, db):
 
 async def test_editing_sequences_yaml_does_not_change_runs_in_flight(env, tmp_path, fake, db):
     """A run interprets the definition it started with: an edit published mid-run reaches new runs only."""
-    from keepflow.loader import load
+    from keepflow.runtime.registry import load_catalog
     from tests.conftest import TEST_TEMPLATES, make_settings
 
     settings = make_settings(tmp_path, fake, templates=TEST_TEMPLATES)
@@ -168,7 +168,7 @@ async def test_editing_sequences_yaml_does_not_change_runs_in_flight(env, tmp_pa
     before = ("sequences:\n  - id: nudge\n    category: transactional\n    steps:\n"
               "      - wait: 2d\n      - send: email\n        template: note\n")
     path.write_text(before)
-    old = load(path, TEST_TEMPLATES).snapshot("nudge")
+    old = load_catalog(path, TEST_TEMPLATES).snapshot("nudge")
     context = {"customer": CUSTOMER, "brand": {"name": "Shop"}}
     async with running_worker(env, settings, db) as tq:
         first = await env.client.start_workflow(
@@ -177,7 +177,7 @@ async def test_editing_sequences_yaml_does_not_change_runs_in_flight(env, tmp_pa
         # The marketer edits the file while the first run waits: an SMS instead, and a second message.
         path.write_text(before.replace("send: email\n        template: note", "send: sms\n        template: ping")
                         + "      - send: email\n        template: note\n        id: extra\n")
-        new = load(path, TEST_TEMPLATES).snapshot("nudge")
+        new = load_catalog(path, TEST_TEMPLATES).snapshot("nudge")
         second = await env.client.start_workflow(
             SequenceWorkflow.run, RunInput(snapshot=new, key="second", context=context), id=f"nudge/second-{uuid.uuid4().hex[:6]}",
             task_queue=tq)

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from typer.testing import CliRunner
 
 from keepflow.cli import app
-from keepflow.report import Attribution, attribute, build_report, parse_since, variant_of
+from keepflow.insights.report import Attribution, attribute, build_report, parse_since, variant_of
 from keepflow.settings import get_settings
 from keepflow.store import Customer, Database, Event, Message, Order, Run
 

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from sqlalchemy import insert, select
 
 import keepflow.store.scores  # noqa: F401  (registers the score tables)
-from keepflow import rfm
+from keepflow.insights import rfm
 from keepflow.store import Customer, Database, Event, Order, upgrade
 from keepflow.store.scores import CustomerScore
 from tests.databases import fresh_database

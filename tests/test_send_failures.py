@@ -99,10 +99,10 @@ async def test_email_accepted_but_answer_lost_is_not_resent(env, settings, db, f
 
 def test_a_retry_after_the_provider_accepted_sends_nothing_more(settings, db, fake):
     """Run the same step twice (as a retry would after a crash before completion): one message."""
-    from activities.send import MessageSender, SendDeps
-    from keepflow.contracts import SendRequest
-    from keepflow.providers import email_provider, sms_provider
-    from keepflow.rendering import Renderer
+    from activities.builtin.send import MessageSender, SendDeps
+    from keepflow.language.rendering import Renderer
+    from keepflow.runtime.payloads import SendRequest
+    from keepflow.sending.providers import email_provider, sms_provider
 
     sender = MessageSender(SendDeps(settings, db, Renderer(TEST_TEMPLATES), email_provider(settings), sms_provider(settings)))
     request = SendRequest(workflow_id="t/retry", sequence_id="t", step="0", channel="email", template="note",
@@ -130,11 +130,12 @@ def test_an_attempt_that_outlived_its_timeout_does_not_send(settings, db, fake):
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from activities.send import MessageSender, SendDeps
-    from keepflow.contracts import SendRequest
-    from keepflow.providers import email_provider, sms_provider
-    from keepflow.rendering import Renderer
     from temporalio.exceptions import ApplicationError
+
+    from activities.builtin.send import MessageSender, SendDeps
+    from keepflow.language.rendering import Renderer
+    from keepflow.runtime.payloads import SendRequest
+    from keepflow.sending.providers import email_provider, sms_provider
 
     paused, resume = threading.Event(), threading.Event()
 

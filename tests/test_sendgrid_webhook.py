@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import func, select
 
-from keepflow import suppressions
-from keepflow.report import build_report
+from keepflow.insights.report import build_report
+from keepflow.sending import suppressions
 from keepflow.store import Customer, Delivery, Event, Message, Suppression
 from tests.helpers import serving
 

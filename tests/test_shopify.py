@@ -14,9 +14,8 @@ from typing import Any
 
 import pytest
 
-from keepflow.events import EventIn
-from keepflow.webhooks import shopify
-from keepflow.webhooks.shopify import (
+from keepflow.http import shopify
+from keepflow.http.shopify import (
     SUPPORTED_TOPICS,
     NotRelevant,
     ShopifyDelivery,
@@ -25,6 +24,7 @@ from keepflow.webhooks.shopify import (
     to_event,
     verify_hmac,
 )
+from keepflow.runtime.events import EventIn
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "shopify"
 SECRET = "shpss_current_4f6c2d1e9a"

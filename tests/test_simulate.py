@@ -8,13 +8,13 @@ from datetime import datetime, timezone
 import pytest
 from typer.testing import CliRunner
 
-from keepflow import simulate as sim
 from keepflow.cli import app
-from keepflow.events import CustomerIn, OrderIn
-from keepflow.loader import load
+from keepflow.runtime.events import CustomerIn, OrderIn
+from keepflow.runtime.registry import load_catalog
+from keepflow.tools import simulate as sim
 from tests.conftest import ROOT
 
-CATALOG = load(ROOT / "sequences.yaml")
+CATALOG = load_catalog(ROOT / "sequences.yaml")
 NOK = CustomerIn(id="cust-7", email="nok@example.com", phone="+66812345678", first_name="Nok", locale="en",
                  timezone="Asia/Bangkok", consents={"email": True, "sms": True})
 ORDER = OrderIn.model_validate(json.loads((ROOT / "examples" / "order-created.json").read_text())["order"])

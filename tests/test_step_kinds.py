@@ -1,4 +1,4 @@
-"""Step kinds come from one table (`AnyStep` and each model's `kind` in keepflow/dsl.py).
+"""Step kinds come from one table (`AnyStep` and each model's `kind` in keepflow/language/dsl.py).
 
 These check that the table is sound, that every dispatcher handles every kind in it (a sequence
 with one step of each kind goes through all of them), and that the type checker `make test`
@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 from pydantic import TypeAdapter
 
-from keepflow import dsl, graph, lint
-from keepflow.contracts import StepRecord
-from keepflow.dashboard.in_flight import settles, settling_steps
-from keepflow.dsl import STEP_CLASS_BY_KIND, STEP_CLASSES, STEP_KINDS, Step
-from keepflow.loader import load
-from keepflow.preview import Note, build_preview
+from keepflow.http.dashboard.in_flight import settles, settling_steps
+from keepflow.insights import graph
+from keepflow.language import dsl, lint
+from keepflow.language.dsl import STEP_CLASS_BY_KIND, STEP_CLASSES, STEP_KINDS, Step
+from keepflow.runtime.payloads import StepRecord
+from keepflow.runtime.registry import load_catalog
+from keepflow.tools.preview import Note, build_preview
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,8 +67,8 @@ sequences:
 def catalog(tmp_path_factory):
     path = tmp_path_factory.mktemp("kinds") / "sequences.yaml"
     path.write_text(EVERY_KIND, encoding="utf-8")
-    # Loading runs validate's checks too, the context-flow walk (validate_extra) among them.
-    return load(path, ROOT / "templates")
+    # Loading runs validate's checks too, the context-flow walk among them.
+    return load_catalog(path, ROOT / "templates")
 
 
 def _kinds_in(sequence: dsl.Sequence) -> list[str]:
@@ -131,7 +132,7 @@ def _match_source(name: str, cases: list[type]) -> list[str]:
 def test_the_type_checker_flags_a_match_that_misses_any_kind(tmp_path):
     """`make test` runs mypy with the project's configuration; a missing case must fail it."""
     names = ", ".join(cls.__name__ for cls in STEP_CLASSES)
-    source = ["from typing import assert_never", "", f"from keepflow.dsl import Step, {names}", "", "",
+    source = ["from typing import assert_never", "", f"from keepflow.language.dsl import Step, {names}", "", "",
               *_match_source("complete", list(STEP_CLASSES))]
     expected: dict[int, str] = {}
     for missing in STEP_CLASSES:

@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 from temporalio.client import WorkflowFailureError
 
-from keepflow.contracts import EventSignal, RunStatus
-from keepflow.expressions import bucket
+from keepflow.language.expressions import bucket
+from keepflow.runtime.payloads import EventSignal, RunStatus
 from tests.conftest import TEST_TEMPLATES, make_settings, running_worker
 from tests.helpers import days, messages, result_of, sends, snapshot, start
 

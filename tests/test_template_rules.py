@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from keepflow.loader import InvalidSequences, check, load, run_validate
-from keepflow.rendering import Renderer
-from keepflow.template_rules import template_problems
+from keepflow.language.problems import InvalidSequences
+from keepflow.language.rendering import Renderer
+from keepflow.language.template_checks import template_problems
+from keepflow.runtime.registry import check_catalog, load_catalog
+from keepflow.tools.validate import run_validate
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_TEMPLATES = ROOT / "templates"
@@ -50,7 +52,7 @@ def project(tmp_path: Path, letter: str, category: str = "marketing", extra: dic
 
 
 def errors(path: Path) -> list:
-    _, problems = check(path)
+    _, problems = check_catalog(path)
     return [p for p in problems if p.severity == "error"]
 
 
@@ -59,7 +61,7 @@ def only_can_spam_error(path: Path):
     assert (problem.path, problem.line, problem.column) == (path, 10, 19), problem.format()
     assert "CAN-SPAM" in problem.message and "email/letter.en.html" in problem.message, problem.format()
     with pytest.raises(InvalidSequences):
-        load(path)
+        load_catalog(path)
     return problem
 
 
@@ -154,7 +156,7 @@ def test_its_own_footer_through_an_include_passes(tmp_path):
 
 
 def test_the_shipped_templates_pass(capsys):
-    catalog, problems = check(ROOT / "sequences.yaml", REAL_TEMPLATES)
+    catalog, problems = check_catalog(ROOT / "sequences.yaml", REAL_TEMPLATES)
     assert catalog is not None and [p for p in problems if p.severity == "error"] == []
     assert run_validate(ROOT / "sequences.yaml", REAL_TEMPLATES) == 0
     env = Renderer(REAL_TEMPLATES).env

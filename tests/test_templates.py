@@ -17,7 +17,7 @@ from babel.dates import format_date
 from babel.numbers import format_currency
 from ruamel.yaml import YAML
 
-from keepflow.rendering import Renderer, TemplateError
+from keepflow.language.rendering import Renderer, TemplateError
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "templates"

@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import func, select
 from twilio.request_validator import RequestValidator
 
-from keepflow import suppressions
+from keepflow.sending import suppressions
+from keepflow.sending.providers.twilio import status_callback_url
 from keepflow.store import Customer, Delivery, Event, Message, Suppression
-from keepflow.webhooks.twilio import status_callback_url
 from tests.helpers import serving
 
 TOKEN = "test-token"  # the settings fixture's twilio_auth_token
@@ -347,6 +347,6 @@ async def test_statuses_keepflow_does_not_track_are_acknowledged(http, db, messa
 
 
 def test_status_callback_url_needs_a_public_url(settings):
-    assert status_callback_url(settings) is None
+    assert status_callback_url(settings.public_url) is None
     public = settings.model_copy(update={"public_url": "https://mail.shop.example/"})
-    assert status_callback_url(public) == "https://mail.shop.example/webhooks/twilio/status"
+    assert status_callback_url(public.public_url) == "https://mail.shop.example/webhooks/twilio/status"

@@ -11,12 +11,11 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from keepflow import suppressions
-from keepflow.settings import Settings
+from keepflow.http.app import create_app
+from keepflow.sending import suppressions
+from keepflow.sending.unsubscribe_links import InvalidToken, headers_for, link_for, token_for, verify
+from keepflow.settings import Settings, new_secret
 from keepflow.store import Customer, Database, Suppression
-from keepflow.unsubscribe import InvalidToken, headers_for, link_for, token_for, verify
-from keepflow.webhooks.app import create_app
-from keepflow.webhooks.signing import new_secret
 from tests.conftest import CATALOG, ROOT
 from tests.helpers import serving
 

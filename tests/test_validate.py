@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from keepflow.loader import Catalog, InvalidSequences, Problem, check, load, run_validate
+from keepflow.language.catalog import Catalog
+from keepflow.language.problems import InvalidSequences, Problem
+from keepflow.runtime.registry import check_catalog, load_catalog
+from keepflow.tools.validate import run_validate
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_SEQUENCES = ROOT / "sequences.yaml"
@@ -36,7 +39,7 @@ def project(directory: Path, text: str) -> Path:
 
 
 def problems_of(tmp_path: Path, text: str) -> list[Problem]:
-    _, problems = check(project(tmp_path, text))
+    _, problems = check_catalog(project(tmp_path, text))
     return problems
 
 
@@ -66,13 +69,13 @@ def test_duplicate_key(tmp_path):
 
 
 def test_missing_empty_and_non_utf8_files(tmp_path):
-    assert_problem(only(check(tmp_path / "nope.yaml")[1]), 1, 1, "file not found")
+    assert_problem(only(check_catalog(tmp_path / "nope.yaml")[1]), 1, 1, "file not found")
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
-    assert_problem(only(check(empty)[1]), 1, 1, "empty")
+    assert_problem(only(check_catalog(empty)[1]), 1, 1, "empty")
     latin1 = tmp_path / "latin1.yaml"
     latin1.write_bytes("brand:\n  name: Caf\xe9\n".encode("latin-1"))
-    assert_problem(only(check(latin1)[1]), 1, 1, "not UTF-8")
+    assert_problem(only(check_catalog(latin1)[1]), 1, 1, "not UTF-8")
 
 
 # --- schema ------------------------------------------------------------------------------------
@@ -148,7 +151,7 @@ def test_jinja_syntax_error_in_a_locale_variant(tmp_path):
     (tmp_path / "templates" / "email" / "x.th.html").write_text(
         "{% block subject %}s{% endblock %}\n{% if customer.first_name %}hi\n"
     )
-    problem = only(check(path)[1])
+    problem = only(check_catalog(path)[1])
     assert_problem(problem, 7, 19, "template email/x.th.html line")
     assert "endif" in problem.message or "end of template" in problem.message
 
@@ -158,7 +161,7 @@ def test_templates_may_not_reach_python_internals(tmp_path, expression):
     path = project(tmp_path, HEAD + "      - send: email\n        template: x\n")
     (tmp_path / "templates" / "email" / "x.th.html").write_text(
         "{% block subject %}s{% endblock %}\n{{ brand.postal_address }} {{ unsubscribe_url }} {{ " + expression + " }}")
-    problem = only(check(path)[1])
+    problem = only(check_catalog(path)[1])
     assert_problem(problem, 7, 19, "template email/x.th.html line 2:")
     assert "is not allowed" in problem.message
 
@@ -237,12 +240,12 @@ def test_warnings_do_not_fail_the_file(tmp_path):
     steps: [exit]
 """
     path = project(tmp_path, text)
-    catalog, (long_wait, orphan) = check(path)
+    catalog, (long_wait, orphan) = check_catalog(path)
     assert catalog is not None
     assert (long_wait.severity, orphan.severity) == ("warning", "warning")
     assert_problem(long_wait, 7, 18, "longer than 90 days")
     assert_problem(orphan, 8, 9, "never starts: give it a trigger or start it from another sequence")
-    assert isinstance(load(path), Catalog)
+    assert isinstance(load_catalog(path), Catalog)
 
 
 def test_several_mistakes_all_reported_in_line_order(tmp_path):
@@ -269,13 +272,13 @@ def test_several_mistakes_all_reported_in_line_order(tmp_path):
     assert problems == sorted(problems)
 
 
-# --- the real file, load(), run_validate, relocation ------------------------------------------
+# --- the real file, load_catalog(), run_validate, relocation ------------------------------------------
 
 
 @pytest.mark.skipif(not any((REAL_TEMPLATES / "email").glob("*.en.html")),
                     reason="the English email templates are not written yet")
 def test_real_sequences_file_is_valid():
-    catalog, problems = check(REAL_SEQUENCES, REAL_TEMPLATES)
+    catalog, problems = check_catalog(REAL_SEQUENCES, REAL_TEMPLATES)
     assert [p for p in problems if p.severity == "error"] == [], "\n".join(p.format() for p in problems)
     assert catalog is not None
     assert {s.id for s in catalog.triggered_by("order.created")} == {"fulfilment"}
@@ -287,7 +290,7 @@ def test_real_sequences_file_is_valid():
 def test_load_raises_with_positions(tmp_path):
     path = project(tmp_path, HEAD + "      - send: emial\n        template: x\n      - wait: 3x\n")
     with pytest.raises(InvalidSequences) as caught:
-        load(path)
+        load_catalog(path)
     assert len(caught.value.problems) == 2
     lines = str(caught.value).splitlines()
     assert lines[0].startswith(f"{path}:6:15: send: expected email or sms")
@@ -297,7 +300,7 @@ def test_load_raises_with_positions(tmp_path):
 def test_load_returns_a_catalog(tmp_path):
     path = project(tmp_path, HEAD + "      - send: email\n        template: x\n      - wait_for: order.shipped\n"
                                     "        timeout: 2d\n")
-    catalog = load(path)
+    catalog = load_catalog(path)
     assert catalog.templates_dir == tmp_path / "templates"
     assert [s.id for s in catalog.triggered_by("customer.created")] == ["welcome"]
     assert [s.id for s in catalog.interested_in("order.shipped")] == ["welcome"]
@@ -343,12 +346,12 @@ def test_templates_are_found_beside_the_file(tmp_path):
     original = project(tmp_path / "a", text)
     elsewhere = tmp_path / "elsewhere" / "deeper"
     shutil.copytree(tmp_path / "a", elsewhere)
-    (here_catalog, here), (there_catalog, there) = check(original), check(elsewhere / "sequences.yaml")
+    (here_catalog, here), (there_catalog, there) = check_catalog(original), check_catalog(elsewhere / "sequences.yaml")
     assert here_catalog is None and there_catalog is None
     assert [(p.line, p.column) for p in here] == [(p.line, p.column) for p in there] == [(9, 19)]
     assert str(elsewhere / "templates") in there[0].message
 
     (elsewhere / "templates" / "sms" / "nope.en.txt").write_text("hi")
-    catalog, problems = check(elsewhere / "sequences.yaml")
+    catalog, problems = check_catalog(elsewhere / "sequences.yaml")
     assert problems == [] and catalog is not None
     assert catalog.templates_dir == elsewhere / "templates"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from keepflow.loader import Problem, check
+from keepflow.language.problems import Problem
+from keepflow.runtime.registry import check_catalog
 from tests.helpers import write_project
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,7 +18,7 @@ def email(body: str, footer: str = FOOTER) -> str:
 
 
 def problems_of(tmp_path: Path, text: str, templates: dict[str, str]) -> list[Problem]:
-    _, problems = check(write_project(tmp_path, text, templates))
+    _, problems = check_catalog(write_project(tmp_path, text, templates))
     return problems
 
 
@@ -208,6 +209,6 @@ sequences:
 
 
 def test_shipped_sequences_still_validate_cleanly():
-    catalog, problems = check(ROOT / "sequences.yaml")
+    catalog, problems = check_catalog(ROOT / "sequences.yaml")
     assert catalog is not None
     assert [p.format() for p in problems if p.severity == "error"] == []

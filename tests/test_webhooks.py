@@ -13,17 +13,18 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from keepflow.devserver import free_port
-from keepflow.loader import load
-from keepflow.router import reconcile
+from keepflow.http.signing import sign
+from keepflow.runtime.registry import load_catalog
+from keepflow.runtime.routing import reconcile
+from keepflow.settings import new_secret
 from keepflow.store import Event
-from keepflow.webhooks.signing import new_secret, sign
-from tests.conftest import ROOT, running_worker
+from keepflow.tools.temporal_dev_server import free_port
 from tests import helpers
+from tests.conftest import ROOT, running_worker
 from tests.helpers import to_local_hour
 
 SECRET = new_secret()
-CATALOG = load(ROOT / "sequences.yaml")
+CATALOG = load_catalog(ROOT / "sequences.yaml")
 
 
 def event(event_type: str = "order.created", order_id: str | None = None, **extra) -> dict:
@@ -190,7 +191,7 @@ async def test_temporal_unreachable_loses_nothing(env, settings, db, fake):
             with db.session() as session:
                 assert session.get(Event, body["id"]).routed_at is None
             # Temporal is back: the reconciler routes what was stored, exactly once.
-            app.state.engine.client = env.client
+            app.state.services.client = env.client
             assert await reconcile(db, env.client, CATALOG, tq, older_than=timedelta(0)) == 1
             assert await reconcile(db, env.client, CATALOG, tq, older_than=timedelta(0)) == 0
             # The sender's own retry of the same delivery now changes nothing.
@@ -287,18 +288,18 @@ async def test_shopify_topic_keepflow_does_not_use_is_acknowledged(shop, db):
 def test_events_command_lists_what_reached_no_sequence(db, monkeypatch):
     from typer.testing import CliRunner
 
-    from keepflow import router
     from keepflow.cli import app
-    from keepflow.events import EventIn
+    from keepflow.runtime import routing
+    from keepflow.runtime.events import EventIn
     from keepflow.settings import get_settings
 
     url = db.url
     for body, runs in ((event("cart.abandoned"), 0), (event("order.created"), 1)):
         parsed = EventIn.model_validate(body)
-        router.store(db, parsed)
-        router.mark_routed(db, parsed.id, runs)
+        routing.store(db, parsed)
+        routing.mark_routed(db, parsed.id, runs)
     pending = EventIn.model_validate(event("order.delivered"))
-    router.store(db, pending)  # stored while Temporal was away
+    routing.store(db, pending)  # stored while Temporal was away
     monkeypatch.setenv("DATABASE_URL", url)
     get_settings.cache_clear()
     try:

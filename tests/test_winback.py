@@ -9,17 +9,17 @@ import pytest
 from sqlalchemy import select
 from temporalio.client import WorkflowExecutionStatus
 
-from keepflow.contracts import ScanInput, ScanTotals
-from keepflow.events import EventIn
-from keepflow.loader import load
-from keepflow.router import ingest
-from keepflow import rfm
+from keepflow.insights import rfm
+from keepflow.runtime.events import EventIn
+from keepflow.runtime.payloads import ScanInput, ScanTotals
+from keepflow.runtime.registry import load_catalog
+from keepflow.runtime.routing import ingest
 from keepflow.store import Coupon, Customer, Run
 from tests.conftest import ROOT, running_worker, time_skipping_server
 from tests.helpers import messages, result_of, to_local_hour, until_step
 from workflows.inactivity import InactivityScan
 
-CATALOG = load(ROOT / "sequences.yaml")
+CATALOG = load_catalog(ROOT / "sequences.yaml")
 
 
 @pytest.fixture
@@ -111,7 +111,7 @@ async def test_second_scan_and_cool_down_start_nothing_new(env, settings, db):
 
 
 def test_a_coupon_is_redeemed_once_and_never_after_it_expires(db):
-    from keepflow.router import store
+    from keepflow.runtime.routing import store
 
     now = datetime.now(timezone.utc)
     with db.session() as session:

@@ -1,6 +1,6 @@
 """The inactivity scan: walk customers by `last_seen_at` and start win-back runs.
 
-Run by a Temporal Schedule (see keepflow/schedules.py). Each page is one activity that reads
+Run by a Temporal Schedule (see keepflow/runtime/schedules.py). Each page is one activity that reads
 up to `page_size` customers past the shortest `inactive_for`, checks them and starts their
 runs; the workflow holds only a cursor and running totals, so a million customers never sit in
 memory or in history. It continues as new every PAGES_PER_RUN pages, and its progress is shown
@@ -15,7 +15,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from keepflow.contracts import ScanInput, ScanPage, ScanPageResult, ScanTotals
+    from keepflow.runtime.payloads import ScanInput, ScanPage, ScanPageResult, ScanTotals
 
 PAGES_PER_RUN = 100  # about 600 history events per run, far under Temporal's 10,240 warning
 PAGE_TIMEOUT = timedelta(minutes=5)

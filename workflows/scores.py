@@ -1,4 +1,4 @@
-"""The daily RFM refresh: one activity, run by a Temporal Schedule (keepflow/schedules.py)."""
+"""The daily RFM refresh: one activity, run by a Temporal Schedule (keepflow/runtime/schedules.py)."""
 
 from __future__ import annotations
 

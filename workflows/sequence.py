@@ -25,15 +25,33 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from keepflow import expressions
-    from keepflow.contracts import (
-        DoRequest, EventSignal, Resume, RunInput, RunStatus, SendPolicy, SendRequest, SendResult, StepRecord,
+    from keepflow.language import expressions
+    from keepflow.language.dsl import (
+        DoStep,
+        ExitStep,
+        IfStep,
+        SendStep,
+        Sequence,
+        SplitStep,
+        StartStep,
+        Step,
+        WaitForStep,
+        WaitStep,
+        step_path,
     )
-    from keepflow.durations import format_duration
-    from keepflow.dsl import (
-        DoStep, ExitStep, IfStep, Sequence, SendStep, SplitStep, StartStep, Step, WaitForStep, WaitStep, step_path,
+    from keepflow.language.durations import format_duration
+    from keepflow.runtime.payloads import (
+        DoRequest,
+        EventSignal,
+        Resume,
+        RunInput,
+        RunStatus,
+        SendPolicy,
+        SendRequest,
+        SendResult,
+        StepRecord,
     )
-    from keepflow.search_attributes import STEP, step_value
+    from keepflow.runtime.search_attributes import STEP, step_value
 
 # A send is render + checks + one provider call; the provider's own HTTP timeout is 10 s.
 SEND_TIMEOUT = timedelta(seconds=30)

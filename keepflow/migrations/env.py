@@ -1,6 +1,7 @@
 """Alembic environment: run by `keepflow db upgrade` and on every start of the engine."""
 
 from alembic import context
+
 from keepflow.store.db import make_engine
 from keepflow.store.models import Base
 

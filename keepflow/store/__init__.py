@@ -1,6 +1,6 @@
-from keepflow.store.db import Database, upgrade
-from keepflow.store.models import Base, Coupon, Customer, Delivery, Event, Message, Order, Run
 import keepflow.store.scores  # noqa: E402,F401  (registers customer_scores and score_cutoffs on Base.metadata)
-from keepflow.store.compliance import Suppression  # noqa: E402
+from keepflow.store.db import Database, upgrade, utc
+from keepflow.store.models import Base, Coupon, Customer, Delivery, Event, Message, Order, Run
+from keepflow.store.suppressions import Suppression  # noqa: E402
 
-__all__ = ["Base", "Coupon", "Customer", "Database", "Delivery", "Event", "Message", "Order", "Run", "Suppression", "upgrade"]
+__all__ = ["Base", "Coupon", "Customer", "Database", "Delivery", "Event", "Message", "Order", "Run", "Suppression", "upgrade", "utc"]

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -37,6 +40,9 @@ def make_engine(url: str) -> Engine:
 
 
 def alembic_config(url: str) -> Config:
+    # Alembic loads on first use: most commands (validate, preview) never migrate.
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -45,6 +51,8 @@ def alembic_config(url: str) -> Config:
 
 def upgrade(url: str) -> None:
     """Bring the schema to the newest revision; safe to call on every start."""
+    from alembic import command
+
     command.upgrade(alembic_config(url), "head")
 
 
@@ -69,3 +77,8 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything Keepflow stores is UTC."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value

@@ -25,7 +25,7 @@ class Customer(Base):
     __tablename__ = "customers"
 
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    # Stored normalised (keepflow/contacts.py), so a lookup compares with `=` and uses the index.
+    # Stored normalised (keepflow/sending/contacts.py), so a lookup compares with `=` and uses the index.
     email: Mapped[str | None] = mapped_column(String(320), index=True)
     phone: Mapped[str | None] = mapped_column(String(32))
     first_name: Mapped[str | None] = mapped_column(String(128))
@@ -116,7 +116,7 @@ class Message(Base):
     __table_args__ = (
         Index("ix_messages_customer_created", "customer_id", "created_at"),
         Index("ix_messages_customer_counted", "customer_id", "channel", "counted_at"),
-        # The funnel of a period, read from the index alone (keepflow/report.py groups by these).
+        # The funnel of a period, read from the index alone (keepflow/insights/report.py groups by these).
         Index("ix_messages_created_funnel", "created_at", "sequence_id", "step", "channel", "template", "status", "id"),
         # Skipped messages (and their reasons) of a period.
         Index("ix_messages_status_created", "status", "created_at"),
@@ -144,7 +144,7 @@ class Message(Base):
     subject: Mapped[str | None] = mapped_column(Text)
     body: Mapped[str | None] = mapped_column(Text)
     # pending -> sending -> sent | failed | unknown; or skipped; deferred while it waits for
-    # quiet hours or the cap. See activities/send.py.
+    # quiet hours or the cap. See activities/builtin/send.py.
     status: Mapped[str] = mapped_column(String(16))
     provider: Mapped[str | None] = mapped_column(String(32))
     provider_message_id: Mapped[str | None] = mapped_column(String(128))

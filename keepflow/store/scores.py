@@ -1,4 +1,4 @@
-"""RFM scores per customer and the quintile cut points they were scored with (see keepflow/rfm.py).
+"""RFM scores per customer and the quintile cut points they were scored with (see keepflow/insights/rfm.py).
 
 Importing this module registers both tables on `Base.metadata`; the schema itself is owned by
 Alembic (revision 0004).

@@ -8,7 +8,7 @@ random while and then SIGKILLs it, and starts a new one at once. Kills are of tw
 * right after the provider accepted a send: the fake's `on_accept` hook, armed for one channel,
   SIGKILLs the worker from inside the provider's request handler once it has recorded the send
   and before it answers. The worker never hears of the accept: its row stays `sending` and the
-  activity attempt is lost, which is exactly the unknown-outcome case activities/send.py handles
+  activity attempt is lost, which is exactly the unknown-outcome case activities/builtin/send.py handles
   (email: `unknown`, not resent; SMS: looked up at Twilio before resending).
 
 Temporal notices a killed attempt only when its start-to-close timeout (SEND_TIMEOUT, 30 s) runs

@@ -1,6 +1,6 @@
 """The real stack, split into processes that can fail: for the fault tests and bench/kill.py.
 
-* Temporal's dev server (keepflow/devserver.py), headless, with its SQLite file in the folder, so
+* Temporal's dev server (keepflow/tools/temporal_dev_server.py), headless, with its SQLite file in the folder, so
   it can be stopped and started again on the same port with the same state;
 * worker.py in its own OS process (`python worker.py`, configured through the environment as in
   production), so it can be SIGKILLed or SIGTERMed and replaced;
@@ -31,12 +31,15 @@ from typing import Any
 from sqlalchemy import select
 from temporalio.client import Client, WorkflowHandle
 
-from keepflow.contracts import RunInput, RunStatus
-from keepflow.devserver import DevServer, free_port
-from keepflow.loader import load
+from keepflow.runtime.payloads import RunInput, RunStatus
+from keepflow.runtime.registry import load_catalog
 from keepflow.store import Database, Message, upgrade
+from keepflow.tools.temporal_dev_server import DevServer, free_port
 from tests.fakes.provider_server import (
-    FAKE_SENDGRID_API_KEY, FAKE_TWILIO_ACCOUNT_SID, FAKE_TWILIO_AUTH_TOKEN, FakeProviders,
+    FAKE_SENDGRID_API_KEY,
+    FAKE_TWILIO_ACCOUNT_SID,
+    FAKE_TWILIO_AUTH_TOKEN,
+    FakeProviders,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,7 +88,7 @@ def write_project(folder: Path, wait: str) -> Path:
         path.write_text(text, encoding="utf-8")
     sequences = folder / "sequences.yaml"
     sequences.write_text(SEQUENCES_YAML.format(wait=wait), encoding="utf-8")
-    load(sequences, folder / "templates")
+    load_catalog(sequences, folder / "templates")
     return sequences
 
 
@@ -228,7 +231,7 @@ class Stack:
     async def __aenter__(self) -> Stack:
         self.folder.mkdir(parents=True, exist_ok=True)
         sequences = write_project(self.folder, self.wait)
-        self.snapshot = load(sequences, self.folder / "templates").snapshot(SEQUENCE_ID)
+        self.snapshot = load_catalog(sequences, self.folder / "templates").snapshot(SEQUENCE_ID)
         upgrade(self.database_url)  # so the rows can be read even if no worker ever starts
         self.fake.start()
         try:

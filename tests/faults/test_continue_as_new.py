@@ -12,9 +12,10 @@ from datetime import timedelta
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
-from keepflow.contracts import RunStatus
+from keepflow.runtime.payloads import RunStatus
 from tests.conftest import TEST_TEMPLATES, make_settings, running_worker, time_skipping_server
-from tests.helpers import PATIENT, event_signal as signal, flood, messages, snapshot, start
+from tests.helpers import PATIENT, flood, messages, snapshot, start
+from tests.helpers import event_signal as signal
 
 TEMPORAL_HISTORY_WARNING = 10_240
 

@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 from temporalio.api.enums.v1 import EventType
 
-from keepflow.contracts import RunStatus
+from keepflow.runtime.payloads import RunStatus
 from tests.faults.stack import STEPS, WAIT_PATH, Stack, history_events, key_of
 
 RUNS = 12

@@ -1,0 +1,208 @@
+"""The HTTP side: signed events in, runs started and steered.
+
+    POST /events             Keepflow's own event JSON, signed the Standard Webhooks way
+    POST /webhooks/shopify   Shopify's webhooks, verified with X-Shopify-Hmac-Sha256
+    POST /webhooks/sendgrid  SendGrid's event webhook (delivered, open, bounce, spam, ...), ECDSA-signed
+    POST /webhooks/twilio/inbound   texts to our number: STOP/START/HELP (X-Twilio-Signature)
+    POST /webhooks/twilio/status    Twilio delivery status callbacks (X-Twilio-Signature)
+    GET|POST /unsubscribe/{token}   one-click unsubscribe (RFC 8058); GET only shows the page
+    GET  /healthz            200 when the database and Temporal answer, else 503
+    GET  /docs               OpenAPI
+
+Every accepted event is stored before it is routed, and the answer comes after it is stored.
+If Temporal cannot be reached the answer is 503 (the sender retries) and the event stays
+stored; the reconciler in this process routes it as soon as Temporal is back. Routing is
+idempotent, so the retry and the reconciler cannot route it twice in effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import text
+from temporalio.client import Client
+
+from keepflow.http import sendgrid as sendgrid_webhook
+from keepflow.http import shopify, signing
+from keepflow.http import twilio as twilio_webhook
+from keepflow.http import unsubscribe_pages as unsubscribe_link
+from keepflow.http.dashboard.routes import router as dashboard_router
+from keepflow.http.services import Services, read_body, unprocessable
+from keepflow.language.catalog import Catalog
+from keepflow.runtime import routing
+from keepflow.runtime.client import connect
+from keepflow.runtime.events import EventIn
+from keepflow.runtime.registry import load_catalog
+from keepflow.settings import Settings
+from keepflow.store import Database, upgrade
+
+log = logging.getLogger("keepflow.http")
+
+# How long one request may spend routing before it answers 503 and leaves it to the reconciler.
+ROUTE_TIMEOUT = 10.0
+RECONCILE_EVERY = 5.0
+
+
+class Accepted(BaseModel):
+    id: str
+    duplicate: bool
+    started: list[str]
+    signalled: list[str]
+
+
+class Ignored(BaseModel):
+    ignored: str
+
+
+def create_app(settings: Settings, *, catalog: Catalog | None = None, db: Database | None = None,
+               client: Client | None = None, webhook_secrets: list[str] | None = None,
+               reconcile_every: float = RECONCILE_EVERY) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own_db = db is None
+        services = Services(
+            settings=settings,
+            # An invalid sequences file stops the server here, with every problem listed.
+            catalog=catalog or load_catalog(settings.sequences_path, settings.templates_dir),
+            db=db or _open_db(settings),
+            client=client,
+            webhook_secrets=webhook_secrets if webhook_secrets is not None else settings.webhook_secrets,
+        )
+        if not services.webhook_secrets:
+            raise RuntimeError("set KEEPFLOW_WEBHOOK_SECRET (whsec_...) to accept signed events")
+        app.state.services = services
+        reconciler = asyncio.create_task(_reconcile_forever(services, reconcile_every))
+        try:
+            yield
+        finally:
+            reconciler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reconciler
+            if own_db:
+                services.db.dispose()
+
+    app = FastAPI(title="Keepflow", summary="Events in: start and steer customer sequences.", lifespan=lifespan)
+
+    @app.post("/events", status_code=202, response_model=Accepted,
+              responses={200: {"description": "already received"}, 401: {}, 413: {}, 422: {}, 503: {}})
+    async def post_event(request: Request) -> JSONResponse:
+        """Keepflow's own event JSON, signed with `webhook-id`, `webhook-timestamp`, `webhook-signature`."""
+        services: Services = request.app.state.services
+        body = await read_body(request, services.settings.max_body_bytes)
+        if not signing.verify(body, request.headers, services.webhook_secrets):
+            raise HTTPException(401, "bad or missing signature, or a timestamp more than 5 minutes off")
+        event = _parse(EventIn, body)
+        return await _ingest(services, event, ("standard", request.headers["webhook-id"]))
+
+    @app.post("/webhooks/shopify", status_code=202, response_model=Accepted | Ignored,
+              responses={200: {"description": "already received, or a topic Keepflow does not use"}, 401: {}, 413: {}, 422: {}, 503: {}})
+    async def post_shopify(request: Request) -> JSONResponse:
+        """Shopify's webhooks (orders, fulfillments, fulfillment events, refunds, customers)."""
+        services: Services = request.app.state.services
+        body = await read_body(request, services.settings.max_body_bytes)
+        if not shopify.verify_hmac(body, request.headers.get("x-shopify-hmac-sha256"), services.settings.shopify_secrets):
+            raise HTTPException(401, "bad or missing X-Shopify-Hmac-Sha256")
+        try:
+            delivery = shopify.delivery_from_headers(request.headers)
+        except ValueError as err:
+            raise HTTPException(422, str(err)) from err
+        if delivery.triggered_at and datetime.now(timezone.utc) - delivery.triggered_at > services.settings.shopify_max_age:
+            raise HTTPException(401, f"delivery triggered at {delivery.triggered_at.isoformat()} is too old to accept")
+        try:
+            payload = json.loads(body)
+            event = shopify.to_event(delivery, payload)
+        except (shopify.UnsupportedTopic, shopify.NotRelevant) as reason:
+            return JSONResponse({"ignored": str(reason) or delivery.topic}, status_code=200)
+        except (ValueError, ValidationError) as err:
+            raise unprocessable(err) from err
+        return await _ingest(services, event, ("shopify", delivery.webhook_id))
+
+    app.include_router(sendgrid_webhook.router)
+    app.include_router(unsubscribe_link.router)
+    app.include_router(twilio_webhook.router)
+    app.include_router(dashboard_router)
+    @app.get("/healthz")
+    async def healthz(request: Request) -> JSONResponse:
+        services: Services = request.app.state.services
+        checks = {"database": await asyncio.to_thread(_db_ok, services.db), "temporal": await _temporal_ok(services)}
+        healthy = all(v == "ok" for v in checks.values())
+        return JSONResponse(checks, status_code=200 if healthy else 503)
+
+    return app
+
+
+def _open_db(settings: Settings) -> Database:
+    upgrade(settings.resolved_database_url)
+    return Database(settings.resolved_database_url)
+
+
+def _parse(model: type[EventIn], body: bytes) -> EventIn:
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as err:
+        raise unprocessable(err) from err
+
+
+async def _ingest(services: Services, event: EventIn, delivery: tuple[str, str]) -> JSONResponse:
+    new = await asyncio.to_thread(routing.store, services.db, event, delivery)
+    if new is False:
+        return JSONResponse(Accepted(id=event.id, duplicate=True, started=[], signalled=[]).model_dump(), status_code=200)
+    try:
+        if services.client is None:
+            services.client = await asyncio.wait_for(_connect(services.settings), ROUTE_TIMEOUT)
+        routed = await asyncio.wait_for(
+            routing.route_stored(services.client, services.catalog, services.db, event, services.settings.task_queue,
+                                duplicate=new is None),
+            ROUTE_TIMEOUT,
+        )
+    except Exception as err:
+        # Stored: never lost. The sender's retry or the reconciler routes it once Temporal is back.
+        log.warning("event %s stored, not yet routed: %s", event.id, err)
+        return JSONResponse({"detail": "stored; Temporal is unreachable, routing will follow"},
+                            status_code=503, headers={"Retry-After": "30"})
+    body = Accepted(id=routed.event_id, duplicate=routed.duplicate, started=routed.started, signalled=routed.signalled)
+    return JSONResponse(body.model_dump(), status_code=200 if routed.duplicate else 202)
+
+
+async def _connect(settings: Settings) -> Client:
+    return await connect(settings.temporal_address, settings.temporal_namespace)
+
+
+def _db_ok(db: Database) -> str:
+    try:
+        with db.session() as session:
+            session.execute(text("SELECT 1"))
+        return "ok"
+    except Exception as err:
+        return f"unreachable: {type(err).__name__}"
+
+
+async def _temporal_ok(services: Services) -> str:
+    try:
+        if services.client is None:
+            services.client = await asyncio.wait_for(_connect(services.settings), 3)
+        await asyncio.wait_for(services.client.service_client.check_health(), 3)
+        return "ok"
+    except Exception as err:
+        return f"unreachable: {type(err).__name__}"
+
+
+async def _reconcile_forever(services: Services, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        try:
+            if services.client is None:
+                services.client = await asyncio.wait_for(_connect(services.settings), ROUTE_TIMEOUT)
+            routed = await routing.reconcile(services.db, services.client, services.catalog, services.settings.task_queue)
+            if routed:
+                log.info("reconciler routed %d stored event(s)", routed)
+        except Exception as err:  # Temporal still away: try again next round
+            log.warning("reconciler: %s", err)

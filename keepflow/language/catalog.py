@@ -1,0 +1,83 @@
+"""Load `sequences.yaml` into the `Catalog` the engine runs from, or say exactly what is wrong.
+
+`check()` collects every problem in a file (YAML syntax, schema, then the cross-references the
+schema cannot see: sequence ids, `start:` targets and cycles, activities and their arguments,
+templates and expressions), each at the line and column a person must edit. `load()` is the
+same, but raises `InvalidSequences` when there is any error.
+
+Activities are the developer's: the caller passes their argument models (the runtime's registry
+does, see `keepflow.runtime.registry.load_catalog`), so reading the language never imports them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from keepflow.language.checks import Semantics
+from keepflow.language.dsl import Sequence, SequencesFile, Snapshot
+from keepflow.language.problems import InvalidSequences, Problem, Report
+from keepflow.language.schema_errors import validate_schema
+from keepflow.language.yaml_source import parse
+
+
+@dataclass(frozen=True)
+class Catalog:
+    path: Path
+    templates_dir: Path
+    file: SequencesFile
+
+    @property
+    def sequences(self) -> dict[str, Sequence]:
+        return self.file.by_id()
+
+    def snapshot(self, sequence_id: str) -> Snapshot:
+        return Snapshot.of(sequence_id, self.sequences, self.file.rules)
+
+    def triggered_by(self, event_type: str) -> list[Sequence]:
+        return [s for s in self.file.sequences if s.trigger == event_type]
+
+    def interested_in(self, event_type: str) -> list[Sequence]:
+        """Sequences whose runs `wait_for`, `exit_on` or have as `goal` this event type."""
+        return [s for s in self.file.sequences if event_type in s.events_heard()]
+
+    def inactivity_sequences(self) -> list[Sequence]:
+        return [s for s in self.file.sequences if s.inactivity is not None]
+
+
+def default_templates_dir(path: Path) -> Path:
+    return path.parent / "templates"
+
+
+# What a `do:` step may call: activity name -> the pydantic model of its arguments.
+ActivityArgs = Mapping[str, type[BaseModel]]
+
+
+def load(path: Path, templates_dir: Path | None = None, activities: ActivityArgs | None = None) -> Catalog:
+    catalog, problems = check(path, templates_dir, activities)
+    if catalog is None or any(p.severity == "error" for p in problems):
+        raise InvalidSequences(problems)
+    return catalog
+
+
+def check(path: Path, templates_dir: Path | None = None,
+          activities: ActivityArgs | None = None) -> tuple[Catalog | None, list[Problem]]:
+    """Every problem in the file, in line order; the Catalog only when there is no error.
+
+    With no `activities`, none is known and every `do:` step is an error."""
+    path = Path(path)
+    templates_dir = Path(templates_dir) if templates_dir is not None else default_templates_dir(path)
+    report = Report(path)
+    tree = parse(path, report)
+    if report.problems:
+        return None, report.sorted()
+    file = validate_schema(tree, report)
+    if file is None:
+        return None, report.sorted()
+    Semantics(file, tree, templates_dir, activities or {}, report).run()
+    problems = report.sorted()
+    if any(p.severity == "error" for p in problems):
+        return None, problems
+    return Catalog(path=path, templates_dir=templates_dir, file=file), problems

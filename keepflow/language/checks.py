@@ -1,0 +1,242 @@
+"""The checks behind `keepflow validate` that the schema cannot express: ids, templates,
+expressions, activities and their arguments, `start:` targets and cycles (and, through
+`context_flow`, what each template may use at its point of a run)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from datetime import timedelta
+from pathlib import Path
+
+from jinja2 import TemplateSyntaxError, meta
+from jinja2 import nodes as jinja_nodes
+from pydantic import BaseModel, ValidationError
+from ruamel.yaml.comments import CommentedMap
+
+from keepflow.language import context_flow, template_checks
+from keepflow.language.dsl import DoStep, IfStep, SendStep, Sequence, SequencesFile, StartStep, WaitForStep
+from keepflow.language.durations import format_duration
+from keepflow.language.expressions import ExpressionError, check_syntax
+from keepflow.language.problems import Report, Severity
+from keepflow.language.rendering import FALLBACK_LOCALE, Renderer, locale_files, template_path, template_source
+from keepflow.language.schema_errors import aliases, did_you_mean, friendly
+from keepflow.language.yaml_source import StepAt, has_key, key_pos, locate, point, steps_at, value_pos
+
+LONG_WAIT = timedelta(days=90)
+
+
+def _private_names(ast: jinja_nodes.Template) -> Iterator[tuple[jinja_nodes.Node, str]]:
+    """`x.__class__`, `x['_secret']`, `_private`: what the sandbox refuses at send time, caught here."""
+    for node in ast.find_all((jinja_nodes.Getattr, jinja_nodes.Getitem, jinja_nodes.Name)):
+        if isinstance(node, jinja_nodes.Getattr):
+            name = node.attr
+        elif isinstance(node, jinja_nodes.Getitem):
+            name = node.arg.value if isinstance(node.arg, jinja_nodes.Const) and isinstance(node.arg.value, str) else ""
+        elif isinstance(node, jinja_nodes.Name):
+            name = node.name
+        else:
+            continue  # find_all yields only the three kinds asked for
+        if name.startswith("_"):
+            yield node, name
+
+
+class Semantics:
+    def __init__(self, file: SequencesFile, tree: CommentedMap, templates_dir: Path,
+                 activities: Mapping[str, type[BaseModel]], report: Report):
+        self.file = file
+        self.tree = tree
+        self.templates_dir = templates_dir
+        self.activities = activities
+        self.report = report
+        self.seq_nodes: list[CommentedMap] = list(tree["sequences"])
+        self.steps: list[list[StepAt]] = [
+            list(steps_at(seq.steps, node.get("steps"), "")) for seq, node in zip(file.sequences, self.seq_nodes)
+        ]
+        self.renderer: Renderer | None = None
+        self.templates_checked: set[str] = set()
+
+    def run(self) -> None:
+        self.sequence_ids()
+        for seq, node, steps in zip(self.file.sequences, self.seq_nodes, self.steps):
+            if has_key(node, "key"):
+                self.expression(node, "key", seq.key)
+            self.step_ids(seq, steps)
+            for at in steps:
+                self.step(at)
+                for problem in template_checks.marketing_email_problems(seq, at.step, self.templates_dir):
+                    self.add(at.pos("template"), problem)
+        context_flow.check(self)
+        self.starts()
+
+    def add(self, pos: tuple[int, int], message: str, severity: Severity = "error") -> None:
+        self.report.add(pos, message, severity)
+
+    def sequence_ids(self) -> None:
+        first: dict[str, int] = {}
+        for seq, node in zip(self.file.sequences, self.seq_nodes):
+            pos = value_pos(node, "id")
+            if seq.id in first:
+                self.add(pos, f"duplicate sequence id {seq.id!r} (first defined at line {first[seq.id]})")
+            else:
+                first[seq.id] = pos[0] + 1
+
+    def step_ids(self, seq: Sequence, steps: list[StepAt]) -> None:
+        first: dict[str, int] = {}
+        for at in steps:
+            step_id = at.step.id
+            if step_id is None:
+                continue
+            pos = at.pos("id")
+            if step_id in first:
+                self.add(pos, f"duplicate step id {step_id!r} in sequence {seq.id!r} (first at line {first[step_id]})")
+            else:
+                first[step_id] = pos[0] + 1
+
+    def expression(self, node: CommentedMap, field: str, expression: str) -> None:
+        try:
+            check_syntax(expression)
+        except ExpressionError as exc:
+            self.add(value_pos(node, field), f"{field}: {exc}")
+
+    def step(self, at: StepAt) -> None:
+        step = at.step
+        if isinstance(step, SendStep):
+            self.send(at, step)
+        elif isinstance(step, DoStep):
+            self.do(at, step)
+        elif isinstance(step, IfStep):
+            self.expression(at.node, "if", step.if_)
+        elif isinstance(step, WaitForStep) and step.timeout > LONG_WAIT:
+            self.add(at.pos("timeout"),
+                     f"wait_for timeout {format_duration(step.timeout)} is longer than 90 days; "
+                     "is the unit right? (s, m, h, d, w)", "warning")
+
+    # templates
+
+    def send(self, at: StepAt, step: SendStep) -> None:
+        english = template_path(step.send, step.template, FALLBACK_LOCALE)
+        pos = at.pos("template")
+        if not (self.templates_dir / english).is_file():
+            self.add(pos, f"no template {english} in {self.templates_dir} "
+                          "(every locale falls back to English, so the English one is required)")
+        for locale in locale_files(self.templates_dir, step.send, step.template):
+            relative = template_path(step.send, step.template, locale)
+            if relative in self.templates_checked:
+                continue
+            self.templates_checked.add(relative)
+            for problem in self.compile(relative, subject_required=step.send == "email"):
+                self.add(pos, problem)
+
+    def compile(self, relative: str, subject_required: bool = False) -> list[str]:
+        """Jinja syntax errors in a template and in what it extends, includes or imports."""
+        if self.renderer is None:
+            self.renderer = Renderer(self.templates_dir)
+        env = self.renderer.env
+        try:
+            source = template_source(env, relative)
+            ast = env.parse(source, relative)
+            referenced = [r for r in meta.find_referenced_templates(ast) if r]
+            template = env.get_template(relative)
+        except TemplateSyntaxError as exc:
+            return [f"template {exc.name or relative} line {exc.lineno}: {exc.message}"]
+        except UnicodeDecodeError:
+            return [f"template {relative} is not UTF-8 text; save it as UTF-8"]
+        except Exception as exc:  # anything Jinja cannot compile is a content mistake
+            return [f"template {relative}: {exc}"]
+        problems = [f"template {relative} line {node.lineno}: '{name}' is not allowed; templates may use the "
+                    "context's fields, not Python internals (names starting with _)" for node, name in _private_names(ast)]
+        if subject_required and "subject" not in template.blocks:
+            problems.append(f"template {relative} has no {{% block subject %}}: every email needs a subject")
+        for other in referenced:
+            if other in self.templates_checked:
+                continue
+            self.templates_checked.add(other)
+            if not (self.templates_dir / other).is_file():
+                problems.append(f"template {relative} uses {other}, which is not in {self.templates_dir}")
+            else:
+                problems += self.compile(other)
+        return problems
+
+    # activities
+
+    def do(self, at: StepAt, step: DoStep) -> None:
+        model = self.activities.get(step.do)
+        if model is None:
+            known = sorted(self.activities)
+            guess = did_you_mean(step.do, known)
+            hint = f"did you mean {guess!r}?" if guess else "known activities: " + (", ".join(known) or "none")
+            self.add(at.pos("do"), f"unknown activity {step.do!r}; {hint}")
+            return
+        node = at.node
+        with_node = node.get("with") if isinstance(node, CommentedMap) else None
+        if model.model_config.get("extra") != "allow":
+            fields = aliases(model)
+            for name in step.with_:
+                if name not in fields:
+                    guess = did_you_mean(name, fields)
+                    hint = f"did you mean {guess!r}?" if guess else "it takes: " + (", ".join(fields) or "no arguments")
+                    pos = key_pos(with_node, name) if isinstance(with_node, CommentedMap) else at.pos("do")
+                    self.add(pos, f"unknown argument {name!r} for {step.do}; {hint}")
+        try:
+            model.model_validate(dict(step.with_))
+        except ValidationError as exc:
+            for error in exc.errors(include_url=False):
+                loc = tuple(error["loc"])
+                if error["type"] == "extra_forbidden":
+                    continue  # reported above, with a did-you-mean
+                if error["type"] == "missing":
+                    pos = key_pos(node, "with") if isinstance(with_node, CommentedMap) else at.pos("do")
+                    self.add(pos, f"{step.do} needs argument {'.'.join(map(str, loc))!r} in 'with:'")
+                    continue
+                if not isinstance(with_node, CommentedMap):
+                    self.add(at.pos("do"), f"{step.do} argument {friendly(error, '.'.join(map(str, loc)))}")
+                    continue
+                found = locate(with_node, loc, step_tags=False)
+                pos = point(found.container, found.key, found.node) if found.container is not None else at.pos("with")
+                self.add(pos, f"{step.do} argument {friendly(error, '.'.join(map(str, loc)) or found.field)}")
+
+    # start: targets and cycles
+
+    def starts(self) -> None:
+        ids = list(dict.fromkeys(s.id for s in self.file.sequences))
+        known = set(ids)
+        edges: dict[str, list[tuple[StepAt, str]]] = {}
+        started: set[str] = set()
+        for seq, steps in zip(self.file.sequences, self.steps):
+            for at in steps:
+                if not isinstance(at.step, StartStep):
+                    continue
+                target = at.step.start
+                if target not in known:
+                    guess = did_you_mean(target, ids)
+                    hint = f"did you mean {guess!r}?" if guess else "sequences: " + ", ".join(ids)
+                    self.add(at.pos("start"), f"start: no sequence {target!r}; {hint}")
+                    continue
+                edges.setdefault(seq.id, []).append((at, target))
+                if target != seq.id:
+                    started.add(target)
+        self.cycles(ids, edges)
+        for seq, node in zip(self.file.sequences, self.seq_nodes):
+            if seq.trigger is None and seq.id not in started:
+                self.add(value_pos(node, "id"),
+                         "never starts: give it a trigger or start it from another sequence", "warning")
+
+    def cycles(self, ids: list[str], edges: dict[str, list[tuple[StepAt, str]]]) -> None:
+        state: dict[str, str] = {}  # "open" while on the stack, then "done"
+        stack: list[str] = []
+
+        def visit(seq_id: str) -> None:
+            state[seq_id] = "open"
+            stack.append(seq_id)
+            for at, target in edges.get(seq_id, []):
+                if state.get(target) == "open":
+                    chain = " → ".join([*stack[stack.index(target):], target])
+                    self.add(at.pos("start"), f"start: cycle {chain}; these sequences would start each other forever")
+                elif target not in state:
+                    visit(target)
+            stack.pop()
+            state[seq_id] = "done"
+
+        for seq_id in ids:
+            if seq_id not in state:
+                visit(seq_id)

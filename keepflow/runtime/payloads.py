@@ -1,0 +1,160 @@
+"""What crosses the workflow/activity boundary. Plain pydantic models, small and JSON-safe."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from keepflow.language.dsl import Cap, Category, Channel, QuietHours, Snapshot
+
+
+class EventSignal(BaseModel):
+    id: str
+    type: str
+    occurred_at: str
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class StepRecord(BaseModel):
+    path: str
+    kind: str  # the step's word in YAML (`dsl.STEP_KINDS`)
+    outcome: str
+
+    @field_validator("kind")
+    @classmethod
+    def _legacy_spelling(cls, kind: str) -> str:
+        # Runs that continued as new before the kinds were spelled one way carry "waitfor" in
+        # the steps they had done; read it as the kind it is, so one run reports one spelling.
+        return "wait_for" if kind == "waitfor" else kind
+
+
+class Resume(BaseModel):
+    """Where a run that continued as new (its history grew long) picks up again."""
+
+    path: str  # the step it was waiting in
+    until: datetime  # when that wait ends, in workflow time
+    expires_at: datetime | None = None  # a held send's `expires_after`, counted from its first try
+    started_at: datetime  # the run's first start: its clock and its compressed time count from here
+    inbox: list[EventSignal]  # events not yet taken that a later step may still wait for
+    seen: list[str]  # ids of the latest events, so a redelivered one is still ignored
+    events_count: int
+    done: list[StepRecord]
+    waiting_at: str | None = None  # the KeepflowStep value already set
+    continued: int = 0
+
+
+class RunInput(BaseModel):
+    snapshot: Snapshot
+    key: str
+    # customer, order, the trigger event and `brand`: what conditions and templates can see.
+    context: dict[str, Any]
+    # Real seconds per definition second; 1/86400 makes a day last a second (`keepflow demo`).
+    time_scale: float = Field(1.0, gt=0)
+    resume: Resume | None = None
+
+
+class SendPolicy(BaseModel):
+    """The sending rules that apply to one marketing step, resolved from the run's snapshot."""
+
+    group: str
+    quiet_hours: QuietHours | None = None
+    fallback_timezones: list[str] = Field(default_factory=lambda: ["UTC"])
+    cap: Cap | None = None
+    on_cap: Literal["defer", "skip"] = "defer"
+
+
+class SendRequest(BaseModel):
+    workflow_id: str
+    sequence_id: str
+    step: str
+    channel: Channel
+    template: str
+    category: Category
+    context: dict[str, Any]
+    # The run's clock (definition time) when this attempt was asked for; None in runs from before
+    # the compliance rules, which fall back to the activity's clock.
+    now: datetime | None = None
+    time_scale: float = 1.0
+    policy: SendPolicy | None = None
+    # Drop instead of sending when the run's clock is past this (`expires_after`).
+    expires_at: datetime | None = None
+    # Set when the workflow already knows the message must not go (a superseding event arrived).
+    drop: str | None = None
+    # The context name of the coupon this message offers (`coupon:` on the step).
+    coupon: str | None = None
+
+
+SendStatus = Literal["sent", "failed", "skipped", "unknown", "deferred"]
+
+
+class SendResult(BaseModel):
+    status: SendStatus
+    message_id: int | None = None
+    provider_message_id: str | None = None
+    reason: str | None = None
+    # For `deferred`: ask again at this time on the run's clock (quiet hours end, a cap slot frees).
+    retry_at: datetime | None = None
+
+
+class DoRequest(BaseModel):
+    workflow_id: str
+    sequence_id: str
+    step: str
+    args: dict[str, Any]
+    context: dict[str, Any]
+
+
+class RunStatus(BaseModel):
+    sequence_id: str
+    key: str
+    definition_hash: str
+    current_step: str | None
+    steps_done: list[StepRecord]
+    events_received: list[str]  # this run's events; after a continue-as-new, those it carried over
+    exit_reason: str | None
+    events_count: int = 0  # every event the run was told about, across continue-as-new
+    continued: int = 0  # times the run continued as new
+
+
+class ScanCursor(BaseModel):
+    """Where a page of the inactivity scan ended: customers are walked by (last_seen_at, id)."""
+
+    last_seen_at: datetime
+    customer_id: str
+
+
+class ScanTotals(BaseModel):
+    scanned: int = 0
+    started: int = 0
+    skipped: dict[str, int] = Field(default_factory=dict)
+
+    def plus(self, page: ScanPageResult) -> ScanTotals:
+        skipped = dict(self.skipped)
+        for reason, count in page.skipped.items():
+            skipped[reason] = skipped.get(reason, 0) + count
+        return ScanTotals(scanned=self.scanned + page.scanned, started=self.started + page.started, skipped=skipped)
+
+
+class ScanInput(BaseModel):
+    # None: the time the scan starts (its workflow time). Kept across continue-as-new.
+    as_of: datetime | None = None
+    after: ScanCursor | None = None
+    page_size: int = Field(500, gt=0, le=10_000)
+    totals: ScanTotals = Field(default_factory=ScanTotals)
+
+
+class ScanPage(BaseModel):
+    as_of: datetime
+    after: ScanCursor | None
+    limit: int
+
+
+class ScanPageResult(BaseModel):
+    scanned: int
+    started: int
+    skipped: dict[str, int]
+    next: ScanCursor | None
+
+ScanTotals.model_rebuild()

@@ -1,0 +1,339 @@
+"""From one event to its effects: store it once, update the customer, start and steer runs.
+
+A run's workflow id is `<sequence id>/<key>` (e.g. `fulfilment/1001`), so the same event routed
+twice starts nothing new (Temporal refuses the duplicate id), and an event for a run finds it
+without a lookup table. Routing is idempotent: runs ignore an event id they have seen, so an
+event routed again after a crash or by the reconciler has no second effect.
+
+Order of arrival does not matter. An event a run cares about that arrives before the run
+exists (Shopify's `fulfillments/create` before `orders/create`) is stored; when the run starts,
+every stored event for its key that happened at or after its trigger is delivered to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from temporalio.client import Client
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from keepflow.insights import rfm
+from keepflow.language import expressions
+from keepflow.language.catalog import Catalog
+from keepflow.language.dsl import Sequence
+from keepflow.runtime.events import CustomerIn, EventIn, OrderIn
+from keepflow.runtime.payloads import EventSignal, RunInput
+from keepflow.sending import contacts
+from keepflow.store import Coupon, Customer, Database, Delivery, Event, Order, Run, utc
+
+log = logging.getLogger("keepflow.runtime.routing")
+
+# Events that show the customer doing something; they move `last_seen_at`, which the
+# inactivity scan reads. A shipment or a profile edit in the store's admin does not.
+ACTIVITY_TYPES = {"order.created", "customer.active", "review.submitted", "referral.created"}
+# Events that change a customer's RFM scores or level.
+RESCORE_TYPES = {"order.created", "review.submitted", "referral.created"}
+
+# Senders retry for hours (Shopify) to days (Standard Webhooks): keep delivery ids longer.
+DELIVERY_RETENTION = timedelta(days=7)
+
+
+@dataclass
+class Routed:
+    event_id: str
+    duplicate: bool = False
+    started: list[str] = field(default_factory=list)
+    signalled: list[str] = field(default_factory=list)
+
+    @property
+    def runs(self) -> int:
+        return len(self.started) + len(self.signalled)
+
+
+def workflow_id(sequence: Sequence, context: dict[str, Any]) -> str | None:
+    """The run id for this sequence and context, or None when the context lacks the key."""
+    try:
+        key = expressions.evaluate(sequence.key, context)
+    except expressions.ExpressionError:
+        return None
+    return None if key is None or key == "" else f"{sequence.id}/{key}"
+
+
+# -- storing ----------------------------------------------------------------------------------
+
+def store(db: Database, event: EventIn, delivery: tuple[str, str] | None = None) -> bool | None:
+    """Record the event once. True: new. False: seen before and routed. None: seen, not yet routed."""
+    # SQLite keeps a timestamp's clock time and drops its offset: store UTC, always.
+    occurred_at = event.occurred_at.astimezone(timezone.utc)
+    try:
+        with db.session() as session:
+            if delivery is not None:
+                source, delivery_id = delivery
+                known = session.get(Delivery, (source, delivery_id))
+                if known is not None:
+                    return _seen(session, known.event_id)
+                session.add(Delivery(source=source, id=delivery_id, event_id=event.id, received_at=_now()))
+            if session.get(Event, event.id) is not None:
+                return _seen(session, event.id)
+            if event.customer is not None:
+                _upsert_customer(session, event, event.customer)
+            if event.type == "order.created" and event.order is not None and session.get(Order, event.order.id) is None:
+                session.add(Order(
+                    id=event.order.id, customer_id=event.customer.id if event.customer else None,
+                    total=event.order.total or 0, currency=event.order.currency or "",
+                    items=[i.model_dump(mode="json") for i in event.order.items], created_at=occurred_at,
+                ))
+            session.add(Event(
+                id=event.id, type=event.type, customer_id=event.customer.id if event.customer else None,
+                order_id=event.order.id if event.order else None, occurred_at=occurred_at,
+                received_at=_now(), payload=event.model_dump(mode="json"),
+            ))
+            if event.order is not None and event.type == "order.created":
+                _redeem_coupons(session, event, event.order)
+    except IntegrityError:
+        # The same event (or delivery) stored at this moment by a concurrent request.
+        with db.session() as session:
+            return _seen(session, event.id)
+    if event.customer is not None and event.type in RESCORE_TYPES:
+        _rescore(db, event.customer.id)
+    return True
+
+
+def _rescore(db: Database, customer_id: str) -> None:
+    """An order, review or referral changes the customer's RFM standing: score them now."""
+    try:
+        rfm.refresh_customer(db, customer_id, _now())
+    except Exception:  # scores are advisory; the daily refresh catches up
+        log.exception("could not rescore customer %s", customer_id)
+
+
+def _redeem_coupons(session: Session, event: EventIn, order: OrderIn) -> None:
+    """A Keepflow coupon code on an order is used up: once, and only before it expires."""
+    for code in order.discount_codes:
+        session.execute(update(Coupon).where(
+            Coupon.code == code.upper(), Coupon.redeemed_at.is_(None),
+            Coupon.expires_at > event.occurred_at.astimezone(timezone.utc),
+        ).values(redeemed_at=event.occurred_at.astimezone(timezone.utc), redeemed_order_id=order.id))
+
+
+
+
+def _seen(session: Session, event_id: str) -> bool | None:
+    routed_at = session.scalar(select(Event.routed_at).where(Event.id == event_id))
+    return False if routed_at is not None else None
+
+
+def _upsert_customer(session: Session, event: EventIn, incoming: CustomerIn) -> None:
+    customer = session.get(Customer, incoming.id)
+    if customer is None:
+        customer = Customer(id=incoming.id, consents={}, attributes={})
+        session.add(customer)
+    # Only what the event carries changes: a shipping update without a phone keeps the phone.
+    for name in ("first_name", "locale", "timezone"):
+        value = getattr(incoming, name)
+        if value is not None:
+            setattr(customer, name, value)
+    if incoming.email is not None:
+        customer.email, customer.email_problem = _checked(incoming.email, contacts.normalize_email)
+    if incoming.phone is not None:
+        region = _region(customer.locale)
+        customer.phone, customer.phone_problem = _checked(incoming.phone, lambda v: contacts.normalize_phone(v, region))
+    customer.consents = {**(customer.consents or {}), **incoming.consents}
+    seen = event.occurred_at.astimezone(timezone.utc)
+    if event.type in ACTIVITY_TYPES and (customer.last_seen_at is None or utc(customer.last_seen_at) < seen):
+        customer.last_seen_at = seen
+
+
+def _checked(value: str, normalize) -> tuple[str, str | None]:
+    """The normal form, or the value as sent with the reason it cannot be used (kept, never sent to)."""
+    try:
+        return normalize(value), None
+    except contacts.InvalidContact as err:
+        return value, str(err)[:255]
+
+
+def _region(locale: str | None) -> str | None:
+    """`th-TH` -> "TH": the country a number without a country code most likely belongs to."""
+    parts = (locale or "").replace("_", "-").split("-")
+    return next((p.upper() for p in parts[1:] if len(p) == 2 and p.isalpha()), None)
+
+
+def record_run(db: Database, run_id: str, context: dict[str, Any], started_at: datetime | None = None) -> None:
+    """Note a run's start for reports and cool-downs (a later run under the same id replaces it)."""
+    with db.session() as session:
+        _record_run(session, run_id, context, started_at)
+
+
+def _record_run(session: Session, run_id: str, context: dict[str, Any], started_at: datetime | None = None) -> None:
+    session.merge(Run(
+        id=run_id, sequence_id=run_id.split("/", 1)[0], customer_id=(context.get("customer") or {}).get("id"),
+        started_at=started_at or _now(), trigger_event_id=(context.get("event") or {}).get("id"),
+        converted_at=None, converted_event_id=None,
+    ))
+
+
+def mark_converted(db: Database, run_id: str, event: EventIn) -> None:
+    with db.session() as session:
+        session.execute(update(Run).where(Run.id == run_id, Run.converted_at.is_(None))
+                        .values(converted_at=event.occurred_at.astimezone(timezone.utc), converted_event_id=event.id))
+
+
+def mark_routed(db: Database, event_id: str, runs: int) -> None:
+    with db.session() as session:
+        _mark_routed(session, event_id, runs)
+
+
+def _mark_routed(session: Session, event_id: str, runs: int) -> None:
+    session.execute(update(Event).where(Event.id == event_id).values(routed_at=_now(), runs=runs))
+
+
+# -- routing ----------------------------------------------------------------------------------
+
+def _signal(event: EventIn) -> EventSignal:
+    return EventSignal(id=event.id, type=event.type, occurred_at=event.occurred_at.isoformat(), data=event.data)
+
+
+async def _deliver(client: Client, run_id: str, signal: EventSignal) -> bool:
+    try:
+        await client.get_workflow_handle(run_id).signal("event", signal)
+        return True
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return False  # no such run (yet): stored, and delivered when it starts
+        raise
+
+
+async def route(client: Client, catalog: Catalog, db: Database, event: EventIn, task_queue: str,
+                time_scale: float = 1.0) -> Routed:
+    """Signal the runs that wait for or exit on this event; start the runs it triggers; mark the
+    event routed."""
+    context = {**event.context(), "brand": catalog.file.brand}
+    routed = Routed(event.id)
+    for sequence in catalog.interested_in(event.type):
+        run_id = workflow_id(sequence, context)
+        if run_id and await _deliver(client, run_id, _signal(event)):
+            routed.signalled.append(run_id)
+            if event.type in sequence.goal:
+                await asyncio.to_thread(mark_converted, db, run_id, event)
+    triggered = catalog.triggered_by(event.type)
+    if triggered and event.customer is not None:
+        # Conditions may ask `customer.rfm.segment`: the scores as they stand now.
+        scores = await asyncio.to_thread(rfm.profile, db, event.customer.id)
+        if scores is not None:
+            context["customer"] = {**context["customer"], "rfm": scores}
+    started: list[tuple[Sequence, str]] = []
+    for sequence in triggered:
+        run_id = workflow_id(sequence, context)
+        if run_id is None:
+            log.warning("event %s: no %r for sequence %s's key", event.id, sequence.key, sequence.id)
+            continue
+        snapshot = catalog.snapshot(sequence.id)
+        try:
+            await client.start_workflow(
+                "sequence",
+                RunInput(snapshot=snapshot, key=run_id.split("/", 1)[1], context=context, time_scale=time_scale),
+                id=run_id, task_queue=task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                memo={"sequence": sequence.id, "definition_hash": snapshot.hash},
+            )
+        except WorkflowAlreadyStartedError:
+            continue
+        routed.started.append(run_id)
+        started.append((sequence, run_id))
+    # One trip to a thread and one transaction (each trip waits for a free thread under load):
+    # note the new runs, read what each missed, mark the event routed. A crash before the
+    # catch-up below loses nothing a crash before the marking would not: routed again, the
+    # event finds its runs started and starts nothing.
+    earlier = await asyncio.to_thread(_settle, db, event, context, started, routed.runs)
+    for (sequence, run_id), missed in zip(started, earlier):
+        await _catch_up(client, sequence, run_id, missed)
+    return routed
+
+
+def _settle(db: Database, trigger: EventIn, context: dict[str, Any], started: list[tuple[Sequence, str]],
+            runs: int) -> list[list[EventIn]]:
+    with db.session() as session:
+        earlier = []
+        for sequence, run_id in started:
+            _record_run(session, run_id, context)
+            wanted = sequence.events_heard()
+            earlier.append(_stored_events(session, wanted, trigger) if wanted else [])
+        _mark_routed(session, trigger.id, runs)
+        return earlier
+
+
+async def _catch_up(client: Client, sequence: Sequence, run_id: str, earlier: list[EventIn]) -> None:
+    """Deliver to a new run the stored events for it that arrived before it existed."""
+    for event in earlier:
+        if workflow_id(sequence, event.context()) == run_id:
+            await _deliver(client, run_id, _signal(event))
+
+
+def _stored_events(session: Session, types: set[str], trigger: EventIn) -> list[EventIn]:
+    same_subject = []
+    if trigger.order is not None:
+        same_subject.append(Event.order_id == trigger.order.id)
+    if trigger.customer is not None:
+        same_subject.append(Event.customer_id == trigger.customer.id)
+    if not same_subject:
+        return []
+    payloads = session.scalars(
+        select(Event.payload)
+        .where(Event.type.in_(types), or_(*same_subject), Event.id != trigger.id,
+               # Happened after the trigger, whenever it arrived: earlier ones belong to earlier runs.
+               Event.occurred_at >= trigger.occurred_at.astimezone(timezone.utc))
+        .order_by(Event.occurred_at)
+    ).all()
+    return [EventIn.model_validate(p) for p in payloads]
+
+
+async def ingest(db: Database, client: Client, catalog: Catalog, event: EventIn, task_queue: str,
+                 delivery: tuple[str, str] | None = None, time_scale: float = 1.0) -> Routed:
+    """Store, then route. The event is durable before any run hears of it."""
+    new = await asyncio.to_thread(store, db, event, delivery)
+    if new is False:
+        return Routed(event.id, duplicate=True)
+    return await route_stored(client, catalog, db, event, task_queue, duplicate=new is None, time_scale=time_scale)
+
+
+async def route_stored(client: Client, catalog: Catalog, db: Database, event: EventIn, task_queue: str,
+                       duplicate: bool = False, time_scale: float = 1.0) -> Routed:
+    """Route an event already stored; routing marks it routed.
+
+    If routing fails (Temporal unreachable) the event stays stored and unrouted: the sender's
+    retry or the reconciler routes it later, and routing twice has no second effect.
+    """
+    routed = await route(client, catalog, db, event, task_queue, time_scale)
+    routed.duplicate = duplicate
+    return routed
+
+
+async def reconcile(db: Database, client: Client, catalog: Catalog, task_queue: str,
+                    older_than: timedelta = timedelta(seconds=10), limit: int = 200) -> int:
+    """Route events stored but never routed (Temporal was down when they came); forget old delivery ids."""
+    def pending() -> list[EventIn]:
+        with db.session() as session:
+            session.execute(delete(Delivery).where(Delivery.received_at < _now() - DELIVERY_RETENTION))
+            rows = session.scalars(
+                select(Event.payload).where(Event.routed_at.is_(None), Event.received_at < _now() - older_than)
+                .order_by(Event.occurred_at).limit(limit)
+            ).all()
+        return [EventIn.model_validate(p) for p in rows]
+
+    events = await asyncio.to_thread(pending)
+    for event in events:
+        await route_stored(client, catalog, db, event, task_queue)
+    return len(events)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)

@@ -1,0 +1,229 @@
+"""SMS through Twilio's Programmable Messaging API, with the official SDK (twilio 9.x)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import requests
+import urllib3.exceptions
+from twilio.base.exceptions import TwilioException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.http.response import Response
+from twilio.rest import Client
+
+from keepflow.sending.providers.base import (
+    Accepted,
+    OutgoingSms,
+    PermanentError,
+    ProviderError,
+    RetryableError,
+    is_retryable_status,
+    parse_retry_after,
+)
+
+# Where Twilio posts delivery status for the texts we send (served by keepflow.http.twilio).
+STATUS_PATH = "/webhooks/twilio/status"
+
+
+def status_callback_url(public_url: str | None) -> str | None:
+    """The status callback for a text we send, when Twilio can reach us at all."""
+    return f"{public_url.rstrip('/')}{STATUS_PATH}" if public_url else None
+
+NAME = "twilio"
+
+# Error codes that mean "this message can never be delivered", whatever the HTTP status:
+# https://www.twilio.com/docs/api/errors/<code>
+PERMANENT_CODES = frozenset({
+    21610,  # recipient replied STOP: unsubscribed
+    21211,  # invalid 'To' number
+    21614,  # 'To' is not a mobile number
+    21408,  # sending to this region is not enabled (geo permissions)
+    21612,  # cannot route to this number from this sender
+})
+
+# find_sent: how far before `since` to look (clock skew between us and Twilio, and Twilio's
+# second-granularity timestamps), and how many of the recipient's messages to scan.
+LOOKUP_SKEW = timedelta(seconds=60)
+LOOKUP_LIMIT = 50
+
+
+class _HttpClient(TwilioHttpClient):
+    """TwilioHttpClient that remembers the last response per thread.
+
+    TwilioRestException keeps the status and error code but drops the response headers, and we
+    want Retry-After from a 429/503. The SDK's own `_test_only_last_response` is shared between
+    threads; this one is not.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(timeout=timeout)
+        self._local = threading.local()
+
+    def request(self, *args: Any, **kwargs: Any) -> Response:
+        self._local.response = None
+        response = super().request(*args, **kwargs)
+        self._local.response = response
+        return response
+
+    @property
+    def last_response(self) -> Response | None:
+        return getattr(self._local, "response", None)
+
+
+class TwilioSms:
+    """`SmsProvider` for Twilio. Synchronous (requests underneath); run it in a thread.
+
+    Twilio has no idempotency key and the SDK never retries by itself. When a send ends with
+    `RetryableError(sent=None)`, call `find_sent` before sending again.
+    """
+
+    name = NAME
+
+    def __init__(
+        self,
+        account_sid: str,
+        auth_token: str,
+        from_: str | None,
+        messaging_service_sid: str | None,
+        base_url: str | None,
+        timeout: float,
+    ) -> None:
+        if not (account_sid and auth_token):
+            raise ValueError("TwilioSms needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN")
+        if not (from_ or messaging_service_sid):
+            raise ValueError("TwilioSms needs TWILIO_FROM_NUMBER or TWILIO_MESSAGING_SERVICE_SID")
+        self.from_ = from_
+        self.messaging_service_sid = messaging_service_sid
+        self.timeout = timeout
+        self._http = _HttpClient(timeout=timeout)
+        self._client = Client(account_sid, auth_token, http_client=self._http)
+        # The SDK reads TWILIO_EDGE / TWILIO_REGION from the environment and then rewrites the
+        # host of every URL ("api.twilio.com" -> "api.<edge>.<region>.twilio.com"), which would
+        # also mangle a base_url override. Keepflow's settings are the only source of the
+        # endpoint: for a regional endpoint set TWILIO_BASE_URL (e.g. https://api.dublin.ie1.twilio.com).
+        self._client.edge = None
+        self._client.region = None
+        if base_url:
+            # Every API v2010 URL, including the next_page_uri of list pages, is built by
+            # Domain.absolute_url() from `api.base_url` (default "https://api.twilio.com").
+            self._client.api.base_url = base_url.rstrip("/")
+        self.base_url = self._client.api.base_url
+
+    def close(self) -> None:
+        """Close pooled HTTP connections."""
+        if self._http.session is not None:
+            self._http.session.close()
+
+    def send_sms(self, msg: OutgoingSms) -> Accepted:
+        # Exactly one sender: a fixed number if configured, else the Messaging Service (which
+        # picks a number from its pool and handles opt-out keywords).
+        sender: dict[str, str] = (
+            {"from_": self.from_} if self.from_ else {"messaging_service_sid": self.messaging_service_sid or ""}
+        )
+        try:
+            extra = {"status_callback": msg.status_callback} if msg.status_callback else {}
+            message = self._client.messages.create(to=msg.to, body=msg.body, **sender, **extra)
+        except TwilioException as exc:
+            raise self._api_error(exc) from exc
+        except requests.exceptions.RequestException as exc:
+            raise _transport_error(exc) from exc
+        return Accepted(NAME, message.sid)
+
+    def find_sent(self, msg: OutgoingSms, since: datetime) -> Accepted | None:
+        """The message Twilio accepted for `msg` at or after `since`, if any.
+
+        A match is a message to the same number, created no earlier than `since` (less
+        LOOKUP_SKEW), whose body is `msg.body` (or that with the trial-account prefix).
+        Its status does not matter: a 'failed' or 'undelivered' message was still accepted, and
+        Keepflow's contract is at most one send per step, so any match counts as sent.
+
+        Two lookups, because Twilio's list filter is on DateSent, which stays null until the
+        message leaves Twilio's queue ('accepted', 'queued', 'scheduled', 'sending'):
+        1. `To` + `DateSent>` (since - skew): messages already sent, however busy the number is;
+        2. if nothing matched, `To` alone (newest first, LOOKUP_LIMIT messages), keeping those
+           created since then: catches messages still queued.
+        Twilio's list is eventually consistent; call this some seconds after the lost response.
+
+        Raises RetryableError(sent=None) when the lookup itself fails transiently (the outcome is
+        still unknown), PermanentError when it is rejected.
+        """
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=timezone.utc)
+        start = since - LOOKUP_SKEW
+        try:
+            for filters in ({"date_sent_after": start}, {}):
+                for m in self._client.messages.list(to=msg.to, limit=LOOKUP_LIMIT, **filters):
+                    if _body_matches(m.body, msg.body) and (m.date_created is None or m.date_created >= start):
+                        return Accepted(NAME, m.sid)
+        except TwilioException as exc:
+            err = self._api_error(exc)
+            if isinstance(err, RetryableError):
+                err.sent = None
+            raise err from exc
+        except requests.exceptions.RequestException as exc:
+            err = _transport_error(exc)
+            err.sent = None
+            raise err from exc
+        return None
+
+    def _api_error(self, exc: TwilioException) -> ProviderError:
+        """Classify an error answer from Twilio. The API answered, so nothing was accepted."""
+        status: int | None = getattr(exc, "status", None)
+        code: Any = getattr(exc, "code", None)
+        detail = getattr(exc, "msg", None) or getattr(exc, "detail", None) or str(exc)
+        response = self._http.last_response
+        if status is None and len(exc.args) > 1 and isinstance(exc.args[1], Response):
+            # List pages fail with TwilioException("Unable to fetch page", response).
+            response = exc.args[1]
+        if status is None and response is not None:
+            status = int(response.status_code)
+            detail = f"{exc.args[0]}: {response.text[:500]}"
+        code_str = str(code) if code is not None else None
+        if code in PERMANENT_CODES or (isinstance(code, str) and code.isdigit() and int(code) in PERMANENT_CODES):
+            return PermanentError(NAME, detail, status=status, code=code_str)
+        if status is not None and is_retryable_status(status):
+            retry_after = None
+            if response is not None and response.headers is not None:
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            return RetryableError(NAME, detail, status=status, code=code_str, retry_after=retry_after, sent=False)
+        return PermanentError(NAME, detail, status=status, code=code_str)
+
+
+# Trial accounts prepend this to every body.
+TRIAL_PREFIX = "Sent from your Twilio trial account - "
+
+
+def _body_matches(found: str | None, wanted: str) -> bool:
+    # Exact, not "contains": a longer message from another step that happens to contain this
+    # body must not count as this one (that would drop a message). A body Twilio rewrote in
+    # other ways (Smart Encoding of Unicode punctuation, an appended opt-out footer) is missed,
+    # which means a possible duplicate rather than a lost message.
+    return found is not None and (found == wanted or found == TRIAL_PREFIX + wanted)
+
+
+# urllib3 reasons that mean the TCP/TLS connection was never established, so no request bytes
+# reached Twilio. NewConnectionError covers refused connections and DNS failures
+# (NameResolutionError); ConnectTimeoutError a connect timeout; SSLError a failed TLS handshake
+# (a TLS failure after the request was written is possible in theory, but rare enough that we
+# prefer not to turn every certificate problem into an unknown outcome).
+_NOT_SENT_REASONS = (urllib3.exceptions.ConnectTimeoutError, urllib3.exceptions.SSLError)
+
+
+def _transport_error(exc: requests.exceptions.RequestException) -> RetryableError:
+    """No HTTP answer. Decide whether the request could have reached Twilio."""
+    sent: bool | None = None
+    if isinstance(exc, (requests.exceptions.ConnectTimeout, requests.exceptions.SSLError)):
+        sent = False
+    elif isinstance(exc, requests.exceptions.ConnectionError):
+        # requests wraps a failure to connect as MaxRetryError(reason=NewConnectionError...);
+        # a connection dropped after the request was written comes as ProtocolError
+        # (RemoteDisconnected, ConnectionResetError): unknown.
+        inner = exc.args[0] if exc.args else None
+        reason = getattr(inner, "reason", None)
+        if isinstance(inner, urllib3.exceptions.MaxRetryError) and isinstance(reason, _NOT_SENT_REASONS):
+            sent = False
+    # ReadTimeout, ChunkedEncodingError, ProtocolError...: the request was written; unknown.
+    what = "request not delivered" if sent is False else "no answer after sending"
+    return RetryableError(NAME, f"{what}: {exc!r}", sent=sent)

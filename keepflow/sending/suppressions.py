@@ -1,0 +1,85 @@
+"""Who must not be sent what. One place decides, for every channel and every source of opt-outs.
+
+Sources write here (the unsubscribe link, SendGrid's bounce and spam events, Twilio's STOP and
+error 21610); `send_message` reads here before every send. Addresses are normalised first, so
+"Nok@Example.com" and "nok@example.com" are one address.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timezone
+
+from sqlalchemy import Connection, bindparam, or_, select
+from sqlalchemy.orm import Session
+
+from keepflow.sending.contacts import normalize_address
+from keepflow.store import Suppression
+
+ALL = "all"
+MARKETING = "marketing"
+
+
+def group_scope(group: str) -> str:
+    return f"group:{group}"
+
+
+def suppress(session: Session, *, channel: str, address: str, scope: str, reason: str, source: str,
+             detail: str | None = None, customer_id: str | None = None, at: datetime | None = None) -> Suppression:
+    """Add (or re-arm) a suppression. Idempotent: a repeated opt-out changes nothing but the detail."""
+    address = normalize_address(channel, address)
+    row = session.scalar(select(Suppression).where(
+        Suppression.channel == channel, Suppression.address == address, Suppression.scope == scope))
+    now = at or datetime.now(timezone.utc)
+    if row is None:
+        row = Suppression(channel=channel, address=address, scope=scope, reason=reason, source=source,
+                          detail=detail, customer_id=customer_id, created_at=now, lifted_at=None)
+        session.add(row)
+        session.flush()
+    elif row.lifted_at is not None or row.reason != reason:
+        row.reason, row.source, row.detail, row.created_at, row.lifted_at = reason, source, detail, now, None
+        row.customer_id = row.customer_id or customer_id
+    return row
+
+
+def lift(session: Session, *, channel: str, address: str, scopes: Iterable[str], at: datetime | None = None) -> int:
+    """Lift the named scopes (a resubscribe, an SMS START). Returns how many were active."""
+    address = normalize_address(channel, address)
+    rows = session.scalars(select(Suppression).where(
+        Suppression.channel == channel, Suppression.address == address,
+        Suppression.scope.in_(list(scopes)), Suppression.lifted_at.is_(None))).all()
+    for row in rows:
+        row.lifted_at = at or datetime.now(timezone.utc)
+    return len(rows)
+
+
+def active(session: Session, channel: str, address: str) -> list[Suppression]:
+    address = normalize_address(channel, address)
+    return list(session.scalars(select(Suppression).where(
+        Suppression.channel == channel, Suppression.address == address, Suppression.lifted_at.is_(None))))
+
+
+def blocking(session: Session, *, channel: str, address: str, category: str, group: str) -> Suppression | None:
+    """The suppression that forbids this send, if any: `all` stops everything; `marketing` and the
+    sequence's group stop marketing only."""
+    return session.scalars(_BLOCKING, _blocking_params(channel, address, category, group)).first()
+
+
+def blocking_reason(connection: Connection, *, channel: str, address: str, category: str,
+                    group: str) -> tuple[str, str] | None:
+    """`blocking` for a Core connection (send_message's hot path): (reason, source), or None."""
+    row = connection.execute(_BLOCKING_REASON, _blocking_params(channel, address, category, group)).first()
+    return None if row is None else (row.reason, row.source)
+
+
+def _blocking_params(channel: str, address: str, category: str, group: str) -> dict:
+    scopes = [ALL] if category == "transactional" else [ALL, MARKETING, group_scope(group)]
+    return {"channel": channel, "address": normalize_address(channel, address), "scopes": scopes}
+
+
+# Built once: send_message asks before every send.
+_BLOCKING = select(Suppression).where(
+    Suppression.channel == bindparam("channel"), Suppression.address == bindparam("address"),
+    Suppression.scope.in_(bindparam("scopes", expanding=True)), Suppression.lifted_at.is_(None),
+).order_by(or_(Suppression.scope == ALL).desc(), Suppression.id)
+_BLOCKING_REASON = _BLOCKING.with_only_columns(Suppression.reason, Suppression.source)

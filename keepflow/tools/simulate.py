@@ -1,0 +1,258 @@
+"""`keepflow simulate`: what a sequence will really do to one customer, on the real engine.
+
+The run is the production workflow and send activity on Temporal's time-skipping test server,
+with the outbox provider and a throwaway SQLite store, so weeks pass in seconds while quiet
+hours, the frequency cap, consent and branches behave as they will in production. A timeline
+file scripts the store's events:
+
+    - day 2: order.shipped
+    - day 4: order.delivered
+    - 6d12h: review.submitted          # any duration works too
+
+What it prints comes from the runs' own histories: each message with its time (in the
+customer's time zone), each hold and skip with its reason, each timeline event, each run's end.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, Field, ValidationError
+from ruamel.yaml import YAML
+from sqlalchemy import select
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from keepflow.language.catalog import Catalog
+from keepflow.language.durations import parse_duration
+from keepflow.runtime.events import CustomerIn, EventIn, OrderIn
+from keepflow.runtime.payloads import EventSignal, RunInput, RunStatus, SendRequest, SendResult
+from keepflow.runtime.routing import record_run, store, workflow_id
+from keepflow.runtime.search_attributes import ensure_registered
+from keepflow.settings import Settings
+from keepflow.store import Database, Run, upgrade
+
+_DAY = re.compile(r"^day\s+(\d+(?:\.\d+)?)$", re.IGNORECASE)
+
+
+class SimulationError(Exception):
+    """Bad input: said in a marketer's words, nothing was run."""
+
+
+class TimelineEvent(BaseModel):
+    after: timedelta
+    type: str = Field(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Line:
+    at: datetime
+    run: str
+    text: str
+
+
+def read_timeline(path: Path | None) -> list[TimelineEvent]:
+    """`- day 2: order.shipped` entries (or `- after: 2d` / `type:` / `data:` mappings)."""
+    if path is None:
+        return []
+    try:
+        raw = YAML(typ="safe").load(path.read_text(encoding="utf-8")) or []
+    except Exception as err:  # ruamel's errors carry line and column in their text
+        raise SimulationError(f"{path}: not valid YAML: {err}") from err
+    if isinstance(raw, dict):
+        raw = [{k: v} for k, v in raw.items()]
+    events = []
+    for index, entry in enumerate(raw if isinstance(raw, list) else [raw], start=1):
+        try:
+            if isinstance(entry, dict) and "type" in entry:
+                events.append(TimelineEvent.model_validate({**entry, "after": _offset(str(entry.get("after", "0s")))}))
+            elif isinstance(entry, dict) and len(entry) == 1:
+                [(when, what)] = entry.items()
+                events.append(TimelineEvent(after=_offset(str(when)), type=str(what)))
+            else:
+                raise ValueError("write it as `- day 2: order.shipped`")
+        except (ValueError, ValidationError) as err:
+            raise SimulationError(f"{path}: entry {index} ({entry!r}): {_first_error(err)}") from err
+    return sorted(events, key=lambda e: e.after)
+
+
+def _offset(text: str) -> timedelta:
+    match = _DAY.match(text.strip())
+    if match:
+        return timedelta(days=float(match.group(1)))
+    try:
+        return parse_duration(text.strip())
+    except ValueError as err:
+        raise ValueError(f"{text!r} is not a time: use `day 2` or a duration such as 2d12h") from err
+
+
+def _first_error(err: Exception) -> str:
+    if isinstance(err, ValidationError):
+        first = err.errors()[0]
+        return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+    return str(err)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def read_json_model(path: Path, model: type[M], what: str) -> M:
+    try:
+        return model.model_validate_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValidationError) as err:
+        raise SimulationError(f"{path}: not a valid {what}: {_first_error(err) if isinstance(err, ValidationError) else err}") from err
+
+
+async def simulate(catalog: Catalog, sequence_id: str, customer: CustomerIn, order: OrderIn | None,
+                   timeline: list[TimelineEvent], start_at: datetime | None = None) -> list[Line]:
+    """Run the sequence for the customer on a time-skipping server; return what happened, in order."""
+    from worker import build_worker  # the worker module sits at the project root, beside the CLI's callers
+
+    if sequence_id not in catalog.sequences:
+        raise SimulationError(f"no sequence {sequence_id!r}; sequences: {', '.join(catalog.sequences)}")
+    sequence = catalog.sequences[sequence_id]
+    folder = Path(tempfile.mkdtemp(prefix="keepflow-simulate-"))
+    settings = Settings(data_dir=folder, sequences_path=catalog.path, templates_dir=catalog.templates_dir,
+                        database_url=None, email_provider="outbox", sms_provider="outbox",
+                        task_queue=f"simulate-{uuid.uuid4().hex[:8]}")
+    upgrade(settings.resolved_database_url)
+    db = Database(settings.resolved_database_url)
+    server = Path(sys.executable).parent / "temporal-test-server"
+    try:
+        async with await WorkflowEnvironment.start_time_skipping(
+                data_converter=pydantic_data_converter,
+                test_server_existing_path=str(server) if server.exists() else None) as env:
+            await ensure_registered(env.client, env.client.namespace)
+            if start_at is not None:
+                now = await env.get_current_time()
+                if start_at > now:
+                    await env.sleep(start_at - now)
+            began = await env.get_current_time()
+            trigger = EventIn(id=f"simulate-{uuid.uuid4().hex[:8]}",
+                              type=sequence.trigger if isinstance(sequence.trigger, str) else "customer.updated",
+                              occurred_at=began, customer=customer, order=order)
+            store(db, trigger)
+            context = {**trigger.context(), "brand": catalog.file.brand}
+            run_id = workflow_id(sequence, context)
+            if run_id is None:
+                raise SimulationError(f"{sequence_id} is keyed on {sequence.key!r}, which this customer and order do not "
+                                      "provide; pass --order FILE.json")
+            async with build_worker(env.client, settings, db, task_queue=settings.task_queue, catalog=catalog):
+                handle = await env.client.start_workflow(
+                    "sequence", RunInput(snapshot=catalog.snapshot(sequence_id), key=run_id.split("/", 1)[1],
+                                         context=context), id=run_id, task_queue=settings.task_queue, result_type=RunStatus)
+                record_run(db, run_id, context, began)
+                lines = [Line(began, run_id, f"start {sequence_id} for customer {customer.id}")]
+                for event in timeline:
+                    await _sleep_until(env, began + event.after)
+                    signal = EventSignal(id=f"timeline-{uuid.uuid4().hex[:8]}", type=event.type,
+                                         occurred_at=(began + event.after).isoformat(), data=event.data)
+                    lines.append(Line(began + event.after, "timeline", f"event {event.type}"))
+                    for listening in _runs(db):
+                        if event.type in catalog.sequences[listening.split("/", 1)[0]].events_heard():
+                            await _signal(env.client, listening, signal)
+                # Runs started by the router or another run: the environment skips time by itself
+                # only for handles its own start_workflow returned. Only the time-skipping
+                # environment has this, and the base class it is typed as does not declare it.
+                async with env.time_skipping_unlocked():  # type: ignore[attr-defined]
+                    for run in _runs_until_done(db):
+                        await env.client.get_workflow_handle(run, result_type=RunStatus).result()
+                for run in _runs(db):
+                    lines += await _history_lines(env.client, run)
+                await handle.result()
+        return sorted(lines, key=lambda line: line.at)
+    finally:
+        db.dispose()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def _sleep_until(env: WorkflowEnvironment, when: datetime) -> None:
+    now = await env.get_current_time()
+    if when > now:
+        await env.sleep(when - now)
+
+
+async def _signal(client: Client, run_id: str, signal: EventSignal) -> None:
+    from temporalio.service import RPCError
+
+    try:
+        await client.get_workflow_handle(run_id).signal("event", signal)
+    except RPCError:
+        pass  # that run has ended: nothing listens any more
+
+
+def _runs(db: Database) -> list[str]:
+    with db.session() as session:
+        return list(session.scalars(select(Run.id).order_by(Run.started_at)))
+
+
+def _runs_until_done(db: Database):
+    """Every run, including those started while we wait for earlier ones (`start:` steps)."""
+    seen: set[str] = set()
+    while True:
+        pending = [r for r in _runs(db) if r not in seen]
+        if not pending:
+            return
+        for run in pending:
+            seen.add(run)
+            yield run
+
+
+async def _history_lines(client: Client, run_id: str) -> list[Line]:
+    lines: list[Line] = []
+    requests: dict[int, SendRequest] = {}
+    async for event in client.get_workflow_handle(run_id).fetch_history_events():
+        at = event.event_time.ToDatetime(timezone.utc)
+        if event.HasField("activity_task_scheduled_event_attributes"):
+            scheduled = event.activity_task_scheduled_event_attributes
+            if scheduled.activity_type.name == "send_message":
+                [requests[event.event_id]] = await client.data_converter.decode(scheduled.input.payloads, [SendRequest])
+        elif event.HasField("activity_task_completed_event_attributes"):
+            completed = event.activity_task_completed_event_attributes
+            request = requests.get(completed.scheduled_event_id)
+            if request is not None:
+                [result] = await client.data_converter.decode(completed.result.payloads, [SendResult])
+                lines.append(Line(at, run_id, _describe(request, result)))
+        elif event.HasField("workflow_execution_completed_event_attributes"):
+            [status] = await client.data_converter.decode(
+                event.workflow_execution_completed_event_attributes.result.payloads, [RunStatus])
+            branches = [f"{s.path} → {s.outcome}" for s in status.steps_done if s.kind in ("if", "split")]
+            lines.append(Line(at, run_id, f"end: {status.exit_reason}"
+                              + (f" (branches taken: {', '.join(branches)})" if branches else "")))
+        elif event.HasField("workflow_execution_failed_event_attributes"):
+            lines.append(Line(at, run_id, f"failed: {event.workflow_execution_failed_event_attributes.failure.message}"))
+    return lines
+
+
+def _describe(request: SendRequest, result: SendResult) -> str:
+    what = f"{request.channel} {request.template} ({request.category}, step {request.step})"
+    if result.status == "sent":
+        return f"{what}: sent"
+    if result.status == "deferred":
+        return f"{what}: held, {result.reason}"
+    return f"{what}: {result.status}{f', {result.reason}' if result.reason else ''}"
+
+
+def format_lines(lines: list[Line], zone: str | None) -> list[str]:
+    tz = ZoneInfo(zone) if zone else timezone.utc
+    if not lines:
+        return []
+    began = lines[0].at
+    out = []
+    for line in lines:
+        day = (line.at - began) / timedelta(days=1)
+        local = line.at.astimezone(tz)
+        run = line.run.split("/", 1)[0]
+        out.append(f"day {day:5.2f}  {local:%a %d %b %H:%M}  {run:<15} {line.text}")
+    return out
