@@ -6,14 +6,15 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_never
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from keepflow.language.dsl import STEP_KINDS, IfStep, SplitStep, Step, WaitForStep, step_path
+from keepflow.language.dsl import (STEP_KINDS, DoStep, ExitStep, IfStep, SendStep, SplitStep, StartStep, Step,
+                                   WaitForStep, WaitStep, step_path)
 from keepflow.language.problems import START, Report
 
 
@@ -197,13 +198,21 @@ def steps_at(steps: list[Step], container: Any, prefix: str) -> Iterator[StepAt]
         node = container[index]
         if not isinstance(node, CommentedMap):
             continue
-        if isinstance(step, IfStep):
-            for key, children in (("then", step.then), ("else", step.else_)):
-                if has_key(node, key):
-                    yield from steps_at(children, node[key], f"{here.path}.{key}")
-        elif isinstance(step, SplitStep) and isinstance(node.get("split"), CommentedSeq):
-            for variant, variant_node in zip(step.split, node["split"]):
-                if isinstance(variant_node, CommentedMap) and has_key(variant_node, "steps"):
-                    yield from steps_at(variant.steps, variant_node["steps"], f"{here.path}.{variant.variant}")
-        elif isinstance(step, WaitForStep) and isinstance(step.on_timeout, list):
-            yield from steps_at(step.on_timeout, node.get("on_timeout"), f"{here.path}.on_timeout")
+        # Where each kind keeps its child steps in the YAML (dsl.child_branches says which they are).
+        match step:
+            case IfStep():
+                for key, children in (("then", step.then), ("else", step.else_)):
+                    if has_key(node, key):
+                        yield from steps_at(children, node[key], f"{here.path}.{key}")
+            case SplitStep():
+                if isinstance(node.get("split"), CommentedSeq):
+                    for variant, variant_node in zip(step.split, node["split"]):
+                        if isinstance(variant_node, CommentedMap) and has_key(variant_node, "steps"):
+                            yield from steps_at(variant.steps, variant_node["steps"], f"{here.path}.{variant.variant}")
+            case WaitForStep():
+                if isinstance(step.on_timeout, list):
+                    yield from steps_at(step.on_timeout, node.get("on_timeout"), f"{here.path}.on_timeout")
+            case SendStep() | WaitStep() | DoStep() | StartStep() | ExitStep():
+                pass
+            case _:
+                assert_never(step)
