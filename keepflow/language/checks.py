@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
+from typing import assert_never
 
 from jinja2 import TemplateSyntaxError, meta
 from jinja2 import nodes as jinja_nodes
@@ -14,7 +15,8 @@ from pydantic import BaseModel, ValidationError
 from ruamel.yaml.comments import CommentedMap
 
 from keepflow.language import context_flow, template_checks
-from keepflow.language.dsl import DoStep, IfStep, SendStep, Sequence, SequencesFile, StartStep, WaitForStep
+from keepflow.language.dsl import (DoStep, ExitStep, IfStep, SendStep, Sequence, SequencesFile, SplitStep, StartStep,
+                                   WaitForStep, WaitStep)
 from keepflow.language.durations import format_duration
 from keepflow.language.expressions import ExpressionError, check_syntax
 from keepflow.language.problems import Report, Severity
@@ -100,16 +102,22 @@ class Semantics:
 
     def step(self, at: StepAt) -> None:
         step = at.step
-        if isinstance(step, SendStep):
-            self.send(at, step)
-        elif isinstance(step, DoStep):
-            self.do(at, step)
-        elif isinstance(step, IfStep):
-            self.expression(at.node, "if", step.if_)
-        elif isinstance(step, WaitForStep) and step.timeout > LONG_WAIT:
-            self.add(at.pos("timeout"),
-                     f"wait_for timeout {format_duration(step.timeout)} is longer than 90 days; "
-                     "is the unit right? (s, m, h, d, w)", "warning")
+        match step:
+            case SendStep():
+                self.send(at, step)
+            case DoStep():
+                self.do(at, step)
+            case IfStep():
+                self.expression(at.node, "if", step.if_)
+            case WaitForStep():
+                if step.timeout > LONG_WAIT:
+                    self.add(at.pos("timeout"),
+                             f"wait_for timeout {format_duration(step.timeout)} is longer than 90 days; "
+                             "is the unit right? (s, m, h, d, w)", "warning")
+            case WaitStep() | SplitStep() | StartStep() | ExitStep():
+                pass  # start: targets are checked together, in starts()
+            case _:
+                assert_never(step)
 
     # templates
 
