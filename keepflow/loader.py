@@ -42,7 +42,7 @@ from keepflow.dsl import (
     WaitForStep,
 )
 from keepflow.durations import format_duration
-from keepflow.expressions import ExpressionError, check_syntax
+from keepflow.expressions import ExpressionError, check_syntax, refusal, refused
 from keepflow.rendering import FALLBACK_LOCALE, Renderer, template_path
 
 if TYPE_CHECKING:
@@ -695,9 +695,14 @@ class _Semantics:
 
     def expression(self, node: CommentedMap, field: str, expression: str) -> None:
         try:
-            check_syntax(expression)
+            names = refused(expression)
+            if not names:
+                check_syntax(expression)
         except ExpressionError as exc:
             self.add(_value_pos(node, field), f"{field}: {exc}")
+            return
+        for name in names:
+            self.add(_value_pos(node, field), f"{field}: {refusal(name)}")
 
     def step(self, at: _StepAt) -> None:
         step = at.step

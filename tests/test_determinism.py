@@ -1,0 +1,83 @@
+"""`if:` and `key:` are evaluated inside the workflow: an expression must decide the same way
+every time a run is replayed, so nothing random may reach them (`split:` is the random choice
+that is stable per customer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jinja2.defaults
+import pytest
+from temporalio.client import WorkflowFailureError
+
+from keepflow import expressions
+from keepflow.loader import check
+from tests.conftest import running_worker
+from tests.helpers import snapshot, start
+from tests.test_replay import replayer
+from tests.test_validate import HEAD, assert_problem, project
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_validate_refuses_random_and_lipsum_where_they_are_written(tmp_path):
+    text = HEAD.replace("    steps:\n", '    key: "lipsum(2)"\n    steps:\n') + (
+        '      - if: "[true, false] | random"\n        then: [exit]\n'
+        '      - if: "customer.tags | map(\'random\') | first"\n        then: [exit]\n')
+    _, problems = check(project(tmp_path, text))
+    key, dice, mapped = problems
+    assert_problem(key, 5, 10, "key: `lipsum` is not allowed in if:/key: (a run must decide the same way on replay)")
+    assert_problem(dice, 7, 13, "if: `random` is not allowed in if:/key:")
+    assert_problem(mapped, 9, 13, "if: `random` is not allowed in if:/key:")
+    assert all("use `split:` for random assignment" in p.message for p in problems)
+
+
+@pytest.mark.parametrize("expression", ["[true, false] | random", "lipsum(1) | length > 10",
+                                        "range(3) | map('random') | list"])
+def test_evaluation_refuses_what_validate_refuses(expression):
+    """A run started from a snapshot that never went through `validate` is refused too."""
+    assert expressions.refused(expression)
+    with pytest.raises(expressions.ExpressionError, match="use `split:` for random assignment"):
+        expressions.evaluate(expression, {})
+
+
+def test_the_expression_environment_offers_only_the_allowed_names():
+    env = expressions._env
+    assert set(env.filters) == expressions.PURE_FILTERS
+    assert set(env.tests) == expressions.PURE_TESTS
+    assert set(env.globals) == expressions.PURE_GLOBALS
+    # Everything else Jinja offers by default is still there: only the impure names are gone.
+    assert set(jinja2.defaults.DEFAULT_FILTERS) - expressions.PURE_FILTERS == {"random"}
+    assert set(jinja2.defaults.DEFAULT_NAMESPACE) - expressions.PURE_GLOBALS == {"lipsum"}
+    assert expressions.evaluate("[3, 1, 2] | sort | first + range(2) | sum", {}) == 2
+
+
+BRANCH = """
+sequences:
+  - id: branch
+    category: transactional
+    steps:
+      - if: "{condition}"
+        then:
+          - wait: 1h
+        else:
+          - exit
+"""
+
+
+async def test_a_branch_replays_the_same_and_random_is_refused_when_the_run_reaches_it(env, settings, db):
+    async with running_worker(env, settings, db) as tq:
+        pure = await start(env.client, tq, snapshot(BRANCH.format(condition="customer.first_name == 'Nok'")))
+        assert [s.outcome for s in (await pure.result()).steps_done] == ["waited", "then"]
+        # Built without `validate`, as an old snapshot or a hand-made RunInput could be.
+        dice = await start(env.client, tq, snapshot(BRANCH.format(condition="[true, false] | random")))
+        with pytest.raises(WorkflowFailureError) as failed:
+            await dice.result()
+    assert "`random` is not allowed in if:/key:" in str(failed.value.cause)
+    # Then: one timer; else: none. A branch decided differently on replay issues other commands,
+    # which the replayer reports as nondeterminism; twenty replays would catch a coin flip.
+    for handle in (pure, dice):
+        history = await handle.fetch_history()
+        for _ in range(20):
+            await replayer().replay_workflow(history)
+
