@@ -4,6 +4,7 @@ that is stable per customer)."""
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import jinja2.defaults
@@ -81,3 +82,35 @@ async def test_a_branch_replays_the_same_and_random_is_refused_when_the_run_reac
         for _ in range(20):
             await replayer().replay_workflow(history)
 
+
+def _keepflow_imports(path: Path, only_passed_through: bool) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+    blocks = [n for n in ast.walk(tree) if isinstance(n, ast.With)
+              and any("imports_passed_through" in ast.unparse(item.context_expr) for item in n.items)]
+    for scope in (blocks if only_passed_through else [tree]):
+        for node in ast.walk(scope):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "keepflow":
+                # `from keepflow import expressions` imports the module keepflow.expressions.
+                names = [f"{node.module}.{a.name}" for a in node.names]
+                found.update(n for n in names if (ROOT / (n.replace(".", "/") + ".py")).exists())
+                if not any((ROOT / (n.replace(".", "/") + ".py")).exists() for n in names):
+                    found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names if a.name.split(".")[0] == "keepflow")
+    return found
+
+
+def test_the_sandbox_passes_through_exactly_the_keepflow_modules_workflows_import():
+    """What a workflow imports under `imports_passed_through`, and what those import in turn:
+    no other Keepflow module (the store, providers) may be handed to workflow code unchecked."""
+    from worker import PASSTHROUGH
+
+    wanted: set[str] = set()
+    pending = {m for path in (ROOT / "workflows").glob("*.py") for m in _keepflow_imports(path, True)}
+    while pending:
+        module = pending.pop()
+        if module not in wanted:
+            wanted.add(module)
+            pending |= _keepflow_imports(ROOT / (module.replace(".", "/") + ".py"), False)
+    assert {m for m in PASSTHROUGH if m.split(".")[0] == "keepflow"} == wanted
