@@ -37,7 +37,8 @@ from keepflow.contracts import EventSignal, RunInput, RunStatus, SendRequest, Se
 from keepflow.durations import parse_duration
 from keepflow.events import CustomerIn, EventIn, OrderIn
 from keepflow.loader import Catalog
-from keepflow.router import record_run, store, workflow_id
+from keepflow.router import store, workflow_id
+from keepflow.starts import start_run
 from keepflow.search_attributes import ensure_registered
 from keepflow.settings import Settings
 from keepflow.store import Database, Run, upgrade
@@ -146,10 +147,9 @@ async def simulate(catalog: Catalog, sequence_id: str, customer: CustomerIn, ord
                 raise SimulationError(f"{sequence_id} is keyed on {sequence.key!r}, which this customer and order do not "
                                       "provide; pass --order FILE.json")
             async with build_worker(env.client, settings, db, task_queue=settings.task_queue, catalog=catalog):
-                handle = await env.client.start_workflow(
-                    "sequence", RunInput(snapshot=catalog.snapshot(sequence_id), key=run_id.split("/", 1)[1],
-                                         context=context), id=run_id, task_queue=settings.task_queue, result_type=RunStatus)
-                record_run(db, run_id, context, began)
+                run = RunInput(snapshot=catalog.snapshot(sequence_id), key=run_id.split("/", 1)[1], context=context)
+                await start_run(env.client, run, settings.task_queue, db=db, started_at=began)
+                handle = env.client.get_workflow_handle(run_id, result_type=RunStatus)
                 lines = [Line(began, run_id, f"start {sequence_id} for customer {customer.id}")]
                 for event in timeline:
                     await _sleep_until(env, began + event.after)

@@ -13,7 +13,7 @@ from keepflow.contracts import EventSignal, RunStatus
 from keepflow.dsl import SequencesFile
 from keepflow.impact import compute_impact, runs_in_flight
 from keepflow.loader import Catalog
-from keepflow.router import record_run
+from keepflow.starts import record_run
 from keepflow.store import Run
 from tests.conftest import TEST_TEMPLATES, make_settings, running_worker
 from tests.helpers import CUSTOMER, NO_LIMITS, start, until_step
