@@ -13,7 +13,7 @@ import difflib
 import re
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -29,6 +29,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from keepflow import dsl, template_rules, validate_extra
 from keepflow.dsl import (
     STEP_KINDS,
+    ActivityOptions,
     DoStep,
     IfStep,
     SendStep,
@@ -85,13 +86,15 @@ class Catalog:
     path: Path
     templates_dir: Path
     file: SequencesFile
+    # Registered activities' own limits, by name (`@activity(..., timeout=, max_attempts=)`).
+    activities: dict[str, ActivityOptions] = field(default_factory=dict)
 
     @property
     def sequences(self) -> dict[str, Sequence]:
         return self.file.by_id()
 
     def snapshot(self, sequence_id: str) -> Snapshot:
-        return Snapshot.of(sequence_id, self.sequences, self.file.rules)
+        return Snapshot.of(sequence_id, self.sequences, self.file.rules, self.activities)
 
     def triggered_by(self, event_type: str) -> list[Sequence]:
         return [s for s in self.file.sequences if s.trigger == event_type]
@@ -136,7 +139,8 @@ def check(path: Path, templates_dir: Path | None = None,
     problems = report.sorted()
     if any(p.severity == "error" for p in problems):
         return None, problems
-    return Catalog(path=path, templates_dir=templates_dir, file=file), problems
+    limits = {name: r.options for name, r in activities.items() if r.options is not None}
+    return Catalog(path=path, templates_dir=templates_dir, file=file, activities=limits), problems
 
 
 def run_validate(path: Path, templates: Path | None) -> int:
