@@ -15,10 +15,10 @@ from typing import Any
 
 from collections.abc import Mapping
 
-from jinja2 import StrictUndefined, TemplateSyntaxError
+from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined
 from jinja2 import nodes
 from jinja2.defaults import DEFAULT_FILTERS, DEFAULT_NAMESPACE
-from jinja2.exceptions import UndefinedError
+from jinja2.exceptions import TemplateRuntimeError
 from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -84,7 +84,8 @@ def refused(expression: str) -> list[str]:
     """The filters and globals in `expression` that the workflow may not use, in order of appearance.
 
     Read from the parsed expression, so `validate` can say so before anything runs. A name given
-    as data (`map(name)`) is only known when it runs; the environment lacks it then.
+    as data (`map(name)`) is only known when it runs; the environment lacks it then. Raises
+    ExpressionError when the expression does not parse.
     """
     try:
         parser = Parser(_env, expression, state="variable")
@@ -125,8 +126,15 @@ def check_syntax(expression: str) -> None:
 
 def evaluate(expression: str, context: dict[str, Any]) -> Any:
     try:
-        return _compile(expression)(**context)
-    except UndefinedError as exc:
+        value = _compile(expression)(**context)
+        if isinstance(value, Undefined):
+            # A strict undefined (`customer.vip` for a customer without one) fails only when used:
+            # make it fail here, where callers expect an expression's errors.
+            bool(value)
+        return value
+    except TemplateRuntimeError as exc:
+        # A missing variable, or a filter the environment lacks named at run time (`map(name)`):
+        # the run fails visibly instead of retrying a workflow task that can never succeed.
         raise ExpressionError(f"{expression!r}: {exc.message}") from exc
 
 

@@ -5,6 +5,7 @@ that is stable per customer)."""
 from __future__ import annotations
 
 import ast
+import asyncio
 from pathlib import Path
 
 import jinja2.defaults
@@ -114,3 +115,13 @@ def test_the_sandbox_passes_through_exactly_the_keepflow_modules_workflows_impor
             wanted.add(module)
             pending |= _keepflow_imports(ROOT / (module.replace(".", "/") + ".py"), False)
     assert {m for m in PASSTHROUGH if m.split(".")[0] == "keepflow"} == wanted
+
+
+async def test_a_condition_on_a_field_the_customer_lacks_fails_the_run_visibly(env, settings, db):
+    """`customer.vip` for a customer without `vip`: Jinja's strict undefined only fails when it is
+    used, which was after evaluate() returned, so the workflow task failed and retried for ever."""
+    async with running_worker(env, settings, db) as tq:
+        handle = await start(env.client, tq, snapshot(BRANCH.format(condition="customer.vip")))
+        with pytest.raises(WorkflowFailureError) as failed:
+            await asyncio.wait_for(handle.result(), 10)
+    assert "has no attribute 'vip'" in str(failed.value.cause)
