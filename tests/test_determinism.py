@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import importlib.util
 from pathlib import Path
 
 import jinja2.defaults
@@ -84,19 +85,31 @@ async def test_a_branch_replays_the_same_and_random_is_refused_when_the_run_reac
             await replayer().replay_workflow(history)
 
 
-def _keepflow_imports(path: Path, only_passed_through: bool) -> set[str]:
-    tree = ast.parse(path.read_text())
-    found: set[str] = set()
+def _is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _keepflow_imports(module: str, only_passed_through: bool) -> set[str]:
+    """The Keepflow modules `module` imports (only inside `imports_passed_through` blocks, if asked)."""
+    spec = importlib.util.find_spec(module)
+    tree = ast.parse(Path(spec.origin).read_text())
+    package = module if spec.submodule_search_locations else module.rpartition(".")[0]
     blocks = [n for n in ast.walk(tree) if isinstance(n, ast.With)
               and any("imports_passed_through" in ast.unparse(item.context_expr) for item in n.items)]
+    found: set[str] = set()
     for scope in (blocks if only_passed_through else [tree]):
         for node in ast.walk(scope):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "keepflow":
+            if isinstance(node, ast.ImportFrom):
+                base = importlib.util.resolve_name("." * node.level + (node.module or ""), package) \
+                    if node.level else node.module
+                if base.split(".")[0] != "keepflow":
+                    continue
                 # `from keepflow import expressions` imports the module keepflow.expressions.
-                names = [f"{node.module}.{a.name}" for a in node.names]
-                found.update(n for n in names if (ROOT / (n.replace(".", "/") + ".py")).exists())
-                if not any((ROOT / (n.replace(".", "/") + ".py")).exists() for n in names):
-                    found.add(node.module)
+                submodules = {f"{base}.{a.name}" for a in node.names if _is_module(f"{base}.{a.name}")}
+                found |= submodules or {base}
             elif isinstance(node, ast.Import):
                 found.update(a.name for a in node.names if a.name.split(".")[0] == "keepflow")
     return found
@@ -107,13 +120,14 @@ def test_the_sandbox_passes_through_exactly_the_keepflow_modules_workflows_impor
     no other Keepflow module (the store, providers) may be handed to workflow code unchecked."""
     from worker import PASSTHROUGH
 
+    workflows = [f"workflows.{p.stem}" for p in (ROOT / "workflows").glob("*.py") if p.stem != "__init__"]
     wanted: set[str] = set()
-    pending = {m for path in (ROOT / "workflows").glob("*.py") for m in _keepflow_imports(path, True)}
+    pending = {m for w in workflows for m in _keepflow_imports(w, True)}
     while pending:
         module = pending.pop()
         if module not in wanted:
             wanted.add(module)
-            pending |= _keepflow_imports(ROOT / (module.replace(".", "/") + ".py"), False)
+            pending |= _keepflow_imports(module, False)
     assert {m for m in PASSTHROUGH if m.split(".")[0] == "keepflow"} == wanted
 
 
