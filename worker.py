@@ -39,11 +39,18 @@ log = logging.getLogger("keepflow.worker")
 # Provider SDKs and the database are synchronous: activities run on threads.
 ACTIVITY_THREADS = 32
 
-# Pure, deterministic libraries the interpreter uses: load them once, not per workflow run
-# (Jinja also imports modules lazily, which the sandbox refuses mid-run).
-SANDBOX = SandboxedWorkflowRunner(
-    restrictions=SandboxRestrictions.default.with_passthrough_modules("keepflow", "jinja2", "markupsafe", "pydantic")
+# Pure, deterministic modules the interpreter uses: load them once, not per workflow run (Jinja
+# also imports modules lazily, which the sandbox refuses mid-run). Of Keepflow's own, only what
+# workflows/*.py import under `imports_passed_through` and what those import: any other module
+# (the store, the providers) a workflow imported by mistake would be loaded inside the sandbox,
+# whose restrictions catch its I/O, instead of being handed over unchecked.
+# tests/test_determinism.py keeps this list equal to those imports.
+PASSTHROUGH = (
+    "keepflow.runtime.payloads", "keepflow.language.dsl", "keepflow.language.durations",
+    "keepflow.language.expressions", "keepflow.runtime.search_attributes",
+    "jinja2", "markupsafe", "pydantic",
 )
+SANDBOX = SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH))
 
 
 def build_worker(client: Client, settings: Settings, db: Database, send_deps: SendDeps | None = None,

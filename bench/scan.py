@@ -230,7 +230,7 @@ TIMED = (
     ("activities.builtin.inactivity", None, "_scores", "RFM scores lookup (_scores, inside the page read)"),
     ("activities.builtin.inactivity", "InactivityScanner", "_start", "one start (_start: start_workflow + record_run)"),
     ("temporalio.client", "Client", "start_workflow", "Client.start_workflow (in _start)"),
-    ("activities.builtin.inactivity", None, "record_run", "record_run (SQLite insert; in a thread)"),
+    ("keepflow.runtime.starts", None, "record_run", "record_run (SQLite insert; in a thread)"),
 )
 
 

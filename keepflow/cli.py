@@ -196,6 +196,17 @@ def db_upgrade() -> None:
     print(f"schema up to date: {settings.resolved_database_url}")
 
 
+@db_app.command("revision")
+def db_revision(
+    message: Annotated[str, typer.Option("-m", "--message", help="what it changes, e.g. 'loyalty awards'")],
+) -> None:
+    """Write the next migration for what the models (activities' tables included) add to the schema."""
+    from keepflow.tools.db_revision import new_revision
+
+    path = new_revision(message)
+    print(f"wrote {path}: read it before you commit it" if path else "nothing to write: the models match the newest revision")
+
+
 @app.command()
 def report(
     since: Annotated[str, typer.Option(help="how far back: a duration (30d, 12h) or an ISO date")] = "30d",

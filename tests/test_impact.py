@@ -12,7 +12,7 @@ from sqlalchemy import select
 from keepflow.language.catalog import Catalog
 from keepflow.language.dsl import SequencesFile
 from keepflow.runtime.payloads import EventSignal, RunStatus
-from keepflow.runtime.routing import record_run
+from keepflow.runtime.starts import record_run
 from keepflow.store import Run
 from keepflow.tools.impact import compute_impact, runs_in_flight
 from tests.conftest import TEST_TEMPLATES, make_settings, running_worker

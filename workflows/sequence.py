@@ -15,6 +15,7 @@ waits out the rest of the same wait (see `Resume`). When it settles into a wait 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -293,10 +294,16 @@ class SequenceWorkflow:
             workflow_id=workflow.info().workflow_id, sequence_id=self.sequence.id, step=path,
             args=step.with_, context=self.context,
         )
+        # Limits registered with the activity came with the snapshot; the defaults are what every
+        # run before them used, so their histories replay unchanged.
+        options = self.input.snapshot.activities.get(step.do)
+        timeout = options.timeout if options and options.timeout else DO_TIMEOUT
+        retry = (dataclasses.replace(DO_RETRY, maximum_attempts=options.max_attempts)
+                 if options and options.max_attempts else DO_RETRY)
         try:
             result = await workflow.execute_activity(
-                step.do, request, result_type=dict,
-                start_to_close_timeout=DO_TIMEOUT, schedule_to_close_timeout=DO_DEADLINE, retry_policy=DO_RETRY,
+                step.do, request, result_type=dict, start_to_close_timeout=timeout,
+                schedule_to_close_timeout=max(DO_DEADLINE, timeout), retry_policy=retry,
             )
         except ActivityError as err:
             # Later steps may depend on this result (a coupon for the offer email): stop the run

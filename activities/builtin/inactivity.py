@@ -19,13 +19,11 @@ from typing import Any
 from sqlalchemy import and_, inspect, or_, select
 from temporalio import activity
 from temporalio.client import Client
-from temporalio.common import WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from keepflow.language.catalog import Catalog
 from keepflow.language.dsl import InactivityTrigger, Sequence
 from keepflow.runtime.payloads import RunInput, ScanCursor, ScanPage, ScanPageResult
-from keepflow.runtime.routing import record_run
+from keepflow.runtime.starts import start_run
 from keepflow.store import Customer, Database, Run, utc
 
 # Starts in flight at once: enough to hide round trips, few enough not to swamp the server.
@@ -94,25 +92,16 @@ class InactivityScanner:
         return customers, candidates, skipped
 
     async def _start(self, sequence: Sequence, customer: dict[str, Any], as_of: datetime) -> bool:
-        snapshot = self.catalog.snapshot(sequence.id)
-        run_id = f"{sequence.id}/{customer['id']}"
         context = {
             "customer": customer, "brand": self.catalog.file.brand,
             "event": {"id": f"inactive:{customer['id']}:{as_of:%Y%m%d%H%M}", "type": "customer.inactive",
                       "occurred_at": as_of.isoformat(), "data": {}},
         }
-        try:
-            await self.client.start_workflow(
-                "sequence", RunInput(snapshot=snapshot, key=customer["id"], context=context),
-                id=run_id, task_queue=activity.info().task_queue,
-                # The same customer may come back and drift away again: a new run after the cool-down.
-                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-                memo={"sequence": sequence.id, "definition_hash": snapshot.hash},
-            )
-        except WorkflowAlreadyStartedError:
-            return False
-        await asyncio.to_thread(record_run, self.db, run_id, context, as_of)
-        return True
+        run = RunInput(snapshot=self.catalog.snapshot(sequence.id), key=customer["id"], context=context)
+        # The same customer may come back and drift away again: a new run after the cool-down.
+        started = await start_run(self.client, run, activity.info().task_queue, db=self.db, started_at=as_of,
+                                  allow_rerun=True)
+        return started is not None
 
 
 def _skip_reason(sequence: Sequence, trigger: InactivityTrigger, customer: Customer, cooling: bool,

@@ -7,15 +7,11 @@ other run, and never holds its starter open.
 
 from __future__ import annotations
 
-import asyncio
-
 from temporalio import activity
 from temporalio.client import Client
-from temporalio.common import WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from keepflow.runtime.payloads import RunInput
-from keepflow.runtime.routing import record_run
+from keepflow.runtime.starts import run_id, start_run
 from keepflow.store import Database
 
 
@@ -26,15 +22,6 @@ class SequenceStarter:
 
     @activity.defn(name="start_sequence")
     async def start_sequence(self, run: RunInput) -> str:
-        workflow_id = f"{run.snapshot.root}/{run.key}"
-        try:
-            await self.client.start_workflow(
-                "sequence", run, id=workflow_id, task_queue=activity.info().task_queue,
-                # One run per sequence and key: a retried activity, or a second order event, starts nothing new.
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                memo={"sequence": run.snapshot.root, "definition_hash": run.snapshot.hash},
-            )
-        except WorkflowAlreadyStartedError:
-            return f"already started {workflow_id}"
-        await asyncio.to_thread(record_run, self.db, workflow_id, run.context)
-        return f"started {workflow_id}"
+        # One run per sequence and key: a retried activity, or a second order event, starts nothing new.
+        started = await start_run(self.client, run, activity.info().task_queue, db=self.db)
+        return f"started {started}" if started else f"already started {run_id(run.snapshot.root, run.key)}"

@@ -10,14 +10,11 @@ does, see `keepflow.runtime.registry.load_catalog`), so reading the language nev
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import BaseModel
-
-from keepflow.language.checks import Semantics
-from keepflow.language.dsl import Sequence, SequencesFile, Snapshot
+from keepflow.language.checks import Activities, Semantics
+from keepflow.language.dsl import ActivityOptions, Sequence, SequencesFile, Snapshot
 from keepflow.language.problems import InvalidSequences, Problem, Report
 from keepflow.language.schema_errors import validate_schema
 from keepflow.language.yaml_source import parse
@@ -28,13 +25,15 @@ class Catalog:
     path: Path
     templates_dir: Path
     file: SequencesFile
+    # Registered activities' own limits, by name (`@activity(..., timeout=, max_attempts=)`).
+    activities: dict[str, ActivityOptions] = field(default_factory=dict)
 
     @property
     def sequences(self) -> dict[str, Sequence]:
         return self.file.by_id()
 
     def snapshot(self, sequence_id: str) -> Snapshot:
-        return Snapshot.of(sequence_id, self.sequences, self.file.rules)
+        return Snapshot.of(sequence_id, self.sequences, self.file.rules, self.activities)
 
     def triggered_by(self, event_type: str) -> list[Sequence]:
         return [s for s in self.file.sequences if s.trigger == event_type]
@@ -51,11 +50,9 @@ def default_templates_dir(path: Path) -> Path:
     return path.parent / "templates"
 
 
-# What a `do:` step may call: activity name -> the pydantic model of its arguments.
-ActivityArgs = Mapping[str, type[BaseModel]]
 
 
-def load(path: Path, templates_dir: Path | None = None, activities: ActivityArgs | None = None) -> Catalog:
+def load(path: Path, templates_dir: Path | None = None, activities: Activities | None = None) -> Catalog:
     catalog, problems = check(path, templates_dir, activities)
     if catalog is None or any(p.severity == "error" for p in problems):
         raise InvalidSequences(problems)
@@ -63,7 +60,7 @@ def load(path: Path, templates_dir: Path | None = None, activities: ActivityArgs
 
 
 def check(path: Path, templates_dir: Path | None = None,
-          activities: ActivityArgs | None = None) -> tuple[Catalog | None, list[Problem]]:
+          activities: Activities | None = None) -> tuple[Catalog | None, list[Problem]]:
     """Every problem in the file, in line order; the Catalog only when there is no error.
 
     With no `activities`, none is known and every `do:` step is an error."""
@@ -80,4 +77,5 @@ def check(path: Path, templates_dir: Path | None = None,
     problems = report.sorted()
     if any(p.severity == "error" for p in problems):
         return None, problems
-    return Catalog(path=path, templates_dir=templates_dir, file=file), problems
+    limits = {name: known.options for name, known in (activities or {}).items() if known.options is not None}
+    return Catalog(path=path, templates_dir=templates_dir, file=file, activities=limits), problems

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import assert_never
+from typing import Protocol, assert_never
 
 from jinja2 import TemplateSyntaxError, meta
 from jinja2 import nodes as jinja_nodes
@@ -15,10 +15,21 @@ from pydantic import BaseModel, ValidationError
 from ruamel.yaml.comments import CommentedMap
 
 from keepflow.language import context_flow, template_checks
-from keepflow.language.dsl import (DoStep, ExitStep, IfStep, SendStep, Sequence, SequencesFile, SplitStep, StartStep,
-                                   WaitForStep, WaitStep)
+from keepflow.language.dsl import (
+    ActivityOptions,
+    DoStep,
+    ExitStep,
+    IfStep,
+    SendStep,
+    Sequence,
+    SequencesFile,
+    SplitStep,
+    StartStep,
+    WaitForStep,
+    WaitStep,
+)
 from keepflow.language.durations import format_duration
-from keepflow.language.expressions import ExpressionError, check_syntax
+from keepflow.language.expressions import ExpressionError, check_syntax, refusal, refused
 from keepflow.language.problems import Report, Severity
 from keepflow.language.rendering import FALLBACK_LOCALE, Renderer, locale_files, template_path, template_source
 from keepflow.language.schema_errors import aliases, did_you_mean, friendly
@@ -42,9 +53,23 @@ def _private_names(ast: jinja_nodes.Template) -> Iterator[tuple[jinja_nodes.Node
             yield node, name
 
 
+class KnownActivity(Protocol):
+    """What the language needs of a registered activity (the runtime's registry has these)."""
+
+    @property
+    def args_model(self) -> type[BaseModel]: ...
+
+    @property
+    def options(self) -> ActivityOptions | None: ...
+
+
+# What a `do:` step may call, by name.
+Activities = Mapping[str, KnownActivity]
+
+
 class Semantics:
     def __init__(self, file: SequencesFile, tree: CommentedMap, templates_dir: Path,
-                 activities: Mapping[str, type[BaseModel]], report: Report):
+                 activities: Activities, report: Report):
         self.file = file
         self.tree = tree
         self.templates_dir = templates_dir
@@ -96,9 +121,14 @@ class Semantics:
 
     def expression(self, node: CommentedMap, field: str, expression: str) -> None:
         try:
-            check_syntax(expression)
+            names = refused(expression)
+            if not names:
+                check_syntax(expression)
         except ExpressionError as exc:
             self.add(value_pos(node, field), f"{field}: {exc}")
+            return
+        for name in names:
+            self.add(value_pos(node, field), f"{field}: {refusal(name)}")
 
     def step(self, at: StepAt) -> None:
         step = at.step
@@ -168,8 +198,8 @@ class Semantics:
     # activities
 
     def do(self, at: StepAt, step: DoStep) -> None:
-        model = self.activities.get(step.do)
-        if model is None:
+        registered = self.activities.get(step.do)
+        if registered is None:
             known = sorted(self.activities)
             guess = did_you_mean(step.do, known)
             hint = f"did you mean {guess!r}?" if guess else "known activities: " + (", ".join(known) or "none")
@@ -177,6 +207,7 @@ class Semantics:
             return
         node = at.node
         with_node = node.get("with") if isinstance(node, CommentedMap) else None
+        model = registered.args_model
         if model.model_config.get("extra") != "allow":
             fields = aliases(model)
             for name in step.with_:

@@ -292,6 +292,13 @@ class SequencesFile(_Model):
         return {s.id: s for s in self.sequences}
 
 
+class ActivityOptions(_Model):
+    """A `do:` activity's own limits, as registered (`@activity("notify_crm", timeout="2m", max_attempts=5)`)."""
+
+    timeout: Duration | None = None  # each attempt's; None: the engine's default
+    max_attempts: int | None = Field(None, ge=1)  # the first try included; None: the default
+
+
 class Snapshot(_Model):
     """The definitions a run needs (its sequence and every one it may `start`), frozen at start."""
 
@@ -299,9 +306,15 @@ class Snapshot(_Model):
     sequences: dict[str, Sequence]
     hash: str
     rules: Rules = Field(default_factory=Rules)
+    # The limits of the `do:` activities these sequences call that were registered with their own:
+    # fixed at start like the rest, so the workflow reads them from its input, never from the
+    # worker's code, and a replay schedules each activity as it was scheduled. Left out of the
+    # payload when empty: a run without them carries what runs always did.
+    activities: dict[str, ActivityOptions] = Field(default_factory=dict, exclude_if=lambda v: not v)
 
     @classmethod
-    def of(cls, root: str, all_sequences: dict[str, Sequence], rules: Rules | None = None) -> Snapshot:
+    def of(cls, root: str, all_sequences: dict[str, Sequence], rules: Rules | None = None,
+           activities: dict[str, ActivityOptions] | None = None) -> Snapshot:
         needed: dict[str, Sequence] = {}
         pending = [root]
         while pending:
@@ -311,13 +324,14 @@ class Snapshot(_Model):
             needed[seq.id] = seq
             pending.extend(s.start for _, s in seq.walk() if isinstance(s, StartStep))
         rules = rules or Rules()
-        canonical = json.dumps(
-            {"sequences": {k: v.model_dump(mode="json") for k, v in sorted(needed.items())},
-             "rules": rules.model_dump(mode="json")},
-            sort_keys=True, ensure_ascii=False,
-        )
-        digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]
-        return cls(root=root, sequences=needed, hash=digest, rules=rules)
+        called = {s.do for seq in needed.values() for _, s in seq.walk() if isinstance(s, DoStep)}
+        options = {name: o for name, o in sorted((activities or {}).items()) if name in called}
+        canonical = {"sequences": {k: v.model_dump(mode="json") for k, v in sorted(needed.items())},
+                     "rules": rules.model_dump(mode="json")}
+        if options:  # absent otherwise, so every hash from before limits existed stays the same
+            canonical["activities"] = {k: v.model_dump(mode="json") for k, v in options.items()}
+        digest = hashlib.sha256(json.dumps(canonical, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+        return cls(root=root, sequences=needed, hash=digest, rules=rules, activities=options)
 
     def child(self, sequence_id: str) -> Snapshot:
         return self.model_copy(update={"root": sequence_id})

@@ -13,8 +13,19 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from keepflow.language.dsl import (STEP_KINDS, DoStep, ExitStep, IfStep, SendStep, SplitStep, StartStep, Step,
-                                   WaitForStep, WaitStep, step_path)
+from keepflow.language.dsl import (
+    STEP_KINDS,
+    DoStep,
+    ExitStep,
+    IfStep,
+    SendStep,
+    SplitStep,
+    StartStep,
+    Step,
+    WaitForStep,
+    WaitStep,
+    step_path,
+)
 from keepflow.language.problems import START, Report
 
 

@@ -22,14 +22,13 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from temporalio.client import Client
-from temporalio.common import WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from keepflow.insights import rfm
 from keepflow.language import expressions
 from keepflow.language.catalog import Catalog
 from keepflow.language.dsl import Sequence
+from keepflow.runtime import starts
 from keepflow.runtime.events import CustomerIn, EventIn, OrderIn
 from keepflow.runtime.payloads import EventSignal, RunInput
 from keepflow.sending import contacts
@@ -65,7 +64,7 @@ def workflow_id(sequence: Sequence, context: dict[str, Any]) -> str | None:
         key = expressions.evaluate(sequence.key, context)
     except expressions.ExpressionError:
         return None
-    return None if key is None or key == "" else f"{sequence.id}/{key}"
+    return None if key is None or key == "" else starts.run_id(sequence.id, key)
 
 
 # -- storing ----------------------------------------------------------------------------------
@@ -167,20 +166,6 @@ def _region(locale: str | None) -> str | None:
     return next((p.upper() for p in parts[1:] if len(p) == 2 and p.isalpha()), None)
 
 
-def record_run(db: Database, run_id: str, context: dict[str, Any], started_at: datetime | None = None) -> None:
-    """Note a run's start for reports and cool-downs (a later run under the same id replaces it)."""
-    with db.session() as session:
-        _record_run(session, run_id, context, started_at)
-
-
-def _record_run(session: Session, run_id: str, context: dict[str, Any], started_at: datetime | None = None) -> None:
-    session.merge(Run(
-        id=run_id, sequence_id=run_id.split("/", 1)[0], customer_id=(context.get("customer") or {}).get("id"),
-        started_at=started_at or _now(), trigger_event_id=(context.get("event") or {}).get("id"),
-        converted_at=None, converted_event_id=None,
-    ))
-
-
 def mark_converted(db: Database, run_id: str, event: EventIn) -> None:
     with db.session() as session:
         session.execute(update(Run).where(Run.id == run_id, Run.converted_at.is_(None))
@@ -236,17 +221,11 @@ async def route(client: Client, catalog: Catalog, db: Database, event: EventIn, 
         if run_id is None:
             log.warning("event %s: no %r for sequence %s's key", event.id, sequence.key, sequence.id)
             continue
-        snapshot = catalog.snapshot(sequence.id)
-        try:
-            await client.start_workflow(
-                "sequence",
-                RunInput(snapshot=snapshot, key=run_id.split("/", 1)[1], context=context, time_scale=time_scale),
-                id=run_id, task_queue=task_queue,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                memo={"sequence": sequence.id, "definition_hash": snapshot.hash},
-            )
-        except WorkflowAlreadyStartedError:
-            continue
+        run = RunInput(snapshot=catalog.snapshot(sequence.id), key=run_id.split("/", 1)[1], context=context,
+                       time_scale=time_scale)
+        # Noted in `runs` by _settle below, in the same transaction as the rest.
+        if await starts.start_run(client, run, task_queue, db=None) is None:
+            continue  # started by an earlier copy of this event, or another event for the key
         routed.started.append(run_id)
         started.append((sequence, run_id))
     # One trip to a thread and one transaction (each trip waits for a free thread under load):
@@ -264,7 +243,7 @@ def _settle(db: Database, trigger: EventIn, context: dict[str, Any], started: li
     with db.session() as session:
         earlier = []
         for sequence, run_id in started:
-            _record_run(session, run_id, context)
+            starts.note_run(session, run_id, context)
             wanted = sequence.events_heard()
             earlier.append(_stored_events(session, wanted, trigger) if wanted else [])
         _mark_routed(session, trigger.id, runs)

@@ -37,8 +37,9 @@ from keepflow.language.catalog import Catalog
 from keepflow.language.durations import parse_duration
 from keepflow.runtime.events import CustomerIn, EventIn, OrderIn
 from keepflow.runtime.payloads import EventSignal, RunInput, RunStatus, SendRequest, SendResult
-from keepflow.runtime.routing import record_run, store, workflow_id
+from keepflow.runtime.routing import store, workflow_id
 from keepflow.runtime.search_attributes import ensure_registered
+from keepflow.runtime.starts import start_run
 from keepflow.settings import Settings
 from keepflow.store import Database, Run, upgrade
 
@@ -149,10 +150,9 @@ async def simulate(catalog: Catalog, sequence_id: str, customer: CustomerIn, ord
                 raise SimulationError(f"{sequence_id} is keyed on {sequence.key!r}, which this customer and order do not "
                                       "provide; pass --order FILE.json")
             async with build_worker(env.client, settings, db, task_queue=settings.task_queue, catalog=catalog):
-                handle = await env.client.start_workflow(
-                    "sequence", RunInput(snapshot=catalog.snapshot(sequence_id), key=run_id.split("/", 1)[1],
-                                         context=context), id=run_id, task_queue=settings.task_queue, result_type=RunStatus)
-                record_run(db, run_id, context, began)
+                first = RunInput(snapshot=catalog.snapshot(sequence_id), key=run_id.split("/", 1)[1], context=context)
+                await start_run(env.client, first, settings.task_queue, db=db, started_at=began)
+                handle = env.client.get_workflow_handle(run_id, result_type=RunStatus)
                 lines = [Line(began, run_id, f"start {sequence_id} for customer {customer.id}")]
                 for event in timeline:
                     await _sleep_until(env, began + event.after)

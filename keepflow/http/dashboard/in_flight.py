@@ -20,8 +20,18 @@ from typing import assert_never
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from keepflow.language.dsl import (DoStep, ExitStep, IfStep, SendStep, Sequence, SplitStep, StartStep, Step,
-                                   WaitForStep, WaitStep)
+from keepflow.language.dsl import (
+    DoStep,
+    ExitStep,
+    IfStep,
+    SendStep,
+    Sequence,
+    SplitStep,
+    StartStep,
+    Step,
+    WaitForStep,
+    WaitStep,
+)
 from keepflow.runtime.search_attributes import STEP, waiting_at
 
 log = logging.getLogger("keepflow.http.dashboard")

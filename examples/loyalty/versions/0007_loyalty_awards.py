@@ -1,0 +1,34 @@
+# keepflow/migrations/versions/0007_loyalty_awards.py
+"""loyalty awards
+
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-12-06 07:23:55.386711
+"""
+from alembic import op
+import sqlalchemy as sa
+
+
+revision = '0007'
+down_revision = '0006'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table('loyalty_awards',
+    sa.Column('key', sa.String(length=255), nullable=False),
+    sa.Column('customer_id', sa.String(length=128), nullable=False),
+    sa.Column('points', sa.Integer(), nullable=False),
+    sa.Column('awarded_at', sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('key')
+    )
+    with op.batch_alter_table('loyalty_awards', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_loyalty_awards_customer_id'), ['customer_id'], unique=False)
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('loyalty_awards', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_loyalty_awards_customer_id'))
+
+    op.drop_table('loyalty_awards')

@@ -1,0 +1,63 @@
+"""Starting a run, the one way every starter does it: the router (an event's trigger), a
+`start:` step (the `start_sequence` activity) and the inactivity scan.
+
+A run's workflow id is `<sequence id>/<key>` (e.g. `fulfilment/1001`): the same trigger routed
+twice, or a retried activity, finds the run there and starts nothing new, and an event for a run
+finds it without a lookup table. Its memo names the sequence and the hash of the definitions it
+runs. Each started run gets a row in `runs`, which reports and cool-downs read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy.orm import Session
+from temporalio.client import Client
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from keepflow.runtime.payloads import RunInput
+from keepflow.store import Database, Run
+
+
+def run_id(sequence_id: str, key: Any) -> str:
+    return f"{sequence_id}/{key}"
+
+
+async def start_run(client: Client, run: RunInput, task_queue: str, *, db: Database | None,
+                    started_at: datetime | None = None, allow_rerun: bool = False) -> str | None:
+    """Start `run`; its workflow id, or None when a run under that id exists already.
+
+    `allow_rerun`: a closed run's id may be used again (the scan: a customer can come back and
+    drift away again after the cool-down); otherwise one run per sequence and key. With `db`, the
+    run is noted in `runs` as started at `started_at` (default now); without, the caller notes it
+    with `note_run()` in a transaction of its own (the router, with the rest of its bookkeeping).
+    """
+    workflow_id = run_id(run.snapshot.root, run.key)
+    try:
+        await client.start_workflow(
+            "sequence", run, id=workflow_id, task_queue=task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE if allow_rerun else WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            memo={"sequence": run.snapshot.root, "definition_hash": run.snapshot.hash},
+        )
+    except WorkflowAlreadyStartedError:
+        return None
+    if db is not None:
+        await asyncio.to_thread(record_run, db, workflow_id, run.context, started_at)
+    return workflow_id
+
+
+def record_run(db: Database, workflow_id: str, context: dict[str, Any], started_at: datetime | None = None) -> None:
+    """Note a run's start for reports and cool-downs (a later run under the same id replaces it)."""
+    with db.session() as session:
+        note_run(session, workflow_id, context, started_at)
+
+
+def note_run(session: Session, workflow_id: str, context: dict[str, Any], started_at: datetime | None = None) -> None:
+    session.merge(Run(
+        id=workflow_id, sequence_id=workflow_id.split("/", 1)[0], customer_id=(context.get("customer") or {}).get("id"),
+        started_at=started_at or datetime.now(timezone.utc), trigger_event_id=(context.get("event") or {}).get("id"),
+        converted_at=None, converted_event_id=None,
+    ))
