@@ -67,12 +67,11 @@ PROVIDER_SUPPRESSIONS = {("twilio", "21610"): "sms_stop", ("twilio", "21211"): "
 
 def _run_clock(request: SendRequest) -> datetime:
     """The run's clock for this attempt: what the workflow said, moved on by the time a retry
-    waited (a provider outage), in the run's own time scale."""
+    waited (a provider outage)."""
     if request.now is None:
         return datetime.now(timezone.utc)
     info = activity.info()
-    waited = info.current_attempt_scheduled_time - info.scheduled_time
-    return request.now + waited / request.time_scale
+    return request.now + (info.current_attempt_scheduled_time - info.scheduled_time)
 
 
 @dataclass
