@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from keepflow.dsl import Cap, Category, Channel, QuietHours, Snapshot
+from keepflow.dsl import Cap, Category, Channel, QuietHours, Rules, Snapshot
 
 
 class EventSignal(BaseModel):
@@ -50,8 +50,18 @@ class RunInput(BaseModel):
     resume: Resume | None = None
 
 
+class SendTerms(BaseModel):
+    """What the sending rules need of the run's definition; keepflow/send_rules.py resolves them."""
+
+    group: str  # the sequence's unsubscribe group
+    quiet_hours: QuietHours | None = None  # the sequence's own `quiet_hours:`, if it sets them
+    on_cap: Literal["defer", "skip"] = "defer"
+    rules: Rules = Field(default_factory=Rules)  # the snapshot's shop-wide `rules:`
+
+
 class SendPolicy(BaseModel):
-    """The sending rules that apply to one marketing step, resolved from the run's snapshot."""
+    """The sending rules that apply to one send, as keepflow/send_rules.py resolves them. Runs from
+    before that carried it resolved, in `SendRequest.policy`."""
 
     group: str
     quiet_hours: QuietHours | None = None
@@ -74,6 +84,9 @@ class SendRequest(BaseModel):
     # The run's clock (workflow time) when this attempt was asked for; None in runs from before
     # the compliance rules, which fall back to the activity's clock.
     now: datetime | None = None
+    terms: SendTerms | None = None
+    # Sends scheduled before the rules were resolved in the activity carry `policy` instead of
+    # `terms`; a retry of one after a deploy keeps to it.
     policy: SendPolicy | None = None
     # Drop instead of sending when the run's clock is past this (`expires_after`).
     expires_at: datetime | None = None
