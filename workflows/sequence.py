@@ -27,7 +27,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from keepflow import expressions
     from keepflow.contracts import (
-        DoRequest, EventSignal, Resume, RunInput, RunStatus, SendPolicy, SendRequest, SendResult, StepRecord,
+        DoRequest, EventSignal, Resume, RunInput, RunStatus, SendRequest, SendResult, SendTerms, StepRecord,
     )
     from keepflow.durations import format_duration
     from keepflow.dsl import (
@@ -202,7 +202,7 @@ class SequenceWorkflow:
             request = SendRequest(
                 workflow_id=workflow.info().workflow_id, sequence_id=self.sequence.id, step=path,
                 channel=step.send, template=step.template, category=category, context=self.context,
-                now=workflow.now(), policy=self._policy(step, category),
+                now=workflow.now(), terms=self._terms(),
                 expires_at=expires_at, drop=f"superseded by {superseding}" if superseding else None,
                 coupon=step.coupon,
             )
@@ -221,20 +221,11 @@ class SequenceWorkflow:
                 return result.status if not result.reason else f"{result.status}: {result.reason}"
             held_until = max(result.retry_at, workflow.now() + timedelta(seconds=1))
 
-    def _policy(self, step: SendStep, category: str) -> SendPolicy | None:
-        rules = self.input.snapshot.rules
-        if category != "marketing":
-            # Transactional messages are never capped; they keep quiet hours only where their
-            # sequence asks for them (a shipping text need not arrive at 2 a.m.).
-            if self.sequence.quiet_hours is None:
-                return None
-            return SendPolicy(group=self.sequence.unsubscribe_group, quiet_hours=self.sequence.quiet_hours,
-                              fallback_timezones=rules.fallback_timezones)
-        return SendPolicy(
-            group=self.sequence.unsubscribe_group, quiet_hours=self.sequence.quiet_hours or rules.quiet_hours,
-            fallback_timezones=rules.fallback_timezones, cap=rules.frequency_cap.get(step.send),
-            on_cap=self.sequence.on_cap,
-        )
+    def _terms(self) -> SendTerms:
+        # What the rules need of the definition; keepflow/send_rules.py resolves them in the activity,
+        # so every rule lives in one place.
+        return SendTerms(group=self.sequence.unsubscribe_group, quiet_hours=self.sequence.quiet_hours,
+                         on_cap=self.sequence.on_cap, rules=self.input.snapshot.rules)
 
     def _superseding(self, step: SendStep) -> str | None:
         heard = [t for t in step.superseded_by if t in self.heard]
