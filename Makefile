@@ -39,6 +39,7 @@ test-postgres: $(STAMP)
 faults: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider tests/faults $(PYTEST_ARGS)
 
+# One order's whole journey on Temporal's time-skipping server, every rule on, every message printed.
 demo: $(STAMP)
 	$(BIN)/keepflow demo
 

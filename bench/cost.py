@@ -5,7 +5,8 @@
 A benchmark script, not a timed test. In a throwaway folder it starts Temporal's dev server
 (headless, free port on 127.0.0.1), the fake SendGrid/Twilio server from tests/fakes, and the real
 worker from worker.py (`build_worker`, real provider SDKs aimed at the fake, its own SQLite store)
-with the real sequences.yaml, at a compressed time scale (default a day per second). It then runs:
+with the real sequences.yaml compressed by bench/compress.py (default a day to a second, in whole
+seconds; no quiet hours, cap or expiry). It then runs:
 
 * post-purchase journeys: an `order.created` event through keepflow.runtime.routing.ingest starts
   `fulfilment`; `order.shipped` and `order.delivered` follow once the run waits for each (it has
@@ -13,8 +14,7 @@ with the real sequences.yaml, at a compressed time scale (default a day per seco
   `education`, which starts `cross_sell` (customers the split puts in the `offer` arm), which starts
   `review_request`; no review arrives, so its reminder goes. Four runs per journey.
 * win-back runs: a customer last seen 61 days ago, started the way the inactivity scan starts one
-  (same id, context and id policy; plus the time scale, which the scan does not set), who does
-  not come back: coupon, offer email and SMS, reminder, last chance.
+  (same id, context and id policy), who does not come back: coupon, offer email and SMS, reminder, last chance.
 
 Every run's history (each run of a continue-as-new chain) is fetched and counted by event type,
 and its billable Actions are counted following Temporal Cloud's published definition
@@ -54,6 +54,7 @@ for folder in (ROOT, BENCH):  # worker.py and tests/fakes at the repository root
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
+from compress import compressed, scaled  # noqa: E402
 from ingest import provenance, settings_for, write_section  # noqa: E402
 from scan import scan_runs  # noqa: E402
 from throughput import BARE_ACTIVITY, noop_send, parse_scale  # noqa: E402
@@ -215,7 +216,7 @@ class BareStarter:
         return plan.get("id", "")
 
 
-def bare_plan(catalog, runs: list[tuple[str, list[Any]]], prefix: str, time_scale: float) -> dict[str, Any]:
+def bare_plan(catalog, runs: list[tuple[str, list[Any]]], prefix: str) -> dict[str, Any]:
     """Nested plans, one per run of the chain, with the steps each Keepflow run took, in definition order
     (a record is written when its step ends, so an `if` comes after its branch; the walk puts it first)."""
     from keepflow.language.dsl import walk_steps
@@ -232,9 +233,9 @@ def bare_plan(catalog, runs: list[tuple[str, list[Any]]], prefix: str, time_scal
             elif r.kind == "start":
                 ops.append({"op": "start", "next": {}})
             elif r.kind == "wait":
-                ops.append({"op": "sleep", "seconds": step.wait.total_seconds() * time_scale})
+                ops.append({"op": "sleep", "seconds": step.wait.total_seconds()})
             elif r.kind == "wait_for":
-                ops.append({"op": "wait_for", "seconds": step.timeout.total_seconds() * time_scale,
+                ops.append({"op": "wait_for", "seconds": step.timeout.total_seconds(),
                             "signal": r.outcome.startswith("received")})
         plans.append({"id": f"{BARE_RUN}/{prefix}/{sequence_id}", "ops": ops})
     for plan, following in zip(plans, plans[1:]):  # each start step starts the next run of the chain
@@ -333,27 +334,24 @@ def offer_arm_customers(count: int, tag: str) -> list[str]:
     return found
 
 
-async def post_purchase(client, catalog, db, task_queue: str, order_id: str, customer_id: str, time_scale: float,
-                        deadline: float):
+async def post_purchase(client, catalog, db, task_queue: str, order_id: str, customer_id: str, deadline: float):
     from keepflow.runtime.routing import ingest
 
     first = f"fulfilment/{order_id}"
-    routed = await ingest(db, client, catalog, order_event("order.created", order_id, customer_id), task_queue,
-                          time_scale=time_scale)
+    routed = await ingest(db, client, catalog, order_event("order.created", order_id, customer_id), task_queue)
     if routed.started != [first]:
         raise RuntimeError(f"order.created started {routed.started}, expected [{first}]")
     # fulfilment's step 1 and step 4 are `wait_for` (order.shipped, order.delivered), each its run's
     # first and second timer: the store's events arrive while the run waits for them.
     await when_waiting(client, first, 1, deadline)
     await ingest(db, client, catalog, order_event("order.shipped", order_id, customer_id, carrier="Kerry Express",
-                                                  tracking_number=f"KE{order_id}"), task_queue, time_scale=time_scale)
+                                                  tracking_number=f"KE{order_id}"), task_queue)
     await when_waiting(client, first, 2, deadline)
-    await ingest(db, client, catalog, order_event("order.delivered", order_id, customer_id), task_queue,
-                 time_scale=time_scale)
+    await ingest(db, client, catalog, order_event("order.delivered", order_id, customer_id), task_queue)
     return await keepflow_chain(client, first, deadline)
 
 
-async def winback(client, catalog, db, task_queue: str, customer_id: str, time_scale: float, deadline: float):
+async def winback(client, catalog, db, task_queue: str, customer_id: str, deadline: float):
     from temporalio.common import WorkflowIDReusePolicy
 
     from activities.builtin.inactivity import _context
@@ -368,13 +366,13 @@ async def winback(client, catalog, db, task_queue: str, customer_id: str, time_s
                              last_seen_at=as_of - timedelta(days=61)))
     with db.session() as session:
         customer = _context(session.get(Customer, customer_id), None)
-    # As activities/builtin/inactivity.py's InactivityScanner._start starts it, plus the time scale.
+    # As activities/builtin/inactivity.py's InactivityScanner._start starts it.
     snapshot = catalog.snapshot("winback")
     context = {"customer": customer, "brand": catalog.file.brand,
                "event": {"id": f"inactive:{customer_id}:{as_of:%Y%m%d%H%M}", "type": "customer.inactive",
                          "occurred_at": as_of.isoformat(), "data": {}}}
     await client.start_workflow(
-        "sequence", RunInput(snapshot=snapshot, key=customer_id, context=context, time_scale=time_scale),
+        "sequence", RunInput(snapshot=snapshot, key=customer_id, context=context),
         id=f"winback/{customer_id}", task_queue=task_queue, id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
         memo={"sequence": "winback", "definition_hash": snapshot.hash})
     return await keepflow_chain(client, f"winback/{customer_id}", deadline)
@@ -417,20 +415,21 @@ async def bench(runs: int, time_scale: float, timeout: float) -> dict[str, Any]:
             from keepflow.runtime.search_attributes import ensure_registered
             await ensure_registered(client, "default")
         settings = settings_for(data_dir, server.address, fake, f"cost-{tag}")
-        catalog = load_catalog(settings.sequences_path, settings.templates_dir)
+        catalog = compressed(load_catalog(settings.sequences_path, settings.templates_dir), time_scale)
         upgrade(settings.resolved_database_url)
         db = Database(settings.resolved_database_url)
         print(f"Temporal on {server.address}, fake providers on {fake.url}; {runs} post-purchase journeys and "
-              f"{runs} win-back runs, time scale {time_scale:g} (a day lasts {86400 * time_scale:g} s) ...", flush=True)
+              f"{runs} win-back runs, time scale {time_scale:g} "
+              f"(a day lasts {scaled(timedelta(days=1), time_scale).total_seconds():g} s) ...", flush=True)
 
         deadline = time.monotonic() + timeout
         started = time.monotonic()
         async with build_worker(client, settings, db, task_queue=settings.task_queue, catalog=catalog):
             customers = offer_arm_customers(runs, tag)
             journeys = await asyncio.gather(
-                *(post_purchase(client, catalog, db, settings.task_queue, f"P{tag}-{i}", customers[i], time_scale,
-                                deadline) for i in range(runs)),
-                *(winback(client, catalog, db, settings.task_queue, f"wb-{tag}-{i}", time_scale, deadline)
+                *(post_purchase(client, catalog, db, settings.task_queue, f"P{tag}-{i}", customers[i], deadline)
+                  for i in range(runs)),
+                *(winback(client, catalog, db, settings.task_queue, f"wb-{tag}-{i}", deadline)
                   for i in range(runs)))
         keepflow_s = time.monotonic() - started
         print(f"Keepflow runs done in {keepflow_s:.1f} s; now the bare workflow ...", flush=True)
@@ -438,7 +437,7 @@ async def bench(runs: int, time_scale: float, timeout: float) -> dict[str, Any]:
         bare_queue = f"cost-bare-{tag}"
         plans = []
         for j, chain in enumerate(journeys):
-            plan = bare_plan(catalog, [(seq, recs) for seq, recs, _ in chain], f"{tag}-{j}", time_scale)
+            plan = bare_plan(catalog, [(seq, recs) for seq, recs, _ in chain], f"{tag}-{j}")
             plan["task_queue"] = bare_queue
             plans.append(plan)
         started = time.monotonic()
@@ -600,8 +599,9 @@ def write_results(raw: dict[str, Any], table: str, note: str) -> None:
         f"- Parameters: {raw['runs']} post-purchase journeys (order.created → shipped → delivered through "
         "keepflow.runtime.routing.ingest; customers in cross_sell's offer arm; no review) and "
         f"{raw['runs']} win-back runs (started as the scan starts them; no return), the real sequences.yaml on the "
-        "worker from worker.py with the real SendGrid/Twilio SDKs against the fake in tests/fakes, time scale "
-        f"{scale}; then a bare unsandboxed workflow replaying the same steps. Actions per {ACTIONS_PAGE}.",
+        "worker from worker.py with the real SendGrid/Twilio SDKs against the fake in tests/fakes, compressed by "
+        f"bench/compress.py at time scale {scale} (no quiet hours, cap or expiry); then a bare unsandboxed "
+        f"workflow replaying the same steps. Actions per {ACTIONS_PAGE}.",
         "",
         table, "",
         note, "",
@@ -613,7 +613,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="post-purchase journeys and win-back runs each (default 3)")
     parser.add_argument("--time-scale", type=parse_scale, default=1 / 86400,
-                        help="real seconds per definition second, e.g. 1/86400: a day per second (the default)")
+                        help="real seconds per definition second, e.g. 1/86400: a day per second (the default); "
+                             "the compressed waits are whole seconds")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds each phase may take (default 180)")
     parser.add_argument("--write-results", action="store_true", help=f"replace this script's section in {RESULTS.name}")
     args = parser.parse_args()

@@ -15,8 +15,9 @@ runs of the phases before it:
    order.shipped / order.delivered events and ends by starting `education`; here each `wait_for`
    is a `wait: 1d` and the `start:` is left out, so every run does the same fixed work (4
    activities, 2 timers) without a driver sending events or spawning further runs. Runs are
-   started directly with `client.start_workflow("sequence", RunInput(...))` at a compressed time
-   scale (default a day per second), which also skips quiet hours, the cap and expiry.
+   started directly with `client.start_workflow("sequence", RunInput(...))` on a copy of the
+   definitions compressed by bench/compress.py (default a day to a second, in whole seconds),
+   which also takes out quiet hours, the cap and expiry.
 2. Bare Temporal: a minimal unsandboxed workflow defined here does the same 4 activities (no-op,
    synchronous, on a thread pool of the worker's size) and the same 2 timers (same compressed
    durations), N runs, with the same worker limits (max concurrent activities; workflow tasks at
@@ -47,7 +48,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ for folder in (ROOT, BENCH):  # worker.py at the repository root; ingest.py besi
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
+from compress import compressed, scaled  # noqa: E402
 from ingest import _proc_cpu_seconds, _tree_cpu_seconds, instrument, ms, percentile, provenance, write_section  # noqa: E402
 
 RESULTS = BENCH / "RESULTS.md"
@@ -283,7 +285,7 @@ async def bench(runs: int, concurrency: int, time_scale: float, timeout: float, 
     server = DevServer(data_dir / "temporal", port=free_port(), ui_port=None)
     db: Database | None = None
     try:
-        catalog = load_catalog(sequences_file(data_dir), ROOT / "templates")
+        catalog = compressed(load_catalog(sequences_file(data_dir), ROOT / "templates"), time_scale)
         snapshot = catalog.snapshot(SEQUENCE_ID)
         brand = catalog.file.brand
         brand = brand.model_dump(mode="json") if hasattr(brand, "model_dump") else brand
@@ -293,9 +295,10 @@ async def bench(runs: int, concurrency: int, time_scale: float, timeout: float, 
         db = Database(settings.resolved_database_url)
         server.start()
         client = await server.wait_ready()
-        shape = [WAIT_SECONDS * time_scale if "wait" in s else 0.0 for s in STEPS]
+        wait = wait_seconds(time_scale)
+        shape = [wait if "wait" in s else 0.0 for s in STEPS]
         print(f"Temporal on {server.address}; {runs} runs per phase, {concurrency} start calls in flight, "
-              f"time scale {time_scale:g} (each wait {WAIT_SECONDS * time_scale:g} s)", flush=True)
+              f"time scale {time_scale:g} (each wait {wait:g} s)", flush=True)
 
         async def keepflow_phase(round_no: int) -> dict[str, Any]:
             keepflow_queue = f"throughput-keepflow-{tag}"
@@ -317,8 +320,7 @@ async def bench(runs: int, concurrency: int, time_scale: float, timeout: float, 
                 async with kf_worker:
                     kf = await phase(client, [
                         (f"{SEQUENCE_ID}/{key}-{i:05d}", "sequence",
-                         RunInput(snapshot=snapshot, key=f"{key}-{i:05d}", context=context(i, f"{tag}{round_no}", brand),
-                                  time_scale=time_scale))
+                         RunInput(snapshot=snapshot, key=f"{key}-{i:05d}", context=context(i, f"{tag}{round_no}", brand)))
                         for i in range(runs)], keepflow_queue, concurrency, timeout, server.process.pid)
             kf["cpu_activities_s"] = executor.cpu_seconds if isinstance(executor, CpuCountingExecutor) else None
             kf["timings"] = {label: list(v) for label, v in timings.items()}
@@ -460,7 +462,7 @@ def write_results(raw: dict[str, Any], table: str, note: str) -> None:
         f"({'bare, Keepflow, Keepflow, bare' if raw['bare_first'] else 'Keepflow, bare, bare, Keepflow'}), "
         "each side's two phases added up; "
         f"{raw['concurrency']} start calls in flight; time scale {scale} (each `wait: 1d` lasts "
-        f"{WAIT_SECONDS * raw['time_scale']:g} s). Keepflow: the worker from worker.py "
+        f"{wait_seconds(raw['time_scale']):g} s). Keepflow: the worker from worker.py "
         f"({'`sequence` UNSANDBOXED (diagnostic)' if raw['unsandboxed'] else 'sandboxed `sequence`'}, "
         "outbox providers, SQLite store) running a synthetic sequence of `fulfilment`'s shape (its 4 sends and "
         "templates; its 2 `wait_for` as `wait: 1d`; no `start: education`). Bare: an unsandboxed workflow with "
@@ -493,6 +495,11 @@ def interpretation(raw: dict[str, Any], ratio: float | None) -> str:
     return " ".join(out)
 
 
+def wait_seconds(time_scale: float) -> float:
+    """How long each `wait: 1d` lasts in the compressed definitions (and in the bare phase)."""
+    return scaled(timedelta(seconds=WAIT_SECONDS), time_scale).total_seconds()
+
+
 def parse_scale(text: str) -> float:
     value = float(Fraction(text))
     if value <= 0:
@@ -505,7 +512,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=200, help="runs per phase (default 200)")
     parser.add_argument("--start-concurrency", type=int, default=50, help="start_workflow calls in flight (default 50)")
     parser.add_argument("--time-scale", type=parse_scale, default=1 / 86400,
-                        help="real seconds per definition second, e.g. 1/86400: a day per second (the default)")
+                        help="real seconds per definition second, e.g. 1/86400: a day per second (the default); "
+                             "the compressed waits are whole seconds")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds a phase may take to finish (default 180)")
     parser.add_argument("--breakdown", action="store_true",
                         help="time send_message's steps (timers put on at run time, never in files)")

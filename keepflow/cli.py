@@ -153,7 +153,7 @@ def worker() -> None:
 def demo(
     locale: Annotated[str, typer.Option(help="the demo customer's language: en, th or zh-Hant")] = "en",
 ) -> None:
-    """Play one order through the whole post-purchase journey, a day per second, and exit."""
+    """Play one order through the whole post-purchase journey on a time-skipping server, and exit."""
     from keepflow.tools.demo import CUSTOMERS, run_demo
 
     if locale not in CUSTOMERS:

@@ -38,11 +38,11 @@ def snapshot(yaml_text: str, root: str | None = None) -> Snapshot:
 
 
 async def start(client: Client, task_queue: str, snap: Snapshot, context: dict[str, Any] | None = None,
-                key: str | None = None, time_scale: float = 1.0) -> WorkflowHandle:
+                key: str | None = None) -> WorkflowHandle:
     key = key or uuid.uuid4().hex[:8]
     context = {"customer": CUSTOMER, "brand": {"name": "Test Shop"}, **(context or {})}
     return await client.start_workflow(
-        SequenceWorkflow.run, RunInput(snapshot=snap, key=key, context=context, time_scale=time_scale),
+        SequenceWorkflow.run, RunInput(snapshot=snap, key=key, context=context),
         id=f"{snap.root}/{key}", task_queue=task_queue,
     )
 

@@ -12,6 +12,7 @@ The files without a suffix were recorded before runs reported their step (Keepfl
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from datetime import timedelta
@@ -128,6 +129,17 @@ def stored() -> list[Path]:
 @pytest.mark.parametrize("path", stored(), ids=lambda p: p.stem)
 async def test_stored_history_replays(path: Path):
     await replayer().replay_workflow(WorkflowHistory.from_json(path.stem, path.read_text()))
+
+
+def test_inputs_recorded_with_a_time_scale_decode_without_it():
+    """Every stored history's input carries `time_scale` (the demo's compressed time, gone since):
+    the runs decode, and replay above with timers of their definitions' own lengths."""
+    for path in stored():
+        history = WorkflowHistory.from_json(path.stem, path.read_text())
+        [payload] = history.events[0].workflow_execution_started_event_attributes.input.payloads
+        assert json.loads(payload.data)["time_scale"] == 1.0
+        [run] = pydantic_data_converter.payload_converter.from_payloads([payload], [RunInput])
+        assert "time_scale" not in run.model_dump()
 
 
 def test_every_step_kind_is_covered_by_a_stored_history():

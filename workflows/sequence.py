@@ -47,9 +47,9 @@ with workflow.unsafe.imports_passed_through():
         Resume,
         RunInput,
         RunStatus,
-        SendPolicy,
         SendRequest,
         SendResult,
+        SendTerms,
         StepRecord,
     )
     from keepflow.runtime.search_attributes import STEP, step_value
@@ -179,7 +179,7 @@ class SequenceWorkflow:
             case WaitStep():
                 resumed = self._resumed_here(path)
                 self._settle(path)
-                await self._wait(path, resumed.until if resumed else workflow.now() + self._scaled(step.wait))
+                await self._wait(path, resumed.until if resumed else workflow.now() + step.wait)
                 self._check_exit()
                 return "waited"
             case WaitForStep():
@@ -211,12 +211,7 @@ class SequenceWorkflow:
             # Continued as new while held: finish the same hold, keep the same expiry.
             expires_at, held_until = resumed.expires_at, resumed.until
         else:
-            # In a compressed run (`keepflow demo`: a day per second) timers fire a day late or
-            # more and each run's clock drifts from the others', so the wall-clock rules (quiet
-            # hours, the cap, expiry) would misfire; they apply at time scale 1 (production,
-            # tests, simulate).
-            compressed = self.input.time_scale != 1.0
-            expires_at = self._clock() + step.expires_after if step.expires_after and not compressed else None
+            expires_at = workflow.now() + step.expires_after if step.expires_after else None
             held_until = None
         while True:
             if held_until is not None:
@@ -229,7 +224,7 @@ class SequenceWorkflow:
             request = SendRequest(
                 workflow_id=workflow.info().workflow_id, sequence_id=self.sequence.id, step=path,
                 channel=step.send, template=step.template, category=category, context=self.context,
-                now=self._clock(), time_scale=self.input.time_scale, policy=self._policy(step, category),
+                now=workflow.now(), terms=self._terms(),
                 expires_at=expires_at, drop=f"superseded by {superseding}" if superseding else None,
                 coupon=step.coupon,
             )
@@ -246,24 +241,13 @@ class SequenceWorkflow:
                 return "failed: retries exhausted"
             if result.status != "deferred" or result.retry_at is None:
                 return result.status if not result.reason else f"{result.status}: {result.reason}"
-            held_until = workflow.now() + self._scaled(max(result.retry_at - self._clock(), timedelta(seconds=1)))
+            held_until = max(result.retry_at, workflow.now() + timedelta(seconds=1))
 
-    def _policy(self, step: SendStep, category: str) -> SendPolicy | None:
-        rules = self.input.snapshot.rules
-        if self.input.time_scale != 1.0:
-            return SendPolicy(group=self.sequence.unsubscribe_group) if category == "marketing" else None
-        if category != "marketing":
-            # Transactional messages are never capped; they keep quiet hours only where their
-            # sequence asks for them (a shipping text need not arrive at 2 a.m.).
-            if self.sequence.quiet_hours is None:
-                return None
-            return SendPolicy(group=self.sequence.unsubscribe_group, quiet_hours=self.sequence.quiet_hours,
-                              fallback_timezones=rules.fallback_timezones)
-        return SendPolicy(
-            group=self.sequence.unsubscribe_group, quiet_hours=self.sequence.quiet_hours or rules.quiet_hours,
-            fallback_timezones=rules.fallback_timezones, cap=rules.frequency_cap.get(step.send),
-            on_cap=self.sequence.on_cap,
-        )
+    def _terms(self) -> SendTerms:
+        # What the rules need of the definition; keepflow/runtime/send_rules.py resolves them in the activity,
+        # so every rule lives in one place.
+        return SendTerms(group=self.sequence.unsubscribe_group, quiet_hours=self.sequence.quiet_hours,
+                         on_cap=self.sequence.on_cap, rules=self.input.snapshot.rules)
 
     def _superseding(self, step: SendStep) -> str | None:
         heard = [t for t in step.superseded_by if t in self.heard]
@@ -275,7 +259,7 @@ class SequenceWorkflow:
             signal = self._take(step.wait_for)
             if signal is None:
                 self._settle(path)
-                deadline = resumed.until if resumed else workflow.now() + self._scaled(step.timeout)
+                deadline = resumed.until if resumed else workflow.now() + step.timeout
                 await self._wait(path, deadline, lambda: self._peek(step.wait_for) is not None)
                 self._check_exit()
                 signal = self._take(step.wait_for)
@@ -315,8 +299,7 @@ class SequenceWorkflow:
 
     async def _start(self, step: StartStep) -> str:
         snapshot = self.input.snapshot.child(step.start)
-        run = RunInput(snapshot=snapshot, key=str(self._evaluate(snapshot.sequence.key)),
-                       context=self.context, time_scale=self.input.time_scale)
+        run = RunInput(snapshot=snapshot, key=str(self._evaluate(snapshot.sequence.key)), context=self.context)
         return await workflow.execute_activity(
             "start_sequence", run, result_type=str,
             start_to_close_timeout=DO_TIMEOUT, schedule_to_close_timeout=DO_DEADLINE, retry_policy=DO_RETRY,
@@ -357,8 +340,7 @@ class SequenceWorkflow:
             seen=list(self.seen)[-SEEN_KEPT:], events_count=self.events_count, done=self.done,
             waiting_at=self.waiting_at, continued=self.continued + 1,
         )
-        return RunInput(snapshot=self.input.snapshot, key=self.input.key, context=self.context,
-                        time_scale=self.input.time_scale, resume=resume)
+        return RunInput(snapshot=self.input.snapshot, key=self.input.key, context=self.context, resume=resume)
 
     def _resumed_here(self, path: str) -> Resume | None:
         """The wait to finish, when this is the step the previous run continued as new from."""
@@ -379,13 +361,6 @@ class SequenceWorkflow:
             return
         workflow.upsert_search_attributes([STEP.value_set(step_value(self.sequence.id, path))])
         self.waiting_at = path
-
-    def _scaled(self, duration: timedelta) -> timedelta:
-        return duration * self.input.time_scale
-
-    def _clock(self):
-        """The run's clock in definition time: workflow time, sped up in a compressed run."""
-        return self.started_at + (workflow.now() - self.started_at) / self.input.time_scale
 
     def _note(self, signal: EventSignal) -> None:
         self.untaken.setdefault(signal.type, deque()).append(signal)

@@ -1,4 +1,4 @@
-"""`send_message`: one activity per message — render, claim, call the provider, record.
+"""`send_message`: one activity per message — claim, decide, take a cap slot, render, send, record.
 
 A message row moves through these states, keyed by workflow id + step path:
 
@@ -11,10 +11,11 @@ A message row moves through these states, keyed by workflow id + step path:
     or skipped:  nothing to send to, invalid address, suppressed, no consent, over the cap
                  (`on_cap: skip`), expired, superseded, the offered coupon used up or expired
 
-Before anything goes out, in this order: the step is not stale (expired, superseded); the
-address is valid and not suppressed, and marketing has the channel's consent (read from the
-stored profile, which may have changed since the run started); marketing waits out the quiet
-hours, then takes a slot under the frequency cap (one atomic step, see keepflow/sending/frequency_cap.py).
+The claim reads, in the same transaction, the facts the rules need (the stored profile, which
+may have changed since the run started; any suppression of the address; the coupon offered).
+keepflow/runtime/send_rules.py decides from those alone whether the message may go, in what order the
+rules are asked, and why not; then a message that counts takes a slot under the frequency cap
+(one atomic step, see keepflow/sending/frequency_cap.py) before it is rendered and sent.
 
 A retry that finds `sent`, `failed`, `skipped` or `unknown` sends nothing and returns the record.
 A retry that finds `sending` means an earlier attempt died, or lost its answer, during the
@@ -37,18 +38,20 @@ beyond the 50 newest) when the retry looks; bench/RESULTS.md has the kill -9 fig
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from keepflow.language.rendering import Renderer, TemplateError
+from keepflow.language.rendering import Rendered, Renderer, TemplateError
+from keepflow.runtime import send_rules
 from keepflow.runtime.payloads import SendRequest, SendResult
-from keepflow.sending import contacts, frequency_cap, quiet_hours, suppressions, unsubscribe_links
+from keepflow.runtime.send_rules import Defer, Send, Skip
+from keepflow.sending import frequency_cap, suppressions, unsubscribe_links
 from keepflow.sending.providers import (
     Accepted,
     EmailProvider,
@@ -74,12 +77,11 @@ PROVIDER_SUPPRESSIONS: dict[tuple[str | None, str], str] = {
 
 def _run_clock(request: SendRequest) -> datetime:
     """The run's clock for this attempt: what the workflow said, moved on by the time a retry
-    waited (a provider outage), in the run's own time scale."""
+    waited (a provider outage)."""
     if request.now is None:
         return datetime.now(timezone.utc)
     info = activity.info()
-    waited = info.current_attempt_scheduled_time - info.scheduled_time
-    return request.now + waited / request.time_scale
+    return request.now + (info.current_attempt_scheduled_time - info.scheduled_time)
 
 
 @dataclass
@@ -103,42 +105,55 @@ class MessageSender:
         if row.status in FINAL:
             return _result(row)
         now = _run_clock(request)
-
-        if request.drop:
-            return self._finish(row.id, "skipped", error=request.drop)
-        if request.expires_at is not None and now > request.expires_at:
-            return self._finish(row.id, "skipped", error=f"expired: not sent by {request.expires_at:%Y-%m-%d %H:%M} UTC")
-
-        customer = request.context.get("customer") or {}
-        stored, recipient = claim.stored, claim.recipient
-        if not recipient:
-            return self._finish(row.id, "skipped", error=f"customer has no {request.channel} address")
-        refusal = _refusal(request, customer, stored, claim)
-        if refusal:
-            return self._finish(row.id, "skipped", error=refusal)
-        if request.coupon:
-            gone = self._coupon(request.context, request.coupon, now, activate=False)
-            if isinstance(gone, str):
-                return self._finish(row.id, "skipped", error=gone)
-
+        decision = send_rules.decide(request, claim.facts, now)
+        match decision:  # a Send goes on below
+            case Skip(reason):
+                return self._finish(row.id, "skipped", error=reason)
+            case Defer(until, reason):
+                return self._defer(row.id, until, reason)
         if request.channel == "email" and row.status == "sending":
+            # At-most-once (above): never a second provider call for an email that may have gone.
             return self._finish(row.id, "unknown", error=(
                 "an earlier attempt stopped during the provider call; not resent (email is at-most-once)"))
-
-        policy = request.policy
-        if policy is not None and row.status != "sending":
-            held = self._hold(row.id, request, policy, customer, stored, now)
+        if decision.cap is not None:
+            held = self._take_slot(row.id, request, decision, now)
             if held is not None:
                 return held
+        recipient = claim.facts.recipient
+        assert recipient is not None  # decide() skips a message with no address
+        message = self._render(key, request, row, recipient, decision, now)
+        if isinstance(message, SendResult):
+            return message
+        return self._send(key, request, row, message)
 
+    # -- take a cap slot, render, send ---------------------------------------------------------------
+
+    def _take_slot(self, row_id: int, request: SendRequest, decision: Send, now: datetime) -> SendResult | None:
+        """Count this message under the frequency cap (one atomic step). None: go ahead."""
+        customer_id = str(request.context["customer"]["id"])
+        assert decision.cap is not None  # only a message that counts takes a slot
+        free_at = frequency_cap.take_slot(self.deps.db, message_id=row_id, customer_id=customer_id,
+                                          channel=request.channel, cap=decision.cap, now=now)
+        if free_at is None:
+            return None
+        match send_rules.over_cap(decision, request.channel, free_at):
+            case Skip(reason):
+                return self._finish(row_id, "skipped", error=reason)
+            case Defer(until, reason):
+                return self._defer(row_id, until, reason)
+
+    def _render(self, key: str, request: SendRequest, row: _Row, recipient: str, decision: Send,
+                now: datetime) -> _Outgoing | SendResult:
+        """The message as the provider will get it, or the result of a message that cannot go."""
+        customer = request.context.get("customer") or {}
         context = dict(request.context)
         if request.coupon:
-            offer = self._coupon(request.context, request.coupon, now, activate=True)
+            offer = self._offer_coupon(request, now)
             if isinstance(offer, str):
                 return self._finish(row.id, "skipped", error=offer)
             context[request.coupon] = offer
         unsubscribe_url = None
-        if request.category == "marketing" and request.channel == "email" and policy is not None:
+        if decision.unsubscribe:
             unsubscribe_url = unsubscribe_links.link_for(self.deps.settings, customer_id=str(customer.get("id", "")),
                                                    channel="email", address=recipient, scope="marketing")
             context["unsubscribe_url"] = unsubscribe_url
@@ -157,27 +172,29 @@ class MessageSender:
                 categories=(request.sequence_id, request.template),
                 custom_args={"keepflow_message_id": str(row.id), "keepflow_customer_id": str(customer.get("id", ""))},
             )
-            send = lambda: self.deps.email.send_email(email)  # noqa: E731
-            provider = self.deps.email.name
-        else:
-            sms = OutgoingSms(to=recipient, body=rendered.body, key=key,
-                              status_callback=status_callback_url(self.deps.settings.public_url))
-            if row.status == "sending":
-                assert row.sending_at is not None  # _MARK_SENDING sets both at once
-                found = self.deps.sms.find_sent(sms, since=utc(row.sending_at) - timedelta(minutes=1))
-                if found is not None:
-                    return self._finish(row.id, "sent", accepted=found)
-            send = lambda: self.deps.sms.send_sms(sms)  # noqa: E731
-            provider = self.deps.sms.name
+            return _Outgoing(self.deps.email.name, recipient, rendered, lambda: self.deps.email.send_email(email))
+        sms = OutgoingSms(to=recipient, body=rendered.body, key=key, status_callback=status_callback_url(self.deps.settings.public_url))
+        return _Outgoing(self.deps.sms.name, recipient, rendered, lambda: self.deps.sms.send_sms(sms), sms=sms)
 
-        if not self._mark_sending(row, provider, recipient, rendered.locale, rendered.subject, rendered.body):
+    def _send(self, key: str, request: SendRequest, row: _Row, message: _Outgoing) -> SendResult:
+        """The one provider call, by the attempt that owns the row; then the row says what came of it."""
+        if row.status == "sending" and message.sms is not None:
+            # An earlier attempt died in the provider call: Twilio lists what it took, so look first.
+            assert row.sending_at is not None  # _MARK_SENDING sets both at once
+            found = self.deps.sms.find_sent(message.sms, since=utc(row.sending_at) - timedelta(minutes=1))
+            if found is not None:
+                return self._finish(row.id, "sent", accepted=found)
+        rendered = message.rendered
+        if not self._mark_sending(row, message.provider, message.recipient, rendered.locale, rendered.subject,
+                                  rendered.body):
             # Another attempt moved the row since this one read it: this attempt outlived its
             # timeout and Temporal started the next one. Only the row's owner may call the provider.
             raise ApplicationError(f"message {key}: another attempt has taken over this send", type="SendTakenOver")
         try:
-            accepted = send()
+            accepted = message.call()
         except PermanentError as err:
-            self._suppress_for(err, request.channel, recipient, customer.get("id"))
+            customer = request.context.get("customer") or {}
+            self._suppress_for(err, request.channel, message.recipient, customer.get("id"))
             return self._finish(row.id, "failed", error=_describe(err))
         except RetryableError as err:
             if err.sent is False:
@@ -189,50 +206,27 @@ class MessageSender:
             raise ApplicationError(_describe(err), type="ProviderUnavailable", next_retry_delay=delay) from err
         return self._finish(row.id, "sent", accepted=accepted)
 
-    # -- who may get what ----------------------------------------------------------------------------
-
-    def _hold(self, row_id: int, request: SendRequest, policy, customer: dict, stored: dict | None,
-              now: datetime) -> SendResult | None:
-        """Quiet hours, then the frequency cap. None: go ahead (and the cap slot is taken)."""
-        if policy.quiet_hours is not None and request.channel in policy.quiet_hours.channels:
-            zone = (stored or {}).get("timezone") or customer.get("timezone")
-            allowed = quiet_hours.next_allowed(now, quiet_hours.zones_for(zone, policy.fallback_timezones),
-                                               policy.quiet_hours)
-            if allowed > now:
-                return self._defer(row_id, allowed, f"quiet hours until {allowed:%Y-%m-%d %H:%M} UTC")
-        customer_id = customer.get("id")
-        if policy.cap is not None and customer_id:
-            free_at = frequency_cap.take_slot(self.deps.db, message_id=row_id, customer_id=str(customer_id),
-                                              channel=request.channel, cap=policy.cap, now=now)
-            if free_at is not None:
-                why = f"frequency cap ({frequency_cap.window_text(policy.cap, request.channel)})"
-                if policy.on_cap == "skip":
-                    return self._finish(row_id, "skipped", error=why)
-                return self._defer(row_id, free_at, f"{why} until {free_at:%Y-%m-%d %H:%M} UTC")
-        return None
-
     def _defer(self, row_id: int, until: datetime, why: str) -> SendResult:
         self._set(row_id, status="deferred", error=why)
         return SendResult(status="deferred", message_id=row_id, reason=why, retry_at=until)
 
-    def _coupon(self, context: dict[str, Any], name: str, now: datetime, *, activate: bool) -> dict | str:
-        """The offered coupon (`name` in the run's context) as the template should show it, or why the
-        message must not go. With `activate`, the first message offering it starts its validity."""
-        offered = context.get(name) or {}
+    def _offer_coupon(self, request: SendRequest, now: datetime) -> dict | str:
+        """The offered coupon as the template should show it, or why the message must not go (it was
+        redeemed since the facts were read). The first message offering it starts its days."""
+        assert request.coupon is not None  # only a step that offers one gets here
+        offered = request.context.get(request.coupon) or {}
         with self.deps.db.session() as session:
             coupon = session.get(Coupon, offered.get("code", ""))
-            if coupon is None:
-                return f"coupon {name!r} not found"
-            if coupon.redeemed_at is not None:
-                return f"coupon {coupon.code} already redeemed"
+            state = None if coupon is None else _offered(coupon.code, coupon.redeemed_at, coupon.activated_at,
+                                                         coupon.valid_for_seconds, coupon.expires_at)
+            gone = send_rules.coupon_refusal(request.coupon, state, now)
+            if gone:
+                return gone
+            assert coupon is not None  # coupon_refusal refuses a missing one
             if coupon.activated_at is None and coupon.valid_for_seconds:
-                if not activate:
-                    return {}
-                # The first message offering it: its days count from now, not from its creation.
+                # Its days count from now, when the customer can first read it, not from its creation.
                 coupon.activated_at = now
                 coupon.expires_at = now + timedelta(seconds=coupon.valid_for_seconds)
-            elif utc(coupon.expires_at) <= now:
-                return f"coupon {coupon.code} expired"
             return {**offered, "expires_at": utc(coupon.expires_at).isoformat()}
 
     def _suppress_for(self, err: PermanentError, channel: str, address: str, customer_id: str | None) -> None:
@@ -248,46 +242,36 @@ class MessageSender:
 
     def _claim(self, key: str, request: SendRequest) -> _Claim:
         """The message row (made `pending` if this is the first attempt) and, unless it is final,
-        what the checks read: the stored profile and any suppression of the recipient. One
-        transaction: a send is a handful of indexed reads, so each round trip (and, on SQLite, each
-        wait for the write lock) counts."""
-        customer = request.context.get("customer") or {}
+        the facts the rules read. One transaction: a send is a handful of indexed reads, so each
+        round trip (and, on SQLite, each wait for the write lock) counts."""
         try:
-            return self._load(key, request, customer, claim=True)
+            return self._load(key, request, claim=True)
         except IntegrityError:
             # Another attempt claimed it between our read and write: use its row.
-            return self._load(key, request, customer, claim=False)
+            return self._load(key, request, claim=False)
 
-    def _load(self, key: str, request: SendRequest, customer: dict, *, claim: bool) -> _Claim:
+    def _load(self, key: str, request: SendRequest, *, claim: bool) -> _Claim:
         # Reads first, the claiming insert last: on SQLite the write lock is then held only for the
-        # insert and its commit, not while Python checks an address.
+        # insert and its commit.
         with self.deps.db.transaction() as connection:
             found = connection.execute(_ROW_BY_KEY, {"key": key}).first()
             if found is None and not claim:
                 raise LookupError(f"message {key} is neither stored nor claimable")
             row = _Row(*found) if found is not None else None
             if row is not None and row.status in FINAL:
-                return _Claim(row)
-            stored = _stored_profile(connection, customer.get("id"))
-            channel = request.channel
-            recipient = (stored or {}).get(channel) or customer.get("email" if channel == "email" else "phone")
-            problem = _address_problem(channel, stored, recipient) if recipient else None
-            blocked = None
-            if recipient and not problem:
-                group = request.policy.group if request.policy else request.sequence_id
-                blocked = suppressions.blocking_reason(connection, channel=channel, address=recipient,
-                                                       category=request.category, group=group)
+                return _Claim(row, send_rules.Facts())
+            facts = _read_facts(connection, request, resumed=row is not None and row.status == "sending")
             if row is None:
                 inserted = connection.execute(insert(_messages), {
                     "key": key, "workflow_id": request.workflow_id, "sequence_id": request.sequence_id,
                     "step": request.step, "channel": request.channel, "category": request.category,
-                    "template": request.template, "customer_id": customer.get("id"), "status": "pending",
-                    "attempts": 0,
+                    "template": request.template, "customer_id": (request.context.get("customer") or {}).get("id"),
+                    "status": "pending", "attempts": 0,
                 })
                 new_key = inserted.inserted_primary_key
                 assert new_key is not None  # an INSERT of one row always has it
                 row = _Row(new_key[0], key, "pending", None, None, None, 0)
-            return _Claim(row, stored, recipient, problem, blocked)
+            return _Claim(row, facts)
 
     def _mark_sending(self, row: _Row, provider: str, recipient: str, locale: str, subject: str | None,
                       body: str) -> bool:
@@ -332,6 +316,9 @@ _ROW_BY_KEY = _ROW.where(_messages.c.key == bindparam("key"))
 _ROW_BY_ID = _ROW.where(_messages.c.id == bindparam("row_id"))
 _PROFILE = select(_customers.c.email, _customers.c.phone, _customers.c.consents, _customers.c.timezone,
                   _customers.c.email_problem, _customers.c.phone_problem).where(_customers.c.id == bindparam("id"))
+_coupons = Coupon.__table__
+_COUPON = select(_coupons.c.code, _coupons.c.redeemed_at, _coupons.c.activated_at, _coupons.c.valid_for_seconds,
+                 _coupons.c.expires_at).where(_coupons.c.code == bindparam("code"))
 # Without .values(): the columns to set are the keys of the parameters given with each call.
 _SET = update(_messages).where(_messages.c.id == bindparam("row_id"))
 _FINISH = _SET.where(_messages.c.status.not_in(_FINAL_ORDERED))
@@ -360,14 +347,46 @@ class _Row:
 @dataclass(frozen=True)
 class _Claim:
     row: _Row
-    stored: dict | None = None  # the stored profile
-    recipient: str | None = None
-    problem: str | None = None  # why the recipient's address cannot be used
-    blocked: tuple[str, str] | None = None  # (reason, source) of a suppression that forbids this send
+    facts: send_rules.Facts
+
+
+@dataclass(frozen=True)
+class _Outgoing:
+    """A rendered message and the one call that hands it to its provider."""
+    provider: str
+    recipient: str
+    rendered: Rendered
+    call: Callable[[], Accepted]
+    sms: OutgoingSms | None = None  # a text can be looked up at Twilio before any resend
+
+
+def _read_facts(connection, request: SendRequest, *, resumed: bool) -> send_rules.Facts:
+    """What the rules need of the store. The stored profile is newer than the run's context
+    (consent changes mid-run), so it wins; the context fills what the store does not have."""
+    customer = request.context.get("customer") or {}
+    channel = request.channel
+    stored = _stored_profile(connection, customer.get("id")) or {}
+    recipient = stored.get(channel) or customer.get("email" if channel == "email" else "phone")
+    problem = stored.get(f"{channel}_problem")
+    suppression = None
+    if recipient and not problem:
+        suppression = suppressions.blocking_reason(connection, channel=channel, address=recipient,
+                                                   category=request.category,
+                                                   group=send_rules.unsubscribe_group(request))
+    coupon = None
+    if request.coupon:
+        code = (request.context.get(request.coupon) or {}).get("code", "")
+        found = connection.execute(_COUPON, {"code": code}).first()
+        coupon = None if found is None else _offered(*found)
+    return send_rules.Facts(
+        recipient=recipient, recipient_checked=bool(recipient) and recipient == stored.get(channel),
+        address_problem=problem, suppression=suppression,
+        consents=stored.get("consents") or customer.get("consents") or {},
+        timezone=stored.get("timezone") or customer.get("timezone"), coupon=coupon, resumed=resumed,
+    )
 
 
 def _stored_profile(connection, customer_id: str | None) -> dict | None:
-    """The stored profile, which is newer than the run's context (consent changes mid-run)."""
     if not customer_id:
         return None
     found = connection.execute(_PROFILE, {"id": str(customer_id)}).first()
@@ -377,30 +396,12 @@ def _stored_profile(connection, customer_id: str | None) -> dict | None:
             "timezone": found.timezone, "email_problem": found.email_problem, "sms_problem": found.phone_problem}
 
 
-def _address_problem(channel: str, stored: dict | None, recipient: str) -> str | None:
-    problem = (stored or {}).get(f"{channel}_problem")
-    # A stored address was checked (and normalised) when the profile was stored; only one that
-    # comes from the run's context alone is checked here.
-    if problem is None and recipient != (stored or {}).get(channel):
-        try:
-            contacts.normalize_email(recipient) if channel == "email" else contacts.normalize_phone(recipient)
-        except contacts.InvalidContact as err:
-            problem = str(err)
-    return problem
-
-
-def _refusal(request: SendRequest, customer: dict, stored: dict | None, claim: _Claim) -> str | None:
-    channel = request.channel
-    if claim.problem:
-        return f"invalid {channel} address: {claim.problem}"
-    if claim.blocked is not None:
-        reason, source = claim.blocked
-        return f"suppressed: {reason} ({source})"
-    if request.category == "marketing":
-        consents = (stored or {}).get("consents") or customer.get("consents") or {}
-        if not consents.get(channel):
-            return f"no {channel} marketing consent"
-    return None
+def _offered(code: str, redeemed_at: datetime | None, activated_at: datetime | None, valid_for_seconds: int | None,
+             expires_at: datetime) -> send_rules.OfferedCoupon:
+    # A coupon whose days start with the first message offering it has no expiry until then.
+    pending = activated_at is None and bool(valid_for_seconds)
+    return send_rules.OfferedCoupon(code, redeemed=redeemed_at is not None,
+                                    expires_at=None if pending else utc(expires_at))
 
 
 def _result(row: _Row) -> SendResult:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from keepflow.language.dsl import Cap, Category, Channel, QuietHours, Snapshot
+from keepflow.language.dsl import Cap, Category, Channel, QuietHours, Rules, Snapshot
 
 
 class EventSignal(BaseModel):
@@ -36,7 +36,7 @@ class Resume(BaseModel):
     path: str  # the step it was waiting in
     until: datetime  # when that wait ends, in workflow time
     expires_at: datetime | None = None  # a held send's `expires_after`, counted from its first try
-    started_at: datetime  # the run's first start: its clock and its compressed time count from here
+    started_at: datetime  # the run's first start
     inbox: list[EventSignal]  # events not yet taken that a later step may still wait for
     seen: list[str]  # ids of the latest events, so a redelivered one is still ignored
     events_count: int
@@ -46,17 +46,29 @@ class Resume(BaseModel):
 
 
 class RunInput(BaseModel):
+    # Runs recorded before `keepflow demo` moved to the time-skipping server carry `time_scale`
+    # (always 1 outside the demo's throwaway servers): they must still decode, and replay.
+    model_config = ConfigDict(extra="ignore")
+
     snapshot: Snapshot
     key: str
     # customer, order, the trigger event and `brand`: what conditions and templates can see.
     context: dict[str, Any]
-    # Real seconds per definition second; 1/86400 makes a day last a second (`keepflow demo`).
-    time_scale: float = Field(1.0, gt=0)
     resume: Resume | None = None
 
 
+class SendTerms(BaseModel):
+    """What the sending rules need of the run's definition; keepflow/runtime/send_rules.py resolves them."""
+
+    group: str  # the sequence's unsubscribe group
+    quiet_hours: QuietHours | None = None  # the sequence's own `quiet_hours:`, if it sets them
+    on_cap: Literal["defer", "skip"] = "defer"
+    rules: Rules = Field(default_factory=Rules)  # the snapshot's shop-wide `rules:`
+
+
 class SendPolicy(BaseModel):
-    """The sending rules that apply to one marketing step, resolved from the run's snapshot."""
+    """The sending rules that apply to one send, as keepflow/runtime/send_rules.py resolves them. Runs from
+    before that carried it resolved, in `SendRequest.policy`."""
 
     group: str
     quiet_hours: QuietHours | None = None
@@ -66,6 +78,9 @@ class SendPolicy(BaseModel):
 
 
 class SendRequest(BaseModel):
+    # Sends scheduled by earlier code, still retrying across a deploy, carry `time_scale`.
+    model_config = ConfigDict(extra="ignore")
+
     workflow_id: str
     sequence_id: str
     step: str
@@ -73,10 +88,12 @@ class SendRequest(BaseModel):
     template: str
     category: Category
     context: dict[str, Any]
-    # The run's clock (definition time) when this attempt was asked for; None in runs from before
+    # The run's clock (workflow time) when this attempt was asked for; None in runs from before
     # the compliance rules, which fall back to the activity's clock.
     now: datetime | None = None
-    time_scale: float = 1.0
+    terms: SendTerms | None = None
+    # Sends scheduled before the rules were resolved in the activity carry `policy` instead of
+    # `terms`; a retry of one after a deploy keeps to it.
     policy: SendPolicy | None = None
     # Drop instead of sending when the run's clock is past this (`expires_after`).
     expires_at: datetime | None = None

