@@ -102,8 +102,8 @@ def active(db, address: str = FROM) -> set[tuple[str, str, str, str | None]]:
 
 
 def blocked(db, category: str) -> bool:
-    with db.session() as session:
-        return suppressions.blocking(session, channel="sms", address=FROM, category=category, group="fulfilment") is not None
+    with db.transaction() as connection:
+        return suppressions.blocking_reason(connection, channel="sms", address=FROM, category=category, group="fulfilment") is not None
 
 
 def twiml_messages(response: httpx.Response) -> list[str]:

@@ -172,11 +172,6 @@ def mark_converted(db: Database, run_id: str, event: EventIn) -> None:
                         .values(converted_at=event.occurred_at.astimezone(timezone.utc), converted_event_id=event.id))
 
 
-def mark_routed(db: Database, event_id: str, runs: int) -> None:
-    with db.session() as session:
-        _mark_routed(session, event_id, runs)
-
-
 def _mark_routed(session: Session, event_id: str, runs: int) -> None:
     session.execute(update(Event).where(Event.id == event_id).values(routed_at=_now(), runs=runs))
 

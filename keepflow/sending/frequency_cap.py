@@ -43,11 +43,5 @@ def take_slot(db: Database, *, message_id: int, customer_id: str, channel: str, 
         return utc(others[len(others) - cap.max]) + cap.per
 
 
-def release(db: Database, message_id: int) -> None:
-    """A counted message that did not go out gives its slot back."""
-    with db.transaction() as connection:
-        connection.execute(update(_messages).where(_messages.c.id == message_id).values(counted_at=None))
-
-
 def window_text(cap: Cap, channel: str) -> str:
     return f"{cap.max} {channel} per {format_duration(cap.per)}"

@@ -59,15 +59,10 @@ def active(session: Session, channel: str, address: str) -> list[Suppression]:
         Suppression.channel == channel, Suppression.address == address, Suppression.lifted_at.is_(None))))
 
 
-def blocking(session: Session, *, channel: str, address: str, category: str, group: str) -> Suppression | None:
-    """The suppression that forbids this send, if any: `all` stops everything; `marketing` and the
-    sequence's group stop marketing only."""
-    return session.scalars(_BLOCKING, _blocking_params(channel, address, category, group)).first()
-
-
 def blocking_reason(connection: Connection, *, channel: str, address: str, category: str,
                     group: str) -> tuple[str, str] | None:
-    """`blocking` for a Core connection (send_message's hot path): (reason, source), or None."""
+    """(reason, source) of the suppression that forbids this send, if any: `all` stops everything;
+    `marketing` and the sequence's group stop marketing only."""
     row = connection.execute(_BLOCKING_REASON, _blocking_params(channel, address, category, group)).first()
     return None if row is None else (row.reason, row.source)
 
