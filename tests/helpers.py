@@ -120,7 +120,7 @@ class serving:
 
     def __init__(self, settings, db, *, client=None, secrets: tuple[str, ...] | None = None):
         from keepflow.http.app import create_app
-        from tests.conftest import CATALOG
+        from tests.engine import CATALOG
 
         self.app = create_app(settings, catalog=CATALOG, db=db, client=client,
                               webhook_secrets=list(secrets or (new_secret(),)), reconcile_every=3600)

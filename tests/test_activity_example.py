@@ -21,7 +21,7 @@ from keepflow.runtime.registry import ActivityContext, discover, reset
 from keepflow.store import Base
 from keepflow.store.db import MIGRATIONS, alembic_config
 from keepflow.tools.db_revision import new_revision
-from tests.conftest import running_worker
+from tests.engine import running_worker
 from tests.helpers import snapshot, start
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,7 +23,7 @@ from keepflow.runtime.payloads import EventSignal, SendPolicy, SendRequest
 from keepflow.sending import frequency_cap, suppressions
 from keepflow.sending.providers import email_provider, sms_provider
 from keepflow.store import Coupon, Customer, Event, Message, Suppression
-from tests.conftest import TEST_TEMPLATES, make_settings, running_worker, time_skipping_server
+from tests.engine import TEST_TEMPLATES, make_settings, running_worker, time_skipping_server
 from tests.helpers import CUSTOMER, messages, sends, snapshot, start
 
 BANGKOK, NEW_YORK = ZoneInfo("Asia/Bangkok"), ZoneInfo("America/New_York")
@@ -399,12 +399,12 @@ async def test_marketing_mail_carries_one_click_unsubscribe_and_the_link_works(e
 
     from keepflow.http.app import create_app
     from keepflow.runtime.registry import load_catalog
-    from tests.conftest import ROOT
+    from tests.engine import CATALOG, SHOP_TEMPLATES
 
-    real = settings.model_copy(update={"templates_dir": ROOT / "templates", "public_url": "https://mail.shop.example",
+    real = settings.model_copy(update={"templates_dir": SHOP_TEMPLATES, "public_url": "https://mail.shop.example",
                                        "webhook_secret": "whsec_" + "A" * 32})
     customer = store_customer(db)
-    sender = MessageSender(SendDeps(real, db, Renderer(ROOT / "templates"), email_provider(real), sms_provider(real)))
+    sender = MessageSender(SendDeps(real, db, Renderer(SHOP_TEMPLATES), email_provider(real), sms_provider(real)))
     context = {"customer": customer, "brand": {"name": "Shop", "url": "https://shop.example",
                                                "postal_address": "99 Sukhumvit Road, Bangkok",
                                                "support_email": "help@shop.example"}}
@@ -422,7 +422,7 @@ async def test_marketing_mail_carries_one_click_unsubscribe_and_the_link_works(e
     assert url.startswith("https://mail.shop.example/unsubscribe/") and url in mail["html"] and url in mail["text"]
     assert mail["custom_args"]["keepflow_message_id"] == str(messages(db)[0].id)
 
-    app = create_app(real, catalog=load_catalog(ROOT / "sequences.yaml"), db=db, client=env.client)
+    app = create_app(real, catalog=CATALOG, db=db, client=env.client)
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="https://mail.shop.example") as http:
             answer = await http.post(url.removeprefix("https://mail.shop.example"),

@@ -339,7 +339,7 @@ async def test_each_sequence_shows_its_flowchart(settings, db):
     import xml.etree.ElementTree as ET
 
     from keepflow.insights import graph
-    from tests.conftest import CATALOG
+    from tests.engine import CATALOG
 
     async with serving(settings, db) as http:
         page = (await http.get("/")).text

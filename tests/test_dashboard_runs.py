@@ -19,7 +19,7 @@ from keepflow.runtime.client import connect
 from keepflow.runtime.routing import ingest
 from keepflow.runtime.search_attributes import STEP, ensure_registered
 from keepflow.tools.temporal_dev_server import DevServer, free_port
-from tests.conftest import CATALOG
+from tests.engine import CATALOG
 from tests.helpers import serving, start
 from tests.test_journey import order_event
 from worker import build_worker

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from keepflow.tools.demo import run_demo
-from tests.conftest import ROOT
+from tests.engine import SHOP_SEQUENCES
 
 # day, local time, sequence, step, channel, the rest (recipient and headline, or the hold).
 LINE = re.compile(r"^day\s+(?P<day>\d+\.\d\d)\s+\w{3} (?P<time>\d\d:\d\d)\s+(?P<sequence>[a-z_]+)\s+"
@@ -13,7 +13,7 @@ LINE = re.compile(r"^day\s+(?P<day>\d+\.\d\d)\s+\w{3} (?P<time>\d\d:\d\d)\s+(?P<
 
 
 async def test_demo_plays_the_journey_as_production_would(capsys):
-    assert await run_demo(ROOT / "sequences.yaml", None, "th") == 0
+    assert await run_demo(SHOP_SEQUENCES, None, "th") == 0
     out = capsys.readouterr().out
     messages = [m.groupdict() for m in map(LINE.match, out.splitlines()) if m]
     got = [(float(m["day"]), m["sequence"], m["step"].split(".")[0], m["channel"]) for m in messages]

@@ -15,7 +15,7 @@ from temporalio.client import WorkflowFailureError
 
 from keepflow.language import expressions
 from keepflow.runtime.registry import check_catalog
-from tests.conftest import running_worker
+from tests.engine import running_worker
 from tests.helpers import snapshot, start
 from tests.test_replay import replayer
 from tests.test_validate import HEAD, assert_problem, project

@@ -15,9 +15,9 @@ from keepflow.cli import app
 from keepflow.insights.graph import build_flow, to_mermaid, to_svg
 from keepflow.language.dsl import SequencesFile
 from keepflow.runtime.registry import load_catalog
+from tests.engine import SHOP_SEQUENCES, SHOP_TEMPLATES
 
-ROOT = Path(__file__).resolve().parent.parent
-CATALOG = load_catalog(ROOT / "sequences.yaml")
+CATALOG = load_catalog(SHOP_SEQUENCES, SHOP_TEMPLATES)
 SVG = "{http://www.w3.org/2000/svg}"
 NODE = re.compile(r'^\s+(n\d+)\W+"(.*)"\W*$')
 EDGE = re.compile(r'^\s+(n\d+) -->(?:\|"(.*)"\|)? (n\d+)$')

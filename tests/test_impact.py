@@ -15,7 +15,7 @@ from keepflow.runtime.payloads import EventSignal, RunStatus
 from keepflow.runtime.starts import record_run
 from keepflow.store import Run
 from keepflow.tools.impact import compute_impact, runs_in_flight
-from tests.conftest import TEST_TEMPLATES, make_settings, running_worker
+from tests.engine import TEST_TEMPLATES, make_settings, running_worker
 from tests.helpers import CUSTOMER, NO_LIMITS, start, until_step
 
 BEFORE = """\

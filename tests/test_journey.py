@@ -9,7 +9,7 @@ from keepflow.language.expressions import bucket
 from keepflow.runtime.events import EventIn
 from keepflow.runtime.registry import load_catalog
 from keepflow.runtime.routing import ingest
-from tests.conftest import ROOT, running_worker
+from tests.engine import CATALOG, running_worker
 from tests.helpers import days, messages, result_of, sends, to_local_hour
 
 CHAIN = ["fulfilment", "education", "cross_sell", "review_request"]
@@ -34,7 +34,7 @@ def order_event(event_type: str, order_id: str, customer_id: str, locale: str = 
 
 
 async def play_journey(env, settings, db, order_id: str, customer_id: str) -> None:
-    catalog = load_catalog(ROOT / "sequences.yaml")
+    catalog = CATALOG
     await to_local_hour(env, 10)  # the shipping text keeps quiet hours: play the journey by day
     async with running_worker(env, settings, db) as tq:
         routed = await ingest(db, env.client, catalog, order_event("order.created", order_id, customer_id), tq)

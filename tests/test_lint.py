@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from keepflow.language.lint import lint, read_file, run_lint, worst_case
+from tests.engine import SHOP_SEQUENCES, SHOP_TEMPLATES
 from tests.helpers import write_project
 
-ROOT = Path(__file__).resolve().parent.parent
+
 
 GOOD_EMAIL = "{% block subject %}s{% endblock %}{{ brand.postal_address }} {{ unsubscribe_url }}"
 
@@ -210,15 +211,15 @@ def test_unreadable_file_exits_one(tmp_path, capsys):
     assert "keepflow validate" in flat(capsys.readouterr().out)
 
 
-def test_shipped_sequences(capsys):
-    file, _ = read_file(ROOT / "sequences.yaml")
+def test_the_shops_worst_case(capsys):
+    file, _ = read_file(SHOP_SEQUENCES)
     # fulfilment starts education, cross_sell and review_request: on day 7 the last education
     # email and the cross-sell meet (2 a day), days 1-7 hold 4; win-back sends 1 a day, 3 a week.
     by_channel = {v.channel: v for v in worst_case(file)}
     assert (by_channel["email"].per_day, by_channel["email"].per_week) == (3, 7)
     assert by_channel["email"].by_sequence == {"fulfilment": (2, 4), "winback": (1, 3)}
     assert (by_channel["sms"].per_day, by_channel["sms"].per_week) == (1, 1)
-    assert run_lint(ROOT / "sequences.yaml", ROOT / "templates") == 0
+    assert run_lint(SHOP_SEQUENCES, SHOP_TEMPLATES) == 0
     out = flat(capsys.readouterr().out)
     assert "up to 3 marketing emails in a day; the cap of 2 will hold back 1" in out
     assert "0 error(s), 1 warning(s)" in out

@@ -6,7 +6,7 @@ from datetime import timezone
 
 import pytest
 
-from tests.conftest import TEST_TEMPLATES, make_settings, running_worker, time_skipping_server
+from tests.engine import TEST_TEMPLATES, make_settings, running_worker, time_skipping_server
 from tests.helpers import messages, sends, snapshot, start
 
 THREE_NOTES = """

@@ -11,9 +11,10 @@ from typer.testing import CliRunner
 from keepflow.cli import app
 from keepflow.runtime.events import CustomerIn, OrderIn
 from keepflow.tools.preview import Note, PreviewError, build_preview, open_sequence, read_json_part
+from tests.engine import SHOP_SEQUENCES, SHOP_TEMPLATES
 
 ROOT = Path(__file__).resolve().parent.parent
-SEQUENCES = ROOT / "sequences.yaml"
+SEQUENCES = SHOP_SEQUENCES
 CUSTOMER_FILE = ROOT / "examples" / "customer.json"
 ORDER_FILE = ROOT / "examples" / "order.json"
 THAI = re.compile(r"[\u0E00-\u0E7F]")
@@ -137,7 +138,7 @@ sequences:
   - {id: ping, category: marketing, steps: [{wait: 1d}, {start: pong}]}
   - {id: pong, category: marketing, steps: [{wait: 2d}, {start: ping}]}
 """))
-    catalog = Catalog(path=tmp_path / "sequences.yaml", templates_dir=ROOT / "templates", file=file)
+    catalog = Catalog(path=tmp_path / "sequences.yaml", templates_dir=SHOP_TEMPLATES, file=file)
     result = build_preview(catalog, catalog.sequences["ping"], {"id": "c-1"})
     assert [n.text for n in result.entries] == [
         "start → pong: its messages follow",

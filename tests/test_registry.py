@@ -12,7 +12,7 @@ from temporalio.client import WorkflowFailureError
 from keepflow.language.dsl import ActivityOptions
 from keepflow.runtime import registry
 from keepflow.runtime.registry import RESERVED, ActivityContext, activity, discover, load_catalog, reset
-from tests.conftest import running_worker
+from tests.engine import running_worker
 from tests.helpers import start
 from worker import build_worker
 

@@ -27,7 +27,7 @@ from keepflow.runtime.events import EventIn
 from keepflow.runtime.payloads import EventSignal, RunInput, RunStatus
 from keepflow.runtime.registry import load_catalog
 from keepflow.runtime.routing import ingest
-from tests.conftest import ROOT, TEST_TEMPLATES, make_settings, running_worker, time_skipping_server
+from tests.engine import CATALOG, TEST_TEMPLATES, make_settings, running_worker, time_skipping_server
 from tests.helpers import CUSTOMER, PATIENT, flood, result_of, sends, snapshot, start, to_local_hour, until_step
 from tests.test_journey import CHAIN, customer_in_offer_arm, play_journey
 from tests.test_winback import add_customer, scan
@@ -49,7 +49,7 @@ async def record_runs(env, settings, db) -> list[WorkflowHistory]:
     await play_journey(env, settings, db, order_id, customer_in_offer_arm())
     ids = [f"{s}/{order_id}" for s in CHAIN]
 
-    catalog = load_catalog(ROOT / "sequences.yaml")
+    catalog = CATALOG
     await to_local_hour(env, 10)  # the win-back's text keeps quiet hours too
     async with running_worker(env, settings, db) as tq:
         customer_id = add_customer(db, await env.get_current_time() - timedelta(days=70))
@@ -173,7 +173,7 @@ async def test_record_continued_histories(tmp_path, fake, db):
 async def test_editing_sequences_yaml_does_not_change_runs_in_flight(env, tmp_path, fake, db):
     """A run interprets the definition it started with: an edit published mid-run reaches new runs only."""
     from keepflow.runtime.registry import load_catalog
-    from tests.conftest import TEST_TEMPLATES, make_settings
+    from tests.engine import TEST_TEMPLATES, make_settings
 
     settings = make_settings(tmp_path, fake, templates=TEST_TEMPLATES)
     path = tmp_path / "sequences.yaml"

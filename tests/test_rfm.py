@@ -189,7 +189,9 @@ def test_ties_by_hand():
     counts = [1, 1, 1, 1, 1, 2, 2, 3, 4, 5]
     rows = [rfm.OrderStats(f"c{i}", day, n, Decimal("10.00")) for i, n in enumerate(counts)]
     rows.append(rfm.OrderStats("nobody", None, 0, Decimal("0")))
-    scores = {s.customer_id: s for s in rfm.score_all(rows, AS_OF, advocates={"nobody"})}
+    cutoffs = rfm.Cutoffs.from_stats(rows)
+    scores = {row.customer_id: rfm.score_customer(row, AS_OF, cutoffs, advocate=row.customer_id == "nobody")
+              for row in rows}
     # below = 0, 5, 7, 8, 9 of n = 10 customers -> 1, 3, 4, 5, 5; F = 2 is skipped.
     assert [scores[f"c{i}"].f for i in range(10)] == [1, 1, 1, 1, 1, 3, 3, 4, 5, 5]
     # Everybody ties on R and M: all score 1.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import TEST_TEMPLATES, make_settings, running_worker
+from tests.engine import TEST_TEMPLATES, make_settings, running_worker
 from tests.helpers import messages, snapshot, start
 
 EMAIL_THEN_SMS = snapshot("""

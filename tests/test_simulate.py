@@ -12,9 +12,9 @@ from keepflow.cli import app
 from keepflow.runtime.events import CustomerIn, OrderIn
 from keepflow.runtime.registry import load_catalog
 from keepflow.tools import simulate as sim
-from tests.conftest import ROOT
+from tests.engine import ROOT, SHOP_SEQUENCES, SHOP_TEMPLATES
 
-CATALOG = load_catalog(ROOT / "sequences.yaml")
+CATALOG = load_catalog(SHOP_SEQUENCES, SHOP_TEMPLATES)
 NOK = CustomerIn(id="cust-7", email="nok@example.com", phone="+66812345678", first_name="Nok", locale="en",
                  timezone="Asia/Bangkok", consents={"email": True, "sms": True})
 ORDER = OrderIn.model_validate(json.loads((ROOT / "examples" / "order-created.json").read_text())["order"])
@@ -61,5 +61,5 @@ def test_the_command_says_which_sequences_exist(tmp_path):
     customer = tmp_path / "customer.json"
     customer.write_text(NOK.model_dump_json())
     result = CliRunner().invoke(app, ["simulate", "nosuch", "--customer", str(customer),
-                                      "--sequences", str(ROOT / "sequences.yaml")])
+                                      "--sequences", str(SHOP_SEQUENCES)])
     assert result.exit_code == 2 and "no sequence 'nosuch'" in result.output and "winback" in result.output

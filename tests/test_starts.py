@@ -14,7 +14,7 @@ from keepflow.runtime.registry import load_catalog
 from keepflow.runtime.routing import ingest
 from keepflow.runtime.starts import start_run
 from keepflow.store import Run
-from tests.conftest import running_worker
+from tests.engine import running_worker
 from tests.helpers import CUSTOMER, result_of, snapshot
 from tests.test_winback import add_customer, scan
 from worker import build_worker

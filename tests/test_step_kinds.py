@@ -22,6 +22,7 @@ from keepflow.language.dsl import STEP_CLASS_BY_KIND, STEP_CLASSES, STEP_KINDS, 
 from keepflow.runtime.payloads import StepRecord
 from keepflow.runtime.registry import load_catalog
 from keepflow.tools.preview import Note, build_preview
+from tests.engine import SHOP_TEMPLATES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,7 +69,7 @@ def catalog(tmp_path_factory):
     path = tmp_path_factory.mktemp("kinds") / "sequences.yaml"
     path.write_text(EVERY_KIND, encoding="utf-8")
     # Loading runs validate's checks too, the context-flow walk among them.
-    return load_catalog(path, ROOT / "templates")
+    return load_catalog(path, SHOP_TEMPLATES)
 
 
 def _kinds_in(sequence: dsl.Sequence) -> list[str]:

@@ -10,7 +10,7 @@ from temporalio.client import WorkflowFailureError
 
 from keepflow.language.expressions import bucket
 from keepflow.runtime.payloads import EventSignal, RunStatus
-from tests.conftest import TEST_TEMPLATES, make_settings, running_worker
+from tests.engine import TEST_TEMPLATES, make_settings, running_worker
 from tests.helpers import days, messages, result_of, sends, snapshot, start
 
 

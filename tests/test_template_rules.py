@@ -6,16 +6,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from ruamel.yaml import YAML
 
 from keepflow.language.problems import InvalidSequences
-from keepflow.language.rendering import Renderer
-from keepflow.language.template_checks import template_problems
 from keepflow.runtime.registry import check_catalog, load_catalog
 from keepflow.tools.validate import run_validate
+from tests.engine import SHOP_TEMPLATES
 
-ROOT = Path(__file__).resolve().parent.parent
-REAL_TEMPLATES = ROOT / "templates"
 LOCALES = ("en", "th", "zh-Hant")
 
 SUBJECT = "{% block subject %}Hello{% endblock %}\n"
@@ -42,7 +38,7 @@ def project(tmp_path: Path, letter: str, category: str = "marketing", extra: dic
     email = tmp_path / "templates" / "email"
     email.mkdir(parents=True)
     for layout in ("_base.html", *(f"_layout.{locale}.html" for locale in LOCALES)):
-        shutil.copy(REAL_TEMPLATES / "email" / layout, email / layout)
+        shutil.copy(SHOP_TEMPLATES / "email" / layout, email / layout)
     (email / "letter.en.html").write_text(letter, encoding="utf-8")
     for name, text in (extra or {}).items():
         (email / name).write_text(text, encoding="utf-8")
@@ -153,34 +149,3 @@ def test_its_own_footer_through_an_include_passes(tmp_path):
     footer = '<p>{{ brand["postal_address"] }} · <a href="{{ unsubscribe_url }}">Unsubscribe</a></p>'
     letter = SUBJECT + '<p>Sale</p>{% include "email/_footer.html" %}\n'
     assert errors(project(tmp_path, letter, extra={"_footer.html": footer})) == []
-
-
-def test_the_shipped_templates_pass(capsys):
-    catalog, problems = check_catalog(ROOT / "sequences.yaml", REAL_TEMPLATES)
-    assert catalog is not None and [p for p in problems if p.severity == "error"] == []
-    assert run_validate(ROOT / "sequences.yaml", REAL_TEMPLATES) == 0
-    env = Renderer(REAL_TEMPLATES).env
-    for file in sorted((REAL_TEMPLATES / "email").glob("[!_]*.html")):
-        assert template_problems(env, f"email/{file.name}") == [], file.name
-
-
-# --- what the footer renders -----------------------------------------------------------------------
-
-BRAND = YAML(typ="safe").load((ROOT / "sequences.yaml").read_text(encoding="utf-8"))["brand"]
-CONTEXT = {"brand": BRAND, "customer": {"first_name": "Nok"}, "order": {"id": "ord_1"}}
-URL = "https://mail.shop.example/unsubscribe/abc.def.ghi"
-
-
-@pytest.mark.parametrize(("locale", "text"), [("en", "Unsubscribe"), ("th", "ยกเลิกการรับอีเมล"),
-                                               ("zh-Hant", "取消訂閱")])
-def test_marketing_mail_shows_the_link_in_the_customers_language(locale, text):
-    rendered = Renderer(REAL_TEMPLATES).render("email", "review_request", locale, {**CONTEXT, "unsubscribe_url": URL})
-    assert f'<a href="{URL}" style="color:#777777;">{text}</a>' in rendered.body
-    assert BRAND["postal_address"] in rendered.body
-
-
-def test_transactional_mail_has_no_link_and_needs_no_url():
-    order = {"id": "ord_1", "items": [], "total": "10.00", "currency": "THB"}
-    rendered = Renderer(REAL_TEMPLATES).render("email", "order_confirmed", "en", {**CONTEXT, "order": order})
-    assert "/unsubscribe/" not in rendered.body and "Unsubscribe" not in rendered.body
-    assert BRAND["postal_address"] in rendered.body

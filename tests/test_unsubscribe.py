@@ -16,7 +16,7 @@ from keepflow.sending import suppressions
 from keepflow.sending.unsubscribe_links import InvalidToken, headers_for, link_for, token_for, verify
 from keepflow.settings import Settings, new_secret
 from keepflow.store import Customer, Database, Suppression
-from tests.conftest import CATALOG, ROOT
+from tests.engine import CATALOG, SHOP_SEQUENCES, SHOP_TEMPLATES
 from tests.helpers import serving
 
 SECRET = "unsubscribe-secret-current"
@@ -25,7 +25,7 @@ FORM = "application/x-www-form-urlencoded"
 
 
 def make_settings(tmp_path: Path, **overrides) -> Settings:
-    values = {"data_dir": tmp_path, "sequences_path": ROOT / "sequences.yaml", "templates_dir": ROOT / "templates",
+    values = {"data_dir": tmp_path, "sequences_path": SHOP_SEQUENCES, "templates_dir": SHOP_TEMPLATES,
               "unsubscribe_secret": SECRET, "public_url": "https://mail.shop.example/", "webhook_secret": None}
     return Settings(**{**values, **overrides})
 

@@ -11,10 +11,9 @@ from keepflow.language.catalog import Catalog
 from keepflow.language.problems import InvalidSequences, Problem
 from keepflow.runtime.registry import check_catalog, load_catalog
 from keepflow.tools.validate import run_validate
+from tests.engine import SHOP_SEQUENCES, SHOP_TEMPLATES
 
-ROOT = Path(__file__).resolve().parent.parent
-REAL_SEQUENCES = ROOT / "sequences.yaml"
-REAL_TEMPLATES = ROOT / "templates"
+
 
 # Lines 1-5; the first step is on line 6, its key at column 9 and a `send:` value at column 15.
 HEAD = """\
@@ -272,13 +271,11 @@ def test_several_mistakes_all_reported_in_line_order(tmp_path):
     assert problems == sorted(problems)
 
 
-# --- the real file, load_catalog(), run_validate, relocation ------------------------------------------
+# --- a whole file, load_catalog(), run_validate, relocation ------------------------------------------
 
 
-@pytest.mark.skipif(not any((REAL_TEMPLATES / "email").glob("*.en.html")),
-                    reason="the English email templates are not written yet")
-def test_real_sequences_file_is_valid():
-    catalog, problems = check_catalog(REAL_SEQUENCES, REAL_TEMPLATES)
+def test_the_shops_file_is_valid_and_indexed_by_event():
+    catalog, problems = check_catalog(SHOP_SEQUENCES, SHOP_TEMPLATES)
     assert [p for p in problems if p.severity == "error"] == [], "\n".join(p.format() for p in problems)
     assert catalog is not None
     assert {s.id for s in catalog.triggered_by("order.created")} == {"fulfilment"}

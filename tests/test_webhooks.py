@@ -20,11 +20,10 @@ from keepflow.settings import new_secret
 from keepflow.store import Event
 from keepflow.tools.temporal_dev_server import free_port
 from tests import helpers
-from tests.conftest import ROOT, running_worker
+from tests.engine import CATALOG, ROOT, running_worker
 from tests.helpers import to_local_hour
 
 SECRET = new_secret()
-CATALOG = load_catalog(ROOT / "sequences.yaml")
 
 
 def event(event_type: str = "order.created", order_id: str | None = None, **extra) -> dict:

@@ -15,17 +15,16 @@ from keepflow.runtime.payloads import ScanInput, ScanTotals
 from keepflow.runtime.registry import load_catalog
 from keepflow.runtime.routing import ingest
 from keepflow.store import Coupon, Customer, Run
-from tests.conftest import ROOT, running_worker, time_skipping_server
+from tests.engine import CATALOG, running_worker, time_skipping_server
 from tests.helpers import messages, result_of, to_local_hour, until_step
 from workflows.inactivity import InactivityScan
 
-CATALOG = load_catalog(ROOT / "sequences.yaml")
 
 
 @pytest.fixture
 async def env():
     """A server of each test's own: these tests skip months, and the test server's clock can
-    stall on what earlier tests' runs left behind (see conftest._end_leftover_runs)."""
+    stall on what earlier tests' runs left behind (see tests.engine.end_leftover_runs)."""
     async with await time_skipping_server() as own:
         yield own
 

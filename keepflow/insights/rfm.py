@@ -330,15 +330,6 @@ def score_customer(row: OrderStats, as_of: datetime, cutoffs: Cutoffs, advocate:
     return Scores(row.customer_id, recency, row.orders_count, spent, r, f, m, seg, lvl, thresholds.fit(seg, m, lvl))
 
 
-def score_all(rows: Iterable[OrderStats], as_of: datetime, advocates: Iterable[str] = (),
-              thresholds: FitThresholds | None = None) -> list[Scores]:
-    """Score a whole population at once (pure: no database). Rows without orders are prospects."""
-    rows = list(rows)
-    cutoffs = Cutoffs.from_stats(rows)
-    advocates = set(advocates)
-    return [score_customer(row, as_of, cutoffs, row.customer_id in advocates, thresholds) for row in rows]
-
-
 # -- the database ------------------------------------------------------------------------------
 
 def _stats_columns():

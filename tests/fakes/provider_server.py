@@ -33,7 +33,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 Api = Literal["sendgrid", "twilio"]
 
-# The credentials the fake accepts by default (tests/conftest.py's settings use these).
+# The credentials the fake accepts by default (tests/engine.make_settings uses these).
 FAKE_SENDGRID_API_KEY = "SG.test-key"
 FAKE_TWILIO_ACCOUNT_SID = "AC" + "0" * 32
 FAKE_TWILIO_AUTH_TOKEN = "test-token"

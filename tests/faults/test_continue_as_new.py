@@ -13,7 +13,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from keepflow.runtime.payloads import RunStatus
-from tests.conftest import TEST_TEMPLATES, make_settings, running_worker, time_skipping_server
+from tests.engine import TEST_TEMPLATES, make_settings, running_worker, time_skipping_server
 from tests.helpers import PATIENT, flood, messages, snapshot, start
 from tests.helpers import event_signal as signal
 

@@ -1,4 +1,4 @@
-"""Every message template, in every locale, rendered through the real renderer.
+"""Every shipped message template, in every locale, rendered through the real renderer.
 
 Each template gets only the variables its sequence step really has (see sequences.yaml):
 the renderer uses StrictUndefined, so a template that reaches for something it will not
@@ -19,7 +19,7 @@ from ruamel.yaml import YAML
 
 from keepflow.language.rendering import Renderer, TemplateError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "templates"
 LOCALES = ("en", "th", "zh-Hant")
 
