@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from keepflow.language.durations import Duration
@@ -79,6 +79,14 @@ class Settings(BaseSettings):
         validation_alias="KEEPFLOW_SMS_HELP_TEXT")
     http_host: str = Field("127.0.0.1", validation_alias="KEEPFLOW_HTTP_HOST")
     http_port: int = Field(8000, validation_alias="KEEPFLOW_HTTP_PORT")
+    # The admin app (dashboard, API docs, codec endpoint): its own listener, on loopback unless told.
+    admin_host: str = Field("127.0.0.1", validation_alias="KEEPFLOW_ADMIN_HOST")
+    admin_port: int = Field(8001, validation_alias="KEEPFLOW_ADMIN_PORT")
+    # Keys for the Temporal payload codec (AES-256-GCM): one or more `id:base64key` entries, space or
+    # comma separated; the first encrypts, all decrypt, so a rotation keeps old runs readable.
+    payload_keys: SecretStr | None = Field(None, validation_alias="KEEPFLOW_PAYLOAD_KEYS")
+    # A production process without a real provider refuses to start unless this says the outbox is meant.
+    allow_outbox: bool = Field(False, validation_alias="KEEPFLOW_ALLOW_OUTBOX")
     max_body_bytes: int = Field(1024 * 1024, validation_alias="KEEPFLOW_MAX_BODY_BYTES")
 
     @property
