@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import secrets
 from datetime import timedelta
 from functools import lru_cache
@@ -36,11 +37,11 @@ class Settings(BaseSettings):
     email_provider: Literal["auto", "outbox", "sendgrid"] = Field("auto", validation_alias="KEEPFLOW_EMAIL_PROVIDER")
     sms_provider: Literal["auto", "outbox", "twilio"] = Field("auto", validation_alias="KEEPFLOW_SMS_PROVIDER")
     email_from: str = Field("Keepflow Demo Shop <shop@example.com>", validation_alias="KEEPFLOW_EMAIL_FROM")
-    sendgrid_api_key: str | None = Field(None, validation_alias="SENDGRID_API_KEY")
+    sendgrid_api_key: SecretStr | None = Field(None, validation_alias="SENDGRID_API_KEY")
     # Only for tests and proxies: the SDK's default is https://api.sendgrid.com.
     sendgrid_host: str = Field("https://api.sendgrid.com", validation_alias="SENDGRID_HOST")
     twilio_account_sid: str | None = Field(None, validation_alias="TWILIO_ACCOUNT_SID")
-    twilio_auth_token: str | None = Field(None, validation_alias="TWILIO_AUTH_TOKEN")
+    twilio_auth_token: SecretStr | None = Field(None, validation_alias="TWILIO_AUTH_TOKEN")
     twilio_from: str | None = Field(None, validation_alias="TWILIO_FROM_NUMBER")
     twilio_messaging_service_sid: str | None = Field(None, validation_alias="TWILIO_MESSAGING_SERVICE_SID")
     twilio_base_url: str | None = Field(None, validation_alias="TWILIO_BASE_URL")
@@ -55,18 +56,20 @@ class Settings(BaseSettings):
 
     # Webhooks in. KEEPFLOW_WEBHOOK_SECRET holds one or more `whsec_...` secrets (space or comma
     # separated) so a rotation can accept the old and the new at once.
-    webhook_secret: str | None = Field(None, validation_alias="KEEPFLOW_WEBHOOK_SECRET")
-    shopify_secret: str | None = Field(None, validation_alias="SHOPIFY_WEBHOOK_SECRET")
-    shopify_previous_secret: str | None = Field(None, validation_alias="SHOPIFY_WEBHOOK_SECRET_PREVIOUS")
+    webhook_secret: SecretStr | None = Field(None, validation_alias="KEEPFLOW_WEBHOOK_SECRET")
+    shopify_secret: SecretStr | None = Field(None, validation_alias="SHOPIFY_WEBHOOK_SECRET")
+    shopify_previous_secret: SecretStr | None = Field(None, validation_alias="SHOPIFY_WEBHOOK_SECRET_PREVIOUS")
     # Shopify signs no timestamp; refuse deliveries triggered longer ago than this. Shopify retries a
     # failed delivery for up to 48 h with its original trigger time, so the bound must exceed that.
     shopify_max_age: Duration = Field(timedelta(hours=50), validation_alias="KEEPFLOW_SHOPIFY_MAX_AGE")
     # The HTTPS address customers and providers reach this app at (e.g. https://mail.shop.example):
     # unsubscribe links and Twilio status callbacks are built on it. None: links use http_host:port.
     public_url: str | None = Field(None, validation_alias="KEEPFLOW_PUBLIC_URL")
-    # Signs unsubscribe tokens; one or more secrets (space or comma separated), the first signs,
-    # all verify, so a rotation keeps old links working. None: derived from the webhook secret.
-    unsubscribe_secret: str | None = Field(None, validation_alias="KEEPFLOW_UNSUBSCRIBE_SECRET")
+    # Encrypts unsubscribe tokens; one or more secrets (space or comma separated), the first
+    # encrypts, all decrypt, so a rotation keeps old links working. Required in production; under
+    # `keepflow dev` (and in tests) None means one derived from the dev secret in data_dir, which
+    # the worker and the web app share, so neither can invent a key the other does not know.
+    unsubscribe_secret: SecretStr | None = Field(None, validation_alias="KEEPFLOW_UNSUBSCRIBE_SECRET")
     # Optional `mailto:` target for List-Unsubscribe, e.g. unsubscribe@shop.example.
     unsubscribe_mailto: str | None = Field(None, validation_alias="KEEPFLOW_UNSUBSCRIBE_MAILTO")
     # SendGrid's event webhook verification key (base64 DER, from the Mail Settings page).
@@ -91,11 +94,17 @@ class Settings(BaseSettings):
 
     @property
     def webhook_secrets(self) -> list[str]:
-        return (self.webhook_secret or "").replace(",", " ").split()
+        return _listed(self.webhook_secret)
 
     @property
     def shopify_secrets(self) -> list[str]:
-        return [s for s in (self.shopify_secret, self.shopify_previous_secret) if s]
+        return [s.get_secret_value() for s in (self.shopify_secret, self.shopify_previous_secret)
+                if s and s.get_secret_value()]
+
+    @property
+    def unsubscribe_secrets(self) -> list[str]:
+        """The configured unsubscribe secrets, the encrypting one first; else the dev fallback."""
+        return _listed(self.unsubscribe_secret) or [dev_secret(self.data_dir)]
 
     @property
     def resolved_database_url(self) -> str:
@@ -110,14 +119,23 @@ class Settings(BaseSettings):
     @property
     def use_sendgrid(self) -> bool:
         if self.email_provider == "auto":
-            return bool(self.sendgrid_api_key)
+            return bool(reveal(self.sendgrid_api_key))
         return self.email_provider == "sendgrid"
 
     @property
     def use_twilio(self) -> bool:
         if self.sms_provider == "auto":
-            return bool(self.twilio_account_sid and self.twilio_auth_token)
+            return bool(self.twilio_account_sid and reveal(self.twilio_auth_token))
         return self.sms_provider == "twilio"
+
+
+def reveal(secret: SecretStr | None) -> str:
+    """A secret's value for the one call that needs it (an SDK, a MAC); "" when unset."""
+    return secret.get_secret_value() if secret is not None else ""
+
+
+def _listed(secret: SecretStr | None) -> list[str]:
+    return reveal(secret).replace(",", " ").split()
 
 
 @lru_cache
@@ -133,7 +151,14 @@ def dev_secret(data_dir: Path) -> str:
     """The development secret `keepflow dev` and `keepflow send-event` share when none is configured."""
     path = data_dir / "webhook-secret"
     if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(new_secret() + "\n")
-        path.chmod(0o600)
+        private_dir(data_dir)
+        # Created 0600 from the first byte: a chmod after writing leaves a moment it is readable.
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+            file.write(new_secret() + "\n")
     return path.read_text().strip()
+
+
+def private_dir(path: Path) -> Path:
+    """Create `path` (and parents) for files only this user may read: customer data, secrets."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import select
 
 from activities.builtin.send import MessageSender, SendDeps
@@ -402,7 +403,7 @@ async def test_marketing_mail_carries_one_click_unsubscribe_and_the_link_works(e
     from tests.engine import CATALOG, SHOP_TEMPLATES
 
     real = settings.model_copy(update={"templates_dir": SHOP_TEMPLATES, "public_url": "https://mail.shop.example",
-                                       "webhook_secret": "whsec_" + "A" * 32})
+                                       "webhook_secret": SecretStr("whsec_" + "A" * 32)})
     customer = store_customer(db)
     sender = MessageSender(SendDeps(real, db, Renderer(SHOP_TEMPLATES), email_provider(real), sms_provider(real)))
     context = {"customer": customer, "brand": {"name": "Shop", "url": "https://shop.example",

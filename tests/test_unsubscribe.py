@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
+import re
+from datetime import datetime, timedelta, timezone
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,7 +17,7 @@ from sqlalchemy import func, select
 
 from keepflow.http.app import create_app
 from keepflow.sending import suppressions
-from keepflow.sending.unsubscribe_links import InvalidToken, headers_for, link_for, token_for, verify
+from keepflow.sending.unsubscribe_links import LIFETIME, InvalidToken, headers_for, link_for, token_for, verify
 from keepflow.settings import Settings, new_secret
 from keepflow.store import Customer, Database, Suppression
 from tests.engine import CATALOG, SHOP_SEQUENCES, SHOP_TEMPLATES
@@ -81,7 +85,18 @@ def test_token_round_trips_with_the_address_normalised(settings):
     assert url.startswith("https://mail.shop.example/unsubscribe/")  # trailing slash of public_url dropped
     token = verify(settings, url.rsplit("/", 1)[1])
     assert (token.customer_id, token.channel, token.address, token.scope) == ("cus_1", "email", "nok@example.com", "marketing")
-    assert token.key_id
+
+
+def test_the_token_does_not_show_who_it_is_for(settings):
+    token = token_for(settings, customer_id="cus_1", channel="email", address="nok@example.com")
+    readable = [token]
+    for decode in (base64.urlsafe_b64decode, base64.b64decode):
+        for part in token.split("."):
+            try:
+                readable.append(decode(part + "=" * (-len(part) % 4)).decode("latin-1"))
+            except ValueError:
+                pass
+    assert not any("nok" in text or "cus_1" in text for text in readable)
 
 
 def test_link_without_public_url_uses_the_http_host_and_port(tmp_path):
@@ -90,14 +105,17 @@ def test_link_without_public_url_uses_the_http_host_and_port(tmp_path):
         "http://127.0.0.1:8123/unsubscribe/")
 
 
-def test_tokens_are_stable_and_unique_to_customer_address_and_scope(settings):
+def test_every_link_is_new_and_says_the_same(settings):
     def make(**kw):
         return token_for(settings, **{"customer_id": "cus_1", "channel": "email", "address": "nok@example.com",
                                       "scope": "marketing", **kw})
 
-    assert make() == make(address="NOK@example.com")  # an old email's link is the same link
-    others = {make(customer_id="cus_2"), make(address="ann@example.com"), make(scope="group:winback")}
-    assert make() not in others and len(others) == 3
+    first, second = make(), make(address="NOK@example.com")
+    assert first != second  # a fresh IV each time: two links cannot be matched up by their text
+    assert verify(settings, first) == verify(settings, second)
+    others = [verify(settings, make(customer_id="cus_2")), verify(settings, make(address="ann@example.com")),
+              verify(settings, make(scope="group:winback"))]
+    assert verify(settings, first) not in others and len(set(others)) == 3
 
 
 def test_a_scope_that_is_not_marketing_or_a_group_is_refused(settings):
@@ -105,40 +123,46 @@ def test_a_scope_that_is_not_marketing_or_a_group_is_refused(settings):
         token_for(settings, customer_id="c", channel="email", address="a@example.com", scope="all")
 
 
-def _recode(token: str, **changes) -> str:
-    payload, key_id, mac = token.split(".")
-    body = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    body.update(changes)
-    raw = base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":"), sort_keys=True).encode()).rstrip(b"=")
-    return f"{raw.decode()}.{key_id}.{mac}"
+def test_a_link_works_for_a_year_then_expires(settings):
+    sent = datetime(2026, 1, 10, tzinfo=timezone.utc)
+    token = token_for(settings, customer_id="c", channel="email", address="a@example.com", at=sent)
+    assert verify(settings, token, at=sent + LIFETIME - timedelta(minutes=1)).customer_id == "c"
+    with pytest.raises(InvalidToken, match="expired"):
+        verify(settings, token, at=sent + LIFETIME + timedelta(minutes=1))
+
+
+async def test_an_expired_link_changes_nothing(settings, db, http):
+    old = token_for(settings, customer_id="cus_1", channel="email", address="nok@example.com",
+                    at=datetime.now(timezone.utc) - LIFETIME - timedelta(days=1))
+    response = await http.post(f"/unsubscribe/{old}", content="List-Unsubscribe=One-Click", headers={"content-type": FORM})
+    assert response.status_code == 400 and "expired" in response.headers["x-keepflow-error"]
+    assert rows(db) == []
+
+
+def _flip(text: str, at: int) -> str:
+    return text[:at] + ("A" if text[at] != "A" else "B") + text[at + 1:]
 
 
 def bad_tokens(settings: Settings, tmp_path: Path) -> dict[str, str]:
     good = token_for(settings, customer_id="cus_1", channel="email", address="nok@example.com")
-    other = token_for(settings, customer_id="cus_2", channel="email", address="ann@example.com")
-    payload, key_id, mac = good.split(".")
     forger = make_settings(tmp_path, unsubscribe_secret="a-secret-an-attacker-guessed")
-    flipped = mac[:-2] + ("A" if mac[-2] != "A" else "B") + mac[-1]
     return {
         "forged": token_for(forger, customer_id="cus_1", channel="email", address="nok@example.com"),
-        "forged_with_our_key_id": "{0}.{key_id}.{2}".format(
-            *token_for(forger, customer_id="cus_1", channel="email", address="nok@example.com").split("."),
-            key_id=key_id),
-        "altered_mac": f"{payload}.{key_id}.{flipped}",
-        "altered_address": _recode(good, a="victim@example.com"),
-        "altered_scope": _recode(good, s="group:winback"),
-        "customer_swapped": _recode(good, c="cus_2"),
-        "payload_of_another_customer": f"{other.split('.')[0]}.{key_id}.{mac}",
-        "unknown_key_id": f"{payload}.AAAAAAAA.{mac}",
-        "truncated": f"{payload}.{key_id}",
+        "altered_mac": _flip(good, len(good) - 5),
+        "altered_ciphertext": _flip(good, len(good) // 2),
+        "altered_timestamp": _flip(good, 4),
+        "truncated": good[:-10],
         "garbage": "not-a-token",
-        "non_ascii": f"{payload}.{key_id}.{mac[:-1]}é",
+        "non_ascii": f"{good[:-1]}é",
+        "legacy_forged": legacy_token(_legacy_key("a-secret-an-attacker-guessed")),
+        "legacy_altered_address": legacy_token(_legacy_key(SECRET), a="victim@example.com", tamper=True),
+        "legacy_unknown_key_id": legacy_token((b"k", "AAAAAAAA")),
     }
 
 
-@pytest.mark.parametrize("kind", ["forged", "forged_with_our_key_id", "altered_mac", "altered_address",
-                                  "altered_scope", "customer_swapped", "payload_of_another_customer",
-                                  "unknown_key_id", "truncated", "garbage", "non_ascii"])
+@pytest.mark.parametrize("kind", ["forged", "altered_mac", "altered_ciphertext", "altered_timestamp", "truncated",
+                                  "garbage", "non_ascii", "legacy_forged", "legacy_altered_address",
+                                  "legacy_unknown_key_id"])
 async def test_forged_or_altered_tokens_are_refused_and_change_nothing(settings, db, http, tmp_path, kind):
     token = bad_tokens(settings, tmp_path)[kind]
     with pytest.raises(InvalidToken):
@@ -155,50 +179,70 @@ async def test_forged_or_altered_tokens_are_refused_and_change_nothing(settings,
     assert rows(db) == before == []
 
 
-def test_the_signature_covers_the_key_id_too(settings, tmp_path):
-    token = token_for(settings, customer_id="cus_1", channel="email", address="nok@example.com")
-    payload, _, mac = token.split(".")
-    rotated = make_settings(tmp_path, unsubscribe_secret=f"{SECRET} {OLD_SECRET}")
-    other_key_id = token_for(make_settings(tmp_path, unsubscribe_secret=OLD_SECRET), customer_id="x",
-                             channel="email", address="x@example.com").split(".")[1]
-    with pytest.raises(InvalidToken):
-        verify(rotated, f"{payload}.{other_key_id}.{mac}")
-
-
 async def test_old_links_keep_working_after_a_rotation(tmp_path, db):
     before = make_settings(tmp_path, unsubscribe_secret=OLD_SECRET)
     old_url = link(before)
     rotated = make_settings(tmp_path, unsubscribe_secret=f"{SECRET}, {OLD_SECRET}")
     new_url = link(rotated)
-    assert new_url != old_url and verify(rotated, new_url.rsplit("/", 1)[1]).key_id != verify(
-        rotated, old_url.rsplit("/", 1)[1]).key_id
+    # The new secret encrypts: the old one alone cannot read the new link.
+    with pytest.raises(InvalidToken):
+        verify(before, new_url.rsplit("/", 1)[1])
     async with serving(rotated, db) as http:
         assert_plain_200(await http.post(old_url, content="List-Unsubscribe=One-Click", headers={"content-type": FORM}))
     assert rows(db) == [("email", "nok@example.com", "marketing", "unsubscribe", "unsubscribe_link", "cus_1", True)]
-    # Once the old secret is dropped, its links stop verifying.
+    # Once the old secret is dropped, its links stop working.
     with pytest.raises(InvalidToken):
         verify(make_settings(tmp_path, unsubscribe_secret=SECRET), old_url.rsplit("/", 1)[1])
 
 
-def test_without_an_unsubscribe_secret_one_is_derived_from_the_webhook_secret(tmp_path):
-    webhook = new_secret()
-    derived = make_settings(tmp_path, unsubscribe_secret=None, webhook_secret=webhook)
-    token = token_for(derived, customer_id="c", channel="email", address="a@example.com")
-    assert verify(make_settings(tmp_path, unsubscribe_secret=None, webhook_secret=webhook), token).customer_id == "c"
-    # Another webhook secret, or the webhook secret used as is, does not verify it: the key is derived.
-    for other in (make_settings(tmp_path, unsubscribe_secret=None, webhook_secret=new_secret()),
-                  make_settings(tmp_path, unsubscribe_secret=webhook)):
-        with pytest.raises(InvalidToken):
-            verify(other, token)
-
-
 def test_with_no_secret_at_all_the_dev_secret_is_shared_like_keepflow_dev(tmp_path):
-    # The worker (which makes links) and the web server (which checks them) are separate processes.
+    # The worker (which makes links) and the web server (which checks them) are separate processes;
+    # with no secret configured (only `keepflow dev` and tests start so) both use the dev secret file,
+    # whatever webhook secret each was given.
     worker = make_settings(tmp_path, unsubscribe_secret=None, webhook_secret=None)
-    server = make_settings(tmp_path, unsubscribe_secret=None, webhook_secret=None)
+    server = make_settings(tmp_path, unsubscribe_secret=None, webhook_secret=new_secret())
     token = token_for(worker, customer_id="c", channel="email", address="a@example.com")
     assert (tmp_path / "webhook-secret").is_file()
     assert verify(server, token).address == "a@example.com"
+
+
+# --- links made before tokens were encrypted, already in inboxes ----------------------------------
+
+
+def _legacy_key(secret: str | bytes) -> tuple[bytes, str]:
+    raw = secret.encode() if isinstance(secret, str) else secret
+    key_id = base64.urlsafe_b64encode(hmac.new(raw, b"keepflow/sending/unsubscribe_links/key-id/v1",
+                                               hashlib.sha256).digest()[:6]).rstrip(b"=").decode()
+    return raw, key_id
+
+
+def legacy_token(key: tuple[bytes, str], tamper: bool = False, **changes) -> str:
+    """A link as the previous release wrote it: base64 JSON, key id, HMAC-SHA256."""
+    secret, key_id = key
+
+    def payload(**fields) -> str:
+        body = {"c": "cus_1", "ch": "email", "a": "nok@example.com", "s": "marketing", **fields}
+        return base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+                                        ).rstrip(b"=").decode()
+
+    signed = payload() if tamper else payload(**changes)
+    mac = base64.urlsafe_b64encode(hmac.new(secret, b"keepflow/sending/unsubscribe_links/token/v1." +
+                                            f"{key_id}.{signed}".encode(), hashlib.sha256).digest()).rstrip(b"=").decode()
+    return f"{payload(**changes)}.{key_id}.{mac}"
+
+
+async def test_a_link_from_before_encryption_still_unsubscribes_while_its_secret_is_listed(settings, db, http, tmp_path):
+    old = legacy_token(_legacy_key(SECRET))
+    assert verify(settings, old).address == "nok@example.com"
+    assert_plain_200(await http.post(f"/unsubscribe/{old}", content="List-Unsubscribe=One-Click",
+                                     headers={"content-type": FORM}))
+    assert rows(db) == [("email", "nok@example.com", "marketing", "unsubscribe", "unsubscribe_link", "cus_1", True)]
+    # Signed, before, with the key the old code derived from the webhook secret (no unsubscribe secret set).
+    webhook = new_secret()
+    derived = hmac.new(webhook.encode(), b"keepflow/sending/unsubscribe_links/derived-secret/v1", hashlib.sha256).digest()
+    assert verify(make_settings(tmp_path, webhook_secret=webhook), legacy_token(_legacy_key(derived))).customer_id == "cus_1"
+    with pytest.raises(InvalidToken):
+        verify(make_settings(tmp_path, unsubscribe_secret="another-secret"), old)
 
 
 # --- headers --------------------------------------------------------------------------------------
@@ -315,7 +359,7 @@ async def test_unsubscribed_then_resubscribed_in_the_customers_language(settings
     assert f'action="{url}/resubscribe"' in page.text
     assert rows(db) == [("email", "nok@example.com", "marketing", "unsubscribe", "unsubscribe_link", "cus_1", True)]
 
-    resubscribed = await http.post(f"{url}/resubscribe")
+    resubscribed = await http.post(f"{url}/resubscribe", data={"csrf": csrf_of(page.text)})
     assert_plain_200(resubscribed)
     assert back in resubscribed.text and f'action="{url}"' in resubscribed.text
     assert rows(db) == [("email", "nok@example.com", "marketing", "unsubscribe", "unsubscribe_link", "cus_1", False)]
@@ -327,6 +371,41 @@ async def test_unsubscribed_then_resubscribed_in_the_customers_language(settings
     # And out again: the same row is re-armed, not a second one.
     assert_plain_200(await http.post(url))
     assert rows(db) == [("email", "nok@example.com", "marketing", "unsubscribe", "unsubscribe_link", "cus_1", True)]
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, "the page carries no CSRF token"
+    return found.group(1)
+
+
+async def test_a_cross_site_resubscribe_is_refused_and_changes_nothing(settings, db, http):
+    url = link(settings)
+    assert_plain_200(await http.post(url))
+    unsubscribed = rows(db)
+    # Another link's page (a token the attacker could get for their own address) does not do either.
+    assert_plain_200(await http.post(link(settings, customer_id="cus_2", address="ann@example.com")))
+    own_page = await http.get(link(settings, customer_id="cus_2", address="ann@example.com"))
+    other = csrf_of(own_page.text)
+    for form in ({}, {"csrf": ""}, {"csrf": "forged"}, {"csrf": other}):
+        response = await http.post(f"{url}/resubscribe", data=form, headers={"origin": "https://evil.example"})
+        assert response.status_code == 403
+    assert rows(db)[0] == unsubscribed[0]
+    with db.transaction() as connection:
+        assert suppressions.blocking_reason(connection, channel="email", address="nok@example.com",
+                                            category="marketing", group="education") is not None
+
+
+async def test_every_page_forbids_framing_scripts_and_referrers(settings, db, http):
+    url = link(settings)
+    pages = [await http.get(url), await http.post(url), await http.get(url), await http.get("/unsubscribe/not-a-token")]
+    for page in pages:
+        assert page.headers["x-frame-options"] == "DENY"
+        assert page.headers["referrer-policy"] == "no-referrer"
+        csp = page.headers["content-security-policy"]
+        assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp and "form-action 'self'" in csp
+        nonce = re.search(r"style-src 'nonce-([^']+)'", csp).group(1)
+        assert f'<style nonce="{nonce}">' in page.text and " style=" not in page.text
 
 
 def test_the_route_is_registered_in_the_app(settings, db):

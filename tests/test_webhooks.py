@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import func, select, update
 
 from keepflow.http.signing import sign
@@ -231,7 +232,7 @@ def shopify_request(topic: str, fixture: str, secret: str = SHOPIFY_SECRET, trig
 @pytest.fixture
 async def shop(env, settings, db):
     async with running_worker(env, settings, db) as tq:
-        shop_settings = settings.model_copy(update={"task_queue": tq, "shopify_secret": SHOPIFY_SECRET})
+        shop_settings = settings.model_copy(update={"task_queue": tq, "shopify_secret": SecretStr(SHOPIFY_SECRET)})
         async with serving(env, shop_settings, db) as (http, _):
             yield http
 

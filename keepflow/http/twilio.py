@@ -32,7 +32,7 @@ from keepflow.http.services import Services, read_body, unprocessable
 from keepflow.sending import delivery_events, suppressions
 from keepflow.sending.contacts import InvalidContact, normalize_phone
 from keepflow.sending.providers.twilio import STATUS_PATH
-from keepflow.settings import Settings
+from keepflow.settings import Settings, reveal
 from keepflow.store import Customer, Database
 
 log = logging.getLogger("keepflow.http.twilio")
@@ -174,9 +174,9 @@ async def verified_form(request: Request, settings: Settings) -> FormData:
         return {"type": "http.request", "body": body, "more_body": False}
 
     form = await Request(request.scope, replay).form()
-    if not settings.twilio_auth_token:
+    if not reveal(settings.twilio_auth_token):
         raise HTTPException(403, "Twilio webhooks are refused: no TWILIO_AUTH_TOKEN is set")
-    if not valid_signature(settings.twilio_auth_token, signed_url(request, settings), form,
+    if not valid_signature(reveal(settings.twilio_auth_token), signed_url(request, settings), form,
                            request.headers.get(SIGNATURE_HEADER)):
         raise HTTPException(403, f"bad or missing {SIGNATURE_HEADER}")
     return form

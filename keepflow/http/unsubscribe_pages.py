@@ -2,18 +2,25 @@
 
     GET  /unsubscribe/{token}              a confirmation page; changes nothing
     POST /unsubscribe/{token}              unsubscribes at once (mail clients' one-click, and the page's button)
-    POST /unsubscribe/{token}/resubscribe  lifts that unsubscribe again
+    POST /unsubscribe/{token}/resubscribe  lifts that unsubscribe again (only with the page's CSRF token)
 
 GET never unsubscribes: mail scanners and link previews fetch every URL in a message, and a
 customer must not be unsubscribed by their spam filter. In RFC 8058 (§3.1, §3.2) the mail client
 POSTs `List-Unsubscribe=One-Click` (multipart or urlencoded) with no cookies or other context, and
 the sender must not answer with a redirect; so the POST needs nothing but the signed token in the
 path and reads no body at all (form, multipart or empty are all the same request to it).
+
+Resubscribing is the dangerous direction (it lifts an opt-out), so it needs the `csrf` field that
+only the page shown for this token carries: a POST from another site, which cannot read the page,
+is refused and changes nothing. Every page forbids framing, scripts and remote content (CSP,
+X-Frame-Options) and sends no Referer, so the token in the URL does not leak to other sites.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
+from datetime import timedelta
 from pathlib import Path
 
 from fastapi import APIRouter, Request
@@ -24,15 +31,22 @@ from sqlalchemy.exc import IntegrityError
 
 from keepflow.http.unsubscribe_copy import COPY, page_locale
 from keepflow.sending import delivery_events, suppressions
-from keepflow.sending.unsubscribe_links import InvalidToken, UnsubscribeToken, verify
+from keepflow.sending.unsubscribe_links import InvalidToken, UnsubscribeToken, csrf_matches, csrf_token, verify
 from keepflow.store import Customer, Database, Message, Suppression
 
 router = APIRouter(tags=["unsubscribe"])
 
 _pages = Environment(loader=FileSystemLoader(Path(__file__).resolve().parent / "pages"),
                      autoescape=select_autoescape(default=True, default_for_string=True))
-# The token is in the URL: keep the page out of shared caches and the URL out of Referer headers.
-_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+# The token is in the URL: keep the page out of shared caches and the URL out of Referer headers;
+# no frames (clickjacking the buttons), no scripts, nothing loaded from elsewhere.
+_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY",
+            "X-Content-Type-Options": "nosniff"}
+# The page's one <style> carries a fresh nonce; forms may only post back here.
+_CSP = ("default-src 'none'; style-src 'nonce-{nonce}'; img-src 'none'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'")
+# Long enough to read the page and decide; short enough that a copied form is soon useless.
+CSRF_MAX_AGE = timedelta(hours=2)
 
 
 @router.get("/unsubscribe/{token}", response_class=HTMLResponse, responses={400: {"description": "not a valid link"}})
@@ -44,7 +58,7 @@ async def confirm_page(request: Request, token: str) -> HTMLResponse:
         return parsed
     locale, unsubscribed = await asyncio.to_thread(_state, services.db, parsed)
     if unsubscribed:
-        return _page(request, locale, parsed, "done", action=_path(request, token, "/resubscribe"))
+        return _page(request, locale, parsed, "done", action=_path(request, token, "/resubscribe"), csrf_for=token)
     return _page(request, locale, parsed, "confirm", action=_path(request, token), one_click=True)
 
 
@@ -56,17 +70,27 @@ async def unsubscribe(request: Request, token: str) -> HTMLResponse:
     if isinstance(parsed, HTMLResponse):
         return parsed
     locale = await asyncio.to_thread(_retrying, _unsubscribe, services.db, parsed)
-    return _page(request, locale, parsed, "done", action=_path(request, token, "/resubscribe"))
+    return _page(request, locale, parsed, "done", action=_path(request, token, "/resubscribe"), csrf_for=token)
 
 
 @router.post("/unsubscribe/{token}/resubscribe", response_class=HTMLResponse,
-             responses={400: {"description": "not a valid link"}})
+             responses={400: {"description": "not a valid link"}, 403: {"description": "no valid CSRF token"}})
 async def resubscribe(request: Request, token: str) -> HTMLResponse:
-    """Lifts this link's scope; the page offers to unsubscribe again."""
+    """Lifts this link's scope when the form came from this link's page; the page offers to
+    unsubscribe again."""
     services = request.app.state.services
     parsed = _verified(request, token)
     if isinstance(parsed, HTMLResponse):
         return parsed
+    form = await request.form()
+    csrf = form.get("csrf")
+    if not csrf_matches(services.settings, token, csrf if isinstance(csrf, str) else None, CSRF_MAX_AGE):
+        # Shown as the page again, with a fresh form: a customer whose page sat open too long
+        # just presses the button once more.
+        locale, _ = await asyncio.to_thread(_state, services.db, parsed)
+        page = _page(request, locale, parsed, "done", action=_path(request, token, "/resubscribe"), csrf_for=token)
+        page.status_code = 403
+        return page
     locale = await asyncio.to_thread(_resubscribe, services.db, parsed)
     return _page(request, locale, parsed, "resubscribed", action=_path(request, token), one_click=True)
 
@@ -79,15 +103,21 @@ def _verified(request: Request, token: str) -> UnsubscribeToken | HTMLResponse:
         accepted = request.headers.get("accept-language", "").split(",")[0].split(";")[0].strip()
         locale = page_locale(accepted)
         copy = COPY[locale]
+        nonce = secrets.token_urlsafe(16)
         html = _pages.get_template("unsubscribe.html").render(
             lang=locale, brand=_brand(request), fonts=copy["fonts"], heading=copy["invalid_heading"],
-            text=copy["invalid_text"], action=None, button=None, one_click=False)
-        headers = {**_HEADERS, "X-Keepflow-Error": str(err)}
+            text=copy["invalid_text"], action=None, button=None, one_click=False, nonce=nonce, csrf=None)
+        headers = {**_headers(nonce), "X-Keepflow-Error": str(err)}
         return HTMLResponse(html, status_code=400, headers=headers)
 
 
+def _headers(nonce: str) -> dict[str, str]:
+    return {**_HEADERS, "Content-Security-Policy": _CSP.format(nonce=nonce)}
+
+
 def _page(request: Request, locale: str, token: UnsubscribeToken, state: str, *, action: str,
-          one_click: bool = False) -> HTMLResponse:
+          one_click: bool = False, csrf_for: str | None = None) -> HTMLResponse:
+    """`csrf_for`: the raw token, when the page carries the resubscribe form that needs a CSRF token."""
     copy = COPY[locale]
     brand, address = _brand(request), token.address
     heading, text, button = {
@@ -98,8 +128,10 @@ def _page(request: Request, locale: str, token: UnsubscribeToken, state: str, *,
     }[state]
     html = _pages.get_template("unsubscribe.html").render(
         lang=locale, brand=brand, fonts=copy["fonts"], heading=copy[heading].format(brand=brand, address=address),
-        text=copy[text].format(brand=brand, address=address), action=action, button=copy[button], one_click=one_click)
-    return HTMLResponse(html, headers=_HEADERS)
+        text=copy[text].format(brand=brand, address=address), action=action, button=copy[button], one_click=one_click,
+        nonce=(nonce := secrets.token_urlsafe(16)),
+        csrf=csrf_token(request.app.state.services.settings, csrf_for) if csrf_for else None)
+    return HTMLResponse(html, headers=_headers(nonce))
 
 
 def _brand(request: Request) -> str:

@@ -20,6 +20,7 @@ from keepflow.sending.providers.base import (
     SmsProvider,
     parse_retry_after,
 )
+from keepflow.settings import reveal
 
 if TYPE_CHECKING:
     from keepflow.settings import Settings
@@ -44,7 +45,7 @@ def email_provider(settings: Settings) -> EmailProvider:
     if settings.use_sendgrid:
         missing = [
             var
-            for var, value in (("SENDGRID_API_KEY", settings.sendgrid_api_key), ("KEEPFLOW_EMAIL_FROM", settings.email_from))
+            for var, value in (("SENDGRID_API_KEY", reveal(settings.sendgrid_api_key)), ("KEEPFLOW_EMAIL_FROM", settings.email_from))
             if not value
         ]
         if missing:
@@ -56,7 +57,7 @@ def email_provider(settings: Settings) -> EmailProvider:
         from keepflow.sending.providers.sendgrid import SendGridEmail
 
         return SendGridEmail(
-            api_key=settings.sendgrid_api_key or "",
+            api_key=reveal(settings.sendgrid_api_key),
             host=settings.sendgrid_host,
             from_=settings.email_from,
             timeout=settings.provider_timeout,
@@ -74,7 +75,7 @@ def sms_provider(settings: Settings) -> SmsProvider:
             var
             for var, value in (
                 ("TWILIO_ACCOUNT_SID", settings.twilio_account_sid),
-                ("TWILIO_AUTH_TOKEN", settings.twilio_auth_token),
+                ("TWILIO_AUTH_TOKEN", reveal(settings.twilio_auth_token)),
             )
             if not value
         ]
@@ -89,7 +90,7 @@ def sms_provider(settings: Settings) -> SmsProvider:
 
         return TwilioSms(
             account_sid=settings.twilio_account_sid or "",
-            auth_token=settings.twilio_auth_token or "",
+            auth_token=reveal(settings.twilio_auth_token),
             from_=settings.twilio_from,
             messaging_service_sid=settings.twilio_messaging_service_sid,
             base_url=settings.twilio_base_url,
