@@ -21,6 +21,7 @@ from activities.builtin.send import MessageSender, SendDeps
 from activities.builtin.start import SequenceStarter
 from keepflow.language.catalog import Catalog
 from keepflow.language.rendering import Renderer
+from keepflow.production import providers_line, refuse_if_half_configured
 from keepflow.runtime.client import connect
 from keepflow.runtime.compiled_workflows import compile_once
 from keepflow.runtime.registry import discover, load_catalog, to_temporal
@@ -94,6 +95,7 @@ async def run_worker(settings: Settings, address: str | None = None, stop: async
     for line in await sync_schedules(client, settings, catalog):
         log.info(line)
     worker = build_worker(client, settings, db, catalog=catalog)
+    log.info(providers_line(settings))
     log.info("worker listening on task queue %r", worker.task_queue)
     try:
         async with worker:
@@ -104,8 +106,10 @@ async def run_worker(settings: Settings, address: str | None = None, stop: async
 
 
 def main() -> None:
+    settings = get_settings()
+    refuse_if_half_configured(settings, "worker")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(run_worker(get_settings()))
+    asyncio.run(run_worker(settings))
 
 
 if __name__ == "__main__":

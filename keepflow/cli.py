@@ -16,6 +16,8 @@ from keepflow.settings import get_settings
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(db_app, name="db")
+config_app = typer.Typer(no_args_is_help=True, help="Configuration: what a process would run with.")
+app.add_typer(config_app, name="config")
 schedules_app = typer.Typer(no_args_is_help=True, help="Temporal Schedules: the inactivity scan and the RFM refresh.")
 app.add_typer(schedules_app, name="schedules")
 
@@ -65,6 +67,8 @@ def dev(
     settings = get_settings()
     if data_dir:
         settings = settings.model_copy(update={"data_dir": data_dir})
+    # Links (unsubscribe, callbacks) use the port the app really listens on.
+    settings = settings.model_copy(update={"http_port": http_port})
     _run(run_dev(settings, temporal_port, ui_port or None, http_port))
 
 
@@ -76,10 +80,13 @@ def serve(
     """Serve the webhook endpoints against TEMPORAL_ADDRESS (run as many as you like behind a load balancer)."""
     from keepflow.http.app import create_app
     from keepflow.http.serving import serve_http
+    from keepflow.production import refuse_if_half_configured, webhooks_line
     from keepflow.runtime.shutdown import stop_on_signals
 
-    _logging()
     settings = get_settings()
+    refuse_if_half_configured(settings, "serve")
+    _logging()
+    logging.getLogger("keepflow.serve").info(webhooks_line(settings))
 
     async def main() -> None:
         await serve_http(create_app(settings), host or settings.http_host, port or settings.http_port, stop_on_signals())
@@ -143,10 +150,13 @@ def events(
 @app.command()
 def worker() -> None:
     """Run a worker against TEMPORAL_ADDRESS (run more of them to scale out)."""
+    from keepflow.production import refuse_if_half_configured
     from worker import run_worker
 
+    settings = get_settings()
+    refuse_if_half_configured(settings, "worker")
     _logging()
-    _run(run_worker(get_settings()))
+    _run(run_worker(settings))
 
 
 @app.command()
@@ -166,6 +176,29 @@ def demo(
     except KeyboardInterrupt:
         pass
     raise typer.Exit(code)
+
+
+@config_app.command("check")
+def config_check() -> None:
+    """Print the configuration a process here would run with (secrets masked) and what production would refuse."""
+    from keepflow.production import effective, problems, providers_line, webhooks_line
+
+    settings = get_settings()
+    rows = effective(settings)
+    width = max(len(name) for name, _ in rows)
+    for name, shown in rows:
+        print(f"{name:<{width}}  {shown}")
+    print(f"\n{providers_line(settings)}\n{webhooks_line(settings)}")
+    found = {process: problems(settings, process) for process in ("worker", "serve")}
+    if not any(found.values()):
+        print("\nready: `keepflow worker` and `keepflow serve` would start")
+        return
+    for process, lines in found.items():
+        if lines:
+            print(f"\n`keepflow {process}` would refuse to start:")
+            for line in lines:
+                print(f"  - {line}")
+    raise typer.Exit(1)
 
 
 @schedules_app.command("sync")

@@ -34,9 +34,8 @@ async def run_dev(settings: Settings, temporal_port: int, ui_port: int | None, h
     upgrade(settings.resolved_database_url)  # once, before the worker and the HTTP app share it
     db = Database(settings.resolved_database_url)
     secrets = settings.webhook_secrets or [dev_secret(settings.data_dir)]
-    log.info("%d sequences from %s; database %s; email via %s, SMS via %s",
-             len(catalog.sequences), settings.sequences_path, settings.resolved_database_url,
-             "SendGrid" if settings.use_sendgrid else "the outbox", "Twilio" if settings.use_twilio else "the outbox")
+    log.info("%d sequences from %s; database %s", len(catalog.sequences), settings.sequences_path,
+             settings.resolved_database_url)
     log.info("events: POST http://%s:%d/events (docs at /docs); `keepflow send-event FILE.json` signs and sends one",
              settings.http_host, http_port)
     try:

@@ -16,6 +16,7 @@ has no field to carry one.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import signal
 import socket
@@ -120,6 +121,10 @@ def worker_env(data_dir: Path, database_url: str, temporal_address: str, task_qu
         "KEEPFLOW_SMS_PROVIDER": "twilio", "TWILIO_ACCOUNT_SID": FAKE_TWILIO_ACCOUNT_SID,
         "TWILIO_AUTH_TOKEN": FAKE_TWILIO_AUTH_TOKEN, "TWILIO_FROM_NUMBER": "+15005550006",
         "TWILIO_BASE_URL": fake_url, "KEEPFLOW_PROVIDER_TIMEOUT": str(provider_timeout),
+        # What production refuses to start without (keepflow/production.py).
+        "KEEPFLOW_PUBLIC_URL": "https://mail.shop.example", "KEEPFLOW_EMAIL_FROM": "Shop <hello@shop-fault-tests.com>",
+        "KEEPFLOW_UNSUBSCRIBE_SECRET": "fault-tests-unsubscribe-secret",
+        "KEEPFLOW_PAYLOAD_KEYS": "faults:" + base64.b64encode(b"fault-tests-payload-key-32-bytes").decode(),
         "PYTHONUNBUFFERED": "1",
     })
     return env

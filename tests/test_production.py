@@ -1,0 +1,120 @@
+"""Production refuses to start half-configured; `keepflow config check` says what it sees, secrets masked."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from keepflow.production import problems, providers_line
+from keepflow.settings import Settings
+from tests.engine import ROOT, SHOP_SEQUENCES, SHOP_TEMPLATES
+
+OURS = ("KEEPFLOW_", "TEMPORAL_", "SENDGRID_", "TWILIO_", "SHOPIFY_", "DATABASE_URL")
+SENDGRID_KEY = "SG.a-sendgrid-key-nobody-may-see"
+TWILIO_TOKEN = "a-twilio-token-nobody-may-see"
+UNSUBSCRIBE = "an-unsubscribe-secret-nobody-may-see"
+PAYLOAD_KEYS = "k1:" + base64.b64encode(b"\x01" * 32).decode()
+WEBHOOK = "whsec_" + base64.b64encode(b"\x02" * 32).decode()
+
+READY = {
+    "SENDGRID_API_KEY": SENDGRID_KEY, "TWILIO_ACCOUNT_SID": "AC" + "1" * 32, "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
+    "TWILIO_FROM_NUMBER": "+15005550006", "KEEPFLOW_PUBLIC_URL": "https://mail.shop.example",
+    "KEEPFLOW_UNSUBSCRIBE_SECRET": UNSUBSCRIBE, "KEEPFLOW_EMAIL_FROM": "Lumen <hello@lumen-camera.co>",
+    "KEEPFLOW_PAYLOAD_KEYS": PAYLOAD_KEYS, "KEEPFLOW_WEBHOOK_SECRET": WEBHOOK,
+}
+
+
+def settings(tmp_path: Path, **env: str) -> Settings:
+    return Settings(_env_file=None, data_dir=tmp_path, **{k: v for k, v in env.items()})  # type: ignore[call-arg]
+
+
+def test_a_fully_configured_process_has_no_problems(tmp_path):
+    ready = settings(tmp_path, **READY)
+    assert problems(ready, "worker") == [] and problems(ready, "serve") == []
+    assert providers_line(ready) == "email via SendGrid, SMS via Twilio"
+
+
+def test_every_half_configured_default_is_one_line_naming_what_to_set(tmp_path):
+    bare = settings(tmp_path)
+    found = problems(bare, "serve")
+    for variable in ("SENDGRID_API_KEY", "TWILIO_AUTH_TOKEN", "KEEPFLOW_PUBLIC_URL", "KEEPFLOW_UNSUBSCRIBE_SECRET",
+                     "KEEPFLOW_EMAIL_FROM", "KEEPFLOW_PAYLOAD_KEYS", "KEEPFLOW_WEBHOOK_SECRET"):
+        assert sum(variable in line for line in found) == 1, (variable, found)
+    assert all("\n" not in line for line in found)
+    # The worker verifies no webhooks: it does not need their secret.
+    assert not any("KEEPFLOW_WEBHOOK_SECRET" in line for line in problems(bare, "worker"))
+
+
+@pytest.mark.parametrize(("variable", "value", "words"), [
+    ("KEEPFLOW_PUBLIC_URL", "http://mail.shop.example", "https://"),
+    ("KEEPFLOW_PUBLIC_URL", None, "KEEPFLOW_PUBLIC_URL is not set"),
+    ("KEEPFLOW_EMAIL_FROM", None, "example address"),
+    ("KEEPFLOW_EMAIL_FROM", "Shop <news@shop.example>", "example address"),
+    ("KEEPFLOW_UNSUBSCRIBE_SECRET", " , ", "KEEPFLOW_UNSUBSCRIBE_SECRET"),
+    ("KEEPFLOW_PAYLOAD_KEYS", None, "KEEPFLOW_PAYLOAD_KEYS"),
+    ("SENDGRID_API_KEY", None, "no email provider"),
+    ("TWILIO_AUTH_TOKEN", None, "no SMS provider"),
+])
+def test_each_check_alone(tmp_path, variable, value, words):
+    env = {k: v for k, v in READY.items() if k != variable}
+    if value is not None:
+        env[variable] = value
+    [line] = problems(settings(tmp_path, **env), "worker")
+    assert words in line
+
+
+def test_the_outbox_when_meant(tmp_path):
+    env = {k: v for k, v in READY.items() if not k.startswith(("SENDGRID", "TWILIO"))}
+    assert problems(settings(tmp_path, **env, KEEPFLOW_ALLOW_OUTBOX="true"), "worker") == []
+
+
+def run(tmp_path: Path, *command: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(OURS)}
+    clean.update({"KEEPFLOW_SEQUENCES": str(SHOP_SEQUENCES), "KEEPFLOW_TEMPLATES": str(SHOP_TEMPLATES),
+                  "KEEPFLOW_DATA_DIR": str(tmp_path / "var"),
+                  # Nothing listens here: a process that got past its checks would hang or fail differently.
+                  "TEMPORAL_ADDRESS": "127.0.0.1:1", **env})
+    return subprocess.run(command, cwd=tmp_path, env=clean, capture_output=True, text=True, timeout=60)
+
+
+KEEPFLOW = (sys.executable, "-m", "keepflow.cli")
+
+
+@pytest.mark.parametrize("command", [(*KEEPFLOW, "worker"), (sys.executable, str(ROOT / "worker.py")),
+                                     (*KEEPFLOW, "serve")], ids=["keepflow worker", "python worker.py", "keepflow serve"])
+def test_production_processes_refuse_to_start_half_configured(tmp_path, command):
+    result = run(tmp_path, *command, TWILIO_AUTH_TOKEN=TWILIO_TOKEN, TWILIO_ACCOUNT_SID="AC" + "1" * 32,
+                 TWILIO_FROM_NUMBER="+15005550006", KEEPFLOW_PUBLIC_URL="http://127.0.0.1:8000")
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert all(line.startswith("keepflow ") and "refusing to start" in line for line in lines), result.stderr
+    for words in ("no email provider", "https://", "KEEPFLOW_UNSUBSCRIBE_SECRET", "KEEPFLOW_PAYLOAD_KEYS"):
+        assert sum(words in line for line in lines) == 1, (words, lines)
+    assert TWILIO_TOKEN not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "var" / "keepflow.db").exists()  # refused before touching anything
+
+
+def test_config_check_masks_secrets_and_lists_the_problems(tmp_path):
+    result = run(tmp_path, *KEEPFLOW, "config", "check", **{**READY, "KEEPFLOW_PUBLIC_URL": "http://x.example"})
+    assert result.returncode == 1
+    out = result.stdout + result.stderr
+    for secret in (SENDGRID_KEY, TWILIO_TOKEN, UNSUBSCRIBE, PAYLOAD_KEYS, WEBHOOK):
+        assert secret not in out
+    assert "SENDGRID_API_KEY" in out and "(set, hidden)" in out
+    assert "KEEPFLOW_PUBLIC_URL" in out and "http://x.example" in out
+    assert "https://" in result.stdout and "refuse" in result.stdout
+    ready = run(tmp_path, *KEEPFLOW, "config", "check", **READY)
+    assert ready.returncode == 0 and "email via SendGrid, SMS via Twilio" in ready.stdout
+
+
+def test_settings_never_print_a_secret(tmp_path):
+    ready = settings(tmp_path, **READY)
+    for shown in (repr(ready), str(ready), ready.model_dump_json()):
+        for secret in (SENDGRID_KEY, TWILIO_TOKEN, UNSUBSCRIBE, PAYLOAD_KEYS, WEBHOOK):
+            assert secret not in shown
