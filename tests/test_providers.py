@@ -448,3 +448,24 @@ def test_errors_pickle() -> None:
     assert type(copy) is RetryableError
     assert (copy.provider, copy.detail, copy.status, copy.code, copy.retry_after, copy.sent) == ("twilio", "busy", 429, "20429", 3.0, None)
     assert str(copy) == "twilio: busy status=429 code=20429"
+
+
+# -- personal data in logs and files ------------------------------------------------------------
+
+
+def test_provider_sdks_log_no_recipient_even_at_debug(fake: FakeProviders, sendgrid: SendGridEmail, twilio: TwilioSms,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    twilio.send_sms(sms(to="+15558675310"))
+    twilio.find_sent(sms(to="+15558675310"), datetime.now(timezone.utc) - timedelta(minutes=5))
+    sendgrid.send_email(email(to="ada@example.org", subject="Ada's parcel"))
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "5558675310" not in logged and "%2B1555" not in logged
+    assert "ada@example.org" not in logged and "Ada's parcel" not in logged
+
+
+def test_the_outbox_file_is_for_this_user_only(tmp_path: Path) -> None:
+    folder = tmp_path / "var"
+    OutboxSms(folder).send_sms(sms())
+    assert (folder / "outbox.jsonl").stat().st_mode & 0o777 == 0o600
+    assert folder.stat().st_mode & 0o777 == 0o700

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -11,6 +12,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from keepflow.settings import private_dir
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -22,8 +25,8 @@ def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
+        _private_file(Path(parsed.database))
     engine = create_engine(url, connect_args={"timeout": 30})
 
     @event.listens_for(engine, "connect")
@@ -37,6 +40,17 @@ def make_engine(url: str) -> Engine:
         cursor.close()
 
     return engine
+
+
+def _private_file(path: Path) -> None:
+    """The database holds customers' names, addresses and messages: only this user may read it.
+    SQLite creates the -wal and -shm files with the database file's mode, so they follow."""
+    private_dir(path.parent)
+    # O_CREAT with 0600, not a chmod afterwards: no moment where another user could open it.
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    if path.stat().st_mode & 0o077:
+        # A file from before this release, created with the umask's 0644.
+        path.chmod(0o600)
 
 
 def alembic_config(url: str) -> Config:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import uuid
 from dataclasses import asdict
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from keepflow.sending.providers.base import Accepted, OutgoingEmail, OutgoingSms
+from keepflow.settings import private_dir
 
 NAME = "outbox"
 FILENAME = "outbox.jsonl"
@@ -35,8 +37,7 @@ def _lock_for(path: Path) -> threading.Lock:
 
 class _Outbox:
     def __init__(self, directory: Path) -> None:
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory = private_dir(Path(directory))
         self.path = self.directory / FILENAME
         self._lock = _lock_for(self.path.resolve())
 
@@ -49,7 +50,9 @@ class _Outbox:
             **fields,
         }
         line = json.dumps(record, ensure_ascii=False) + "\n"
-        with self._lock, self.path.open("a", encoding="utf-8") as f:
+        # 0600 from the first byte: the file holds customers' addresses and messages.
+        with self._lock, os.fdopen(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a",
+                                   encoding="utf-8") as f:
             f.write(line)
         return accepted
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import urllib.error
 from email.utils import parseaddr
 from typing import Any
@@ -23,6 +24,10 @@ from keepflow.sending.providers.base import (
 )
 
 NAME = "sendgrid"
+
+# The SDK's HTTP client logs each request's whole payload (recipients, subject, body) at DEBUG.
+# A filter, not a level: a logging config that turns DEBUG on for everything must not bring it back.
+logging.getLogger("python_http_client.client").addFilter(lambda record: False)
 
 
 class SendGridEmail:
