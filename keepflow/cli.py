@@ -16,6 +16,8 @@ from keepflow.settings import get_settings
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(db_app, name="db")
+customers_app = typer.Typer(no_args_is_help=True, help="Customers: erasure on request.")
+app.add_typer(customers_app, name="customers")
 config_app = typer.Typer(no_args_is_help=True, help="Configuration: what a process would run with.")
 app.add_typer(config_app, name="config")
 schedules_app = typer.Typer(no_args_is_help=True, help="Temporal Schedules: the inactivity scan and the RFM refresh.")
@@ -176,6 +178,45 @@ def demo(
     except KeyboardInterrupt:
         pass
     raise typer.Exit(code)
+
+
+@customers_app.command("forget")
+def customers_forget(
+    who: Annotated[str, typer.Argument(help="a customer id, an email address or a phone number")],
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask first")] = False,
+) -> None:
+    """Erase a customer (profile, events, messages' personal fields, order lines) and terminate their
+    open runs; their opt-outs stay, as a hash of the address."""
+    from keepflow.runtime.client import connect
+    from keepflow.store import Database, upgrade
+    from keepflow.tools.forget import forget, whom
+
+    settings = get_settings()
+    upgrade(settings.resolved_database_url)
+    db = Database(settings.resolved_database_url)
+    try:
+        ids, addresses = whom(db, who)
+        if not ids and not addresses:
+            print(f"no customer has the id {who!r}, and it is not an email address or phone number", file=sys.stderr)
+            raise typer.Exit(1)
+        if not yes:
+            typer.confirm(f"erase {len(ids)} customer(s) {', '.join(ids) or '(none stored)'} and every trace of "
+                          f"{who!r}? This cannot be undone", abort=True)
+
+        async def main() -> None:
+            client = await connect(settings.temporal_address, settings.temporal_namespace)
+            done = await forget(db, client, who)
+            erased = done.erased
+            print(f"forgot {erased.customers} customer(s) {', '.join(done.customer_ids)}: terminated "
+                  f"{len(done.terminated)} open run(s), deleted {erased.events_deleted} event(s), cleared "
+                  f"{erased.messages} message(s) and {erased.orders} order(s), kept {erased.suppressions_hashed} "
+                  "opt-out(s) as a hash")
+            print("Temporal keeps these customers' run histories until the namespace's retention period ends "
+                  "(see README, Forgetting a customer)")
+
+        _run(main())
+    finally:
+        db.dispose()
 
 
 @config_app.command("check")

@@ -32,7 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from keepflow.http.unsubscribe_copy import COPY, page_locale
 from keepflow.sending import delivery_events, suppressions
 from keepflow.sending.unsubscribe_links import InvalidToken, UnsubscribeToken, csrf_matches, csrf_token, verify
-from keepflow.store import Customer, Database, Message, Suppression
+from keepflow.store import Customer, Database, Message
 
 router = APIRouter(tags=["unsubscribe"])
 
@@ -150,10 +150,8 @@ def _locale(session, customer_id: str) -> str:
 
 def _state(db: Database, token: UnsubscribeToken) -> tuple[str, bool]:
     with db.session() as session:
-        active = session.scalar(select(Suppression.id).where(
-            Suppression.channel == token.channel, Suppression.address == token.address,
-            Suppression.scope == token.scope, Suppression.lifted_at.is_(None)))
-        return _locale(session, token.customer_id), active is not None
+        active = suppressions.is_active(session, token.channel, token.address, token.scope)
+        return _locale(session, token.customer_id), active
 
 
 def _unsubscribe(db: Database, token: UnsubscribeToken) -> str:

@@ -2,7 +2,9 @@
 
 Sources write here (the unsubscribe link, SendGrid's bounce and spam events, Twilio's STOP and
 error 21610); `send_message` reads here before every send. Addresses are normalised first, so
-"Nok@Example.com" and "nok@example.com" are one address.
+"Nok@Example.com" and "nok@example.com" are one address. An address whose customer was forgotten
+is kept only as its hash (`hashed_address`), and every lookup here matches both forms, so a
+forgotten address stays suppressed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from keepflow.sending.contacts import normalize_address
 from keepflow.store import Suppression
+from keepflow.store.suppressions import hashed_address
 
 ALL = "all"
 MARKETING = "marketing"
@@ -24,12 +27,18 @@ def group_scope(group: str) -> str:
     return f"group:{group}"
 
 
+def forms(channel: str, address: str) -> list[str]:
+    """Both ways `address` may be stored: as itself, and hashed once its customer was forgotten."""
+    address = normalize_address(channel, address)
+    return [address, hashed_address(channel, address)]
+
+
 def suppress(session: Session, *, channel: str, address: str, scope: str, reason: str, source: str,
              detail: str | None = None, customer_id: str | None = None, at: datetime | None = None) -> Suppression:
     """Add (or re-arm) a suppression. Idempotent: a repeated opt-out changes nothing but the detail."""
     address = normalize_address(channel, address)
     row = session.scalar(select(Suppression).where(
-        Suppression.channel == channel, Suppression.address == address, Suppression.scope == scope))
+        Suppression.channel == channel, Suppression.address.in_(forms(channel, address)), Suppression.scope == scope))
     now = at or datetime.now(timezone.utc)
     if row is None:
         row = Suppression(channel=channel, address=address, scope=scope, reason=reason, source=source,
@@ -44,9 +53,8 @@ def suppress(session: Session, *, channel: str, address: str, scope: str, reason
 
 def lift(session: Session, *, channel: str, address: str, scopes: Iterable[str], at: datetime | None = None) -> int:
     """Lift the named scopes (a resubscribe, an SMS START). Returns how many were active."""
-    address = normalize_address(channel, address)
     rows = session.scalars(select(Suppression).where(
-        Suppression.channel == channel, Suppression.address == address,
+        Suppression.channel == channel, Suppression.address.in_(forms(channel, address)),
         Suppression.scope.in_(list(scopes)), Suppression.lifted_at.is_(None))).all()
     for row in rows:
         row.lifted_at = at or datetime.now(timezone.utc)
@@ -54,9 +62,15 @@ def lift(session: Session, *, channel: str, address: str, scopes: Iterable[str],
 
 
 def active(session: Session, channel: str, address: str) -> list[Suppression]:
-    address = normalize_address(channel, address)
     return list(session.scalars(select(Suppression).where(
-        Suppression.channel == channel, Suppression.address == address, Suppression.lifted_at.is_(None))))
+        Suppression.channel == channel, Suppression.address.in_(forms(channel, address)),
+        Suppression.lifted_at.is_(None))))
+
+
+def is_active(session: Session, channel: str, address: str, scope: str) -> bool:
+    return session.scalar(select(Suppression.id).where(
+        Suppression.channel == channel, Suppression.address.in_(forms(channel, address)),
+        Suppression.scope == scope, Suppression.lifted_at.is_(None)).limit(1)) is not None
 
 
 def blocking_reason(connection: Connection, *, channel: str, address: str, category: str,
@@ -69,12 +83,12 @@ def blocking_reason(connection: Connection, *, channel: str, address: str, categ
 
 def _blocking_params(channel: str, address: str, category: str, group: str) -> dict:
     scopes = [ALL] if category == "transactional" else [ALL, MARKETING, group_scope(group)]
-    return {"channel": channel, "address": normalize_address(channel, address), "scopes": scopes}
+    return {"channel": channel, "addresses": forms(channel, address), "scopes": scopes}
 
 
 # Built once: send_message asks before every send.
 _BLOCKING = select(Suppression).where(
-    Suppression.channel == bindparam("channel"), Suppression.address == bindparam("address"),
+    Suppression.channel == bindparam("channel"), Suppression.address.in_(bindparam("addresses", expanding=True)),
     Suppression.scope.in_(bindparam("scopes", expanding=True)), Suppression.lifted_at.is_(None),
 ).order_by(or_(Suppression.scope == ALL).desc(), Suppression.id)
 _BLOCKING_REASON = _BLOCKING.with_only_columns(Suppression.reason, Suppression.source)

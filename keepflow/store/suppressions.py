@@ -5,12 +5,22 @@ Importing this module registers the table on `Base.metadata`; Alembic owns the s
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 
 from sqlalchemy import Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from keepflow.store.models import Base
+
+FORGOTTEN_PREFIX = "sha256:"
+
+
+def hashed_address(channel: str, address: str) -> str:
+    """How a forgotten customer's address is kept (`keepflow customers forget`): enough to match
+    the next send to it and refuse it, not enough to write to the person. Unkeyed, so it survives
+    every rotation of every secret; the address must be normalised first, as every writer does."""
+    return FORGOTTEN_PREFIX + hashlib.sha256(f"{channel}:{address}".encode()).hexdigest()
 
 
 class Suppression(Base):
@@ -27,7 +37,8 @@ class Suppression(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     channel: Mapped[str] = mapped_column(String(16))
-    # Normalised: lower-cased email, E.164 phone number.
+    # Normalised: lower-cased email, E.164 phone number; or, once its customer was forgotten,
+    # `hashed_address(channel, address)`.
     address: Mapped[str] = mapped_column(String(320))
     scope: Mapped[str] = mapped_column(String(140))
     # hard_bounce, spam_report, unsubscribe, sms_stop, provider_error, invalid
