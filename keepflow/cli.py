@@ -69,8 +69,6 @@ def dev(
     settings = get_settings()
     if data_dir:
         settings = settings.model_copy(update={"data_dir": data_dir})
-    # Links (unsubscribe, callbacks) use the port the app really listens on.
-    settings = settings.model_copy(update={"http_port": http_port})
     _run(run_dev(settings, temporal_port, ui_port or None, http_port))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,20 @@ def test_settings_never_print_a_secret(tmp_path):
     for shown in (repr(ready), str(ready), ready.model_dump_json()):
         for secret in (SENDGRID_KEY, TWILIO_TOKEN, UNSUBSCRIBE, PAYLOAD_KEYS, WEBHOOK):
             assert secret not in shown
+
+
+def test_every_setting_is_in_env_example_and_the_operations_guide():
+    example = (ROOT / ".env.example").read_text()
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    variables = [str(field.validation_alias) for field in Settings.model_fields.values()]
+    assert len(variables) == len(Settings.model_fields) and all(v.isupper() for v in variables)
+    missing = [v for v in variables if not re.search(rf"^#? ?{v}=", example, re.MULTILINE)]
+    assert missing == [], f".env.example lacks {missing}"
+    undocumented = [v for v in variables if f"`{v}`" not in guide]
+    assert undocumented == [], f"docs/operations.md lacks {undocumented}"
+
+
+def test_env_example_as_is_changes_nothing(tmp_path):
+    # Copied to .env unedited, it must not quietly configure anything: every line is a comment.
+    lines = [line for line in (ROOT / ".env.example").read_text().splitlines() if line.strip()]
+    assert all(line.startswith("#") for line in lines)

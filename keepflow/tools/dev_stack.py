@@ -30,7 +30,8 @@ async def run_dev(settings: Settings, temporal_port: int, ui_port: int | None, h
         address = server.address
         log.info("Temporal dev server on %s%s (log: %s)", address,
                  f", web UI on http://127.0.0.1:{ui_port}" if ui_port else "", server.log_path)
-    settings = settings.model_copy(update={"temporal_address": address})
+    # Links the worker makes (unsubscribe, Twilio callbacks) use the port the app really listens on.
+    settings = settings.model_copy(update={"temporal_address": address, "http_port": http_port})
     upgrade(settings.resolved_database_url)  # once, before the worker and the HTTP app share it
     db = Database(settings.resolved_database_url)
     secrets = settings.webhook_secrets or [dev_secret(settings.data_dir)]
