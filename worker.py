@@ -107,7 +107,7 @@ async def run_worker(settings: Settings, address: str | None = None, stop: async
 
 def main() -> None:
     settings = get_settings()
-    refuse_if_half_configured(settings, "worker")
+    refuse_if_half_configured(settings, "worker", load_catalog(settings.sequences_path, settings.templates_dir))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(run_worker(settings))
 

@@ -32,6 +32,21 @@ def _logging() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
+def _refuse_half_configured(settings, process) -> None:
+    """Exit with every problem, one line each, before a production process touches anything."""
+    from keepflow.language.problems import InvalidSequences
+    from keepflow.production import refuse_if_half_configured
+    from keepflow.runtime.registry import load_catalog
+
+    try:
+        catalog = load_catalog(settings.sequences_path, settings.templates_dir)
+    except InvalidSequences as invalid:
+        print(invalid, file=sys.stderr)
+        print("refusing to start: fix the problems above (`keepflow validate` checks again)", file=sys.stderr)
+        raise typer.Exit(1) from None
+    refuse_if_half_configured(settings, process, catalog)
+
+
 def _run(coroutine) -> None:
     """Run an engine command; an invalid sequences file ends it with its problems, not a traceback."""
     from keepflow.language.problems import InvalidSequences
@@ -80,11 +95,11 @@ def serve(
     """Serve the webhook endpoints against TEMPORAL_ADDRESS (run as many as you like behind a load balancer)."""
     from keepflow.http.app import create_app
     from keepflow.http.serving import serve_http
-    from keepflow.production import refuse_if_half_configured, webhooks_line
+    from keepflow.production import webhooks_line
     from keepflow.runtime.shutdown import stop_on_signals
 
     settings = get_settings()
-    refuse_if_half_configured(settings, "serve")
+    _refuse_half_configured(settings, "serve")
     _logging()
     logging.getLogger("keepflow.serve").info(webhooks_line(settings))
 
@@ -150,11 +165,10 @@ def events(
 @app.command()
 def worker() -> None:
     """Run a worker against TEMPORAL_ADDRESS (run more of them to scale out)."""
-    from keepflow.production import refuse_if_half_configured
     from worker import run_worker
 
     settings = get_settings()
-    refuse_if_half_configured(settings, "worker")
+    _refuse_half_configured(settings, "worker")
     _logging()
     _run(run_worker(settings))
 
@@ -220,15 +234,22 @@ def customers_forget(
 @config_app.command("check")
 def config_check() -> None:
     """Print the configuration a process here would run with (secrets masked) and what production would refuse."""
+    from keepflow.language.problems import InvalidSequences
     from keepflow.production import effective, problems, providers_line, webhooks_line
+    from keepflow.runtime.registry import load_catalog
 
     settings = get_settings()
+    try:
+        catalog = load_catalog(settings.sequences_path, settings.templates_dir)
+    except InvalidSequences as invalid:
+        print(f"{invalid}\n(the checks below assume the sequences send email and SMS)\n", file=sys.stderr)
+        catalog = None
     rows = effective(settings)
     width = max(len(name) for name, _ in rows)
     for name, shown in rows:
         print(f"{name:<{width}}  {shown}")
     print(f"\n{providers_line(settings)}\n{webhooks_line(settings)}")
-    found = {process: problems(settings, process) for process in ("worker", "serve")}
+    found = {process: problems(settings, process, catalog) for process in ("worker", "serve")}
     if not any(found.values()):
         print("\nready: `keepflow worker` and `keepflow serve` would start")
         return

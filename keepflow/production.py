@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
+from keepflow.language.catalog import Catalog
 from keepflow.settings import Settings, reveal
 
 Process = Literal["worker", "serve"]
@@ -25,15 +26,17 @@ _RESERVED_DOMAINS = ("example.com", "example.net", "example.org")
 _RESERVED_TLDS = (".example", ".test", ".invalid", ".localhost")
 
 
-def problems(settings: Settings, process: Process) -> list[str]:
-    """What production would refuse, one line each, naming the variable to set."""
+def problems(settings: Settings, process: Process, catalog: Catalog | None = None) -> list[str]:
+    """What production would refuse, one line each, naming the variable to set. With the catalog,
+    only the channels its sequences send on need a provider: a shop without texts needs no Twilio."""
     found: list[str] = []
     outbox = settings.data_dir / "outbox.jsonl"
+    channels = sending_channels(catalog)
     if not settings.allow_outbox:
-        if not settings.use_sendgrid:
+        if "email" in channels and not settings.use_sendgrid:
             found.append(f"no email provider: email would be written to {outbox}, not sent; set SENDGRID_API_KEY "
                          "(or KEEPFLOW_ALLOW_OUTBOX=true if a local file is what you want)")
-        if not settings.use_twilio:
+        if "sms" in channels and not settings.use_twilio:
             found.append(f"no SMS provider: texts would be written to {outbox}, not sent; set TWILIO_ACCOUNT_SID and "
                          "TWILIO_AUTH_TOKEN (or KEEPFLOW_ALLOW_OUTBOX=true if a local file is what you want)")
     if settings.use_sendgrid or settings.use_twilio or not settings.allow_outbox:
@@ -46,7 +49,7 @@ def problems(settings: Settings, process: Process) -> list[str]:
     if not reveal(settings.unsubscribe_secret).strip(" ,"):
         found.append("KEEPFLOW_UNSUBSCRIBE_SECRET is not set: the worker that makes unsubscribe links and the app "
                       "that opens them must share it (generate one with `openssl rand -base64 32`)")
-    if (settings.use_sendgrid or not settings.allow_outbox) and _example_sender(settings.email_from):
+    if "email" in channels and (settings.use_sendgrid or not settings.allow_outbox) and _example_sender(settings.email_from):
         found.append(f"KEEPFLOW_EMAIL_FROM is {settings.email_from!r}, an example address: set the shop's own "
                      "sender, e.g. 'Your Shop <hello@your-shop.com>'")
     if not reveal(settings.payload_keys).strip(" ,"):
@@ -57,6 +60,13 @@ def problems(settings: Settings, process: Process) -> list[str]:
     return found
 
 
+def sending_channels(catalog: Catalog | None) -> set[str]:
+    """The channels the sequences send on; both when they are not known."""
+    if catalog is None:
+        return {"email", "sms"}
+    return {channel for sequence in catalog.sequences.values() for channel in sequence.channels()}
+
+
 def _example_sender(email_from: str) -> bool:
     address = parseaddr(email_from)[1].lower()
     domain = address.rpartition("@")[2]
@@ -64,9 +74,9 @@ def _example_sender(email_from: str) -> bool:
             or domain.endswith(_RESERVED_TLDS))
 
 
-def refuse_if_half_configured(settings: Settings, process: Process) -> None:
+def refuse_if_half_configured(settings: Settings, process: Process, catalog: Catalog | None = None) -> None:
     """Print every problem on stderr, one line each, and exit 1; return when there are none."""
-    found = problems(settings, process)
+    found = problems(settings, process, catalog)
     if not found:
         return
     for line in found:

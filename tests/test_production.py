@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 
 from keepflow.production import problems, providers_line
+from keepflow.runtime.registry import load_catalog
 from keepflow.settings import Settings
 from tests.engine import ROOT, SHOP_SEQUENCES, SHOP_TEMPLATES
+from tests.helpers import write_project
+from tests.test_dev_links import NOTE, SEQUENCES
 
 OURS = ("KEEPFLOW_", "TEMPORAL_", "SENDGRID_", "TWILIO_", "SHOPIFY_", "DATABASE_URL")
 SENDGRID_KEY = "SG.a-sendgrid-key-nobody-may-see"
@@ -67,6 +70,16 @@ def test_each_check_alone(tmp_path, variable, value, words):
         env[variable] = value
     [line] = problems(settings(tmp_path, **env), "worker")
     assert words in line
+
+
+def test_a_shop_that_sends_no_texts_needs_no_sms_provider(tmp_path):
+    email_only = load_catalog(write_project(tmp_path, SEQUENCES, {"email/note.en.html": NOTE}))
+    env = {k: v for k, v in READY.items() if not k.startswith("TWILIO")}
+    assert problems(settings(tmp_path, **env), "worker", email_only) == []
+    [line] = problems(settings(tmp_path, **env), "worker")  # sequences unknown: both channels
+    assert "no SMS provider" in line
+    shop = load_catalog(SHOP_SEQUENCES, SHOP_TEMPLATES)  # it texts
+    assert problems(settings(tmp_path, **env), "worker", shop) == [line]
 
 
 def test_the_outbox_when_meant(tmp_path):
