@@ -179,7 +179,7 @@ def schedules_sync() -> None:
 
     async def main() -> None:
         catalog = load_catalog(settings.sequences_path, settings.templates_dir)
-        client = await connect(settings.temporal_address, settings.temporal_namespace)
+        client = await connect(settings)
         for line in await sync_schedules(client, settings, catalog):
             print(line)
 

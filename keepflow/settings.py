@@ -24,9 +24,12 @@ class Settings(BaseSettings):
     # None: the `templates/` folder beside the sequences file.
     templates_dir: Path | None = Field(None, validation_alias="KEEPFLOW_TEMPLATES")
 
-    # Temporal. None means "start the embedded dev server" for `keepflow dev`.
+    # Temporal. The connection is read as the `temporal` CLI reads it (TEMPORAL_ADDRESS,
+    # TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TEMPORAL_TLS_*, TEMPORAL_PROFILE of temporal.toml: see
+    # keepflow/runtime/client.py); these two, when set, win over the profile. No address anywhere
+    # means "start the embedded dev server" for `keepflow dev`, 127.0.0.1:7233 for the rest.
     temporal_address: str | None = Field(None, validation_alias="TEMPORAL_ADDRESS")
-    temporal_namespace: str = Field("default", validation_alias="TEMPORAL_NAMESPACE")
+    temporal_namespace: str | None = Field(None, validation_alias="TEMPORAL_NAMESPACE")
     task_queue: str = Field("keepflow", validation_alias="KEEPFLOW_TASK_QUEUE")
 
     # None: a SQLite file under data_dir.

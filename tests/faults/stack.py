@@ -28,11 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
 from sqlalchemy import select
 from temporalio.client import Client, WorkflowHandle
 
 from keepflow.runtime.payloads import RunInput, RunStatus
+from keepflow.runtime.payload_keys import new_payload_key
 from keepflow.runtime.registry import load_catalog
+from keepflow.settings import Settings
 from keepflow.store import Database, Message, upgrade
 from keepflow.tools.temporal_dev_server import DevServer, free_port
 from tests.fakes.provider_server import (
@@ -77,6 +80,8 @@ TEMPLATES = {
 }
 
 # Variables the worker reads that must come from here, not from whoever runs the tests.
+# Workers and the stack's own client seal payloads as production does, with one key for the run.
+PAYLOAD_KEYS = new_payload_key()
 _OURS = ("KEEPFLOW_", "TEMPORAL_", "SENDGRID_", "TWILIO_", "DATABASE_URL")
 
 
@@ -120,7 +125,7 @@ def worker_env(data_dir: Path, database_url: str, temporal_address: str, task_qu
         "KEEPFLOW_SMS_PROVIDER": "twilio", "TWILIO_ACCOUNT_SID": FAKE_TWILIO_ACCOUNT_SID,
         "TWILIO_AUTH_TOKEN": FAKE_TWILIO_AUTH_TOKEN, "TWILIO_FROM_NUMBER": "+15005550006",
         "TWILIO_BASE_URL": fake_url, "KEEPFLOW_PROVIDER_TIMEOUT": str(provider_timeout),
-        "PYTHONUNBUFFERED": "1",
+        "KEEPFLOW_PAYLOAD_KEYS": PAYLOAD_KEYS, "PYTHONUNBUFFERED": "1",
     })
     return env
 
@@ -236,7 +241,7 @@ class Stack:
         self.fake.start()
         try:
             self.server.start()
-            self.client = await self.server.wait_ready()
+            self.client = await self.server.wait_ready(self.settings())
         except BaseException:
             await self.__aexit__()
             raise
@@ -256,9 +261,12 @@ class Stack:
         self.server.stop()
         await asyncio.sleep(down_for)
         self.server.start()
-        self.client = await self.server.wait_ready()
+        self.client = await self.server.wait_ready(self.settings())
 
     # -- workers -------------------------------------------------------------------------------
+
+    def settings(self) -> Settings:
+        return Settings(payload_keys=SecretStr(PAYLOAD_KEYS))
 
     def worker_env(self) -> dict[str, str]:
         return worker_env(self.folder, self.database_url, self.server.address, self.task_queue, self.fake.url,
