@@ -18,6 +18,8 @@ db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(db_app, name="db")
 schedules_app = typer.Typer(no_args_is_help=True, help="Temporal Schedules: the inactivity scan and the RFM refresh.")
 app.add_typer(schedules_app, name="schedules")
+keys_app = typer.Typer(no_args_is_help=True, help="Keys of the Temporal payload codec (KEEPFLOW_PAYLOAD_KEYS).")
+app.add_typer(keys_app, name="keys")
 
 SequencesArg = Annotated[Optional[Path], typer.Argument(help="sequences file (default: $KEEPFLOW_SEQUENCES or ./sequences.yaml)")]
 TemplatesOpt = Annotated[Optional[Path], typer.Option("--templates", help="templates folder (default: templates/ beside the sequences file)")]
@@ -166,6 +168,14 @@ def demo(
     except KeyboardInterrupt:
         pass
     raise typer.Exit(code)
+
+
+@keys_app.command("new")
+def keys_new() -> None:
+    """Print a fresh payload key entry (id:base64key) for KEEPFLOW_PAYLOAD_KEYS: put it first to rotate."""
+    from keepflow.runtime.payload_keys import new_payload_key
+
+    print(new_payload_key())
 
 
 @schedules_app.command("sync")

@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     # Keys for the Temporal payload codec (AES-256-GCM): one or more `id:base64key` entries, space or
     # comma separated; the first encrypts, all decrypt, so a rotation keeps old runs readable.
     payload_keys: SecretStr | None = Field(None, validation_alias="KEEPFLOW_PAYLOAD_KEYS")
+    # Bearer token for the codec endpoint (keepflow/http/codec.py), e.g. for
+    # `temporal workflow show --codec-auth "Bearer TOKEN"`. None: no token opens it.
+    codec_token: SecretStr | None = Field(None, validation_alias="KEEPFLOW_CODEC_TOKEN")
     # A production process without a real provider refuses to start unless this says the outbox is meant.
     allow_outbox: bool = Field(False, validation_alias="KEEPFLOW_ALLOW_OUTBOX")
     max_body_bytes: int = Field(1024 * 1024, validation_alias="KEEPFLOW_MAX_BODY_BYTES")
