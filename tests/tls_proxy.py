@@ -49,8 +49,10 @@ def tls_proxy(upstream: str, ca: trustme.CA, *, client_ca: trustme.CA | None = N
     loop = asyncio.new_event_loop()
     ready: list[str] = []
     started = threading.Event()
+    connections: set[asyncio.Task] = set()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.add(asyncio.current_task())  # type: ignore[arg-type]
         try:
             up_reader, up_writer = await asyncio.open_connection(host, int(port))
         except OSError:
@@ -64,14 +66,19 @@ def tls_proxy(upstream: str, ca: trustme.CA, *, client_ca: trustme.CA | None = N
         started.set()
         return server
 
+    async def close(server: asyncio.Server) -> None:
+        server.close()
+        for task in connections:
+            task.cancel()
+        await asyncio.gather(*connections, return_exceptions=True)
+
     def run() -> None:
         asyncio.set_event_loop(loop)
         server = loop.run_until_complete(serve())
         try:
             loop.run_forever()
         finally:
-            server.close()
-            loop.run_until_complete(server.wait_closed())
+            loop.run_until_complete(close(server))
             loop.close()
 
     thread = threading.Thread(target=run, name="tls-proxy", daemon=True)

@@ -65,8 +65,14 @@ async def connect(settings: Settings, *, address: str | None = None) -> Client:
     try:
         return await Client.connect(**config, data_converter=data_converter(payload_keys(settings)))
     except RuntimeError as err:
-        raise TemporalUnreachable(config["target_host"], config["namespace"], why_unreachable(err)) from err
+        raise TemporalUnreachable(config["target_host"], config["namespace"], why_unreachable(err, tls=bool(config.get("tls")))) from err
 
+
+_CLIENT_CERT = ("TLS handshake failed: the server closed the connection during the handshake; does it require a "
+                "client certificate (TEMPORAL_TLS_CLIENT_CERT_PATH, TEMPORAL_TLS_CLIENT_KEY_PATH) signed by a CA it trusts?")
+# Over TLS 1.3 a server refusing the client's certificate (or its lack of one) hangs up right after
+# the client thinks the handshake is done: the client sees an unexpected EOF or a broken pipe.
+_CLOSED = re.compile(r"close_notify|UnexpectedEof|BrokenPipe|connection reset|ConnectionReset|stream closed")
 
 # The Rust core reports connection failures as one debug string; these are the ones an operator
 # meets while setting TLS up, told in words that point at the setting to change.
@@ -74,9 +80,7 @@ _REASONS = [
     (re.compile(r"InvalidCertificate\((\w+)"),
      "TLS handshake failed: the server's certificate was rejected ({0}); is TEMPORAL_TLS_SERVER_CA_CERT_PATH "
      "the CA that signed it, and TEMPORAL_TLS_SERVER_NAME a name in it?"),
-    (re.compile(r"peer closed connection without sending TLS close_notify|CertificateRequired|HandshakeFailure"),
-     "TLS handshake failed: the server closed the connection during the handshake; does it require a client "
-     "certificate (TEMPORAL_TLS_CLIENT_CERT_PATH, TEMPORAL_TLS_CLIENT_KEY_PATH) signed by a CA it trusts?"),
+    (re.compile(r"CertificateRequired|HandshakeFailure"), _CLIENT_CERT),
     (re.compile(r"InvalidContentType|corrupt message|wrong version number"),
      "TLS handshake failed: the server does not speak TLS at this address; unset the TEMPORAL_TLS_* settings"),
     (re.compile(r"BrokenPipe|connection reset|ConnectionReset|stream closed"),
@@ -85,13 +89,15 @@ _REASONS = [
 ]
 
 
-def why_unreachable(err: BaseException) -> str:
+def why_unreachable(err: BaseException, *, tls: bool = False) -> str:
     """Why a connection failed, in a line: what /healthz and a refusing process print."""
     if isinstance(err, TemporalUnreachable):
         return err.reason
     if isinstance(err, (TimeoutError, asyncio.TimeoutError)):
         return "no answer in time"
     text = str(err)
+    if tls and _CLOSED.search(text) and "InvalidCertificate" not in text:
+        return _CLIENT_CERT
     for pattern, reason in _REASONS:
         if found := pattern.search(text):
             return reason.format(*found.groups())
