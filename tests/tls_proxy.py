@@ -71,6 +71,8 @@ def tls_proxy(upstream: str, ca: trustme.CA, *, client_ca: trustme.CA | None = N
         for task in connections:
             task.cancel()
         await asyncio.gather(*connections, return_exceptions=True)
+        await server.wait_closed()
+        await asyncio.sleep(0.1)  # let the transports' close callbacks run before the loop closes
 
     def run() -> None:
         asyncio.set_event_loop(loop)

@@ -72,7 +72,7 @@ _CLIENT_CERT = ("TLS handshake failed: the server closed the connection during t
                 "client certificate (TEMPORAL_TLS_CLIENT_CERT_PATH, TEMPORAL_TLS_CLIENT_KEY_PATH) signed by a CA it trusts?")
 # Over TLS 1.3 a server refusing the client's certificate (or its lack of one) hangs up right after
 # the client thinks the handshake is done: the client sees an unexpected EOF or a broken pipe.
-_CLOSED = re.compile(r"close_notify|UnexpectedEof|BrokenPipe|connection reset|ConnectionReset|stream closed")
+_CLOSED = re.compile(r"close_notify|UnexpectedEof|BrokenPipe|connection reset|ConnectionReset|stream closed|connection closed")
 
 # The Rust core reports connection failures as one debug string; these are the ones an operator
 # meets while setting TLS up, told in words that point at the setting to change.
