@@ -89,8 +89,8 @@ async def run_worker(settings: Settings, address: str | None = None, stop: async
     catalog = load_catalog(settings.sequences_path, settings.templates_dir)  # refuse to run on an invalid file
     upgrade(settings.resolved_database_url)
     db = Database(settings.resolved_database_url)
-    client = await connect(address or settings.temporal_address, settings.temporal_namespace)
-    await ensure_registered(client, settings.temporal_namespace)
+    client = await connect(settings, address=address)
+    await ensure_registered(client, client.namespace)
     stop = stop or stop_on_signals()
     for line in await sync_schedules(client, settings, catalog):
         log.info(line)

@@ -408,7 +408,7 @@ async def bench(messages: int, repeat: int, seed: int, keep: Path | None, reuse:
         db = Database(settings.resolved_database_url)
         log = StatementLog(db.engine)
         server.start()
-        client = await server.wait_ready()
+        client = await server.wait_ready(settings)
         catalog = load_catalog(settings.sequences_path, settings.templates_dir)
         app = create_app(settings, catalog=catalog, db=db, client=client, webhook_secrets=[new_secret()],
                          reconcile_every=3600)

@@ -121,8 +121,9 @@ async def post_events(url: str, secret: str, events: int, concurrency: int, tag:
 
 async def start_bare(address: str, task_queue: str, count: int, concurrency: int, tag: str) -> dict[str, Any]:
     from keepflow.runtime.client import connect
+    from keepflow.settings import Settings
 
-    client = await connect(address)
+    client = await connect(Settings(), address=address)
     gate = asyncio.Semaphore(concurrency)
     results: list[dict[str, Any]] = [{} for _ in range(count)]
 
@@ -385,9 +386,13 @@ if TYPE_CHECKING:
 def settings_for(data_dir: Path, temporal_address: str, fake, task_queue: str) -> Settings:
     """The real sequences and templates, a fresh SQLite store in `data_dir` (or the empty database
     DATABASE_URL names), and the real SendGrid and Twilio SDKs aimed at the fake providers."""
+    from pydantic import SecretStr
+
+    from keepflow.runtime.payload_keys import new_payload_key
     from keepflow.settings import Settings
 
-    return Settings(
+    # Payloads sealed as in production: the codec's cost is part of the figure.
+    return Settings(payload_keys=SecretStr(new_payload_key()),
         data_dir=data_dir, sequences_path=ROOT / "sequences.yaml", templates_dir=ROOT / "templates",
         database_url=os.environ.get("DATABASE_URL") or None, temporal_address=temporal_address, task_queue=task_queue,
         sendgrid_api_key=fake.sendgrid_api_key, sendgrid_host=fake.url, email_provider="sendgrid",
@@ -418,9 +423,9 @@ async def bench(events: int, concurrency: int, wait_timeout: float, breakdown: b
     try:
         fake.start()
         server.start()
-        client = await server.wait_ready()
         task_queue = f"bench-{tag}"
         settings = settings_for(data_dir, server.address, fake, task_queue)
+        client = await server.wait_ready(settings)
         catalog = load_catalog(settings.sequences_path, settings.templates_dir)
         upgrade(settings.resolved_database_url)
         db = Database(settings.resolved_database_url)
@@ -439,6 +444,8 @@ async def bench(events: int, concurrency: int, wait_timeout: float, breakdown: b
                 from tests.faults.stack import WorkerProcess, worker_env
 
                 env = worker_env(data_dir, settings.resolved_database_url, server.address, task_queue, fake.url)
+                assert settings.payload_keys is not None
+                env["KEEPFLOW_PAYLOAD_KEYS"] = settings.payload_keys.get_secret_value()  # the keys this client seals with
                 worker = WorkerProcess(env, data_dir / "worker.log")
                 running.callback(worker.reap)
                 running.callback(worker.terminate)

@@ -102,7 +102,7 @@ async def child(kind: str, address: str, task_queue: str, data_dir: str, metrics
         catalog = load_catalog(settings.sequences_path, settings.templates_dir)
         upgrade(settings.resolved_database_url)
         db = Database(settings.resolved_database_url)
-        client = await connect(address)
+        client = await connect(settings, address=address)
         worker = build_worker(client, settings, db, task_queue=task_queue, catalog=catalog)
     else:
         import memory  # this file under its own name, so the sandbox can import the workflow's module

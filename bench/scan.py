@@ -350,7 +350,7 @@ async def bench(customers: int, inactive_share: float, page_size: int, runs_mode
         queries = capture_page_queries(db.engine)
 
         server.start()
-        client = await server.wait_ready()
+        client = await server.wait_ready(settings)
         if runs_mode == "execute":
             worker = build_worker(client, settings, db, task_queue=settings.task_queue, catalog=catalog)
         else:

@@ -294,7 +294,7 @@ async def bench(runs: int, concurrency: int, time_scale: float, timeout: float, 
         upgrade(settings.resolved_database_url)
         db = Database(settings.resolved_database_url)
         server.start()
-        client = await server.wait_ready()
+        client = await server.wait_ready(settings)
         wait = wait_seconds(time_scale)
         shape = [wait if "wait" in s else 0.0 for s in STEPS]
         print(f"Temporal on {server.address}; {runs} runs per phase, {concurrency} start calls in flight, "

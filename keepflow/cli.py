@@ -22,6 +22,8 @@ config_app = typer.Typer(no_args_is_help=True, help="Configuration: what a proce
 app.add_typer(config_app, name="config")
 schedules_app = typer.Typer(no_args_is_help=True, help="Temporal Schedules: the inactivity scan and the RFM refresh.")
 app.add_typer(schedules_app, name="schedules")
+keys_app = typer.Typer(no_args_is_help=True, help="Keys of the Temporal payload codec (KEEPFLOW_PAYLOAD_KEYS).")
+app.add_typer(keys_app, name="keys")
 
 SequencesArg = Annotated[Optional[Path], typer.Argument(help="sequences file (default: $KEEPFLOW_SEQUENCES or ./sequences.yaml)")]
 TemplatesOpt = Annotated[Optional[Path], typer.Option("--templates", help="templates folder (default: templates/ beside the sequences file)")]
@@ -216,7 +218,7 @@ def customers_forget(
                           f"{who!r}? This cannot be undone", abort=True)
 
         async def main() -> None:
-            client = await connect(settings.temporal_address, settings.temporal_namespace)
+            client = await connect(settings)
             done = await forget(db, client, who)
             erased = done.erased
             print(f"forgot {erased.customers} customer(s) {', '.join(done.customer_ids)}: terminated "
@@ -261,6 +263,14 @@ def config_check() -> None:
     raise typer.Exit(1)
 
 
+@keys_app.command("new")
+def keys_new() -> None:
+    """Print a fresh payload key entry (id:base64key) for KEEPFLOW_PAYLOAD_KEYS: put it first to rotate."""
+    from keepflow.runtime.payload_keys import new_payload_key
+
+    print(new_payload_key())
+
+
 @schedules_app.command("sync")
 def schedules_sync() -> None:
     """Create or update the schedules against TEMPORAL_ADDRESS (workers also do this when they start)."""
@@ -272,7 +282,7 @@ def schedules_sync() -> None:
 
     async def main() -> None:
         catalog = load_catalog(settings.sequences_path, settings.templates_dir)
-        client = await connect(settings.temporal_address, settings.temporal_namespace)
+        client = await connect(settings)
         for line in await sync_schedules(client, settings, catalog):
             print(line)
 

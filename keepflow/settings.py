@@ -25,9 +25,12 @@ class Settings(BaseSettings):
     # None: the `templates/` folder beside the sequences file.
     templates_dir: Path | None = Field(None, validation_alias="KEEPFLOW_TEMPLATES")
 
-    # Temporal. None means "start the embedded dev server" for `keepflow dev`.
+    # Temporal. The connection is read as the `temporal` CLI reads it (TEMPORAL_ADDRESS,
+    # TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TEMPORAL_TLS_*, TEMPORAL_PROFILE of temporal.toml: see
+    # keepflow/runtime/client.py); these two, when set, win over the profile. No address anywhere
+    # means "start the embedded dev server" for `keepflow dev`, 127.0.0.1:7233 for the rest.
     temporal_address: str | None = Field(None, validation_alias="TEMPORAL_ADDRESS")
-    temporal_namespace: str = Field("default", validation_alias="TEMPORAL_NAMESPACE")
+    temporal_namespace: str | None = Field(None, validation_alias="TEMPORAL_NAMESPACE")
     task_queue: str = Field("keepflow", validation_alias="KEEPFLOW_TASK_QUEUE")
 
     # None: a SQLite file under data_dir.
@@ -88,6 +91,9 @@ class Settings(BaseSettings):
     # Keys for the Temporal payload codec (AES-256-GCM): one or more `id:base64key` entries, space or
     # comma separated; the first encrypts, all decrypt, so a rotation keeps old runs readable.
     payload_keys: SecretStr | None = Field(None, validation_alias="KEEPFLOW_PAYLOAD_KEYS")
+    # Bearer token for the codec endpoint (keepflow/http/codec.py), e.g. for
+    # `temporal workflow show --codec-auth "Bearer TOKEN"`. None: no token opens it.
+    codec_token: SecretStr | None = Field(None, validation_alias="KEEPFLOW_CODEC_TOKEN")
     # A production process without a real provider refuses to start unless this says the outbox is meant.
     allow_outbox: bool = Field(False, validation_alias="KEEPFLOW_ALLOW_OUTBOX")
     max_body_bytes: int = Field(1024 * 1024, validation_alias="KEEPFLOW_MAX_BODY_BYTES")

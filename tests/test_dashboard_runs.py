@@ -15,7 +15,6 @@ import uuid
 from collections import Counter
 
 from keepflow.http.dashboard.in_flight import settling_steps
-from keepflow.runtime.client import connect
 from keepflow.runtime.routing import ingest
 from keepflow.runtime.search_attributes import STEP, ensure_registered
 from keepflow.tools.temporal_dev_server import DevServer, free_port
@@ -58,8 +57,7 @@ async def test_pages_count_the_runs_waiting_at_each_step(tmp_path, settings, db,
     server = DevServer(tmp_path / "temporal", port=free_port(), ui_port=None)
     server.start()
     try:
-        await server.wait_ready()
-        client = await connect(server.address)
+        client = await server.wait_ready(settings)
         await ensure_registered(client, client.namespace)  # as the worker does when it starts
         task_queue = f"test-{uuid.uuid4()}"
         async with build_worker(client, settings, db, task_queue=task_queue, catalog=CATALOG):

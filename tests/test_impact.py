@@ -113,10 +113,7 @@ async def test_runs_listed_by_visibility_on_the_dev_server(tmp_path, settings, d
     server = DevServer(tmp_path / "temporal", port=free_port(), ui_port=None)
     server.start()
     try:
-        await server.wait_ready()
-        from keepflow.runtime.client import connect
-
-        client = await connect(server.address)
+        client = await server.wait_ready(settings)
         task_queue = f"test-{uuid.uuid4()}"
         async with build_worker(client, settings, db, task_queue=task_queue, catalog=old):
             handles = [await start(client, task_queue, old.snapshot("other"), key=f"v{n}") for n in range(2)]

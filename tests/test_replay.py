@@ -27,7 +27,7 @@ from keepflow.runtime.events import EventIn
 from keepflow.runtime.payloads import EventSignal, RunInput, RunStatus
 from keepflow.runtime.registry import load_catalog
 from keepflow.runtime.routing import ingest
-from tests.engine import CATALOG, TEST_TEMPLATES, make_settings, running_worker, time_skipping_server
+from tests.engine import CATALOG, CONVERTER, TEST_TEMPLATES, make_settings, running_worker, time_skipping_server
 from tests.helpers import CUSTOMER, PATIENT, flood, result_of, sends, snapshot, start, to_local_hour, until_step
 from tests.test_journey import CHAIN, customer_in_offer_arm, play_journey
 from tests.test_winback import add_customer, scan
@@ -40,7 +40,9 @@ RECORDED_AS = "step-attribute"
 
 
 def replayer() -> Replayer:
-    return Replayer(workflows=[SequenceWorkflow], data_converter=pydantic_data_converter, workflow_runner=SANDBOX)
+    # The session's keys: today's runs are sealed with them; the stored histories, recorded before
+    # payloads were sealed, pass through the codec untouched.
+    return Replayer(workflows=[SequenceWorkflow], data_converter=CONVERTER, workflow_runner=SANDBOX)
 
 
 async def record_runs(env, settings, db) -> list[WorkflowHistory]:

@@ -38,7 +38,7 @@ from keepflow.http.dashboard.routes import router as dashboard_router
 from keepflow.http.services import Services, read_body, unprocessable
 from keepflow.language.catalog import Catalog
 from keepflow.runtime import routing
-from keepflow.runtime.client import connect
+from keepflow.runtime.client import connect, why_unreachable
 from keepflow.runtime.events import EventIn
 from keepflow.runtime.registry import load_catalog
 from keepflow.settings import Settings
@@ -173,7 +173,7 @@ async def _ingest(services: Services, event: EventIn, delivery: tuple[str, str])
 
 
 async def _connect(settings: Settings) -> Client:
-    return await connect(settings.temporal_address, settings.temporal_namespace)
+    return await connect(settings)
 
 
 def _db_ok(db: Database) -> str:
@@ -191,8 +191,8 @@ async def _temporal_ok(services: Services) -> str:
             services.client = await asyncio.wait_for(_connect(services.settings), 3)
         await asyncio.wait_for(services.client.service_client.check_health(), 3)
         return "ok"
-    except Exception as err:
-        return f"unreachable: {type(err).__name__}"
+    except Exception as err:  # say why: a bare class name leaves an operator setting up TLS guessing
+        return f"unreachable: {why_unreachable(err)}"
 
 
 async def _reconcile_forever(services: Services, every: float) -> None:

@@ -5,8 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from fastapi import FastAPI, Request
+from pydantic import SecretStr
+
 from keepflow.http.app import create_app
+from keepflow.http.codec import bearer_token, codec_app
 from keepflow.http.serving import serve_http
+from keepflow.runtime.client import payload_keys
+from keepflow.runtime.codec import EncryptionCodec
+from keepflow.runtime.payload_keys import dev_payload_keys
 from keepflow.runtime.registry import load_catalog
 from keepflow.runtime.shutdown import stop_on_signals
 from keepflow.settings import Settings, dev_secret
@@ -16,22 +23,45 @@ from keepflow.tools.temporal_dev_server import DevServer
 log = logging.getLogger("keepflow.tools.dev_stack")
 
 
+def dev_codec(settings: Settings, ui_port: int) -> FastAPI:
+    """The codec endpoint on a loopback listener of its own, until the admin app serves it. The dev
+    server's UI cannot send a token, and is itself open to anyone on this machine, so requests from
+    its origin pass; anything else needs KEEPFLOW_CODEC_TOKEN."""
+    origins = [f"http://127.0.0.1:{ui_port}", f"http://localhost:{ui_port}"]
+    by_token = bearer_token([settings.codec_token.get_secret_value()] if settings.codec_token else [])
+
+    def authorize(request: Request) -> None:
+        if request.headers.get("origin") not in origins:
+            by_token(request)
+
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    app.mount("/codec", codec_app(EncryptionCodec(payload_keys(settings)), authorize, ui_origins=origins))
+    return app
+
+
 async def run_dev(settings: Settings, temporal_port: int, ui_port: int | None, http_port: int) -> None:
     from worker import run_worker
 
     catalog = load_catalog(settings.sequences_path, settings.templates_dir)  # refuse an invalid file up front
     stop = stop_on_signals()
     server: DevServer | None = None
+    codec_port: int | None = None
     address = settings.temporal_address
     if not address:
-        server = DevServer(settings.data_dir, temporal_port, ui_port)
+        codec_port = ui_port + 1 if ui_port else None
+        server = DevServer(settings.data_dir, temporal_port, ui_port,
+                           codec_endpoint=f"http://127.0.0.1:{codec_port}/codec" if codec_port else None)
         server.start()
         await server.wait_ready()
         address = server.address
         log.info("Temporal dev server on %s%s (log: %s)", address,
                  f", web UI on http://127.0.0.1:{ui_port}" if ui_port else "", server.log_path)
     # Links the worker makes (unsubscribe, Twilio callbacks) use the port the app really listens on.
-    settings = settings.model_copy(update={"temporal_address": address, "http_port": http_port})
+    update: dict = {"temporal_address": address, "http_port": http_port}
+    if not settings.payload_keys:  # invented once and kept, so a restart still reads the runs it started
+        update["payload_keys"] = SecretStr(dev_payload_keys(settings.data_dir))
+        log.info("payloads sealed with the development key in %s", settings.data_dir / "payload-keys")
+    settings = settings.model_copy(update=update)
     upgrade(settings.resolved_database_url)  # once, before the worker and the HTTP app share it
     db = Database(settings.resolved_database_url)
     secrets = settings.webhook_secrets or [dev_secret(settings.data_dir)]
@@ -44,6 +74,9 @@ async def run_dev(settings: Settings, temporal_port: int, ui_port: int | None, h
             tasks.create_task(run_worker(settings, address, stop))
             tasks.create_task(serve_http(create_app(settings, catalog=catalog, db=db, webhook_secrets=secrets),
                                          settings.http_host, http_port, stop))
+            if codec_port and ui_port:
+                log.info("codec endpoint for the web UI and CLI on http://127.0.0.1:%d/codec", codec_port)
+                tasks.create_task(serve_http(dev_codec(settings, ui_port), "127.0.0.1", codec_port, stop))
     finally:
         db.dispose()
         if server:

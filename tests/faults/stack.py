@@ -16,7 +16,6 @@ has no field to carry one.
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import signal
 import socket
@@ -29,11 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
 from sqlalchemy import select
 from temporalio.client import Client, WorkflowHandle
 
 from keepflow.runtime.payloads import RunInput, RunStatus
+from keepflow.runtime.payload_keys import new_payload_key
 from keepflow.runtime.registry import load_catalog
+from keepflow.settings import Settings
 from keepflow.store import Database, Message, upgrade
 from keepflow.tools.temporal_dev_server import DevServer, free_port
 from tests.fakes.provider_server import (
@@ -78,6 +80,8 @@ TEMPLATES = {
 }
 
 # Variables the worker reads that must come from here, not from whoever runs the tests.
+# Workers and the stack's own client seal payloads as production does, with one key for the run.
+PAYLOAD_KEYS = new_payload_key()
 _OURS = ("KEEPFLOW_", "TEMPORAL_", "SENDGRID_", "TWILIO_", "DATABASE_URL")
 
 
@@ -124,8 +128,7 @@ def worker_env(data_dir: Path, database_url: str, temporal_address: str, task_qu
         # What production refuses to start without (keepflow/production.py).
         "KEEPFLOW_PUBLIC_URL": "https://mail.shop.example", "KEEPFLOW_EMAIL_FROM": "Shop <hello@shop-fault-tests.com>",
         "KEEPFLOW_UNSUBSCRIBE_SECRET": "fault-tests-unsubscribe-secret",
-        "KEEPFLOW_PAYLOAD_KEYS": "faults:" + base64.b64encode(b"fault-tests-payload-key-32-bytes").decode(),
-        "PYTHONUNBUFFERED": "1",
+        "KEEPFLOW_PAYLOAD_KEYS": PAYLOAD_KEYS, "PYTHONUNBUFFERED": "1",
     })
     return env
 
@@ -241,7 +244,7 @@ class Stack:
         self.fake.start()
         try:
             self.server.start()
-            self.client = await self.server.wait_ready()
+            self.client = await self.server.wait_ready(self.settings())
         except BaseException:
             await self.__aexit__()
             raise
@@ -261,9 +264,12 @@ class Stack:
         self.server.stop()
         await asyncio.sleep(down_for)
         self.server.start()
-        self.client = await self.server.wait_ready()
+        self.client = await self.server.wait_ready(self.settings())
 
     # -- workers -------------------------------------------------------------------------------
+
+    def settings(self) -> Settings:
+        return Settings(payload_keys=SecretStr(PAYLOAD_KEYS))
 
     def worker_env(self) -> dict[str, str]:
         return worker_env(self.folder, self.database_url, self.server.address, self.task_queue, self.fake.url,

@@ -48,7 +48,7 @@ def _temporal(request: Request):
 
     async def client() -> Client:
         if services.client is None:
-            services.client = await connect(services.settings.temporal_address, services.settings.temporal_namespace)
+            services.client = await connect(services.settings)
         return services.client
 
     return client
