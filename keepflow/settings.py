@@ -82,6 +82,20 @@ class Settings(BaseSettings):
     # The admin app (dashboard, API docs, codec endpoint): its own listener, on loopback unless told.
     admin_host: str = Field("127.0.0.1", validation_alias="KEEPFLOW_ADMIN_HOST")
     admin_port: int = Field(8001, validation_alias="KEEPFLOW_ADMIN_PORT")
+    # The address people open the dashboard at, e.g. https://keepflow.shop.internal behind the
+    # company's proxy. https: the session cookie is Secure. OpenID Connect returns to
+    # <admin_url>/signin/oidc/callback. None: http://admin_host:admin_port.
+    admin_url: str | None = Field(None, validation_alias="KEEPFLOW_ADMIN_URL")
+    # Signs the dashboard's session cookies (itsdangerous). `keepflow dev` makes one in data_dir.
+    session_secret: SecretStr | None = Field(None, validation_alias="KEEPFLOW_SESSION_SECRET")
+    # Sign-in with OpenID Connect: the provider's issuer URL (its discovery document is at
+    # <issuer>/.well-known/openid-configuration) and this app's client there. Anyone the provider
+    # signs in for this client is a marketer; the verified emails in KEEPFLOW_OIDC_ADMINS (space
+    # or comma separated) are admins.
+    oidc_issuer: str | None = Field(None, validation_alias="KEEPFLOW_OIDC_ISSUER")
+    oidc_client_id: str | None = Field(None, validation_alias="KEEPFLOW_OIDC_CLIENT_ID")
+    oidc_client_secret: SecretStr | None = Field(None, validation_alias="KEEPFLOW_OIDC_CLIENT_SECRET")
+    oidc_admins: str = Field("", validation_alias="KEEPFLOW_OIDC_ADMINS")
     # Keys for the Temporal payload codec (AES-256-GCM): one or more `id:base64key` entries, space or
     # comma separated; the first encrypts, all decrypt, so a rotation keeps old runs readable.
     payload_keys: SecretStr | None = Field(None, validation_alias="KEEPFLOW_PAYLOAD_KEYS")
@@ -96,6 +110,14 @@ class Settings(BaseSettings):
     @property
     def shopify_secrets(self) -> list[str]:
         return [s for s in (self.shopify_secret, self.shopify_previous_secret) if s]
+
+    @property
+    def resolved_admin_url(self) -> str:
+        return (self.admin_url or f"http://{self.admin_host}:{self.admin_port}").rstrip("/")
+
+    @property
+    def oidc_admin_emails(self) -> set[str]:
+        return {e.lower() for e in self.oidc_admins.replace(",", " ").split()}
 
     @property
     def resolved_database_url(self) -> str:
@@ -129,9 +151,10 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-def dev_secret(data_dir: Path) -> str:
-    """The development secret `keepflow dev` and `keepflow send-event` share when none is configured."""
-    path = data_dir / "webhook-secret"
+def dev_secret(data_dir: Path, name: str = "webhook-secret") -> str:
+    """A development secret kept in `data_dir/name` when none is configured: the webhook secret
+    `keepflow dev` and `keepflow send-event` share, the dashboard's session secret."""
+    path = data_dir / name
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(new_secret() + "\n")
