@@ -73,7 +73,7 @@ def dev(
     settings = get_settings()
     if data_dir:
         settings = settings.model_copy(update={"data_dir": data_dir})
-    _run(run_dev(settings, temporal_port, ui_port or None, http_port, admin_port or settings.admin_port))
+    _run(run_dev(settings, temporal_port, ui_port or None, http_port, admin_port))
 
 
 @app.command()

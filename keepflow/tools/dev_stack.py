@@ -44,8 +44,7 @@ async def run_dev(settings: Settings, temporal_port: int, ui_port: int | None, h
     # The dashboard's listener: its port (for OpenID Connect's callback) unless KEEPFLOW_ADMIN_URL says otherwise.
     settings = settings.model_copy(update={"admin_port": admin_port})
     admin = create_admin_app(settings, catalog=catalog, db=db, session_secret=(
-        settings.session_secret.get_secret_value() if settings.session_secret
-        else dev_secret(settings.data_dir, "session-secret")))
+        None if settings.session_secret else dev_secret(settings.data_dir, "session-secret")))
     log.info("events: POST http://%s:%d/events; `keepflow send-event FILE.json` signs and sends one",
              settings.http_host, http_port)
     log.info("dashboard and API docs: %s/", settings.resolved_admin_url)
