@@ -15,13 +15,20 @@ $(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test,postgres]'
 	touch $(STAMP)
 
+# The OpenID Connect provider tests/test_oidc.py signs in against (Node's oidc-provider, pinned by
+# tests/oidc/package-lock.json). Without Node that one test is skipped; with it, this installs it.
+OIDC_PROVIDER := $(if $(shell command -v npm 2>/dev/null),tests/oidc/node_modules/.installed)
+tests/oidc/node_modules/.installed: tests/oidc/package.json tests/oidc/package-lock.json
+	npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
+	touch $@
+
 run: $(STAMP)
 	$(BIN)/keepflow dev
 
 # Two checks before any test runs: the import contract (pyproject's [tool.importlinter]), so a
 # module that imports upward or in a circle fails the build; then the type checker ([tool.mypy]),
 # so a `match step:` that misses a step kind (AnyStep in keepflow/language/dsl.py) fails it too.
-test: $(STAMP)
+test: $(STAMP) $(OIDC_PROVIDER)
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
 	$(BIN)/pytest -q $(PYTEST_ARGS)
@@ -30,7 +37,7 @@ test: $(STAMP)
 # again on a throwaway PostgreSQL server, so SQL only SQLite accepts cannot slip in. CI runs it too.
 PG_TESTS := tests/test_compliance.py tests/test_webhooks.py tests/test_sendgrid_webhook.py \
 	tests/test_twilio_webhooks.py tests/test_unsubscribe.py tests/test_report.py tests/test_rfm.py \
-	tests/test_winback.py tests/test_dashboard.py tests/test_impact.py
+	tests/test_winback.py tests/test_dashboard.py tests/test_impact.py tests/test_admin.py
 test-postgres: $(STAMP)
 	bash .ci/postgres $(BIN)/pytest -q -p no:cacheprovider $(PG_TESTS) $(PYTEST_ARGS)
 
@@ -47,4 +54,4 @@ validate: $(STAMP)
 	$(BIN)/keepflow validate
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) var .pytest_cache tests/oidc/node_modules

@@ -1,7 +1,7 @@
 """The dashboard over a million messages: how long each page takes, and what SQL it runs.
 
     python bench/dashboard.py [--messages 1000000] [--repeat 7] [--keep FILE | --reuse FILE]
-                              [--plans] [--write-results]
+                              [--role admin|marketer] [--plans] [--write-results]
 
 A benchmark script, not a timed test. In a throwaway folder it
 
@@ -11,8 +11,10 @@ A benchmark script, not a timed test. In a throwaway folder it
    send step reached (realistic bodies; sent, skipped with reasons, failed, held, pending), the
    provider notifications about them (delivered, opened, sometimes twice, clicked, unsubscribed),
    each run's trigger event and the orders of fulfilment runs. This is set-up and is timed on its own;
-2. serves the real app (`keepflow.http.app.create_app`) on a free port, with Temporal's dev
-   server (headless, free port) behind it so the pages that ask Temporal ask a real one;
+2. serves the real admin app (`keepflow.http.admin.create_admin_app`) on a free port, with
+   Temporal's dev server (headless, free port) behind it so the pages that ask Temporal ask a real
+   one, and signs in to it as an admin (so each customer and message page also writes its audit
+   row), or with `--role marketer` as a marketer (every value on the page masked);
 3. requests each dashboard page over HTTP: one warm-up, then `--repeat` times; reports the median
    and the slowest, the page size, and the SQL statements one more request ran (count and time),
    with SQLite's plan of the customer lookup by email (`--plans`: of every page's statements).
@@ -337,6 +339,9 @@ class StatementLog:
             self.recording = False
 
 
+BENCH_USER, BENCH_PASSWORD = "bench-admin", "bench-admin-password"
+
+
 def explain(engine, statement: str, parameters: Any) -> str:
     with engine.connect() as conn:
         plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters).all()
@@ -349,6 +354,10 @@ async def time_pages(base: str, targets: list[tuple[str, str]], repeat: int, log
 
     out = []
     async with httpx.AsyncClient(base_url=base, timeout=120) as http:
+        form = (await http.get("/signin")).text
+        token = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)
+        signed_in = await http.post("/signin", data={"name": BENCH_USER, "password": BENCH_PASSWORD, "csrf_token": token})
+        assert signed_in.status_code == 303, signed_in.text
         for label, path in targets:
             first = await http.get(path)  # warm-up: caches, the first connection
             times = []
@@ -373,12 +382,12 @@ async def time_pages(base: str, targets: list[tuple[str, str]], repeat: int, log
 
 
 async def bench(messages: int, repeat: int, seed: int, keep: Path | None, reuse: Path | None,
-                plans: bool, only: str | None = None) -> dict[str, Any]:
-    from keepflow.http.app import create_app
+                plans: bool, only: str | None = None, role: str = "admin") -> dict[str, Any]:
+    from keepflow.http.admin import create_admin_app
     from keepflow.http.serving import serve_http
     from keepflow.runtime.registry import load_catalog
     from keepflow.settings import Settings, new_secret
-    from keepflow.store import Database, upgrade
+    from keepflow.store import Database, access, upgrade
     from keepflow.tools.temporal_dev_server import DevServer, free_port
 
     data_dir = Path(tempfile.mkdtemp(prefix="keepflow-dashboard-"))
@@ -410,12 +419,14 @@ async def bench(messages: int, repeat: int, seed: int, keep: Path | None, reuse:
         server.start()
         client = await server.wait_ready(settings)
         catalog = load_catalog(settings.sequences_path, settings.templates_dir)
-        app = create_app(settings, catalog=catalog, db=db, client=client, webhook_secrets=[new_secret()],
-                         reconcile_every=3600)
+        if access.role_of(db, BENCH_USER) is not None:  # a reused database has it already
+            access.remove_user(db, BENCH_USER)
+        access.add_user(db, BENCH_USER, BENCH_PASSWORD, role)
+        app = create_admin_app(settings, catalog=catalog, db=db, client=client, session_secret=new_secret())
         port = free_port()
         http_task = asyncio.create_task(serve_http(app, "127.0.0.1", port, stop))
         base = f"http://127.0.0.1:{port}"
-        await wait_for_http(base, http_task)
+        await wait_for_http(base, http_task, path="/signin")  # the admin app's one page open to all
         targets = [t for t in pages(db) if only is None or re.search(only, t[0])]
         print(f"timing {len(targets)} pages, {repeat} requests each after a warm-up ...", flush=True)
         timed = await time_pages(base, targets, repeat, log, db.engine, plans)
@@ -484,6 +495,8 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, help="keep the generated SQLite file here")
     parser.add_argument("--reuse", type=Path, help="benchmark this SQLite file (made by --keep) instead of generating")
     parser.add_argument("--only", help="time only the pages whose label matches this regular expression")
+    parser.add_argument("--role", choices=["admin", "marketer"], default="admin",
+                        help="sign in as an admin (whole, each customer and message view audited) or a marketer (masked)")
     parser.add_argument("--plans", action="store_true", help="print SQLite's plan of each page's slowest statements")
     parser.add_argument("--write-results", action="store_true", help=f"replace this script's section in {RESULTS.name}")
     args = parser.parse_args()
@@ -493,7 +506,8 @@ def main() -> int:
         parser.error(f"--reuse: {args.reuse} does not exist")
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    s = asyncio.run(bench(args.messages, args.repeat, args.seed, args.keep, args.reuse, args.plans, args.only))
+    s = asyncio.run(bench(args.messages, args.repeat, args.seed, args.keep, args.reuse, args.plans, args.only,
+                           args.role))
     print()
     print(report(s))
     if args.write_results:

@@ -360,7 +360,7 @@ async def run_client(job: dict[str, Any], timeout: float, on_go=None, on_done=No
     return out
 
 
-async def wait_for_http(url: str, server: asyncio.Task, timeout: float = 30.0) -> None:
+async def wait_for_http(url: str, server: asyncio.Task, timeout: float = 30.0, path: str = "/healthz") -> None:
     import httpx
 
     deadline = time.monotonic() + timeout
@@ -370,7 +370,7 @@ async def wait_for_http(url: str, server: asyncio.Task, timeout: float = 30.0) -
                 server.result()  # raises what stopped it
                 raise RuntimeError("the HTTP server stopped before it answered")
             try:
-                if (await http.get("/healthz")).status_code == 200:
+                if (await http.get(path)).status_code == 200:
                     return
             except httpx.TransportError:
                 pass

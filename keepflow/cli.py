@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from keepflow.settings import get_settings
+
+if TYPE_CHECKING:
+    from keepflow.store import Database
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
@@ -24,6 +29,8 @@ schedules_app = typer.Typer(no_args_is_help=True, help="Temporal Schedules: the 
 app.add_typer(schedules_app, name="schedules")
 keys_app = typer.Typer(no_args_is_help=True, help="Keys of the Temporal payload codec (KEEPFLOW_PAYLOAD_KEYS).")
 app.add_typer(keys_app, name="keys")
+users_app = typer.Typer(no_args_is_help=True, help="Who may sign in to the dashboard with a name and password.")
+app.add_typer(users_app, name="users")
 
 SequencesArg = Annotated[Optional[Path], typer.Argument(help="sequences file (default: $KEEPFLOW_SEQUENCES or ./sequences.yaml)")]
 TemplatesOpt = Annotated[Optional[Path], typer.Option("--templates", help="templates folder (default: templates/ beside the sequences file)")]
@@ -75,18 +82,19 @@ def validate(path: SequencesArg = None, templates: TemplatesOpt = None) -> None:
 @app.command()
 def dev(
     http_port: Annotated[int, typer.Option(help="port of the webhook endpoints")] = 8000,
+    admin_port: Annotated[Optional[int], typer.Option(help="port of the dashboard (default: $KEEPFLOW_ADMIN_PORT or 8001)")] = None,
     temporal_port: Annotated[int, typer.Option(help="gRPC port of the embedded Temporal dev server")] = 7233,
     ui_port: Annotated[int, typer.Option(help="Temporal web UI port (0: no UI)")] = 8233,
     data_dir: Annotated[Optional[Path], typer.Option(help="where the databases live (default: var/)")] = None,
 ) -> None:
-    """Run everything locally: Temporal's dev server (unless TEMPORAL_ADDRESS is set), the worker and the webhooks."""
+    """Run everything locally: Temporal's dev server (unless TEMPORAL_ADDRESS is set), the worker, the webhooks and the dashboard."""
     from keepflow.tools.dev_stack import run_dev
 
     _logging()
     settings = get_settings()
     if data_dir:
         settings = settings.model_copy(update={"data_dir": data_dir})
-    _run(run_dev(settings, temporal_port, ui_port or None, http_port))
+    _run(run_dev(settings, temporal_port, ui_port or None, http_port, admin_port))
 
 
 @app.command()
@@ -109,6 +117,119 @@ def serve(
         await serve_http(create_app(settings), host or settings.http_host, port or settings.http_port, stop_on_signals())
 
     _run(main())
+
+
+@app.command()
+def dashboard(
+    host: Annotated[Optional[str], typer.Option(help="address to listen on (default: $KEEPFLOW_ADMIN_HOST or 127.0.0.1)")] = None,
+    port: Annotated[Optional[int], typer.Option(help="port (default: $KEEPFLOW_ADMIN_PORT or 8001)")] = None,
+) -> None:
+    """Serve the dashboard and the API docs, sign-in required (keep it on loopback or behind your proxy)."""
+    from keepflow.http.admin import create_admin_app
+    from keepflow.http.serving import serve_http
+    from keepflow.runtime.shutdown import stop_on_signals
+
+    _logging()
+    settings = get_settings()
+    try:
+        admin = create_admin_app(settings)
+    except RuntimeError as err:
+        print(f"refusing to start: {err}", file=sys.stderr)
+        raise typer.Exit(1) from None
+
+    async def main() -> None:
+        await serve_http(admin, host or settings.admin_host, port or settings.admin_port, stop_on_signals())
+
+    _run(main())
+
+
+@users_app.command("add")
+def users_add(
+    name: Annotated[str, typer.Argument(help="what they sign in with")],
+    role: Annotated[str, typer.Option(help="marketer (contact details masked) or admin (whole, each view audited)")],
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="read the password from standard input instead of asking")] = False,
+) -> None:
+    """Add a dashboard user; the password is asked for twice and stored as an Argon2 hash."""
+    from keepflow.store import access
+
+    if role not in access.ROLES:
+        raise typer.BadParameter(f"choose one of {', '.join(access.ROLES)}", param_hint="--role")
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    with _store() as db:
+        try:
+            access.add_user(db, name, password, role)
+        except access.UserError as err:
+            print(err, file=sys.stderr)
+            raise typer.Exit(1) from None
+    print(f"added {name} ({role})")
+
+
+@users_app.command("remove")
+def users_remove(name: Annotated[str, typer.Argument()]) -> None:
+    """Remove a dashboard user: their open sessions end at their next click."""
+    from keepflow.store import access
+
+    with _store() as db:
+        try:
+            access.remove_user(db, name)
+        except access.UserError as err:
+            print(err, file=sys.stderr)
+            raise typer.Exit(1) from None
+    print(f"removed {name}")
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """The dashboard's local users and their roles."""
+    from keepflow.store import access
+
+    with _store() as db:
+        for user in access.list_users(db):
+            print(f"{user.name}\t{user.role}\tadded {user.created_at:%Y-%m-%d}")
+
+
+@app.command()
+def audit(
+    since: Annotated[str, typer.Option(help="how far back: a duration (30d, 12h) or an ISO date")] = "30d",
+    who: Annotated[Optional[str], typer.Option("--who", help="only this user")] = None,
+    customer: Annotated[Optional[str], typer.Option("--customer", help="only views of this customer")] = None,
+    limit: Annotated[int, typer.Option(help="how many, newest first")] = 100,
+) -> None:
+    """Who saw which customer's data unmasked on the dashboard, and when."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from keepflow.insights.report import parse_since
+    from keepflow.store import access
+
+    try:
+        start = parse_since(since)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--since") from None
+    with _store() as db:
+        entries = access.audit_entries(db, start, who=who, customer_id=customer, limit=limit)
+    table = Table("when (UTC)", "who", "role", "view", "customer", "message", "detail")
+    for e in entries:
+        table.add_row(f"{e.at:%Y-%m-%d %H:%M:%S}", e.who, e.role, e.view, e.customer_id or "-",
+                      str(e.message_id) if e.message_id is not None else "-", e.detail or "")
+    Console(width=200).print(table)
+
+
+@contextlib.contextmanager
+def _store() -> Iterator[Database]:
+    """The store of DATABASE_URL at the newest schema, for one command."""
+    from keepflow.store import Database, upgrade
+
+    settings = get_settings()
+    upgrade(settings.resolved_database_url)
+    db = Database(settings.resolved_database_url)
+    try:
+        yield db
+    finally:
+        db.dispose()
 
 
 @app.command("send-event")

@@ -88,12 +88,29 @@ class Settings(BaseSettings):
     # The admin app (dashboard, API docs, codec endpoint): its own listener, on loopback unless told.
     admin_host: str = Field("127.0.0.1", validation_alias="KEEPFLOW_ADMIN_HOST")
     admin_port: int = Field(8001, validation_alias="KEEPFLOW_ADMIN_PORT")
+    # The address people open the dashboard at, e.g. https://keepflow.shop.internal behind the
+    # company's proxy. https: the session cookie is Secure. OpenID Connect returns to
+    # <admin_url>/signin/oidc/callback. None: http://admin_host:admin_port.
+    admin_url: str | None = Field(None, validation_alias="KEEPFLOW_ADMIN_URL")
+    # Signs the dashboard's session cookies (itsdangerous). `keepflow dev` makes one in data_dir.
+    session_secret: SecretStr | None = Field(None, validation_alias="KEEPFLOW_SESSION_SECRET")
+    # Sign-in with OpenID Connect: the provider's issuer URL (its discovery document is at
+    # <issuer>/.well-known/openid-configuration) and this app's client there. Anyone the provider
+    # signs in for this client is a marketer; the verified emails in KEEPFLOW_OIDC_ADMINS (space
+    # or comma separated) are admins.
+    oidc_issuer: str | None = Field(None, validation_alias="KEEPFLOW_OIDC_ISSUER")
+    oidc_client_id: str | None = Field(None, validation_alias="KEEPFLOW_OIDC_CLIENT_ID")
+    oidc_client_secret: SecretStr | None = Field(None, validation_alias="KEEPFLOW_OIDC_CLIENT_SECRET")
+    oidc_admins: str = Field("", validation_alias="KEEPFLOW_OIDC_ADMINS")
     # Keys for the Temporal payload codec (AES-256-GCM): one or more `id:base64key` entries, space or
     # comma separated; the first encrypts, all decrypt, so a rotation keeps old runs readable.
     payload_keys: SecretStr | None = Field(None, validation_alias="KEEPFLOW_PAYLOAD_KEYS")
     # Bearer token for the codec endpoint (keepflow/http/codec.py), e.g. for
     # `temporal workflow show --codec-auth "Bearer TOKEN"`. None: no token opens it.
     codec_token: SecretStr | None = Field(None, validation_alias="KEEPFLOW_CODEC_TOKEN")
+    # Origins of the Temporal web UI allowed to call the admin app's codec endpoint from a browser
+    # (space or comma separated), e.g. https://temporal.shop.example.
+    codec_ui_origin_list: str = Field("", validation_alias="KEEPFLOW_CODEC_UI_ORIGINS")
     # A production process without a real provider refuses to start unless this says the outbox is meant.
     allow_outbox: bool = Field(False, validation_alias="KEEPFLOW_ALLOW_OUTBOX")
     max_body_bytes: int = Field(1024 * 1024, validation_alias="KEEPFLOW_MAX_BODY_BYTES")
@@ -111,6 +128,18 @@ class Settings(BaseSettings):
     def unsubscribe_secrets(self) -> list[str]:
         """The configured unsubscribe secrets, the encrypting one first; else the dev fallback."""
         return _listed(self.unsubscribe_secret) or [dev_secret(self.data_dir)]
+
+    @property
+    def resolved_admin_url(self) -> str:
+        return (self.admin_url or f"http://{self.admin_host}:{self.admin_port}").rstrip("/")
+
+    @property
+    def codec_ui_origins(self) -> list[str]:
+        return self.codec_ui_origin_list.replace(",", " ").split()
+
+    @property
+    def oidc_admin_emails(self) -> set[str]:
+        return {e.lower() for e in self.oidc_admins.replace(",", " ").split()}
 
     @property
     def resolved_database_url(self) -> str:
@@ -153,9 +182,10 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-def dev_secret(data_dir: Path) -> str:
-    """The development secret `keepflow dev` and `keepflow send-event` share when none is configured."""
-    path = data_dir / "webhook-secret"
+def dev_secret(data_dir: Path, name: str = "webhook-secret") -> str:
+    """A development secret kept in `data_dir/name` when none is configured: the webhook secret
+    `keepflow dev` and `keepflow send-event` share, the dashboard's session secret."""
+    path = data_dir / name
     if not path.exists():
         private_dir(data_dir)
         # Created 0600 from the first byte: a chmod after writing leaves a moment it is readable.

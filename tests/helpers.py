@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -114,7 +115,7 @@ async def until_step(env, workflow_id: str, path: str, attempts: int = 200) -> N
 
 
 class serving:
-    """The whole app on a real port, as a store or a mail client reaches it (redirects are not
+    """The public app on a real port, as a store or a mail client reaches it (redirects are not
     followed): `async with serving(settings, db) as http: ...`. No Temporal behind it unless
     `client` is given; `.app` is the app."""
 
@@ -131,7 +132,7 @@ class serving:
         self.client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
         for _ in range(100):
             try:
-                await self.client.get("/docs")
+                await self.client.get("/")  # any answer (this one is a 404) means it listens
                 break
             except httpx.TransportError:
                 await asyncio.sleep(0.05)
@@ -141,6 +142,49 @@ class serving:
         await self.client.aclose()
         self.stop.set()
         await self.server
+
+
+# Every local dashboard user the tests add has this password.
+PASSWORD = "correct horse battery staple"
+
+
+class serving_admin(serving):
+    """The admin app (dashboard, API docs) on a real port, its client signed in as a local user
+    with `role` (added to `db` as `name`), or not signed in with role=None."""
+
+    def __init__(self, settings, db, *, role: str | None = "admin", name: str | None = None, client=None,
+                 port: int | None = None):
+        from keepflow.http.admin import create_admin_app
+        from tests.engine import CATALOG
+
+        self.app = create_admin_app(settings, catalog=CATALOG, db=db, client=client, session_secret=new_secret())
+        self.port, self.stop = port or free_port(), asyncio.Event()
+        self.db, self.role, self.name = db, role, name or f"{role}-{uuid.uuid4().hex[:6]}"
+
+    async def __aenter__(self) -> httpx.AsyncClient:
+        from keepflow.store import access
+
+        http = await super().__aenter__()
+        if self.role is not None:
+            access.add_user(self.db, self.name, PASSWORD, self.role)
+            answer = await sign_in(http, self.name, PASSWORD)
+            assert answer.status_code == 303, answer.text
+        return http
+
+
+def csrf_of(html: str) -> str:
+    """The CSRF token a page's forms carry."""
+    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert found, "the page has no form with a CSRF token"
+    return found.group(1)
+
+
+async def sign_in(http: httpx.AsyncClient, name: str, password: str) -> httpx.Response:
+    """Fill in the sign-in form as a person would: its page first (the session and its token)."""
+    form = await http.get("/signin")
+    return await http.post("/signin", data={"name": name, "password": password, "next": "/",
+                                            "csrf_token": csrf_of(form.text)})
+
 
 def write_project(directory: Path, text: str, templates: dict[str, str]) -> Path:
     """`sequences.yaml` with `text` and the given templates (relative path: body) in `directory`."""

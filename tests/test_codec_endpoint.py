@@ -111,3 +111,21 @@ async def test_the_temporal_cli_decodes_a_sealed_run_through_it(env, settings, d
     assert b"nok@example.com" in base64.b64decode(payload["data"])
     [raw] = json.loads(sealed.stdout)["events"][0]["workflowExecutionStartedEventAttributes"]["input"]["payloads"]
     assert b"nok@example.com" not in base64.b64decode(raw["data"])
+
+
+async def test_the_admin_app_serves_it_to_signed_in_admins_and_the_token_not_to_marketers(settings, db):
+    from pydantic import SecretStr
+
+    from tests.helpers import serving_admin
+
+    settings = settings.model_copy(update={"payload_keys": SecretStr(PAYLOAD_KEYS), "codec_token": SecretStr(TOKEN)})
+    sealed = body('"nok@example.com"')
+    async with serving_admin(settings, db, role="admin", name="ada") as admin:
+        sealed = (await admin.post("/codec/encode", json=sealed)).json()
+        opened = await admin.post("/codec/decode", json=sealed)
+        assert opened.status_code == 200 and opened.json() == body('"nok@example.com"')
+    async with serving_admin(settings, db, role="marketer", name="mia") as marketer:
+        refused = await marketer.post("/codec/decode", json=sealed)
+        assert refused.status_code == 401 and "nok" not in refused.text
+        by_token = await marketer.post("/codec/decode", json=sealed, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert by_token.json() == body('"nok@example.com"')

@@ -1,4 +1,4 @@
-"""The dashboard at `/`: served by the real app on a real port, read by a real browser.
+"""The dashboard at `/` of the admin app: served on a real port, read by a real browser, signed in as an admin.
 
 The numbers a marketer sees are checked against counts taken straight from the database with
 plain SQL, not against `keepflow report` (which the page is built on): a page that drifted from
@@ -7,11 +7,8 @@ the data would fail here.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
-import shutil
-import subprocess
 import time
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
@@ -22,9 +19,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from keepflow.store import Customer, Database, Event, Message, Order, Run, Suppression
+from keepflow.store import Customer, Database, Event, Message, Order, Run, Suppression, access
 from keepflow.store.scores import CustomerScore
-from tests.helpers import serving
+from tests.browser import browser
+from tests.helpers import PASSWORD, serving_admin
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 NO_EMAIL = "customer has no email address"
@@ -159,37 +157,26 @@ def first_number(cell: str) -> int:
 # -- the browser ------------------------------------------------------------------------------
 
 
-def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    if os.environ.get("KEEPFLOW_SKIP_BROWSER") == "1":
-        pytest.skip("KEEPFLOW_SKIP_BROWSER=1: the browser test is switched off")
-    pytest.fail("Chromium is not installed, so the dashboard cannot be checked in a browser. Install Debian's "
-                "`chromium` package (.ci/run does), or set KEEPFLOW_SKIP_BROWSER=1 to skip this test on purpose.")
-
-
-async def browse(binary: str, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    command = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-               f"--user-data-dir={profile}", *args]
-    # In a thread: the server under test runs on this event loop and must keep answering.
-    result = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, f"chromium failed ({result.returncode}): {result.stderr[-2000:]}"
-    return result
-
-
 @pytest.mark.timeout(180)
 async def test_browser_shows_the_funnel_the_database_holds(settings, db: Database, tmp_path: Path) -> None:
-    binary = chromium()
     fill(db)
-    async with serving(settings, db) as http:
+    screenshot = tmp_path / "overview.png"
+    admin = serving_admin(settings, db, role=None)
+    async with admin as http, browser() as chromium:
         base = str(http.base_url).rstrip("/")
+        access.add_user(db, "ada", PASSWORD, "admin")
+        page = await chromium.new_page(viewport={"width": 1280, "height": 2000})
         started = time.monotonic()
-        dom = (await browse(binary, tmp_path / "profile", "--dump-dom", f"{base}/")).stdout
-        screenshot = tmp_path / "overview.png"
-        await browse(binary, tmp_path / "profile", f"--screenshot={screenshot}", "--window-size=1280,2000", f"{base}/")
-        evil = (await browse(binary, tmp_path / "profile", "--dump-dom", f"{base}/messages/1")).stdout
-        print(f"browser: three page loads in {time.monotonic() - started:.1f}s")
+        await page.goto(f"{base}/")  # to the sign-in form, and back once signed in
+        await page.fill("#name", "ada")
+        await page.fill("#password", PASSWORD)
+        await page.click("#sign-in")
+        await page.wait_for_url(f"{base}/")
+        dom = await page.content()
+        await page.screenshot(path=screenshot, full_page=True)
+        await page.goto(f"{base}/messages/1")
+        evil = await page.content()
+        print(f"browser: sign-in and two pages in {time.monotonic() - started:.1f}s")
 
     page = shown(dom)
     for sequence_id in ("fulfilment", "education"):
@@ -253,7 +240,7 @@ async def follow(http, start: str, rel: str = "next") -> list[list[int]]:
 async def test_messages_are_paginated_newest_first(settings, db: Database) -> None:
     fill(db)
     many(db, 120)
-    async with serving(settings, db) as http:
+    async with serving_admin(settings, db) as http:
         by_number = [(await http.get("/messages", params={"page": n})) for n in (1, 2, 3, 4)]
         older = await follow(http, "/messages")
         winback = await follow(http, "/messages?sequence=winback")
@@ -282,7 +269,7 @@ async def test_messages_are_paginated_newest_first(settings, db: Database) -> No
 
 async def test_message_page_shows_what_the_customer_got(settings, db: Database) -> None:
     fill(db)
-    async with serving(settings, db) as http:
+    async with serving_admin(settings, db) as http:
         email, skipped, sms, failed, missing = [await http.get(f"/messages/{n}") for n in (1, 3, 8, 9, 404)]
     assert email.status_code == 200
     assert "Your order is confirmed" in email.text and 'id="status" class="status-sent">sent<' in email.text
@@ -295,7 +282,7 @@ async def test_message_page_shows_what_the_customer_got(settings, db: Database) 
 
 async def test_an_email_cannot_run_script_in_the_dashboard(settings, db: Database) -> None:
     fill(db)
-    async with serving(settings, db) as http:
+    async with serving_admin(settings, db) as http:
         page = await http.get("/messages/1")
     frames = re.findall(r"<iframe[^>]*>", page.text)
     assert len(frames) == 1
@@ -304,12 +291,14 @@ async def test_an_email_cannot_run_script_in_the_dashboard(settings, db: Databas
     assert re.search(r'\ssandbox=""', frame) and "allow-" not in frame
     assert "srcdoc=\"&lt;p&gt;Hello &lt;b&gt;Nok&lt;/b&gt;&lt;/p&gt;&lt;script&gt;parent.document" in frame
     assert "<script" not in page.text.lower()
-    assert "script-src 'none'" in page.headers["content-security-policy"]
+    # No script may run at all: nothing is allowed that default-src 'none' forbids, scripts included.
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "script-src" not in policy
 
 
 async def test_customer_timeline_in_time_order(settings, db: Database) -> None:
     fill(db)
-    async with serving(settings, db) as http:
+    async with serving_admin(settings, db) as http:
         by_id = await http.get("/customers", params={"q": "c1"})
         by_email = await http.get("/customers", params={"q": "C2@Example.com"})
         unknown = await http.get("/customers", params={"q": "nobody@example.com"})
@@ -329,7 +318,7 @@ async def test_customer_timeline_in_time_order(settings, db: Database) -> None:
 
 
 async def test_a_bad_period_is_explained(settings, db: Database) -> None:
-    async with serving(settings, db) as http:
+    async with serving_admin(settings, db) as http:
         answer = await http.get("/", params={"since": "last tuesday"})
     assert answer.status_code == 400 and "is not a period" in answer.text
 
@@ -341,7 +330,7 @@ async def test_each_sequence_shows_its_flowchart(settings, db):
     from keepflow.insights import graph
     from tests.engine import CATALOG
 
-    async with serving(settings, db) as http:
+    async with serving_admin(settings, db) as http:
         page = (await http.get("/")).text
     for sequence in CATALOG.file.sequences:
         section = page.split(f'id="seq-{sequence.id}"', 1)[1].split("</section>", 1)[0]

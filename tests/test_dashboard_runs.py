@@ -19,7 +19,7 @@ from keepflow.runtime.routing import ingest
 from keepflow.runtime.search_attributes import STEP, ensure_registered
 from keepflow.tools.temporal_dev_server import DevServer, free_port
 from tests.engine import CATALOG
-from tests.helpers import serving, start
+from tests.helpers import serving_admin, start
 from tests.test_journey import order_event
 from worker import build_worker
 
@@ -81,7 +81,7 @@ async def test_pages_count_the_runs_waiting_at_each_step(tmp_path, settings, db,
                 assert time.monotonic() < deadline, expected
                 await asyncio.sleep(0.2)
 
-            app = serving(settings, db)
+            app = serving_admin(settings, db)
             async with app as http:
                 # The app's Temporal client (what create_app is given, or connects to on first use).
                 app.app.state.services.client = client
@@ -108,7 +108,7 @@ async def test_pages_count_the_runs_waiting_at_each_step(tmp_path, settings, db,
 
 async def test_a_server_that_cannot_count_gets_a_note_not_an_error(env, settings, db):
     """The time-skipping test server has no visibility store: count_workflows is UNIMPLEMENTED."""
-    app = serving(settings, db)
+    app = serving_admin(settings, db)
     async with app as http:
         app.app.state.services.client = env.client
         overview = await http.get("/")
@@ -124,7 +124,7 @@ async def test_a_server_that_cannot_count_gets_a_note_not_an_error(env, settings
 
 async def test_unreachable_temporal_costs_a_bounded_wait(settings, db):
     closed = f"127.0.0.1:{free_port()}"
-    async with serving(settings.model_copy(update={"temporal_address": closed}), db) as http:
+    async with serving_admin(settings.model_copy(update={"temporal_address": closed}), db) as http:
         began = time.monotonic()
         page = await http.get("/sequences/fulfilment")
         took = time.monotonic() - began

@@ -7,7 +7,9 @@
     POST /webhooks/twilio/status    Twilio delivery status callbacks (X-Twilio-Signature)
     GET|POST /unsubscribe/{token}   one-click unsubscribe (RFC 8058); GET only shows the page
     GET  /healthz            200 when the database and Temporal answer, else 503
-    GET  /docs               OpenAPI
+
+Nothing else: this is the app customers, stores and providers reach. The dashboard and these
+endpoints' documentation are in the admin app (keepflow/http/admin.py), on a listener of its own.
 
 Every accepted event is stored before it is routed, and the answer comes after it is stored.
 If Temporal cannot be reached the answer is 503 (the sender retries) and the event stays
@@ -34,15 +36,14 @@ from keepflow.http import sendgrid as sendgrid_webhook
 from keepflow.http import shopify, signing
 from keepflow.http import twilio as twilio_webhook
 from keepflow.http import unsubscribe_pages as unsubscribe_link
-from keepflow.http.dashboard.routes import router as dashboard_router
-from keepflow.http.services import Services, read_body, unprocessable
+from keepflow.http.services import Services, open_db, read_body, unprocessable
 from keepflow.language.catalog import Catalog
 from keepflow.runtime import routing
 from keepflow.runtime.client import connect, why_unreachable
 from keepflow.runtime.events import EventIn
 from keepflow.runtime.registry import load_catalog
 from keepflow.settings import Settings
-from keepflow.store import Database, upgrade
+from keepflow.store import Database
 
 log = logging.getLogger("keepflow.http")
 
@@ -72,7 +73,7 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, db: Databa
             settings=settings,
             # An invalid sequences file stops the server here, with every problem listed.
             catalog=catalog or load_catalog(settings.sequences_path, settings.templates_dir),
-            db=db or _open_db(settings),
+            db=db or open_db(settings),
             client=client,
             webhook_secrets=webhook_secrets if webhook_secrets is not None else settings.webhook_secrets,
         )
@@ -89,7 +90,9 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, db: Databa
             if own_db:
                 services.db.dispose()
 
-    app = FastAPI(title="Keepflow", summary="Events in: start and steer customer sequences.", lifespan=lifespan)
+    # No /docs, /redoc or /openapi.json here: the admin app shows this app's schema to people signed in.
+    app = FastAPI(title="Keepflow", summary="Events in: start and steer customer sequences.", lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.post("/events", status_code=202, response_model=Accepted,
               responses={200: {"description": "already received"}, 401: {}, 413: {}, 422: {}, 503: {}})
@@ -128,7 +131,7 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, db: Databa
     app.include_router(sendgrid_webhook.router)
     app.include_router(unsubscribe_link.router)
     app.include_router(twilio_webhook.router)
-    app.include_router(dashboard_router)
+
     @app.get("/healthz")
     async def healthz(request: Request) -> JSONResponse:
         services: Services = request.app.state.services
@@ -137,11 +140,6 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, db: Databa
         return JSONResponse(checks, status_code=200 if healthy else 503)
 
     return app
-
-
-def _open_db(settings: Settings) -> Database:
-    upgrade(settings.resolved_database_url)
-    return Database(settings.resolved_database_url)
 
 
 def _parse(model: type[EventIn], body: bytes) -> EventIn:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -11,7 +11,7 @@ from temporalio.client import Client
 
 from keepflow.language.catalog import Catalog
 from keepflow.settings import Settings
-from keepflow.store import Database
+from keepflow.store import Database, upgrade
 
 
 @dataclass
@@ -22,7 +22,14 @@ class Services:
     catalog: Catalog
     db: Database
     client: Client | None
-    webhook_secrets: list[str]
+    # The public app's (keepflow/http/app.py); the admin app takes no webhooks.
+    webhook_secrets: list[str] = field(default_factory=list)
+
+
+def open_db(settings: Settings) -> Database:
+    """The store at the newest schema, for an app not handed one."""
+    upgrade(settings.resolved_database_url)
+    return Database(settings.resolved_database_url)
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -1,4 +1,5 @@
-"""`keepflow dev` (and `make run`): the whole engine on its embedded defaults, until Ctrl-C."""
+"""`keepflow dev` (and `make run`): the whole engine on its embedded defaults, until Ctrl-C: the
+worker, the public endpoints on one port and the dashboard on another."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 from fastapi import FastAPI, Request
 from pydantic import SecretStr
 
+from keepflow.http.admin import create_admin_app
 from keepflow.http.app import create_app
 from keepflow.http.codec import bearer_token, codec_app
 from keepflow.http.serving import serve_http
@@ -17,7 +19,7 @@ from keepflow.runtime.payload_keys import dev_payload_keys
 from keepflow.runtime.registry import load_catalog
 from keepflow.runtime.shutdown import stop_on_signals
 from keepflow.settings import Settings, dev_secret
-from keepflow.store import Database, upgrade
+from keepflow.store import Database, access, upgrade
 from keepflow.tools.temporal_dev_server import DevServer
 
 log = logging.getLogger("keepflow.tools.dev_stack")
@@ -39,7 +41,8 @@ def dev_codec(settings: Settings, ui_port: int) -> FastAPI:
     return app
 
 
-async def run_dev(settings: Settings, temporal_port: int, ui_port: int | None, http_port: int) -> None:
+async def run_dev(settings: Settings, temporal_port: int, ui_port: int | None, http_port: int,
+                  admin_port: int | None = None) -> None:
     from worker import run_worker
 
     catalog = load_catalog(settings.sequences_path, settings.templates_dir)  # refuse an invalid file up front
@@ -67,8 +70,16 @@ async def run_dev(settings: Settings, temporal_port: int, ui_port: int | None, h
     secrets = settings.webhook_secrets or [dev_secret(settings.data_dir)]
     log.info("%d sequences from %s; database %s", len(catalog.sequences), settings.sequences_path,
              settings.resolved_database_url)
-    log.info("events: POST http://%s:%d/events (docs at /docs); `keepflow send-event FILE.json` signs and sends one",
+    admin_port = admin_port or settings.admin_port
+    # The dashboard's listener: its port (for OpenID Connect's callback) unless KEEPFLOW_ADMIN_URL says otherwise.
+    settings = settings.model_copy(update={"admin_port": admin_port})
+    admin = create_admin_app(settings, catalog=catalog, db=db, session_secret=(
+        None if settings.session_secret else dev_secret(settings.data_dir, "session-secret")))
+    log.info("events: POST http://%s:%d/events; `keepflow send-event FILE.json` signs and sends one",
              settings.http_host, http_port)
+    log.info("dashboard and API docs: %s/", settings.resolved_admin_url)
+    if not access.list_users(db) and admin.state.oidc is None:
+        log.info("nobody can sign in to the dashboard yet: `keepflow users add NAME --role admin` adds someone")
     try:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(run_worker(settings, address, stop))
@@ -77,6 +88,7 @@ async def run_dev(settings: Settings, temporal_port: int, ui_port: int | None, h
             if codec_port and ui_port:
                 log.info("codec endpoint for the web UI and CLI on http://127.0.0.1:%d/codec", codec_port)
                 tasks.create_task(serve_http(dev_codec(settings, ui_port), "127.0.0.1", codec_port, stop))
+            tasks.create_task(serve_http(admin, settings.admin_host, admin_port, stop))
     finally:
         db.dispose()
         if server:
