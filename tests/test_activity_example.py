@@ -27,7 +27,7 @@ from tests.helpers import snapshot, start
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "loyalty"
 ACTIVITY = EXAMPLE / "activities" / "loyalty.py"
-MIGRATION = EXAMPLE / "versions" / "0007_loyalty_awards.py"
+MIGRATION = EXAMPLE / "versions" / "loyalty_awards.py"
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def with_example_migration(url: str):
     config = alembic_config(url)
     config.set_main_option("path_separator", "os")
     config.set_main_option("version_locations", os.pathsep.join([str(MIGRATIONS / "versions"), str(MIGRATION.parent)]))
-    # "heads": once the project has a 0007 of its own, the example is a branch beside it.
+    # "heads": the example is a branch beside the engine's own migrations, whose head it follows (`keepflow db revision` writes that for you).
     command.upgrade(config, "heads")
 
 

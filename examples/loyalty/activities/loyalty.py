@@ -1,7 +1,7 @@
 # activities/loyalty.py
 """`add_loyalty_points`: an activity that keeps data of its own (docs/activities.md).
 
-It goes in activities/loyalty.py; its migration, versions/0007_loyalty_awards.py here, goes in
+It goes in activities/loyalty.py; its migration, versions/loyalty_awards.py here, goes in
 keepflow/migrations/versions/.
 """
 

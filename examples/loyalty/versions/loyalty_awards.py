@@ -1,16 +1,16 @@
-# keepflow/migrations/versions/0007_loyalty_awards.py
+# keepflow/migrations/versions/loyalty_awards.py
 """loyalty awards
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: loyalty_awards
+Revises: 0007
 Create Date: 2026-12-06 07:23:55.386711
 """
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0007'
-down_revision = '0006'
+revision = 'loyalty_awards'
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 
