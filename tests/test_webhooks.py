@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -138,6 +142,30 @@ async def test_invalid_body_is_422_naming_each_field(stack, db):
     assert response.status_code == 422
     locs = {tuple(d["loc"]) for d in response.json()["detail"]}
     assert {("body", "type"), ("body", "occurred_at"), ("body", "customer", "id")} <= locs
+    assert stored(db) == 0
+
+
+async def test_a_signed_body_that_is_not_utf8_is_422_and_stores_nothing(stack, db):
+    raw = json.dumps(event()).encode().replace(b'"ann', b'"\xff\xfeann', 1)
+    # A sender that signs raw bytes (the Standard Webhooks scheme over the body as sent), as a
+    # careless integration would: the library's own `sign` takes text and could not make this.
+    message_id, at = f"msg_{uuid.uuid4().hex}", str(int(time.time()))
+    key = base64.b64decode(SECRET.removeprefix("whsec_"))
+    mac = hmac.new(key, f"{message_id}.{at}.".encode() + raw, hashlib.sha256).digest()
+    headers = {"content-type": "application/json", "webhook-id": message_id, "webhook-timestamp": at,
+               "webhook-signature": "v1," + base64.b64encode(mac).decode()}
+    response = await stack.post("/events", content=raw, headers=headers)
+    assert response.status_code == 422, response.text
+    assert stored(db) == 0
+
+
+@pytest.mark.parametrize("total", ["1e999999", "NaN", "Infinity", "-1e999999"])
+async def test_a_total_that_is_no_amount_is_422_and_stores_nothing(stack, db, total):
+    body = event()
+    body.setdefault("order", {"id": "o-inf"})["total"] = total
+    raw, headers = signed(body)
+    response = await stack.post("/events", content=raw, headers=headers)
+    assert response.status_code == 422, response.text
     assert stored(db) == 0
 
 

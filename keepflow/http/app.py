@@ -144,6 +144,12 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, db: Databa
 
 def _parse(model: type[EventIn], body: bytes) -> EventIn:
     try:
+        # JSON is UTF-8 (RFC 8259). Decoded here, the answer names the bad byte; left to the
+        # validator, its error would carry the undecodable input into the 422 and fail to render.
+        body.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise unprocessable(ValueError(f"the body is not UTF-8: byte {body[err.start]:#04x} at position {err.start}")) from None
+    try:
         return model.model_validate_json(body)
     except ValidationError as err:
         raise unprocessable(err) from err

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+
+# An amount of money: "1e999999" is a finite Decimal, but stored as a float it becomes infinity and
+# breaks every sum over orders after it, so more than 20 digits is refused at the door.
+Money = Annotated[Decimal, Field(ge=0, max_digits=20, allow_inf_nan=False)]
 
 
 class _Edge(BaseModel):
@@ -26,7 +31,7 @@ class OrderItem(_Edge):
     sku: str
     title: str
     quantity: int = Field(1, ge=1)
-    price: Decimal = Field(ge=0)
+    price: Money
 
 
 class OrderIn(_Edge):
@@ -34,7 +39,7 @@ class OrderIn(_Edge):
     number: str | None = None
     items: list[OrderItem] = Field(default_factory=list)
     # A shipment or refund may name only the order it belongs to.
-    total: Decimal | None = Field(None, ge=0)
+    total: Money | None = None
     currency: str | None = Field(None, pattern=r"^[A-Z]{3}$")
     # Codes used on the order; a Keepflow coupon among them is marked redeemed.
     discount_codes: list[str] = Field(default_factory=list)
