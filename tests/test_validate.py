@@ -352,3 +352,29 @@ def test_templates_are_found_beside_the_file(tmp_path):
     catalog, problems = check_catalog(elsewhere / "sequences.yaml")
     assert problems == [] and catalog is not None
     assert catalog.templates_dir == elsewhere / "templates"
+
+
+# --- files that would hang or fool the reader ------------------------------------------------------
+
+BILLION_LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8)) + "sequences: *i\n"
+
+
+def test_nested_aliases_are_refused_before_they_expand(tmp_path):
+    assert len(BILLION_LAUGHS) < 1000  # nine to the ninth values once expanded
+    found = problems_of(tmp_path, BILLION_LAUGHS)
+    assert [p.message for p in found if "aliases" in p.message], [p.format() for p in found]
+
+
+def test_a_python_tag_is_refused_where_it_stands(tmp_path):
+    found = problems_of(tmp_path, "sequences:\n  - id: x\n    trigger: !!python/object:os.system ls\n")
+    [problem] = [p for p in found if "tag" in p.message]
+    assert (problem.line, problem.column) == (3, 14)
+    assert "!!python/object:os.system" in problem.message
+
+
+def test_a_huge_file_is_refused_by_its_size(tmp_path):
+    path = tmp_path / "sequences.yaml"
+    path.write_text("# padding\n" * 200_000)
+    _, found = check_catalog(path)
+    assert ["at most 1 MB" in p.message for p in found] == [True]

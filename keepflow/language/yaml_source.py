@@ -29,8 +29,23 @@ from keepflow.language.dsl import (
 from keepflow.language.problems import START, Report
 
 
+# Far above any shop's sequences (the shipped file is under 10 KB), far below what hurts: a 50 MB
+# file took minutes and hundreds of MB to refuse, one of 738 bytes with nested aliases ("billion
+# laughs") expanded past a gigabyte.
+MAX_BYTES = 1024 * 1024
+MAX_VALUES = 100_000
+# The tags YAML's core schema resolves to anyway; any other (`!!python/object`, `!custom`) would be
+# silently dropped, so it is refused where it stands.
+PLAIN_TAGS = {f"tag:yaml.org,2002:{name}" for name in ("str", "int", "float", "bool", "null", "map", "seq")}
+
+
 def parse(path: Path, report: Report) -> Any:
     try:
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            report.add(START, f"the file is {size / 1024 / 1024:.1f} MB; a sequences file may be at most "
+                              f"{MAX_BYTES // 1024 // 1024} MB: is this the right file?")
+            return None
         data = path.read_bytes()
     except FileNotFoundError:
         report.add(START, "file not found")
@@ -43,8 +58,9 @@ def parse(path: Path, report: Report) -> Any:
     except UnicodeDecodeError as exc:
         report.add(START, f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); save the file as UTF-8")
         return None
+    root: Any = None
     try:
-        return YAML(typ="rt").load(text)
+        root = YAML(typ="rt").load(text)
     except DuplicateKeyError as exc:
         match = re.search(r'duplicate key "(.*?)"', exc.problem or "")
         key = match.group(1) if match else "?"
@@ -59,7 +75,31 @@ def parse(path: Path, report: Report) -> Any:
         report.add(mark(exc), message)
     except YAMLError as exc:
         report.add(START, f"YAML syntax: {exc}")
-    return None
+    return root if root is not None and _only_plain_values(root, report) else None
+
+
+def _only_plain_values(root: Any, report: Report) -> bool:
+    """Refuse tags Keepflow would ignore and aliases that multiply the file: counted as the reader
+    will see them (an alias counts again each time it is reached), stopping at the budget."""
+    seen = 0
+    stack: list[tuple[Any, tuple[int, int]]] = [(root, START)]
+    while stack:
+        node, pos = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            report.add(START, f"the file holds more than {MAX_VALUES:,} values once its aliases (*name) are "
+                              "expanded; write the steps out, or reuse fewer anchors (&name)")
+            return False
+        tag = getattr(getattr(node, "tag", None), "value", None)
+        if tag and tag not in PLAIN_TAGS:
+            shown = tag.replace("tag:yaml.org,2002:", "!!")
+            report.add(pos, f"YAML tag {shown} is not part of the sequence language; remove it and write the plain value")
+            return False
+        if isinstance(node, CommentedMap):
+            stack.extend((value, value_pos(node, key)) for key, value in node.items())
+        elif isinstance(node, CommentedSeq):
+            stack.extend((value, value_pos(node, i)) for i, value in enumerate(node))
+    return True
 
 
 def mark(exc: MarkedYAMLError) -> tuple[int, int]:
