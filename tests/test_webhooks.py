@@ -159,6 +159,22 @@ async def test_a_signed_body_that_is_not_utf8_is_422_and_stores_nothing(stack, d
     assert stored(db) == 0
 
 
+@pytest.mark.parametrize("where", ["customer.first_name", "data.note", "data.key"])
+async def test_a_nul_character_anywhere_is_422_and_stores_nothing(stack, db, where):
+    body = event()
+    if where == "customer.first_name":
+        body["customer"]["first_name"] = "Ann\u0000"
+    elif where == "data.note":
+        body["data"] = {"note": ["fine", {"deep": "x\u0000y"}]}
+    else:
+        body["data"] = {"k\u0000": 1}
+    raw, headers = signed(body)
+    response = await stack.post("/events", content=raw, headers=headers)
+    assert response.status_code == 422, response.text
+    assert "U+0000" in response.text
+    assert stored(db) == 0
+
+
 @pytest.mark.parametrize("total", ["1e999999", "NaN", "Infinity", "-1e999999"])
 async def test_a_total_that_is_no_amount_is_422_and_stores_nothing(stack, db, total):
     body = event()

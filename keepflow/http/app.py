@@ -150,9 +150,23 @@ def _parse(model: type[EventIn], body: bytes) -> EventIn:
     except UnicodeDecodeError as err:
         raise unprocessable(ValueError(f"the body is not UTF-8: byte {body[err.start]:#04x} at position {err.start}")) from None
     try:
-        return model.model_validate_json(body)
+        event = model.model_validate_json(body)
     except ValidationError as err:
         raise unprocessable(err) from err
+    if _holds_nul(event.model_dump()):
+        # Valid JSON, but PostgreSQL's text cannot hold U+0000: refused here, not a 500 at the store.
+        raise unprocessable(ValueError("a string in the body holds U+0000 (NUL), which cannot be stored"))
+    return event
+
+
+def _holds_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 async def _ingest(services: Services, event: EventIn, delivery: tuple[str, str]) -> JSONResponse:
