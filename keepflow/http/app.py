@@ -146,11 +146,11 @@ def _parse(model: type[EventIn], body: bytes) -> EventIn:
     try:
         # JSON is UTF-8 (RFC 8259). Decoded here, the answer names the bad byte; left to the
         # validator, its error would carry the undecodable input into the 422 and fail to render.
-        body.decode("utf-8")
+        text = body.decode("utf-8")
     except UnicodeDecodeError as err:
         raise unprocessable(ValueError(f"the body is not UTF-8: byte {body[err.start]:#04x} at position {err.start}")) from None
     try:
-        event = model.model_validate_json(body)
+        event = model.model_validate_json(text)
     except ValidationError as err:
         raise unprocessable(err) from err
     if _holds_nul(event.model_dump()):
