@@ -1,7 +1,8 @@
 """kill -9 of the worker, again and again, during ~1,000 sends: what each message cost at the provider.
 
     python bench/kill.py [--runs 250] [--random-kills 10] [--email-kills 5] [--sms-kills 5]
-                         [--start-over 120] [--seed 1] [--twilio-queued] [--timeout S] [--write-results]
+                         [--start-over 120] [--seed 1] [--twilio-queued] [--provider-latency S]
+                         [--store-writes N] [--timeout S] [--write-results]
 
 A fault-injection script, not a timed test (tests/faults/test_kill9.py is the small version that
 asserts). In a throwaway folder it starts, with the machinery of tests/faults/stack.py and
@@ -14,9 +15,17 @@ after the worker came up), `--email-kills` / `--sms-kills` from inside the fake 
 accepted a send of that channel and before it answered. Then it waits (bounded by `--timeout`)
 for every run to finish.
 
-Reported: runs completed, kills done, and per message key the send requests the fake received
-(0, 1, 2+) against the row's final status in Keepflow's store (sent, unknown, ...), with where
-the unknown-outcome policy of activities/builtin/send.py can still send a message twice.
+Load: the fake answers at once unless `--provider-latency` holds each accepted send's answer that
+long (a real provider's round trip), which keeps more sends in flight at each kill; and
+`--store-writes` has another process write to the store meanwhile (as the public app does when
+events arrive), so the worker's writes wait for SQLite's one write lock as in production.
+
+Reported: runs completed, kills done, the send_message attempts running on the worker at each
+kill (as Temporal counts them), and per message key the send requests the fake received (0, 1,
+2+) against the row's final status in Keepflow's store (sent, unknown, ...); for each `unknown`
+email the fake accepted, whether the kill came while it was in the provider call or after the
+worker had the answer (and how long after); with where the unknown-outcome policy of
+activities/builtin/send.py can still send a message twice.
 
 Everything listens on 127.0.0.1 only; every wait is bounded; every process started here is
 stopped and the folder removed, also on error or Ctrl-C. Exit code 0 when every run completed,
@@ -31,6 +40,7 @@ import logging
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -114,23 +124,68 @@ def write_results(out, args) -> None:
     plan = out.plan
     command = (f"python bench/kill.py --runs {plan.runs} --random-kills {plan.random_kills} --email-kills "
                f"{plan.email_accept_kills} --sms-kills {plan.sms_accept_kills} --start-over {plan.start_over:g} "
-               f"--seed {plan.seed}" + (" --twilio-queued" if args.twilio_queued else "") + " --write-results")
+               f"--seed {plan.seed}" + (f" --provider-latency {plan.provider_latency:g}" if plan.provider_latency else "")
+               + (f" --store-writes {args.store_writes:g}" if args.store_writes else "")
+               + (" --twilio-queued" if args.twilio_queued else "") + " --write-results")
+    # A run under load (a slow provider, another writer) gets a section of its own beside the default one.
+    loaded = bool(plan.provider_latency or args.store_writes)
+    title = f"{SECTION}, sends in flight" if loaded else SECTION
     section = "\n".join([
-        SECTION, "",
+        title, "",
         *provenance(command),
         f"- Parameters: {plan.runs} runs of email, text, 2 s wait, email, text ({len(out.expected):,} messages), "
         f"started over {plan.start_over:g} s; worker.py as its own process, SIGKILLed {len(out.kills)} times and "
-        f"restarted each time; the fake Twilio lists accepted texts as "
+        f"restarted each time; the fake answers each accepted send after {plan.provider_latency * 1000:.0f} ms"
+        + (f"; another process wrote to the store {args.store_writes:g} times a second" if args.store_writes else "")
+        + "; the fake Twilio lists accepted texts as "
         + ("still queued (DateSent null)" if args.twilio_queued else "sent at once"),
         "",
         out.report(), "",
         interpretation(out), "",
         WHERE_IT_CAN_DOUBLE,
     ])
-    write_section(SECTION, section)
+    write_section(title, section)
 
 
-async def bench(plan, twilio_queued: bool):
+class StoreWriter:
+    """Another process's writes to the store while the campaign runs: `per_second` short
+    transactions, each storing one event as the public app does when a webhook arrives. With
+    SQLite the worker's writes then wait for the file's one write lock as they do in production."""
+
+    def __init__(self, database_url: str, per_second: float):
+        self.database_url, self.per_second = database_url, per_second
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._write, name="store-writer", daemon=True)
+        self.written = 0
+
+    def _write(self) -> None:
+        from datetime import datetime, timezone
+
+        from keepflow.store import Database, Event
+
+        db = Database(self.database_url)
+        try:
+            while not self.stop.wait(1 / self.per_second):
+                now = datetime.now(timezone.utc)
+                with db.session() as session:
+                    session.add(Event(id=f"load-{self.written}", type="order.created", occurred_at=now,
+                                      payload={"data": {"note": "x" * 200}}, routed_at=now, runs=0))
+                self.written += 1
+        finally:
+            db.dispose()
+
+    def __enter__(self) -> StoreWriter:
+        if self.per_second > 0:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join(10)
+
+
+async def bench(plan, twilio_queued: bool, store_writes: float = 0.0):
     from tests.faults.kills import campaign
     from tests.faults.stack import Stack
 
@@ -143,7 +198,11 @@ async def bench(plan, twilio_queued: bool):
     try:
         async with Stack(folder / "stack", twilio_sent_on_accept=not twilio_queued) as stack:
             progress(f"stack up; {plan.runs} runs over {plan.start_over:g} s, {len(plan.kinds())} kills")
-            return await campaign(stack, plan, progress)
+            with StoreWriter(stack.database_url, store_writes) as writer:
+                out = await campaign(stack, plan, progress)
+            if store_writes:
+                progress(f"another process stored {writer.written} events meanwhile")
+            return out
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -162,6 +221,10 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1, help="random seed for the kill order and timing")
     parser.add_argument("--twilio-queued", action="store_true",
                         help="the fake Twilio lists accepted texts as still queued (DateSent null)")
+    parser.add_argument("--provider-latency", type=float, default=0.0,
+                        help="seconds the fake holds each accepted send's answer (default 0); more sends in flight")
+    parser.add_argument("--store-writes", type=float, default=0.0,
+                        help="write transactions per second another process makes on the store meanwhile (default 0)")
     parser.add_argument("--timeout", type=float, default=300.0,
                         help="seconds the runs may take after the last kill (default 300)")
     parser.add_argument("--write-results", action="store_true", help=f"replace this script's section in {RESULTS.name}")
@@ -171,8 +234,9 @@ def main() -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     plan = Plan(runs=args.runs, random_kills=args.random_kills, email_accept_kills=args.email_kills,
-                sms_accept_kills=args.sms_kills, start_over=args.start_over, seed=args.seed, timeout=args.timeout)
-    out = asyncio.run(bench(plan, args.twilio_queued))
+                sms_accept_kills=args.sms_kills, start_over=args.start_over, seed=args.seed, timeout=args.timeout,
+                provider_latency=args.provider_latency)
+    out = asyncio.run(bench(plan, args.twilio_queued, args.store_writes))
     print()
     print(out.report())
     print()

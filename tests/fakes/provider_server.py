@@ -283,7 +283,10 @@ class FakeProviders:
                 self._stopping.wait(script.seconds)
             h.close_connection = True
             return
-        self._send(h, reply)
+        try:
+            self._send(h, reply)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client is gone (a killed worker): like the real API, nobody to tell
 
     @staticmethod
     def _send(h: _Handler, reply: _Reply) -> None:
@@ -396,6 +399,7 @@ class FakeProviders:
             "custom_args": custom_args,
             "keepflow_key": custom_args.get("keepflow_key"),
             "payload": body,
+            "accepted_at": datetime.now(timezone.utc).timestamp(),  # wall clock, to compare with when a test killed the sender
         }
         with self._lock:
             self._accepted["sendgrid"].append(record)

@@ -27,6 +27,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.service import RPCError
+
 from tests.faults.stack import Row, Stack, WorkerProcess, key_of
 
 KINDS = ("random", "email", "sms")  # a kill at random, or right after the provider accepted an email / a text
@@ -43,6 +46,9 @@ class Plan:
     lifetime: tuple[float, float] = (1.0, 4.0)  # a worker lives this long (uniform, seconds) before its kill
     seed: int = 1
     timeout: float = 300.0  # seconds the runs may take after the last kill
+    # Seconds the fake holds each accepted send's answer, as a real provider's latency would: the
+    # longer, the more sends are in flight at each kill.
+    provider_latency: float = 0.0
 
     def kinds(self) -> list[str]:
         kinds = ["random"] * self.random_kills + ["email"] * self.email_accept_kills + ["sms"] * self.sms_accept_kills
@@ -62,6 +68,9 @@ class Outcome:
     requests: Counter[str] = field(default_factory=Counter)  # message key -> send requests at the provider
     rows: dict[str, Row] = field(default_factory=dict)  # message key -> its row in Keepflow's store
     expected: dict[str, str] = field(default_factory=dict)  # message key -> channel, every message the runs send
+    killed_at: list[float] = field(default_factory=list)  # wall clock of each kill, in order
+    in_flight: list[int] = field(default_factory=list)  # send_message attempts running on the worker at each kill
+    accepted_at: dict[str, float] = field(default_factory=dict)  # email key -> wall clock of its (last) accept
     kill_phase: float = 0.0
     wall: float = 0.0
 
@@ -83,6 +92,21 @@ class Outcome:
     def doubled(self) -> list[str]:
         return sorted(k for k, n in self.requests.items() if n >= 2)
 
+    def unrecorded_ages(self) -> list[float]:
+        """For each `unknown` email the provider accepted: seconds from the moment its answer went
+        back to the worker to the nearest kill, i.e. how long the worker knew of the accept
+        without recording it. Negative: the kill came first, while the send was still in the
+        provider call (or its request still on its way: the fake reads it after the kill)."""
+        ages = []
+        for key, row in self.rows.items():
+            accepted = self.accepted_at.get(key)
+            if (row.channel != "email" or row.status != "unknown" or accepted is None or not self.killed_at
+                    or key in self.accept_killed):  # those never got their answer: counted apart
+                continue
+            answered = accepted + self.plan.provider_latency
+            ages.append(min((k - answered for k in self.killed_at), key=abs))
+        return sorted(ages)
+
     def strays(self) -> list[str]:
         """Requests for keys no run sends (should be none)."""
         return sorted(k for k in self.requests if k not in self.expected)
@@ -99,6 +123,7 @@ class Outcome:
             f"{accepted['email']} right after the provider accepted an email, {accepted['sms']} after it accepted a "
             f"text; worker processes started: {self.workers}; died without being killed: {len(self.unexpected_exits)}",
             f"kill phase {self.kill_phase:.0f} s, whole campaign {self.wall:.0f} s",
+            f"send_message attempts running on the worker at each kill: {', '.join(map(str, self.in_flight)) or '-'}",
             "",
             "Send requests at the provider per message key:",
             "",
@@ -123,6 +148,13 @@ class Outcome:
                             for k, c in self.accept_killed.items())
             lines += ["", "Of the messages whose accept the worker never heard of (killed right after it): "
                       + "; ".join(f"{n} {c} {s} with {b} request(s)" for (c, s, b), n in sorted(after.items()))]
+        ages = self.unrecorded_ages()
+        if ages:
+            known = [a for a in ages if a > 0]
+            lines += ["", f"Other `unknown` emails the provider had accepted: {len(ages)}; killed while in the provider "
+                      f"call: {len(ages) - len(known)}; killed after the worker had the answer: {len(known)}"
+                      + (f" (answer to kill: median {known[len(known) // 2] * 1000:.0f} ms, max "
+                         f"{known[-1] * 1000:.0f} ms)" if known else "")]
         if self.doubled():
             lines += ["", f"DOUBLE SENDS: {', '.join(self.doubled())}"]
         if self.failed:
@@ -139,24 +171,34 @@ def _bucket(n: int) -> str:
 class _Supervisor:
     """Owns the current worker process; kills it when told (now, or from the fake's accept hook)."""
 
-    def __init__(self, stack: Stack):
+    def __init__(self, stack: Stack, provider_latency: float = 0.0):
         self.stack = stack
+        self.provider_latency = provider_latency
         self.current: WorkerProcess | None = None
         self._lock = threading.Lock()
         self._armed: str | None = None  # the channel whose next accept kills the current worker
         self.accept_killed: dict[str, str] = {}
         self.unexpected: list[str] = []
         self._killed: set[int] = set()
+        self.killed_at: list[float] = []
+        self.victims: list[WorkerProcess] = []
 
     def on_accept(self, api: str, record: dict[str, Any]) -> bool | None:
         channel = "email" if api == "sendgrid" else "sms"
         with self._lock:
-            if self._armed != channel or self.current is None or not self.current.alive():
-                return None
-            self._armed = None
-            victim = self.current
-            self._killed.add(victim.pid)
-            self.accept_killed[key_of(api, record) or "?"] = channel
+            victim = self.current if self._armed == channel else None
+            if victim is not None and victim.alive():
+                self._armed = None
+                self._killed.add(victim.pid)
+                self.accept_killed[key_of(api, record) or "?"] = channel
+                self.killed_at.append(time.time())
+                self.victims.append(victim)
+            else:
+                victim = None
+        if victim is None:
+            if self.provider_latency:
+                time.sleep(self.provider_latency)  # in the fake's request thread: this send stays in flight
+            return None
         victim.kill()
         return True  # nobody is left to answer
 
@@ -175,6 +217,8 @@ class _Supervisor:
             victim = self.current
             if victim is not None and victim.alive():
                 self._killed.add(victim.pid)
+                self.killed_at.append(time.time())
+                self.victims.append(victim)
                 victim.kill()
 
     async def replace(self) -> None:
@@ -193,13 +237,29 @@ class _Supervisor:
         await new.ready()
 
 
+async def running_sends(stack: Stack, runs: int, worker: WorkerProcess) -> int:
+    """send_message attempts Temporal counts as running on `worker` (a killed one's stay so until
+    their start-to-close timeout)."""
+    async def on_worker(i: int) -> int:
+        try:
+            described = await stack.client.get_workflow_handle(stack.run_id(i)).describe()
+        except RPCError:  # not started yet
+            return 0
+        return sum(1 for a in described.raw_description.pending_activities
+                   if a.activity_type.name == "send_message" and a.last_worker_identity == worker.identity
+                   and a.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED)
+
+    return sum(await asyncio.gather(*(on_worker(i) for i in range(runs))))
+
+
 async def campaign(stack: Stack, plan: Plan, progress=None) -> Outcome:
     """Run the plan on a started stack; returns what happened, whatever happened."""
     rng = random.Random(plan.seed)
-    supervisor = _Supervisor(stack)
+    supervisor = _Supervisor(stack, plan.provider_latency)
     stack.fake.on_accept = supervisor.on_accept
     began = time.monotonic()
     kills: list[str] = []
+    in_flight: list[int] = []
     await supervisor.replace()
     starter = asyncio.create_task(stack.start_runs(plan.runs, over=plan.start_over))
     try:
@@ -219,8 +279,11 @@ async def campaign(stack: Stack, plan: Plan, progress=None) -> Outcome:
                     kind = "random"
                     supervisor.kill_now()
             kills.append(kind)
+            if len(supervisor.victims) == len(kills):
+                in_flight.append(await running_sends(stack, plan.runs, supervisor.victims[-1]))
             if progress:
-                progress(f"kill {len(kills)}/{len(plan.kinds())} ({kind}) at {time.monotonic() - began:.0f} s")
+                progress(f"kill {len(kills)}/{len(plan.kinds())} ({kind}) at {time.monotonic() - began:.0f} s"
+                         + (f", {in_flight[-1]} sends running on the worker" if in_flight else ""))
             await supervisor.replace()
         handles = await starter
         kill_phase = time.monotonic() - began
@@ -239,5 +302,7 @@ async def campaign(stack: Stack, plan: Plan, progress=None) -> Outcome:
     return Outcome(
         plan=plan, completed=completed, failed=failed, kills=kills, accept_killed=dict(supervisor.accept_killed),
         workers=len(stack.workers), unexpected_exits=supervisor.unexpected, requests=stack.requests_per_key(),
-        rows=stack.rows(), expected=stack.expected_keys(plan.runs), kill_phase=kill_phase,
+        rows=stack.rows(), expected=stack.expected_keys(plan.runs), killed_at=list(supervisor.killed_at),
+        in_flight=in_flight, accepted_at={m["keepflow_key"]: m["accepted_at"] for m in stack.fake.accepted("sendgrid")},
+        kill_phase=kill_phase,
         wall=time.monotonic() - began)
