@@ -161,6 +161,54 @@ async def test_keepflow_message_id_custom_arg_finds_the_message(http, db, messag
     assert events_of(db, "message.opened")[0].payload["data"]["message_id"] == message.id
 
 
+def lost(db, status: str, key: str = "review_request/W1002:0", category: str = "marketing") -> int:
+    """An email whose attempt died in the SendGrid call: `unknown` (retried) or still `sending`."""
+    with db.session() as session:
+        row = Message(
+            key=key, workflow_id=key.split(":")[0], sequence_id="review_request", step="0", channel="email",
+            category=category, template="review_request", customer_id="cust-1", recipient=ADDRESS, status=status,
+            attempts=1, provider="sendgrid", created_at=SENT_AT, sending_at=SENT_AT + timedelta(seconds=1),
+            error="an earlier attempt stopped during the provider call; not resent (email is at-most-once)"
+            if status == "unknown" else None,
+        )
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+@pytest.mark.parametrize("event", ["processed", "delivered", "bounce", "dropped"])
+async def test_sendgrid_reporting_on_an_email_of_unknown_outcome_settles_it_as_sent(http, db, message, event):
+    """SendGrid reports only on mail it accepted: the email whose answer a killed worker never
+    heard went out, so its row becomes `sent`, found by the keepflow_key custom arg alone (the row
+    has no X-Message-Id: the answer that carried it was lost)."""
+    unknown_id = lost(db, "unknown")
+    sending_id = lost(db, "sending", key="review_request/W1003:0")
+    batch = [sg_event(event, None, keepflow_key=key, sg_message_id=f"{x_id}.filter0001.16648.5515E0B88.0",
+                      type="blocked" if event == "bounce" else None, reason="Spam Content" if event == "dropped" else None)
+             for key, x_id in (("review_request/W1002:0", "lostanswer1"), ("review_request/W1003:0", "lostanswer2"))]
+    assert (await post(http, batch)).status_code == 200
+    with db.session() as session:
+        for row_id, x_id in ((unknown_id, "lostanswer1"), (sending_id, "lostanswer2")):
+            row = session.get(Message, row_id)
+            assert (row.status, row.error, row.provider_message_id) == ("sent", None, x_id)
+            # It went when the attempt made the call; that is what attribution counts from.
+            assert row.sent_at.replace(tzinfo=timezone.utc) == SENT_AT + timedelta(seconds=1)
+            # It counts under the frequency cap again.
+            assert row.counted_at is not None
+    report = build_report(db, since=SENT_AT - timedelta(days=1))
+    [step] = [s for s in report.steps if s.sequence_id == "review_request" and s.step == "0"]
+    assert (step.sent, step.unknown, step.in_flight) == (3, 0, 0)
+
+
+async def test_a_resubscribe_does_not_settle_an_email_of_unknown_outcome(http, db, message):
+    """Not a report on a mail: SendGrid sends it from its preference page, mail or no mail."""
+    unknown_id = lost(db, "unknown")
+    event = sg_event("group_resubscribe", None, keepflow_key="review_request/W1002:0", asm_group_id=7)
+    assert (await post(http, [event])).status_code == 200
+    with db.session() as session:
+        assert session.get(Message, unknown_id).status == "unknown"
+
+
 async def test_account_events_are_acknowledged_and_ignored(http, db, message):
     account = {"event": "account_status_change", "sg_event_id": uuid.uuid4().hex, "type": "compliance_suspend",
                "timestamp": int(datetime.now(timezone.utc).timestamp())}

@@ -3,7 +3,8 @@
     POST /webhooks/sendgrid   a JSON array of events, signed by SendGrid (ECDSA P-256)
 
 Each event becomes one `message.<kind>` events row (what `keepflow report` counts) and moves the
-message's delivery status; hard bounces, invalid addresses, spam reports and unsubscribes become
+message's delivery status; an email whose outcome was unknown becomes `sent` (SendGrid reports only
+on mail it accepted); hard bounces, invalid addresses, spam reports and unsubscribes become
 suppressions, a resubscribe lifts one. One POST is one transaction: if anything fails nothing is
 kept, the answer is 5xx and SendGrid sends the batch again. Events already recorded (by
 `sg_event_id`) are skipped, so that retry, or SendGrid's own re-delivery, changes nothing twice.
@@ -26,7 +27,7 @@ from sendgrid.helpers.eventwebhook.eventwebhook_header import EventWebhookHeader
 from sqlalchemy.orm import Session
 
 from keepflow.http.services import Services, read_body, unprocessable
-from keepflow.sending import delivery_events, suppressions
+from keepflow.sending import delivery_events, suppressions, unknown_outcomes
 from keepflow.store import Database, Message
 
 log = logging.getLogger("keepflow.http.sendgrid")
@@ -201,6 +202,10 @@ def _apply(session: Session, e: SendGridEvent) -> str:
     message = _message_for(session, e)
     delivery_events.record(session, source=SOURCE, notification_id=e.sg_event_id, message=message, kind=kind,
                     occurred_at=e.occurred_at, detail=e.reason or e.response, data=_data(e))
+    if message is not None:
+        # SendGrid reports only on mail it accepted: an email whose outcome was lost did go.
+        unknown_outcomes.confirm_accepted(message, kind=kind, provider=SOURCE,
+                                          provider_message_id=e.provider_message_id, occurred_at=e.occurred_at)
     customer_id = message.customer_id if message else None
     if e.event == "group_resubscribe":
         # The recipient asked for this mail again, which outweighs an earlier opt-out from it.

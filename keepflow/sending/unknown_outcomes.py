@@ -1,0 +1,249 @@
+"""Messages whose outcome is unknown: finding them, and settling each one.
+
+An email's row becomes `unknown` when a retry finds it `sending`: the attempt before died, or lost
+its answer, during the SendGrid call (activities/builtin/send.py). SendGrid has no idempotency key,
+so Keepflow never resends one by itself. A kill -9 of a worker leaves one such row per email it
+had inside the provider call (a handful at low load, up to one per send in flight under load;
+bench/RESULTS.md). Each is settled one of these ways:
+
+* SendGrid reports on it (`processed`, `delivered`, a bounce, ...): it reached SendGrid, so the
+  event webhook records it `sent` (`confirm_accepted`, called by keepflow/http/sendgrid.py).
+  That settles most of them within seconds, and also a row still `sending` whose retry has not
+  come yet.
+* An operator finds it in SendGrid's Activity Feed: `keepflow messages resolve ID --sent`
+  (`mark_sent`).
+* An operator finds it is not there: `keepflow messages resolve ID --resend` sends the stored
+  message again, once (`resend`).
+* An operator decides to leave it: `keepflow messages resolve ID --dismiss` (`dismiss`).
+
+Every way out changes the row only while it is still `unknown` (a compare-and-set), so two of
+them at once (the webhook and an operator, two operators) settle it once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from markupsafe import Markup
+from sqlalchemy import func, select, update
+
+from keepflow.sending import suppressions, unsubscribe_links
+from keepflow.sending.providers import (
+    Accepted,
+    EmailProvider,
+    OutgoingEmail,
+    PermanentError,
+    RetryableError,
+    email_provider,
+)
+from keepflow.settings import Settings
+from keepflow.store import Customer, Database, Message, utc
+
+log = logging.getLogger("keepflow.unknown")
+
+UNKNOWN = "unknown"
+# What an operator runs; the dashboard, `keepflow report` and the docs point here.
+LIST_COMMAND = "keepflow messages unknown"
+RESOLVE_COMMAND = "keepflow messages resolve"
+
+# SendGrid's notifications about a message (keepflow/http/sendgrid.py's kinds): any of them means
+# SendGrid accepted the request, whatever became of the mail after.
+ACCEPTANCE_PROOF = frozenset({"processed", "deferred", "delivered", "opened", "clicked", "bounced", "dropped",
+                              "spam_reported", "unsubscribed"})
+
+_messages = Message.__table__
+
+
+class CannotResolve(Exception):
+    """The message is not one to settle this way (not `unknown`, not an email, erased, or the
+    customer may no longer be sent it); the text says which, for the operator."""
+
+
+@dataclass(frozen=True)
+class UnknownMessage:
+    id: int
+    sequence_id: str
+    step: str
+    channel: str
+    template: str
+    customer_id: str | None
+    recipient: str | None
+    since: datetime  # when the provider call whose outcome is unknown began
+    error: str | None
+
+
+def count(db: Database, sequence_id: str | None = None) -> int:
+    """Messages waiting for a decision, whenever they were created (the status index)."""
+    query = select(func.count()).select_from(_messages).where(_messages.c.status == UNKNOWN)
+    if sequence_id is not None:
+        query = query.where(_messages.c.sequence_id == sequence_id)
+    with db.transaction() as connection:
+        return int(connection.execute(query).scalar_one())
+
+
+def listing(db: Database, limit: int = 500) -> list[UnknownMessage]:
+    """The messages waiting for a decision, newest first."""
+    query = (select(_messages.c.id, _messages.c.sequence_id, _messages.c.step, _messages.c.channel,
+                    _messages.c.template, _messages.c.customer_id, _messages.c.recipient, _messages.c.sending_at,
+                    _messages.c.created_at, _messages.c.error)
+             .where(_messages.c.status == UNKNOWN).order_by(_messages.c.created_at.desc(), _messages.c.id.desc())
+             .limit(limit))
+    with db.transaction() as connection:
+        rows = connection.execute(query).all()
+    return [UnknownMessage(id=r.id, sequence_id=r.sequence_id, step=r.step, channel=r.channel, template=r.template,
+                           customer_id=r.customer_id, recipient=r.recipient, since=utc(r.sending_at or r.created_at),
+                           error=r.error) for r in rows]
+
+
+# -- settled by the provider's own report ----------------------------------------------------------
+
+
+def confirm_accepted(message: Message, *, kind: str, provider: str, provider_message_id: str | None,
+                     occurred_at: datetime) -> bool:
+    """A provider notification about this email proves the provider took it: a row still
+    `unknown`, or still `sending` (its attempt died and the retry has not come yet), becomes
+    `sent`. In the caller's session; True if it changed the row."""
+    if message.channel != "email" or message.status not in (UNKNOWN, "sending") or kind not in ACCEPTANCE_PROOF:
+        return False
+    was = message.status
+    _record_sent(message, provider=provider, provider_message_id=provider_message_id,
+                 sent_at=utc(message.sending_at) if message.sending_at else occurred_at)
+    log.info("message %s %s -> sent: the provider reported it %s", message.id, was, kind)
+    return True
+
+
+def _record_sent(message: Message, *, provider: str | None, provider_message_id: str | None,
+                 sent_at: datetime) -> None:
+    message.status = "sent"
+    message.error = None
+    message.provider = provider or message.provider
+    message.provider_message_id = provider_message_id or message.provider_message_id
+    message.sent_at = sent_at
+    if message.counted_at is None and message.category == "marketing" and message.customer_id:
+        # Marking it `unknown` gave its frequency-cap slot back; it went, so it counts again.
+        message.counted_at = sent_at
+
+
+# -- settled by an operator ----------------------------------------------------------------------
+
+
+def mark_sent(db: Database, message_id: int, provider_message_id: str | None = None) -> Message:
+    """The operator found the message in the provider's activity feed."""
+    with db.session() as session:
+        message = _unknown(session, message_id)
+        _record_sent(message, provider=None, provider_message_id=provider_message_id,
+                     sent_at=utc(message.sending_at or message.created_at))
+    log.info("message %s unknown -> sent: confirmed by an operator", message_id)
+    return message
+
+
+def dismiss(db: Database, message_id: int) -> Message:
+    """The operator leaves it: not resent, whether or not it went."""
+    with db.session() as session:
+        message = _unknown(session, message_id)
+        message.status = "failed"
+        message.error = f"outcome unknown, not resent (dismissed by an operator); was: {message.error or '-'}"
+    log.info("message %s unknown -> failed: dismissed by an operator", message_id)
+    return message
+
+
+def resend(db: Database, settings: Settings, message_id: int, provider: EmailProvider | None = None) -> Message:
+    """Send the stored message again, once, and record what came of it on the same row.
+
+    Only a row that is `unknown` when this claims it: the claim is a compare-and-set on the status
+    and the attempt count, so a second `--resend` (or one racing the webhook) sends nothing. The
+    row stays `unknown` during the call, so a process that dies in it leaves the row where an
+    operator looks; its error says a resend was under way.
+    """
+    with db.session() as session:
+        message = _unknown(session, message_id)
+        if message.channel != "email":
+            raise CannotResolve(f"message {message_id} is {message.channel}: only an email is resent this way")
+        if not message.recipient or message.body is None:
+            raise CannotResolve(f"message {message_id} has no stored recipient and body (erased?): nothing to resend")
+        refusal = _refusal(session, message)
+        if refusal:
+            raise CannotResolve(f"message {message_id} is not resent: {refusal}")
+        read_attempts = message.attempts
+        email = _outgoing(settings, message)
+    started = datetime.now(timezone.utc)
+    with db.transaction() as connection:
+        claimed = connection.execute(
+            update(_messages).where(_messages.c.id == message_id, _messages.c.status == UNKNOWN,
+                                    _messages.c.attempts == read_attempts)
+            .values(attempts=read_attempts + 1, sending_at=started,
+                    error=f"resend under way since {started:%Y-%m-%d %H:%M:%S} UTC: check the provider before deciding"))
+        if claimed.rowcount != 1:
+            raise CannotResolve(f"message {message_id} changed while this resend read it: look again")
+    provider = provider or email_provider(settings)
+    try:
+        accepted = provider.send_email(email)
+    except PermanentError as err:
+        return _after_resend(db, message_id, read_attempts + 1, status="failed", error=f"resend refused: {err}")
+    except RetryableError as err:
+        why = ("not sent: try again later" if err.sent is False
+               else "outcome unknown again: check the provider before deciding")
+        return _after_resend(db, message_id, read_attempts + 1, status=UNKNOWN, error=f"resend {why} ({err})")
+    return _after_resend(db, message_id, read_attempts + 1, status="sent", accepted=accepted, sent_at=started)
+
+
+def _after_resend(db: Database, message_id: int, attempts: int, *, status: str, error: str | None = None,
+                  accepted: Accepted | None = None, sent_at: datetime | None = None) -> Message:
+    with db.session() as session:
+        message = session.get(Message, message_id)
+        assert message is not None  # it was there a moment ago, and rows are never deleted
+        if message.status != UNKNOWN or message.attempts != attempts:
+            # Settled meanwhile: the provider's webhook saw this very resend.
+            return message
+        if status == "sent":
+            assert accepted is not None and sent_at is not None
+            _record_sent(message, provider=accepted.provider, provider_message_id=accepted.provider_message_id,
+                         sent_at=sent_at)
+        else:
+            message.status, message.error = status, error
+    log.info("message %s resent by an operator: %s", message_id, status)
+    return message
+
+
+def _unknown(session, message_id: int) -> Message:
+    message = session.get(Message, message_id)
+    if message is None:
+        raise CannotResolve(f"there is no message {message_id}")
+    if message.status != UNKNOWN:
+        raise CannotResolve(f"message {message_id} is {message.status}, not {UNKNOWN}: there is nothing to decide")
+    return message
+
+
+def _refusal(session, message: Message) -> str | None:
+    """Why the customer may no longer be sent this message, as the rules would say now. Stricter
+    than send_rules for marketing: any marketing suppression of the address stops a resend."""
+    assert message.recipient is not None  # resend checks first
+    customer = session.get(Customer, message.customer_id) if message.customer_id else None
+    if customer is not None and customer.email_problem:
+        return f"the customer's email address is unusable ({customer.email_problem})"
+    for suppression in suppressions.active(session, "email", message.recipient):
+        if message.category != "transactional" or suppression.scope == suppressions.ALL:
+            return f"the address is suppressed since: {suppression.reason} ({suppression.source})"
+    if message.category == "marketing" and customer is not None and not (customer.consents or {}).get("email"):
+        return "the customer no longer consents to marketing email"
+    return None
+
+
+def _outgoing(settings: Settings, message: Message) -> OutgoingEmail:
+    """The stored message as send_message built it: the body and subject as rendered then; the
+    plain-text part, the unsubscribe headers and the custom args made again."""
+    assert message.recipient is not None and message.body is not None  # resend checks first
+    text = Markup(message.body).striptags()
+    headers: dict[str, str] = {}
+    if message.category == "marketing":
+        url = unsubscribe_links.link_for(settings, customer_id=message.customer_id or "", channel="email",
+                                         address=message.recipient, scope="marketing")
+        text = f"{text}\n\n{url}"
+        headers = unsubscribe_links.headers_for(settings, url)
+    return OutgoingEmail(
+        to=message.recipient, subject=message.subject or "", html=message.body, text=text, from_=settings.email_from,
+        key=message.key, headers=headers, categories=(message.sequence_id, message.template),
+        custom_args={"keepflow_message_id": str(message.id), "keepflow_customer_id": message.customer_id or ""},
+    )
