@@ -31,6 +31,8 @@ keys_app = typer.Typer(no_args_is_help=True, help="Keys of the Temporal payload 
 app.add_typer(keys_app, name="keys")
 users_app = typer.Typer(no_args_is_help=True, help="Who may sign in to the dashboard with a name and password.")
 app.add_typer(users_app, name="users")
+messages_app = typer.Typer(no_args_is_help=True, help="Emails whose outcome is unknown: list them, settle each.")
+app.add_typer(messages_app, name="messages")
 
 SequencesArg = Annotated[Optional[Path], typer.Argument(help="sequences file (default: $KEEPFLOW_SEQUENCES or ./sequences.yaml)")]
 TemplatesOpt = Annotated[Optional[Path], typer.Option("--templates", help="templates folder (default: templates/ beside the sequences file)")]
@@ -216,6 +218,71 @@ def audit(
         table.add_row(f"{e.at:%Y-%m-%d %H:%M:%S}", e.who, e.role, e.view, e.customer_id or "-",
                       str(e.message_id) if e.message_id is not None else "-", e.detail or "")
     Console(width=200).print(table)
+
+
+@messages_app.command("unknown")
+def messages_unknown(
+    limit: Annotated[int, typer.Option(help="how many, newest first")] = 500,
+) -> None:
+    """Emails whose outcome is unknown (a worker stopped during the SendGrid call), and how to settle each."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from keepflow.http.dashboard.masking import mask_contact, mask_text
+    from keepflow.sending import unknown_outcomes
+
+    with _store() as db:
+        rows = unknown_outcomes.listing(db, limit)
+        total = unknown_outcomes.count(db)
+    if not rows:
+        print("no message has an unknown outcome: nothing to decide")
+        return
+    # Addresses masked as the dashboard shows them to a marketer: the customer id finds the rest.
+    table = Table("id", "sequence", "step", "channel", "template", "customer", "since (UTC)", "error")
+    for m in rows:
+        table.add_row(str(m.id), m.sequence_id, m.step, m.channel, m.template,
+                      f"{m.customer_id or '-'} {mask_contact(m.recipient) or ''}".strip(),
+                      f"{m.since:%Y-%m-%d %H:%M:%S}", mask_text(m.error or ""))
+    Console(width=200).print(table)
+    shown = f" (the newest {len(rows)} shown)" if total > len(rows) else ""
+    print(f"{total} message(s) with an unknown outcome need a decision{shown}.\n")
+    print(unknown_outcomes.LOOK_FIRST)
+    for command, meaning in unknown_outcomes.RESOLVE_STEPS:
+        print(f"  {command:<55} {meaning}")
+    print(unknown_outcomes.BY_ITSELF)
+
+
+@messages_app.command("resolve")
+def messages_resolve(
+    message_id: Annotated[int, typer.Argument(help="the id `keepflow messages unknown` shows")],
+    sent: Annotated[bool, typer.Option("--sent", help="SendGrid has it: record it sent")] = False,
+    provider_id: Annotated[Optional[str], typer.Option("--provider-id", help="with --sent: its SendGrid message id")] = None,
+    resend: Annotated[bool, typer.Option("--resend", help="SendGrid does not have it: send the stored message once more")] = False,
+    dismiss: Annotated[bool, typer.Option("--dismiss", help="leave it: recorded failed, never resent")] = False,
+) -> None:
+    """Settle one email whose outcome is unknown: only a message still `unknown` changes."""
+    from keepflow.sending import unknown_outcomes
+
+    if sent + resend + dismiss != 1:
+        raise typer.BadParameter("choose one of --sent, --resend, --dismiss")
+    if provider_id and not sent:
+        raise typer.BadParameter("only with --sent", param_hint="--provider-id")
+    settings = get_settings()
+    with _store() as db:
+        try:
+            if sent:
+                message = unknown_outcomes.mark_sent(db, message_id, provider_id)
+            elif dismiss:
+                message = unknown_outcomes.dismiss(db, message_id)
+            else:
+                message = unknown_outcomes.resend(db, settings, message_id)
+        except unknown_outcomes.CannotResolve as err:
+            print(err, file=sys.stderr)
+            raise typer.Exit(1) from None
+    detail = f" (provider message id {message.provider_message_id})" if message.provider_message_id else ""
+    print(f"message {message.id}: {message.status}{detail}" + (f": {message.error}" if message.error else ""))
+    if message.status == unknown_outcomes.UNKNOWN:
+        raise typer.Exit(1)
 
 
 @contextlib.contextmanager

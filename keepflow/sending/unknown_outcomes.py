@@ -44,9 +44,20 @@ from keepflow.store import Customer, Database, Message, utc
 log = logging.getLogger("keepflow.unknown")
 
 UNKNOWN = "unknown"
-# What an operator runs; the dashboard, `keepflow report` and the docs point here.
+# What an operator runs; the CLI, the dashboard, `keepflow report` and docs/operations.md say the same.
 LIST_COMMAND = "keepflow messages unknown"
-RESOLVE_COMMAND = "keepflow messages resolve"
+LOOK_FIRST = ("Look each one up in SendGrid's Activity Feed (Activity in SendGrid's console): search for the "
+              "recipient around the time shown; the mail carries the custom arg keepflow_message_id with the id "
+              "shown here. Then settle it:")
+RESOLVE_STEPS = (
+    ("keepflow messages resolve ID --sent [--provider-id X]",
+     "SendGrid has it: record it sent (X: its message id, optional)"),
+    ("keepflow messages resolve ID --resend",
+     "SendGrid does not have it: send the stored message once more, unless the customer opted out since"),
+    ("keepflow messages resolve ID --dismiss", "leave it: recorded failed, never resent"),
+)
+BY_ITSELF = ("SendGrid's event webhook settles by itself each one SendGrid reports on (processed, delivered, ...), "
+             "when SENDGRID_WEBHOOK_PUBLIC_KEY is set and the webhook sends processed events.")
 
 # SendGrid's notifications about a message (keepflow/http/sendgrid.py's kinds): any of them means
 # SendGrid accepted the request, whatever became of the mail after.
@@ -157,12 +168,17 @@ def resend(db: Database, settings: Settings, message_id: int, provider: EmailPro
     row stays `unknown` during the call, so a process that dies in it leaves the row where an
     operator looks; its error says a resend was under way.
     """
+    provider = provider or email_provider(settings)
     with db.session() as session:
         message = _unknown(session, message_id)
         if message.channel != "email":
             raise CannotResolve(f"message {message_id} is {message.channel}: only an email is resent this way")
         if not message.recipient or message.body is None:
             raise CannotResolve(f"message {message_id} has no stored recipient and body (erased?): nothing to resend")
+        if message.provider and message.provider != provider.name:
+            # A shell without the worker's configuration would "resend" into the outbox file.
+            raise CannotResolve(f"message {message_id} went to {message.provider}, but the email provider configured "
+                                f"here is {provider.name}: run this where the worker's settings are")
         refusal = _refusal(session, message)
         if refusal:
             raise CannotResolve(f"message {message_id} is not resent: {refusal}")
@@ -177,7 +193,6 @@ def resend(db: Database, settings: Settings, message_id: int, provider: EmailPro
                     error=f"resend under way since {started:%Y-%m-%d %H:%M:%S} UTC: check the provider before deciding"))
         if claimed.rowcount != 1:
             raise CannotResolve(f"message {message_id} changed while this resend read it: look again")
-    provider = provider or email_provider(settings)
     try:
         accepted = provider.send_email(email)
     except PermanentError as err:
