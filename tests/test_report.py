@@ -191,6 +191,18 @@ def test_report_for_one_sequence(shop: Database) -> None:
     assert k.revenue == {"THB": Decimal("1000.50"), "USD": Decimal("100.00")}
 
 
+def test_messages_needing_a_decision_are_counted_whenever_created(shop: Database) -> None:
+    """An `unknown` message waits for an operator, so the report counts it whatever the period."""
+    with shop.session() as s:
+        s.add(message(12, "winback/c4", "0", "email", "winback_intro", "c4", "unknown", at(10, month=1),
+                      error="outcome unknown"))
+    assert build_report(shop, SINCE, now=NOW).needs_decision == 2  # message 7 and the January one
+    assert build_report(shop, SINCE, sequence_id="winback", now=NOW).needs_decision == 1
+    with shop.session() as s:
+        s.execute(text("UPDATE messages SET status = 'sent' WHERE status = 'unknown'"))
+    assert build_report(shop, SINCE, now=NOW).needs_decision == 0
+
+
 def test_unsubscribe_rate_falls_back_to_sent_without_delivery_events(shop: Database) -> None:
     with shop.session() as s:
         s.execute(text("DELETE FROM events WHERE type = 'message.delivered'"))
@@ -227,6 +239,7 @@ def test_cli_json(cli_env) -> None:
     assert data["sequences"][0] == {"sequence_id": "welcome", "entered": 4, "converted": 3, "conversion_rate": 0.75,
                                     "orders": 2, "revenue": {"EUR": "50.00", "USD": "20.00"}}
     assert data["steps"][0]["skipped_reasons"] == {NO_EMAIL: 2}
+    assert data["needs_decision"] == 1
     assert data["kpis"]["revenue"] == {"EUR": "50.00", "THB": "1000.50", "USD": "120.00"}
     assert (data["kpis"]["conversion_rate"], data["kpis"]["unsubscribe_rate"], data["kpis"]["actions_per_engagement"]) \
         == (0.7143, 0.3333, 0.75)
@@ -247,6 +260,9 @@ def test_cli_text_and_bad_options(cli_env) -> None:
         assert title in result.stdout
     assert "1000.50 THB, 100.00 USD" in result.stdout
     assert "71.4%" in result.stdout
+    # The email of unknown outcome (message 7), and where to see it.
+    assert "1 message(s) have an unknown outcome and need a decision" in result.stdout
+    assert "`keepflow messages unknown` lists them" in result.stdout
     assert CliRunner().invoke(app, ["report", "--format", "xml"]).exit_code == 2
     assert CliRunner().invoke(app, ["report", "--window", "5"]).exit_code == 2
     assert CliRunner().invoke(app, ["report", "--since", "soon"]).exit_code == 2

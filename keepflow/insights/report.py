@@ -41,6 +41,11 @@ Per step (sequence_id, step, channel, template, variant), over messages created 
     orders / revenue: orders attributed to a message of this step (those messages may have been
                created before `since`: the order, not the message, is what falls in the period).
 
+Needing a decision
+    needs_decision  messages with status `unknown` (an email whose provider call a worker did not
+               see through), whenever created: unlike the per-step `unknown`, not limited to the
+               period, as each waits for an operator (`keepflow messages unknown`).
+
 KPIs (over the sequences reported)
     conversion_rate           sum(converted) / sum(entered).
     unsubscribe_rate          unsubscribed / delivered; while no delivery events exist
@@ -89,6 +94,7 @@ DELIVERY_EVENTS = {
     "message.unsubscribed": "unsubscribed",
 }
 IN_FLIGHT = ("pending", "sending")
+LIST_UNKNOWN = "keepflow messages unknown"
 CENT = Decimal("0.01")
 
 Money = dict[str, Decimal]  # currency -> amount; pydantic writes Decimal as a string in JSON
@@ -170,6 +176,7 @@ class Report(BaseModel):
     sequences: list[SequenceReport]
     steps: list[StepReport]
     kpis: Kpis
+    needs_decision: int = 0
 
 
 # -- attribution ------------------------------------------------------------------------------
@@ -322,6 +329,10 @@ def build_report(
             row = step(sid, path, channel, template)
             row.skipped_reasons[why] = row.skipped_reasons.get(why, 0) + count
         clv_rows = _clv_by_segment(db, session) if clv else []
+        # Any date: the status index has the few `unknown` rows.
+        undecided = select(func.count()).select_from(Message).where(
+            Message.status == "unknown", *message_filter[1:])
+        needs_decision = int(session.scalar(undecided) or 0)
 
     for a in attributions:
         for target in (sequence(a.sequence_id), step(a.sequence_id, a.step, a.channel, a.template)):
@@ -348,7 +359,7 @@ def build_report(
         since=since, until=utc(now or datetime.now(timezone.utc)), window=window, sequence_id=sequence_id,
         sequences=[sequences[k].model_copy(update={"revenue": _sorted(sequences[k].revenue)}) for k in sorted(sequences)],
         steps=[r.model_copy(update={"revenue": _sorted(r.revenue)}) for r in step_rows],
-        kpis=kpis,
+        kpis=kpis, needs_decision=needs_decision,
     )
 
 
@@ -486,6 +497,9 @@ def print_report(report: Report, console=None) -> None:
                       str(r.unsubscribed), str(r.orders), format_money(r.revenue))
         reasons.extend((r.sequence_id, r.step, why, n) for why, n in Counter(r.skipped_reasons).most_common())
     console.print(steps)
+    if report.needs_decision:
+        console.print(f"[bold]{report.needs_decision} message(s) have an unknown outcome and need a decision[/bold] "
+                      f"(whenever created): `{LIST_UNKNOWN}` lists them, with how to settle each.")
     if reasons:
         skipped = Table("sequence", "step", "reason", "skipped", title="Why steps were skipped")
         for sid, path, why, n in reasons:
