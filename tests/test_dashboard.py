@@ -17,7 +17,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from keepflow.store import Customer, Database, Event, Message, Order, Run, Suppression, access
 from keepflow.store.scores import CustomerScore
@@ -339,3 +339,55 @@ async def test_each_sequence_shows_its_flowchart(settings, db):
         texts = " ".join(t.text or "" for t in drawn.iter("{http://www.w3.org/2000/svg}text"))
         for _, step in sequence.walk():
             assert graph.label_of(step).split()[0] in texts
+
+
+async def test_emails_of_unknown_outcome_are_counted_listed_and_explained(settings, db: Database) -> None:
+    """A worker that died in the SendGrid call leaves `unknown` emails: the overview counts them
+    (whenever sent), links to their list, and the list says what to do with each."""
+    fill(db)
+    lost = "an earlier attempt stopped during the provider call; not resent (email is at-most-once)"
+    with db.session() as s:
+        s.add_all([
+            message(10, "fulfilment/o3", "2", "email", "order_shipped", "c3", "unknown", ago(3), error=lost),
+            # Long before the overview's period: it still waits for a decision.
+            message(11, "education/o1", "2", "email", "education_lighting", "c1", "unknown", ago(24 * 90),
+                    error=lost),
+        ])
+    async with serving_admin(settings, db, role="marketer", name="mia") as http:
+        overview = (await http.get("/")).text
+        listed = (await http.get("/messages/unknown")).text
+        one = (await http.get("/messages/10")).text
+    assert audit_rows(db) == []
+    async with serving_admin(settings, db, role="admin", name="ada") as http:
+        whole = (await http.get("/messages/unknown")).text
+
+    note = re.search(r'<p class="note" id="unknown-note">(.*?)</p>', overview, re.S).group(1)
+    assert '<a href="/messages/unknown">2\n  emails of unknown outcome</a> need a decision' in note
+    rows = dict(re.findall(r'<tr data-id="(\d+)">(.*?)</tr>', listed, re.S))
+    assert list(rows) == ["10", "11"]  # newest first; the sent and failed messages are not there
+    cells = [re.sub(r"<[^>]+>", "", c).split() for c in re.findall(r"<td[^>]*>(.*?)</td>", rows["10"], re.S)]
+    assert cells[2:6] == [["fulfilment"], ["2"], ["email"], ["order_shipped"]]
+    assert cells[6] == ["c3", "c•••@e•••.com"] and "c3@example.com" not in listed
+    assert " ".join(cells[7]) == lost
+    assert " ".join(cells[1]) == f"{ago(3):%Y-%m-%d %H:%M}"
+    for command in ("keepflow messages resolve ID --sent", "keepflow messages resolve ID --resend",
+                    "keepflow messages resolve ID --dismiss", "keepflow messages unknown"):
+        assert command in listed
+    assert 'id="decide"' in one and 'href="/messages/unknown#resolve"' in one
+    # An admin sees the addresses whole, and that view is audited.
+    assert "c3@example.com" in whole
+    assert [(e.who, e.view, e.detail) for e in audit_rows(db)] == [("ada", "messages", "unknown outcome: 10, 11")]
+
+
+async def test_no_unknown_note_when_nothing_waits(settings, db: Database) -> None:
+    fill(db)
+    async with serving_admin(settings, db) as http:
+        overview = (await http.get("/")).text
+        listed = (await http.get("/messages/unknown")).text
+    assert 'id="unknown-note"' not in overview
+    assert "None: nothing to decide." in listed
+
+
+def audit_rows(db: Database) -> list[access.AuditEntry]:
+    with db.session() as s:
+        return list(s.scalars(select(access.AuditEntry).order_by(access.AuditEntry.id)))

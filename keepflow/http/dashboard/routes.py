@@ -4,6 +4,7 @@ by the admin app (keepflow/http/admin.py) to people signed in (keepflow/http/das
     GET /                     sequences, their per-step funnels, what is waiting to go out, runs in flight
     GET /sequences/{id}       one sequence: its funnel, and its runs in flight per step (from Temporal)
     GET /messages             recent messages, 50 a page (?page=N&sequence=ID, and a cursor: before/after=ID)
+    GET /messages/unknown     emails of unknown outcome, each waiting for a decision, and how to settle them
     GET /messages/{id}        one message as the customer saw it, with its status and feedback
     GET /customers?q=...      one customer's timeline, by id or email address
 
@@ -26,6 +27,7 @@ from keepflow.http.dashboard.pages import problem, render
 from keepflow.http.dashboard.sessions import Viewer, check_csrf, viewer
 from keepflow.insights.report import parse_since
 from keepflow.runtime.client import connect
+from keepflow.sending import unknown_outcomes
 from keepflow.store import access
 from keepflow.store.access import Viewed
 
@@ -100,6 +102,18 @@ async def messages(request: Request, who: Viewer = Depends(viewer), page: int = 
         ids = f"messages {result.rows[-1].id}-{result.rows[0].id}"
         await _audit(request, who, Viewed("messages", detail=f"{ids}, sequence {sequence}" if sequence else ids))
     return render(request, "messages.html", result=result, sequence=sequence, sequences=list(services.catalog.sequences))
+
+
+# Before /messages/{message_id}, which would take "unknown" for a number and refuse it.
+@router.get("/messages/unknown", response_class=HTMLResponse)
+async def unknown(request: Request, who: Viewer = Depends(viewer)) -> HTMLResponse:
+    rows = await asyncio.to_thread(unknown_outcomes.listing, request.app.state.services.db)
+    if rows:
+        ids = ", ".join(str(m.id) for m in rows)
+        await _audit(request, who, Viewed("messages", detail=f"unknown outcome: {ids}"))
+    return render(request, "unknown.html", rows=rows, look_first=unknown_outcomes.LOOK_FIRST,
+                  steps=unknown_outcomes.RESOLVE_STEPS, by_itself=unknown_outcomes.BY_ITSELF,
+                  list_command=unknown_outcomes.LIST_COMMAND)
 
 
 @router.get("/messages/{message_id}", response_class=HTMLResponse)
