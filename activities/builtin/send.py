@@ -24,9 +24,11 @@ provider call, so the provider may or may not have the message:
     and resend only if it is not there.
   * Email: SendGrid has no idempotency key and no free, immediate way to look a message up
     (the Email Activity API is a paid add-on and lags by minutes). We choose at-most-once: the
-    row becomes `unknown`, nothing is resent, and the row says why, so it is counted in reports
-    and an operator can follow up. A missed marketing email costs less than a doubled one, and
-    the window is only the length of one HTTP call.
+    row becomes `unknown`, nothing is resent, and the row says why; SendGrid's event webhook
+    settles it as sent if SendGrid reports on it, else an operator decides
+    (keepflow/sending/unknown_outcomes.py). A missed marketing email costs less than a doubled
+    one. The window is one HTTP call, but a kill catches every email inside one: about half of
+    a busy worker's sends when the provider takes 0.5 s (bench/RESULTS.md).
 
 Only one attempt may call the provider for a row: `sending` is set by compare-and-set on the
 status and attempt count the attempt read, so an attempt that stalled past its timeout (a frozen
