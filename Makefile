@@ -33,11 +33,11 @@ test: $(STAMP) $(OIDC_PROVIDER)
 	$(BIN)/mypy
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-# The tests that exercise the store's SQL (webhooks, consent, cap, reports, RFM, dashboard) run
+# The tests that exercise the store's SQL (webhooks, consent, cap, reports, RFM, dashboard, unknown outcomes) run
 # again on a throwaway PostgreSQL server, so SQL only SQLite accepts cannot slip in. CI runs it too.
 PG_TESTS := tests/test_compliance.py tests/test_webhooks.py tests/test_sendgrid_webhook.py \
 	tests/test_twilio_webhooks.py tests/test_unsubscribe.py tests/test_report.py tests/test_rfm.py \
-	tests/test_winback.py tests/test_dashboard.py tests/test_impact.py tests/test_admin.py
+	tests/test_winback.py tests/test_dashboard.py tests/test_impact.py tests/test_admin.py tests/test_unknown_outcomes.py
 test-postgres: $(STAMP)
 	bash .ci/postgres $(BIN)/pytest -q -p no:cacheprovider $(PG_TESTS) $(PYTEST_ARGS)
 
