@@ -223,3 +223,51 @@ async def test_an_email_the_engine_lost_is_resent_as_it_was_first_sent(env, sett
     # The text part is the same but for the unsubscribe link (a fresh token for the same address).
     assert again["text"].rsplit("/unsubscribe/", 1)[0] == first["text"].rsplit("/unsubscribe/", 1)[0]
     assert row(db, email.id).status == "sent"
+
+
+def test_a_second_decision_waits_while_a_resend_is_in_its_provider_call(db, cli, fake, settings):
+    """Two operators at once (or one in two terminals): the resend under way keeps the row
+    `unknown`, so the list still shows it, but nothing else may touch it until its outcome is in."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from keepflow.sending import unknown_outcomes
+
+    add(db, 2, "unknown")
+    in_call, release = threading.Event(), threading.Event()
+
+    def stall(api, record):
+        in_call.set()
+        release.wait(10)
+
+    fake.on_accept = stall
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(unknown_outcomes.resend, db, settings, 2)
+            assert in_call.wait(10)
+            for how in ("--resend", "--sent", "--dismiss"):
+                refused = cli("messages", "resolve", "2", how)
+                assert refused.exit_code == 1 and "a resend is under way" in refused.output, how
+            assert "resend under way since" in cli("messages", "unknown").stdout
+            release.set()
+            assert first.result(10).status == "sent"
+    finally:
+        fake.on_accept = None
+        release.set()
+    assert sendgrid_posts(fake) == 1 and row(db, 2).status == "sent"
+
+
+def test_a_resend_whose_process_died_in_the_call_can_be_decided_again(db, cli, fake):
+    """Its row stays `unknown` saying a resend was under way; once that call must have ended, the
+    operator looks in SendGrid again and decides."""
+    from keepflow.sending.unknown_outcomes import RESEND_BOUND
+
+    add(db, 2, "unknown")
+    died = datetime.now(timezone.utc) - RESEND_BOUND - timedelta(seconds=5)
+    with db.session() as session:
+        message = session.get(Message, 2)
+        message.attempts, message.sending_at = 2, died
+        message.error = f"resend under way since {died:%Y-%m-%d %H:%M:%S} UTC: check the provider before deciding"
+    assert "resend under way since" in cli("messages", "unknown").stdout
+    assert cli("messages", "resolve", "2", "--sent").exit_code == 0
+    assert row(db, 2).status == "sent" and sendgrid_posts(fake) == 0

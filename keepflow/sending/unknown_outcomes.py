@@ -16,22 +16,23 @@ bench/RESULTS.md). Each is settled one of these ways:
   message again, once (`resend`).
 * An operator decides to leave it: `keepflow messages resolve ID --dismiss` (`dismiss`).
 
-Every way out changes the row only while it is still `unknown` (a compare-and-set), so two of
-them at once (the webhook and an operator, two operators) settle it once.
+An operator's decision changes the row only if nobody changed it since it was read (a
+compare-and-set on status and attempt count), so two operators, or one racing a resend, settle it
+once. SendGrid's report wins over any decision: it proves the email went.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from markupsafe import Markup
 from sqlalchemy import func, select, update
 
 from keepflow.sending import suppressions, unsubscribe_links
 from keepflow.sending.providers import (
-    Accepted,
     EmailProvider,
     OutgoingEmail,
     PermanentError,
@@ -65,6 +66,11 @@ ACCEPTANCE_PROOF = frozenset({"processed", "deferred", "delivered", "opened", "c
                               "spam_reported", "unsubscribed"})
 
 _messages = Message.__table__
+# A resend keeps the row `unknown` during its provider call and says so in its error. Its call is
+# bounded by KEEPFLOW_PROVIDER_TIMEOUT (10 s unless set), so one claimed longer ago than this
+# has ended, or its process died in the call and left the row for a fresh look.
+_UNDER_WAY = "resend under way since"
+RESEND_BOUND = timedelta(minutes=2)
 
 
 class CannotResolve(Exception):
@@ -115,26 +121,27 @@ def confirm_accepted(message: Message, *, kind: str, provider: str, provider_mes
                      occurred_at: datetime) -> bool:
     """A provider notification about this email proves the provider took it: a row still
     `unknown`, or still `sending` (its attempt died and the retry has not come yet), becomes
-    `sent`. In the caller's session; True if it changed the row."""
+    `sent`. In the caller's session; True if it changed the row. No compare-and-set: whatever an
+    operator decided meanwhile, the email went."""
     if message.channel != "email" or message.status not in (UNKNOWN, "sending") or kind not in ACCEPTANCE_PROOF:
         return False
     was = message.status
-    _record_sent(message, provider=provider, provider_message_id=provider_message_id,
-                 sent_at=utc(message.sending_at) if message.sending_at else occurred_at)
+    values = _sent(message, provider=provider, provider_message_id=provider_message_id,
+                   sent_at=utc(message.sending_at) if message.sending_at else occurred_at)
+    for name, value in values.items():
+        setattr(message, name, value)
     log.info("message %s %s -> sent: the provider reported it %s", message.id, was, kind)
     return True
 
 
-def _record_sent(message: Message, *, provider: str | None, provider_message_id: str | None,
-                 sent_at: datetime) -> None:
-    message.status = "sent"
-    message.error = None
-    message.provider = provider or message.provider
-    message.provider_message_id = provider_message_id or message.provider_message_id
-    message.sent_at = sent_at
+def _sent(message: Message, *, provider: str | None, provider_message_id: str | None, sent_at: datetime) -> dict:
+    """The columns of a row recorded `sent` after all."""
+    values = {"status": "sent", "error": None, "sent_at": sent_at, "provider": provider or message.provider,
+              "provider_message_id": provider_message_id or message.provider_message_id}
     if message.counted_at is None and message.category == "marketing" and message.customer_id:
         # Marking it `unknown` gave its frequency-cap slot back; it went, so it counts again.
-        message.counted_at = sent_at
+        values["counted_at"] = sent_at
+    return values
 
 
 # -- settled by an operator ----------------------------------------------------------------------
@@ -142,31 +149,42 @@ def _record_sent(message: Message, *, provider: str | None, provider_message_id:
 
 def mark_sent(db: Database, message_id: int, provider_message_id: str | None = None) -> Message:
     """The operator found the message in the provider's activity feed."""
-    with db.session() as session:
-        message = _unknown(session, message_id)
-        _record_sent(message, provider=None, provider_message_id=provider_message_id,
-                     sent_at=utc(message.sending_at or message.created_at))
+    message = _settle(db, message_id, lambda m: _sent(m, provider=None, provider_message_id=provider_message_id,
+                                                      sent_at=utc(m.sending_at or m.created_at)))
     log.info("message %s unknown -> sent: confirmed by an operator", message_id)
     return message
 
 
 def dismiss(db: Database, message_id: int) -> Message:
     """The operator leaves it: not resent, whether or not it went."""
-    with db.session() as session:
-        message = _unknown(session, message_id)
-        message.status = "failed"
-        message.error = f"outcome unknown, not resent (dismissed by an operator); was: {message.error or '-'}"
+    message = _settle(db, message_id, lambda m: {
+        "status": "failed", "error": f"outcome unknown, not resent (dismissed by an operator); was: {m.error or '-'}"})
     log.info("message %s unknown -> failed: dismissed by an operator", message_id)
     return message
+
+
+def _settle(db: Database, message_id: int, values_for: Callable[[Message], dict]) -> Message:
+    """Change a row that is `unknown`, only if nobody changed it since it was read (the same status
+    and attempt count): a resend under way keeps the status but has counted its attempt."""
+    with db.session() as session:
+        message = _unknown(session, message_id)
+        values, read_attempts = values_for(message), message.attempts
+    with db.transaction() as connection:
+        changed = connection.execute(update(_messages).where(
+            _messages.c.id == message_id, _messages.c.status == UNKNOWN, _messages.c.attempts == read_attempts,
+        ).values(**values))
+    if changed.rowcount != 1:
+        raise CannotResolve(f"message {message_id} changed while this read it (a resend under way?): look again")
+    return _read(db, message_id)
 
 
 def resend(db: Database, settings: Settings, message_id: int, provider: EmailProvider | None = None) -> Message:
     """Send the stored message again, once, and record what came of it on the same row.
 
     Only a row that is `unknown` when this claims it: the claim is a compare-and-set on the status
-    and the attempt count, so a second `--resend` (or one racing the webhook) sends nothing. The
-    row stays `unknown` during the call, so a process that dies in it leaves the row where an
-    operator looks; its error says a resend was under way.
+    and the attempt count, so a second `--resend` sends nothing, and an operator's `--sent` or
+    `--dismiss` meanwhile is refused. The row stays `unknown` during the call, so a process that
+    dies in it leaves the row where an operator looks; its error says a resend was under way.
     """
     provider = provider or email_provider(settings)
     with db.session() as session:
@@ -182,43 +200,52 @@ def resend(db: Database, settings: Settings, message_id: int, provider: EmailPro
         refusal = _refusal(session, message)
         if refusal:
             raise CannotResolve(f"message {message_id} is not resent: {refusal}")
-        read_attempts = message.attempts
+        ours = message.attempts + 1
         email = _outgoing(settings, message)
     started = datetime.now(timezone.utc)
     with db.transaction() as connection:
         claimed = connection.execute(
             update(_messages).where(_messages.c.id == message_id, _messages.c.status == UNKNOWN,
-                                    _messages.c.attempts == read_attempts)
-            .values(attempts=read_attempts + 1, sending_at=started,
-                    error=f"resend under way since {started:%Y-%m-%d %H:%M:%S} UTC: check the provider before deciding"))
+                                    _messages.c.attempts == ours - 1)
+            .values(attempts=ours, sending_at=started,
+                    error=f"{_UNDER_WAY} {started:%Y-%m-%d %H:%M:%S} UTC: check the provider before deciding"))
         if claimed.rowcount != 1:
             raise CannotResolve(f"message {message_id} changed while this resend read it: look again")
     try:
         accepted = provider.send_email(email)
     except PermanentError as err:
-        return _after_resend(db, message_id, read_attempts + 1, status="failed", error=f"resend refused: {err}")
+        return _after_resend(db, message_id, ours, {"status": "failed", "error": f"resend refused: {err}"})
     except RetryableError as err:
         why = ("not sent: try again later" if err.sent is False
                else "outcome unknown again: check the provider before deciding")
-        return _after_resend(db, message_id, read_attempts + 1, status=UNKNOWN, error=f"resend {why} ({err})")
-    return _after_resend(db, message_id, read_attempts + 1, status="sent", accepted=accepted, sent_at=started)
-
-
-def _after_resend(db: Database, message_id: int, attempts: int, *, status: str, error: str | None = None,
-                  accepted: Accepted | None = None, sent_at: datetime | None = None) -> Message:
+        return _after_resend(db, message_id, ours, {"error": f"resend {why} ({err})"})
     with db.session() as session:
-        message = session.get(Message, message_id)
-        assert message is not None  # it was there a moment ago, and rows are never deleted
-        if message.status != UNKNOWN or message.attempts != attempts:
-            # Settled meanwhile: the provider's webhook saw this very resend.
-            return message
-        if status == "sent":
-            assert accepted is not None and sent_at is not None
-            _record_sent(message, provider=accepted.provider, provider_message_id=accepted.provider_message_id,
-                         sent_at=sent_at)
-        else:
-            message.status, message.error = status, error
-    log.info("message %s resent by an operator: %s", message_id, status)
+        sent = _sent(_read_in(session, message_id), provider=accepted.provider,
+                     provider_message_id=accepted.provider_message_id, sent_at=started)
+    return _after_resend(db, message_id, ours, sent)
+
+
+def _after_resend(db: Database, message_id: int, ours: int, values: dict) -> Message:
+    """Record the resend's outcome on a row this resend still owns (its attempt count; the
+    webhook may have recorded the same send `sent` already, which an outcome of `sent` repeats)."""
+    owned = [_messages.c.id == message_id, _messages.c.attempts == ours]
+    if values.get("status") != "sent":
+        owned.append(_messages.c.status == UNKNOWN)
+    with db.transaction() as connection:
+        connection.execute(update(_messages).where(*owned).values(**values))
+    message = _read(db, message_id)
+    log.info("message %s resent by an operator: %s", message_id, message.status)
+    return message
+
+
+def _read(db: Database, message_id: int) -> Message:
+    with db.session() as session:
+        return _read_in(session, message_id)
+
+
+def _read_in(session, message_id: int) -> Message:
+    message = session.get(Message, message_id)
+    assert message is not None  # it was there a moment ago, and rows are never deleted
     return message
 
 
@@ -228,6 +255,11 @@ def _unknown(session, message_id: int) -> Message:
         raise CannotResolve(f"there is no message {message_id}")
     if message.status != UNKNOWN:
         raise CannotResolve(f"message {message_id} is {message.status}, not {UNKNOWN}: there is nothing to decide")
+    if ((message.error or "").startswith(_UNDER_WAY) and message.sending_at is not None
+            and utc(message.sending_at) > datetime.now(timezone.utc) - RESEND_BOUND):
+        # Another resend is in its provider call: deciding now could send the email twice.
+        raise CannotResolve(f"message {message_id}: a resend is under way since "
+                            f"{utc(message.sending_at):%Y-%m-%d %H:%M:%S} UTC; wait for its outcome")
     return message
 
 
