@@ -35,7 +35,7 @@ test: $(STAMP) $(OIDC_PROVIDER)
 
 # The tests that exercise the store's SQL (webhooks, consent, cap, reports, RFM, dashboard) run
 # again on a throwaway PostgreSQL server, so SQL only SQLite accepts cannot slip in. CI runs it too.
-PG_TESTS := tests/test_compliance.py tests/test_webhooks.py tests/test_sendgrid_webhook.py \
+PG_TESTS := tests/test_compliance.py tests/test_webhooks.py tests/test_routing_crashes.py tests/test_sendgrid_webhook.py \
 	tests/test_twilio_webhooks.py tests/test_unsubscribe.py tests/test_report.py tests/test_rfm.py \
 	tests/test_winback.py tests/test_dashboard.py tests/test_impact.py tests/test_admin.py
 test-postgres: $(STAMP)
