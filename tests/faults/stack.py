@@ -94,6 +94,20 @@ TEMPLATES = {
     "sms/second.en.txt": "{{ event.id }}:second_sms Bye {{ customer.first_name }}\n",
 }
 
+# Another writer on Keepflow's SQLite file that takes the write lock for `burst` seconds, lets go for
+# `gap`, and takes it again, for `seconds` in all: a bulk job committing large transactions.
+LOCK_HOLDER = """\
+import sqlite3, sys, time
+path, seconds, burst, gap = sys.argv[1], *map(float, sys.argv[2:])
+db = sqlite3.connect(path, timeout=60, isolation_level=None)
+until = time.monotonic() + seconds
+while time.monotonic() < until:
+    db.execute("BEGIN IMMEDIATE")
+    time.sleep(burst)
+    db.execute("ROLLBACK")
+    time.sleep(gap)
+"""
+
 # Variables the worker reads that must come from here, not from whoever runs the tests.
 # Workers and the stack's own client seal payloads as production does, with one key for the run.
 PAYLOAD_KEYS = new_payload_key()
@@ -368,6 +382,20 @@ class Stack:
         app = AppProcess(self.app_env(), self.folder / f"app-{len(self.apps) + 1}.log", self.app_port)
         self.apps.append(app)
         return await app.start().ready()
+
+    # -- the database ------------------------------------------------------------------------
+
+    async def hold_database_lock(self, seconds: float, burst: float, gap: float) -> None:
+        """Another process takes the write lock on Keepflow's database again and again for `seconds`
+        (see LOCK_HOLDER); returns once it has let go for good."""
+        path = self.database_url.removeprefix("sqlite:///")
+        holder = ChildProcess([sys.executable, "-c", LOCK_HOLDER, path, str(seconds), str(burst), str(gap)],
+                              self.worker_env(), self.folder / "lock-holder.log").start()
+        try:
+            if await holder.exited(seconds + 60) != 0:
+                raise RuntimeError(f"the lock holder failed:\n{holder.log()[-3000:]}")
+        finally:
+            holder.reap()
 
     # -- runs ----------------------------------------------------------------------------------
 

@@ -1,12 +1,14 @@
-"""Intake under faults: events over HTTP into the public app while its processes are SIGKILLed.
+"""Intake under faults: events over HTTP into the public app while the stack's processes are
+SIGKILLed, and Temporal's dev server SIGKILLed mid-run.
 
 1. A sender that behaves like Shopify posts signed events to `/events` at a steady rate: each
    order's `order.created` and its `order.shipped`, a third of the shipments sent before their
    order. It gives every attempt 5 s and retries any other answer, or none, with the same
    webhook-id until it gets a 2xx. Meanwhile the worker is SIGKILLed twice, Temporal's dev server
-   once, and the public app twice (once while Temporal is down). Every event acknowledged is
-   stored and routed, every order has one run that completes having heard its shipment, and no
-   message costs more than one request at the provider. No answer takes longer than 5 s.
+   once, the public app twice (once while Temporal is down), and another writer holds the
+   database's write lock in long bursts for a while. Every event acknowledged is stored and
+   routed, every order has one run that completes having heard its shipment, no message costs
+   more than one request at the provider, and no answer takes 5 s.
 2. Temporal's dev server SIGKILLed while runs sleep in a wait and sends are at the provider, and
    kept down longer than the worker retries reporting a result: the runs resume from its file and
    finish; the sends whose outcome was lost are attempted again, and find they went out once.
@@ -55,10 +57,13 @@ ANSWER_WITHIN = 5.0  # Shopify's limit: an answer later than this is a failed de
 RETRY_AFTER = 1.0  # the sender's pause between attempts (Shopify's is longer; the test has minutes, not hours)
 DELIVER_WITHIN = 75.0  # seconds a delivery may take, retries and all, before the sender gives up
 SERVER_DOWN_FOR = 6.0
+LOCK_FOR, LOCK_BURST, LOCK_GAP = 8.0, 2.8, 0.05  # another writer holds the database's write lock
 SEND_HOLD = 1.0  # seconds the fake holds each accepted send's answer, so a worker kill finds sends in flight
-# (seconds into the posting, what is SIGKILLed). The app's first kill falls in Temporal's outage:
-# what it had stored but not routed is left to its successor's reconciler.
-FAULTS = [(6.0, "worker"), (13.0, "server"), (16.0, "app"), (29.0, "worker"), (34.0, "app")]
+# (seconds into the posting, what is SIGKILLed or held up). The app's first kill falls in Temporal's
+# outage: what it had stored but not routed is left to its successor's reconciler. Then another
+# writer holds the database's write lock for just under the intake's lock timeout, again and again:
+# storing waits for it, and so does what routing writes.
+FAULTS = [(6.0, "worker"), (13.0, "server"), (16.0, "app"), (22.0, "database"), (29.0, "worker"), (34.0, "app")]
 
 
 def order_id(i: int) -> str:
@@ -190,9 +195,14 @@ class Faults:
         await self.stack.start_public_app()  # ready once /healthz is 200: after Temporal is back
         return f"public app {victim.pid} SIGKILLed, a new one started"
 
+    async def database(self) -> str:
+        await self.stack.hold_database_lock(LOCK_FOR, LOCK_BURST, LOCK_GAP)
+        return (f"another writer held the database's write lock {LOCK_BURST} s at a time, "
+                f"{LOCK_GAP} s apart, for {LOCK_FOR:.0f} s")
+
     @property
     def _kinds(self) -> dict[str, Callable[[], Awaitable[str]]]:
-        return {"worker": self.worker, "server": self.server, "app": self.app}
+        return {"worker": self.worker, "server": self.server, "app": self.app, "database": self.database}
 
 
 def stored_events(database_url: str) -> dict[str, tuple[datetime, datetime | None]]:
