@@ -50,10 +50,10 @@ from tests.faults.stack import (
 
 ORDERS = 36
 POST_OVER = 36.0  # seconds over which the orders are sent, evenly
-OUT_OF_ORDER_EVERY = 3  # every third order's shipment is sent this long before the order itself
-SHIP_BEFORE = 0.5
-SHIP_AFTER = 3.0  # the other shipments follow their order by this much
-ANSWER_WITHIN = 5.0  # Shopify's limit: an answer later than this is a failed delivery
+# Every third order's shipment is sent SHIP_BEFORE seconds before the order itself (Shopify does
+# not promise order); the others SHIP_AFTER seconds after it.
+OUT_OF_ORDER_EVERY, SHIP_BEFORE, SHIP_AFTER = 3, 0.5, 3.0
+SHOPIFY_TIMEOUT = 5.0  # Shopify's limit: an answer later than this is a failed delivery
 RETRY_AFTER = 1.0  # the sender's pause between attempts (Shopify's is longer; the test has minutes, not hours)
 DELIVER_WITHIN = 75.0  # seconds a delivery may take, retries and all, before the sender gives up
 SERVER_DOWN_FOR = 6.0
@@ -121,7 +121,7 @@ class Sender:
             attempt = Attempt(event["id"], self.now(), 0.0, "")
             try:
                 response = await asyncio.wait_for(http.post(f"{self.url}/events", content=body, headers=headers),
-                                                  ANSWER_WITHIN)
+                                                  SHOPIFY_TIMEOUT)
                 attempt.outcome = str(response.status_code)
                 if response.is_success:
                     attempt.routing = response.json().get("routing")
@@ -151,7 +151,7 @@ class Sender:
             f"{sum(1 for n in retried.values() if n > 1)} (most attempts for one: {max(retried.values())})",
             "outcomes: " + ", ".join(f"{k} x{n}" for k, n in sorted(outcomes.items())),
             f"answer times (s): p50 {percentile(times, 50):.3f}, p99 {percentile(times, 99):.3f}, "
-            f"max {times[-1]:.3f}; over {ANSWER_WITHIN:.0f} s: {sum(1 for t in times if t > ANSWER_WITHIN)} "
+            f"max {times[-1]:.3f}; over {SHOPIFY_TIMEOUT:.0f} s: {sum(1 for t in times if t > SHOPIFY_TIMEOUT)} "
             f"answered late + {outcomes['timeout']} not answered in time",
         ])
 
@@ -266,7 +266,7 @@ async def test_events_in_while_worker_server_and_app_are_killed(tmp_path):
             plan.append((at - SHIP_BEFORE if i % OUT_OF_ORDER_EVERY == 0 else at + SHIP_AFTER, shipped))
 
         faults = Faults(stack, sender)
-        async with httpx.AsyncClient(timeout=ANSWER_WITHIN + 1) as http:
+        async with httpx.AsyncClient(timeout=SHOPIFY_TIMEOUT + 1) as http:
             sender.began = time.monotonic()
             kills = faults.schedule()
             await asyncio.gather(*(sender.deliver(http, event, at) for at, event in plan))
@@ -317,7 +317,7 @@ async def test_events_in_while_worker_server_and_app_are_killed(tmp_path):
 
         # Shopify's limit: no answer, however busy or recovering the stack, later than 5 s.
         assert [a for a in sender.attempts if a.outcome == "timeout"] == []
-        assert sender.answers()[-1] < ANSWER_WITHIN
+        assert sender.answers()[-1] < SHOPIFY_TIMEOUT
 
 
 # -- 2. Temporal's dev server SIGKILLed mid-run ----------------------------------------------
