@@ -5,7 +5,7 @@ SIGKILLed, and Temporal's dev server SIGKILLed mid-run.
    order's `order.created` and its `order.shipped`, a third of the shipments sent before their
    order. It gives every attempt 5 s and retries any other answer, or none, with the same
    webhook-id until it gets a 2xx. Meanwhile the worker is SIGKILLed twice, Temporal's dev server
-   once, the public app twice (once while Temporal is down), and another writer holds the
+   twice, the public app twice (once while Temporal is down), and another writer holds the
    database's write lock in long bursts for a while. Every event acknowledged is stored and
    routed, every order has one run that completes having heard its shipment, no message costs
    more than one request at the provider, and no answer takes 5 s.
@@ -56,14 +56,16 @@ OUT_OF_ORDER_EVERY, SHIP_BEFORE, SHIP_AFTER = 3, 0.5, 3.0
 SHOPIFY_TIMEOUT = 5.0  # Shopify's limit: an answer later than this is a failed delivery
 RETRY_AFTER = 1.0  # the sender's pause between attempts (Shopify's is longer; the test has minutes, not hours)
 DELIVER_WITHIN = 75.0  # seconds a delivery may take, retries and all, before the sender gives up
-SERVER_DOWN_FOR = 6.0
+SERVER_DOWN_FOR = 5.0
 LOCK_FOR, LOCK_BURST, LOCK_GAP = 8.0, 2.8, 0.05  # another writer holds the database's write lock
 SEND_HOLD = 1.0  # seconds the fake holds each accepted send's answer, so a worker kill finds sends in flight
 # (seconds into the posting, what is SIGKILLed or held up). The app's first kill falls in Temporal's
-# outage: what it had stored but not routed is left to its successor's reconciler. Then another
-# writer holds the database's write lock for just under the intake's lock timeout, again and again:
-# storing waits for it, and so does what routing writes.
-FAULTS = [(6.0, "worker"), (13.0, "server"), (16.0, "app"), (22.0, "database"), (29.0, "worker"), (34.0, "app")]
+# first outage: what it had stored but not routed is left to its successor's reconciler, which
+# starts before Temporal is back. Temporal's second outage is one the app lives through, with a
+# client connected before it. Another writer holds the database's write lock for just under the
+# intake's lock timeout, again and again: storing waits for it, and so does what routing writes.
+FAULTS = [(5.0, "worker"), (10.0, "server"), (12.0, "app"), (20.0, "database"), (24.0, "worker"), (30.0, "server"),
+          (36.0, "app")]
 
 
 def order_id(i: int) -> str:
