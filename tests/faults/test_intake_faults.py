@@ -164,7 +164,7 @@ def percentile(values: list[float], p: float) -> float:
 
 
 class Faults:
-    """Kills at fixed times into the posting, each in its own task, so an outage can overlap another."""
+    """Faults at fixed times into the posting, each in its own task, so an outage can overlap another."""
 
     def __init__(self, stack: Stack, sender: Sender):
         self.stack, self.sender = stack, sender
