@@ -42,7 +42,8 @@ test-postgres: $(STAMP)
 	bash .ci/postgres $(BIN)/pytest -q -p no:cacheprovider $(PG_TESTS) $(PYTEST_ARGS)
 
 # Fault injection on the real stack in separate processes (tests/faults): kill -9 of the worker
-# mid-send, a rolling restart, the Temporal server restarted mid-run. Minutes, so not in `make test`.
+# mid-send, a rolling restart, the Temporal server restarted or killed mid-run, events posted to
+# the public app while the worker, Temporal and the app are killed. Minutes, so not in `make test`.
 faults: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider tests/faults $(PYTEST_ARGS)
 

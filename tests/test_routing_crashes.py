@@ -18,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import func, select, text
 
+from keepflow.http import intake
 from keepflow.runtime import routing
 from keepflow.runtime.events import EventIn
 from keepflow.store import Database, Delivery, Event, Run
@@ -145,6 +146,41 @@ async def test_a_slow_store_answers_in_time_and_routing_finishes_later(env, sett
                 await asyncio.sleep(0.05)
             assert routed_at(db, created["id"]) is not None
             assert (await heard(env, order_id))[1] == "received order.shipped"
+
+
+async def test_waits_for_the_lock_never_add_up_past_the_answer_deadline(env, settings, db, fake, monkeypatch):
+    """Storing waited out most of the lock timeout, then rescoring the customer (a write too) waited
+    for the next writer: the answer still leaves in time, and routing finishes after it."""
+    await to_local_hour(env, 10)
+    created, _ = order_events()
+    order_id = created["order"]["id"]
+    real_store, real_rescore = routing.store, routing.rfm.refresh_customer
+
+    def store_after_a_wait(*args, **kwargs):
+        time.sleep(2.9)  # the other writer let go just before the 3 s lock timeout
+        return real_store(*args, **kwargs)
+
+    def rescore_after_a_wait(*args, **kwargs):
+        time.sleep(2.9)  # and the next one took the lock before this write
+        return real_rescore(*args, **kwargs)
+
+    async with running_worker(env, settings, db) as tq:
+        async with serving(env, settings.model_copy(update={"task_queue": tq}), db) as (http, _app):
+            monkeypatch.setattr(routing, "store", store_after_a_wait)
+            monkeypatch.setattr(routing.rfm, "refresh_customer", rescore_after_a_wait)
+            raw, headers = signed(created)
+            began = time.monotonic()
+            answer = await http.post("/events", content=raw, headers=headers)
+            took = time.monotonic() - began
+            assert answer.status_code == 202, answer.text
+            assert took < intake.ANSWER_WITHIN + 0.5, f"answered after {took:.1f} s; Shopify gives up at 5 s"
+            assert answer.json()["routing"] == "in progress"
+            for _ in range(200):
+                if routed_at(db, created["id"]) is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert routed_at(db, created["id"]) is not None
+            assert run_row(db, f"fulfilment/{order_id}") is not None
 
 
 @contextmanager

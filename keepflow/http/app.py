@@ -12,11 +12,12 @@ Nothing else: this is the app customers, stores and providers reach. The dashboa
 endpoints' documentation are in the admin app (keepflow/http/admin.py), on a listener of its own.
 
 Every accepted event is stored before it is routed, and the answer comes after it is stored and
-within ROUTE_WAIT more for routing (keepflow/http/intake.py): slower routing goes on after the
-answer. If routing fails (Temporal cannot be reached) the answer is 503 (the sender retries) and
-the event stays stored; the reconciler in this process routes it as soon as Temporal is back. A
-database that is locked past its timeout or down is a 503 with nothing written. Routing is
-idempotent, so the retry and the reconciler cannot route it twice in effect.
+within ROUTE_WAIT more for routing, never later than ANSWER_WITHIN in all (keepflow/http/intake.py):
+slower routing goes on after the answer. If routing fails (Temporal cannot be reached) the answer
+is 503 (the sender retries) and the event stays stored; the reconciler in this process routes it
+as soon as Temporal is back. A database that is locked past its timeout or down is a 503 with
+nothing written. Routing is idempotent, so the retry and the reconciler cannot route it twice in
+effect.
 """
 
 from __future__ import annotations

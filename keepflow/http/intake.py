@@ -2,10 +2,11 @@
 
 Shopify gives up on a webhook after 5 s and counts a failure. Once the event is stored it is
 safe (routing that stops part way leaves it for the reconciler), so the answer waits at most
-ROUTE_WAIT for routing; routing that takes longer (Temporal restarting, a store write waiting on
-a lock) goes on in the background and the answer says so. A routing that fails within the wait
-is a 503 naming what failed, so the sender's retry gives it one more chance besides the
-reconciler's.
+ROUTE_WAIT for routing, and less when storing took long (it may wait up to the lock timeout for
+another writer): never past ANSWER_WITHIN in all. Routing that takes longer (Temporal
+restarting, a store write waiting on a lock) goes on in the background and the answer says so.
+A routing that fails within the wait is a 503 naming what failed, so the sender's retry gives
+it one more chance besides the reconciler's.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
@@ -31,6 +33,9 @@ log = logging.getLogger("keepflow.http")
 
 # How long an answer waits for routing once the event is stored.
 ROUTE_WAIT = 2.0
+# How long after intake starts the answer leaves, whatever storing and routing waited for: under
+# Shopify's 5 s, with room for reading the body and the network.
+ANSWER_WITHIN = 4.0
 # How long routing in the background may take before it gives up and leaves the event to the reconciler.
 ROUTE_TIMEOUT = 60.0
 # What a 503 asks the sender to wait before retrying.
@@ -88,6 +93,7 @@ class Routings:
 
 async def ingest(services: Services, routings: Routings, event: EventIn, delivery: tuple[str, str],
                  connect: Callable[[], Awaitable[Client]]) -> JSONResponse:
+    began = time.monotonic()
     new = await asyncio.to_thread(routing.store, services.db, event, delivery)
     if new is False:
         return _answer(routing.Routed(event.id, duplicate=True), "done", 200)
@@ -99,7 +105,8 @@ async def ingest(services: Services, routings: Routings, event: EventIn, deliver
                                           services.settings.task_queue, duplicate=new is None)
 
     task, first = routings.start(event.id, route)
-    done, _ = await asyncio.wait({task}, timeout=ROUTE_WAIT)
+    wait = min(ROUTE_WAIT, ANSWER_WITHIN - (time.monotonic() - began))
+    done, _ = await asyncio.wait({task}, timeout=max(wait, 0.0))
     if not done:
         log.info("event %s stored; routing continues after the answer", event.id)
         return _answer(routing.Routed(event.id, duplicate=new is None or not first), "in progress", 202)

@@ -103,8 +103,6 @@ def store(db: Database, event: EventIn, delivery: tuple[str, str] | None = None)
         # The same event (or delivery) stored at this moment by a concurrent request.
         with db.session() as session:
             return _seen(session, event.id)
-    if event.customer is not None and event.type in RESCORE_TYPES:
-        _rescore(db, event.customer.id)
     return True
 
 
@@ -212,6 +210,10 @@ async def route(client: Client, catalog: Catalog, db: Database, event: EventIn, 
             routed.signalled.append(run_id)
             if event.type in sequence.goal:
                 await asyncio.to_thread(mark_converted, db, run_id, event)
+    if event.customer is not None and event.type in RESCORE_TYPES:
+        # Here, not in `store`: it is a second write that may wait for the lock as long again, and
+        # the answer to the sender bounds only the time routing takes. Routed again, it scores again.
+        await asyncio.to_thread(_rescore, db, event.customer.id)
     triggered = catalog.triggered_by(event.type)
     if triggered and event.customer is not None:
         # Conditions may ask `customer.rfm.segment`: the scores as they stand now.
