@@ -35,14 +35,15 @@ test: $(STAMP) $(OIDC_PROVIDER)
 
 # The tests that exercise the store's SQL (webhooks, consent, cap, reports, RFM, dashboard, unknown outcomes) run
 # again on a throwaway PostgreSQL server, so SQL only SQLite accepts cannot slip in. CI runs it too.
-PG_TESTS := tests/test_compliance.py tests/test_webhooks.py tests/test_sendgrid_webhook.py \
+PG_TESTS := tests/test_compliance.py tests/test_webhooks.py tests/test_routing_crashes.py tests/test_sendgrid_webhook.py \
 	tests/test_twilio_webhooks.py tests/test_unsubscribe.py tests/test_report.py tests/test_rfm.py \
 	tests/test_winback.py tests/test_dashboard.py tests/test_impact.py tests/test_admin.py tests/test_unknown_outcomes.py
 test-postgres: $(STAMP)
 	bash .ci/postgres $(BIN)/pytest -q -p no:cacheprovider $(PG_TESTS) $(PYTEST_ARGS)
 
 # Fault injection on the real stack in separate processes (tests/faults): kill -9 of the worker
-# mid-send, a rolling restart, the Temporal server restarted mid-run. Minutes, so not in `make test`.
+# mid-send, a rolling restart, the Temporal server restarted or killed mid-run, events posted to
+# the public app while the worker, Temporal and the app are killed. Minutes, so not in `make test`.
 faults: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider tests/faults $(PYTEST_ARGS)
 

@@ -39,6 +39,7 @@ log = logging.getLogger("keepflow.worker")
 
 # Provider SDKs and the database are synchronous: activities run on threads.
 ACTIVITY_THREADS = 32
+HEARTBEAT_THROTTLE = timedelta(seconds=2)
 
 # Pure, deterministic modules the interpreter uses: load them once, not per workflow run (Jinja
 # also imports modules lazily, which the sandbox refuses mid-run). Of Keepflow's own, only what
@@ -79,6 +80,10 @@ def build_worker(client: Client, settings: Settings, db: Database, send_deps: Se
         ],
         activity_executor=ThreadPoolExecutor(ACTIVITY_THREADS, thread_name_prefix="keepflow-activity"),
         max_concurrent_activities=ACTIVITY_THREADS,
+        # The SDK passes on at most one heartbeat per 80% of an activity's heartbeat timeout: 8 of
+        # the send's 10 s, so an event loop busy for 2 s (a long replay) would get a live send timed
+        # out. A send beats every second; let one through every 2 s.
+        max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         # Longer than a send may take, so a rolling restart lets in-flight sends finish.
         graceful_shutdown_timeout=SEND_TIMEOUT + timedelta(seconds=5),
     )

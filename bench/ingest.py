@@ -1,6 +1,6 @@
 """Events in, under load: signed `order.created` events over loopback to the first email out.
 
-    python bench/ingest.py [--events N] [--concurrency C] [--timeout S] [--write-results]
+    python bench/ingest.py [--events N] [--concurrency C] [--rate R] [--worker-process] [--timeout S] [--write-results]
 
 A load test script, not a timed test. In a throwaway folder it starts the real stack in this
 process — Temporal's dev server (headless, free port), the fake SendGrid/Twilio server from
@@ -90,7 +90,10 @@ def order_created(i: int, tag: str) -> dict[str, Any]:
     }
 
 
-async def post_events(url: str, secret: str, events: int, concurrency: int, tag: str) -> dict[str, Any]:
+async def post_events(url: str, secret: str, events: int, concurrency: int, tag: str,
+                      rate: float | None = None) -> dict[str, Any]:
+    """Post `events`, `concurrency` at a time; with `rate`, event i leaves at i/rate seconds (an open
+    loop, as a store's webhooks come), so a slow answer does not slow the senders down."""
     import httpx
 
     from keepflow.http.signing import sign
@@ -102,6 +105,8 @@ async def post_events(url: str, secret: str, events: int, concurrency: int, tag:
 
     async with httpx.AsyncClient(base_url=url, timeout=CLIENT_TIMEOUT, limits=limits) as http:
         async def one(i: int) -> None:
+            if rate:
+                await asyncio.sleep(max(0.0, started + i / rate - time.time()))
             async with gate:
                 headers = {"content-type": "application/json", **sign(bodies[i], secret)}
                 sent = time.time()
@@ -161,7 +166,8 @@ def client_main() -> int:
         return 2
     cpu = sum(os.times()[:2])
     if job["kind"] == "events":
-        out = asyncio.run(post_events(job["url"], job["secret"], job["count"], job["concurrency"], job["tag"]))
+        out = asyncio.run(post_events(job["url"], job["secret"], job["count"], job["concurrency"], job["tag"],
+                                      job.get("rate")))
     else:
         out = asyncio.run(start_bare(job["address"], job["task_queue"], job["count"], job["concurrency"], job["tag"]))
     out["cpu_seconds"] = sum(os.times()[:2]) - cpu
@@ -402,7 +408,7 @@ def settings_for(data_dir: Path, temporal_address: str, fake, task_queue: str) -
 
 
 async def bench(events: int, concurrency: int, wait_timeout: float, breakdown: bool = True,
-                worker_process: bool = False) -> dict[str, Any]:
+                worker_process: bool = False, rate: float | None = None) -> dict[str, Any]:
     from temporalio.worker import Worker
 
     from keepflow.http.app import create_app
@@ -463,7 +469,8 @@ async def bench(events: int, concurrency: int, wait_timeout: float, breakdown: b
             running.push_async_callback(stop_http)
             await wait_for_http(url, http_task)
             print(f"stack up: Temporal {server.address}, HTTP {url}, fake providers {fake.url}; "
-                  f"posting {events} events, {concurrency} in flight ...", flush=True)
+                  f"posting {events} events, {concurrency} in flight"
+                  + (f", {rate:g} per second" if rate else "") + " ...", flush=True)
 
             recipients = {f"c{i}@example.com" for i in range(events)}
             cpu_before: dict[str, float | None] = {}
@@ -476,7 +483,8 @@ async def bench(events: int, concurrency: int, wait_timeout: float, breakdown: b
                     into["worker"] = _proc_cpu_seconds(worker.pid)
 
             posted = await run_client({"kind": "events", "url": url, "secret": secret, "count": events,
-                                       "concurrency": concurrency, "tag": tag}, timeout=wait_timeout + 60,
+                                       "concurrency": concurrency, "tag": tag, "rate": rate},
+                                      timeout=wait_timeout + 60 + (events / rate if rate else 0),
                                       on_go=lambda: sample(cpu_before), on_done=lambda: sample(cpu_after))
 
             deadline = time.monotonic() + wait_timeout
@@ -495,7 +503,8 @@ async def bench(events: int, concurrency: int, wait_timeout: float, breakdown: b
                                     timeout=wait_timeout + 60)
             extra = {r: len(fake.arrivals.get(r, [])) - 1 for r in recipients if len(fake.arrivals.get(r, [])) > 1}
             return {
-                "events": events, "concurrency": concurrency, "posted": posted, "bare": bare, "tag": tag, "stages": stages,
+                "events": events, "concurrency": concurrency, "rate": rate, "posted": posted, "bare": bare, "tag": tag,
+                "stages": stages,
                 "worker_process": worker_process,
                 "steps": steps,
                 "arrivals": arrivals, "drained_at": drained_at,
@@ -604,7 +613,8 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         "wft_timeouts": sum(t["wft_timeouts"] for t in runs.values()),
         "wft_sticky_timeouts": sum(t["wft_sticky_timeouts"] for t in runs.values()),
         "wft_failures": sum(t["wft_failures"] for t in runs.values()),
-        "events": raw["events"], "concurrency": raw["concurrency"],
+        "events": raw["events"], "concurrency": raw["concurrency"], "rate": raw.get("rate"),
+        "http_max_s": max(http_lat, default=None), "http_over_2s": sum(1 for t in http_lat if t > 2),
         "accepted": len(ok), "non_2xx": len(results) - len(ok), "non_2xx_by_status": statuses,
         "post_wall_s": post_wall, "ingest_per_s": ingest_rate,
         "http_p50_s": percentile(http_lat, 50), "http_p99_s": percentile(http_lat, 99),
@@ -631,7 +641,8 @@ def report(s: dict[str, Any]) -> str:
         ("non-2xx answers", f"{s['non_2xx']}" + (f" {s['non_2xx_by_status']}" if s["non_2xx_by_status"] else "")),
         ("posting phase (wall)", f"{s['post_wall_s']:.2f} s"),
         ("**accepted events/s**", f"**{s['ingest_per_s']:.1f}**"),
-        ("HTTP latency p50 / p99", f"{ms(s['http_p50_s'])} / {ms(s['http_p99_s'])}"),
+        ("HTTP latency p50 / p99 (max; answers over 2 s)",
+         f"{ms(s['http_p50_s'])} / {ms(s['http_p99_s'])} ({ms(s['http_max_s'])}; {s['http_over_2s']})"),
         ("**request → first email at the fake p50 / p99** (max)",
          f"**{ms(s['first_msg_p50_s'])} / {ms(s['first_msg_p99_s'])}** ({ms(s['first_msg_max_s'])})"),
         ("every event's email in, after the first request",
@@ -762,15 +773,18 @@ def write_results(s: dict[str, Any]) -> None:
     # Runs on PostgreSQL (DATABASE_URL) or with the worker in its own process get sections of their
     # own beside the default one (SQLite, one process, as `keepflow dev` runs).
     variant = ([f"{s['database']} store"] if s["database"] != "SQLite" else []) + (
-        ["worker in its own process"] if s["worker_process"] else [])
+        ["worker in its own process"] if s["worker_process"] else []) + (
+        [f"steady {s['rate']:g} events/s"] if s["rate"] else [])
     title = ", ".join([SECTION, *variant])
     section = "\n".join([
         title, "",
         *provenance(f"python bench/ingest.py --events {s['events']} --concurrency {s['concurrency']}"
+                    + (f" --rate {s['rate']:g}" if s["rate"] else "")
                     + (" --worker-process" if s["worker_process"] else "") + " --write-results", pragmas=True,
                     after="" if s["database"] == "SQLite" else
                     " with DATABASE_URL set (`.ci/postgres` starts a throwaway server)"),
-        f"- Parameters: {s['events']} distinct signed `order.created` events, {s['concurrency']} requests in flight, "
+        f"- Parameters: {s['events']} distinct signed `order.created` events, {s['concurrency']} requests in flight"
+        + (f" at most, sent at a steady {s['rate']:g} per second (an open loop)" if s["rate"] else "") + ", "
         f"posted by a second process over loopback (httpx); "
         + ("the Keepflow app in this process, `worker.py` in its own; " if s["worker_process"] else
            "Keepflow app + worker in one process; ") + f"{s['database']} store; "
@@ -805,6 +819,8 @@ def main() -> int:
                         help="do not time the engine's steps (the timers are put on at run time, never in files)")
     parser.add_argument("--worker-process", action="store_true",
                         help="run worker.py in its own process, as production does (default: in this process)")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="send at this many events per second, whatever the answers (default: as fast as --concurrency allows)")
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
@@ -819,7 +835,7 @@ def main() -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     raw = asyncio.run(bench(args.events, args.concurrency, args.timeout, breakdown=not args.no_breakdown,
-                            worker_process=args.worker_process))
+                            worker_process=args.worker_process, rate=args.rate))
     s = summarize(raw)
     print()
     print(report(s))

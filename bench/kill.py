@@ -61,18 +61,21 @@ SECTION = "## Worker kills mid-send (bench/kill.py)"
 # change to that order is a reason to rerun this script and reread this text.
 WHERE_IT_CAN_DOUBLE = """\
 What a kill costs depends on where in `send_message` it lands. The order is: claim the row
-(`_claim`), the checks, for an email whose row is already `sending` stop as `unknown`, render, for
-a text whose row is already `sending` look it up at Twilio (`find_sent`), then mark the row
-`sending` (`_mark_sending`, committed), *then* call the provider, then record `sent` (`_finish`).
-The `sending` mark is committed before the request is written, so there is no window between the
-provider's accept and the mark: a kill lands in one of four places.
+(`_claim`); for a text whose row is already `sending`, wait until the earlier attempt's lease has
+ended and Twilio's list has had a minute more (`SendInFlight`, retried after that); the checks;
+for an email whose row is already `sending`, stop as `unknown`; render; for a text whose row is
+already `sending`, look it up at Twilio (`find_sent`); then mark the row `sending` under a lease
+(`_mark_sending`, committed), check the row is still this attempt's, *then* call the provider,
+then record `sent` (`_finish`). The `sending` mark is committed before the request is written, so
+there is no window between the provider's accept and the mark: a kill lands in one of four places.
+Temporal notices a killed attempt when its heartbeats stop (10 s) and retries it then.
 
 - Before the mark commits: the row is `pending` and the provider has nothing; the retry sends it
   (1 request).
 - After the mark, before the request reaches the provider: the provider has nothing. Email: the
   retry records `unknown` and does not send, so the message is lost (an `unknown` row with 0
-  requests) until an operator resends it. Text: the lookup finds nothing and the retry sends it
-  (1 request).
+  requests) until an operator resends it. Text: the retry waits out the lease and the minute,
+  the lookup finds nothing and it sends (1 request).
 - After the provider accepted, before `sent` is recorded (what the after-accept kills hit): email
   becomes `unknown` with 1 request, until SendGrid's event webhook reports on it and records it
   `sent`; the text is found at Twilio and recorded `sent`, 1 request.
@@ -84,23 +87,20 @@ recorded `sent`, which is the provider call and the write that records its answe
 "killed while in the provider call" against "killed after the worker had the answer" says which
 of the two the kills found them in.
 
-So kill -9 alone cannot double a message. The policy can still send one twice in these cases, none
-of which a kill produces (this script's fake answers its list at once and never rewrites a body):
+So kill -9 alone cannot double a message. A text can still go twice in these cases, none of which
+a kill produces (README.md, "What it promises", has them too):
 
-1. A text, when Twilio's message list does not show the accepted message at the time of the
-   retry's `find_sent`: the list is eventually consistent (it can lag the create), the lookup
-   reads at most 50 of the number's newest messages (`LOOKUP_LIMIT`), and a body Twilio changed
-   (Smart Encoding, an appended opt-out text) does not match (`_body_matches` is exact). Each of
-   those makes the retry send again. A killed attempt is retried only after its 30 s
-   start-to-close timeout, but a lost answer (the provider call timing out after
-   `KEEPFLOW_PROVIDER_TIMEOUT`, 10 s) is retried 1 s later, so the lag matters most there.
-2. Two attempts of the same text at once. `send_message` does not heartbeat, so an attempt that
-   runs past `SEND_TIMEOUT` (30 s) without dying (a paused or starved process) is retried while it
-   still runs. `_mark_sending` is a compare-and-set on the status and attempt count the attempt
-   read, so a stalled attempt that had not yet marked the row stops when it wakes. One that
-   stalled after its mark and before its request is still a risk for a text: the retry finds
-   `sending`, Twilio lists nothing yet, the retry sends, and the stalled attempt's request follows.
-   (An email retry that finds `sending` sends nothing, so email cannot double this way.)
+1. Twilio accepts or lists the text later than the lease plus the minute after the mark (about
+   90 s with `KEEPFLOW_PROVIDER_TIMEOUT` at 10 s): the retry's lookup misses it and sends again.
+2. Twilio rewrites the body beyond what `_body_matches` knows (Smart Encoding of common
+   punctuation, spaces and accented letters; the trial prefix; one trailing line naming STOP).
+3. The Temporal server's clock runs more than `LOOKUP_SKEW` (60 s) ahead of Twilio's, so the text
+   falls before the lookup's window.
+4. A worker freezes after its last check of the lease and before its request has left (resolving
+   Twilio's name, connecting), stays frozen past the lease and the minute, and sends after the
+   retry has looked, found nothing and sent.
+
+An email retry that finds `sending` sends nothing, so email cannot double.
 """
 
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -51,6 +52,13 @@ async def time_skipping_server() -> WorkflowEnvironment:
         data_converter=CONVERTER, test_server_existing_path=str(TEST_SERVER))
     await ensure_registered(env.client, env.client.namespace)
     return env
+
+
+def temporal_clock(env: WorkflowEnvironment) -> Callable[[], datetime]:
+    """The time-skipping server's time, readable from any thread while the calling test's event
+    loop runs. For the fake providers: a wait the server skips then passes at the fake Twilio too."""
+    loop = asyncio.get_running_loop()
+    return lambda: asyncio.run_coroutine_threadsafe(env.get_current_time(), loop).result(10)
 
 
 def make_settings(tmp_path: Path, fake: FakeProviders, templates: Path = SHOP_TEMPLATES) -> Settings:

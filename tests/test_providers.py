@@ -329,6 +329,83 @@ def test_fake_list_pages_through_base_url(fake: FakeProviders, twilio: TwilioSms
     assert len([r for r in fake.requests if r["method"] == "GET"]) == 3
 
 
+def test_find_sent_pages_past_the_newest_50(fake: FakeProviders, twilio: TwilioSms) -> None:
+    # A busy number: 60 texts to it after ours. Ours is still in the window, so it must be found.
+    since = datetime.now(timezone.utc)
+    ours = twilio.send_sms(sms()).provider_message_id
+    for i in range(60):
+        twilio.send_sms(sms(body=f"Flash sale {i}"))
+    assert twilio.find_sent(sms(), since) == Accepted("twilio", ours)
+
+
+def test_find_sent_pages_past_50_queued_messages() -> None:
+    # Not sent yet (DateSent null): only the second lookup, without a DateSent filter, sees them.
+    with FakeProviders(twilio_sent_on_accept=False) as fake:
+        provider = make_twilio(fake)
+        try:
+            since = datetime.now(timezone.utc)
+            ours = provider.send_sms(sms()).provider_message_id
+            for i in range(60):
+                provider.send_sms(sms(body=f"Flash sale {i}"))
+            assert provider.find_sent(sms(), since) == Accepted("twilio", ours)
+        finally:
+            provider.close()
+
+
+def test_find_sent_gives_up_past_its_page_budget(fake: FakeProviders, twilio: TwilioSms,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # Cannot read everything: say so, rather than answer "not there" and have the caller resend.
+    monkeypatch.setattr("keepflow.sending.providers.twilio.LOOKUP_PAGE_SIZE", 10)
+    monkeypatch.setattr("keepflow.sending.providers.twilio.LOOKUP_PAGES", 2)
+    since = datetime.now(timezone.utc)
+    for i in range(25):
+        twilio.send_sms(sms(body=f"Flash sale {i}"))
+    with pytest.raises(PermanentError, match="more than 20 messages"):
+        twilio.find_sent(sms(), since)
+
+
+def test_find_sent_counts_only_our_sender(fake: FakeProviders, twilio: TwilioSms) -> None:
+    # The same text to the same number from another of the account's senders is not ours.
+    since = datetime.now(timezone.utc)
+    other = make_twilio(fake, from_="+15005550007")
+    service = "MG" + "a" * 32
+    by_service = make_twilio(fake, from_=None, messaging_service_sid=service)
+    other_service = make_twilio(fake, from_=None, messaging_service_sid="MG" + "b" * 32)
+    try:
+        other.send_sms(sms())
+        other_service.send_sms(sms())
+        assert twilio.find_sent(sms(), since) is None
+        assert by_service.find_sent(sms(), since) is None
+        sid = by_service.send_sms(sms()).provider_message_id
+        assert by_service.find_sent(sms(), since) == Accepted("twilio", sid)
+    finally:
+        for provider in (other, by_service, other_service):
+            provider.close()
+    first_lookup = next(r for r in fake.requests if r["method"] == "GET")
+    assert first_lookup["query"]["From"] == FROM_NUMBER
+
+
+def test_find_sent_matches_a_body_twilio_rewrote(fake: FakeProviders, twilio: TwilioSms) -> None:
+    # Smart Encoding swaps Unicode punctuation for GSM-7, and a Messaging Service may append an
+    # opt-out line: the stored body is no longer the one sent, yet it is ours.
+    fake.twilio_rewrites(smart_encoding=True, footer="\n\nReply STOP to unsubscribe.")
+    since = datetime.now(timezone.utc)
+    body = "\u201cNok\u201d, your order\u2019s on its way \u2014 see you soon\u2026"
+    sid = twilio.send_sms(sms(body=body)).provider_message_id
+    assert fake.accepted("twilio")[0]["body"] == "\"Nok\", your order's on its way - see you soon...\n\nReply STOP to unsubscribe."
+    assert twilio.find_sent(sms(body=body), since) == Accepted("twilio", sid)
+
+
+def test_find_sent_does_not_take_a_longer_message_for_ours(fake: FakeProviders, twilio: TwilioSms) -> None:
+    # Our text followed by more that is not an opt-out line is another message (another step's):
+    # counting it as ours would drop this one.
+    since = datetime.now(timezone.utc)
+    twilio.send_sms(sms(body="Your order shipped.\nTrack it at https://shop.example/t/1"))
+    twilio.send_sms(sms(body="Your order shipped.\n\nReply YES for 20% off your next order."))
+    twilio.send_sms(sms(body="Your order shipped. Reply STOP to opt out."))  # not on a line of its own
+    assert twilio.find_sent(sms(body="Your order shipped."), since) is None
+
+
 def test_find_sent_lookup_failure_is_unknown(fake: FakeProviders, twilio: TwilioSms) -> None:
     fake.fail_next("twilio", 500)
     with pytest.raises(RetryableError) as info:

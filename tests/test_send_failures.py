@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
-import pytest
+import dataclasses
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 
-from tests.engine import TEST_TEMPLATES, make_settings, running_worker
+import pytest
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.builtin.send import MessageSender, SendDeps
+from keepflow.language.rendering import Renderer
+from keepflow.runtime.payloads import SendRequest
+from keepflow.sending.providers import email_provider, sms_provider
+from keepflow.sending.providers.twilio import TwilioSms
+from tests.engine import TEST_TEMPLATES, make_settings, running_worker, temporal_clock
 from tests.helpers import messages, snapshot, start
 
 EMAIL_THEN_SMS = snapshot("""
@@ -18,10 +31,35 @@ sequences:
         template: ping
 """)
 
+TEXT = snapshot("""
+sequences:
+  - id: t
+    category: marketing
+    steps:
+      - send: sms
+        template: ping
+""")
+# Unicode punctuation, which Twilio's Smart Encoding rewrites.
+TEXT_WITH_QUOTES = snapshot("""
+sequences:
+  - id: t
+    category: marketing
+    steps:
+      - send: sms
+        template: shipped
+""")
+
 
 @pytest.fixture
 def settings(tmp_path, fake):
     return make_settings(tmp_path, fake, templates=TEST_TEMPLATES)
+
+
+@pytest.fixture
+async def twilio_clock(env, fake):
+    """The fake Twilio reads the time-skipping server's clock, so the wait for its list, which the
+    server skips, has passed for Twilio too."""
+    fake.clock = temporal_clock(env)
 
 
 def sendgrid_posts(fake) -> int:
@@ -76,7 +114,7 @@ async def test_twilio_unsubscribed_recipient_is_permanent(env, settings, db, fak
     assert sms.status == "failed" and "21610" in sms.error
 
 
-async def test_sms_accepted_but_answer_lost_is_found_not_resent(env, settings, db, fake):
+async def test_sms_accepted_but_answer_lost_is_found_not_resent(env, settings, db, fake, twilio_clock):
     fake.accept_then_drop("twilio")
     async with running_worker(env, settings, db) as tq:
         result = await (await start(env.client, tq, EMAIL_THEN_SMS)).result()
@@ -162,3 +200,171 @@ def test_an_attempt_that_outlived_its_timeout_does_not_send(settings, db, fake):
     assert sendgrid_posts(fake) == 1
     [row] = messages(db)
     assert (row.status, row.attempts) == ("sent", 1)
+
+
+# -- a text at most once: Twilio's list lags, rewrites bodies, and attempts can overlap -------------
+
+
+async def test_a_text_accepted_slower_than_the_client_timeout_is_found_not_resent(env, settings, db, fake,
+                                                                                  twilio_clock):
+    """Twilio answers after the client gave up (KEEPFLOW_PROVIDER_TIMEOUT, 2 s here) and lists the
+    text 10 s after taking it: the retry must look after that, not 1 s after the timeout."""
+    fake.accept_then_stall("twilio", seconds=3)
+    fake.twilio_list_lag = 10
+    async with running_worker(env, settings, db) as tq:
+        result = await (await start(env.client, tq, TEXT)).result()
+    assert twilio_posts(fake) == 1 and len(fake.accepted("twilio")) == 1
+    [sms] = messages(db)
+    assert (sms.status, sms.provider_message_id) == ("sent", fake.accepted("twilio")[0]["sid"])
+    assert result.steps_done[0].outcome == "sent"
+
+
+async def test_a_text_the_list_shows_late_is_found_not_resent(env, settings, db, fake, twilio_clock):
+    """The answer is lost and Twilio's list shows the text only 30 s later."""
+    fake.accept_then_drop("twilio")
+    fake.twilio_list_lag = 30
+    async with running_worker(env, settings, db) as tq:
+        await (await start(env.client, tq, TEXT)).result()
+    assert twilio_posts(fake) == 1 and len(fake.accepted("twilio")) == 1
+    [sms] = messages(db)
+    assert (sms.status, sms.provider_message_id) == ("sent", fake.accepted("twilio")[0]["sid"])
+
+
+async def test_a_text_twilio_rewrote_is_found_not_resent(env, settings, db, fake, twilio_clock):
+    """Smart Encoding and a Messaging Service's opt-out line change the body Twilio lists."""
+    fake.twilio_rewrites(smart_encoding=True, footer="\n\nReply STOP to unsubscribe.")
+    fake.accept_then_drop("twilio")
+    async with running_worker(env, settings, db) as tq:
+        await (await start(env.client, tq, TEXT_WITH_QUOTES)).result()
+    assert twilio_posts(fake) == 1 and len(fake.accepted("twilio")) == 1
+    assert fake.accepted("twilio")[0]["body"].startswith('"Nok", your order\'s on its way - see you soon...')
+    [sms] = messages(db)
+    assert (sms.status, sms.provider_message_id) == ("sent", fake.accepted("twilio")[0]["sid"])
+
+
+async def test_the_send_has_a_short_heartbeat_timeout(env, settings, db, fake):
+    """A frozen or killed worker stops heartbeating, so Temporal retries its send within seconds
+    (the retry still waits for the frozen attempt's lease)."""
+    async with running_worker(env, settings, db) as tq:
+        handle = await start(env.client, tq, TEXT)
+        await handle.result()
+    scheduled = [event.activity_task_scheduled_event_attributes async for event in handle.fetch_history_events()
+                 if event.HasField("activity_task_scheduled_event_attributes")]
+    assert timedelta(0) < scheduled[0].heartbeat_timeout.ToTimedelta() <= timedelta(seconds=10)
+
+
+def text_request(workflow_id: str) -> SendRequest:
+    return SendRequest(workflow_id=workflow_id, sequence_id="t", step="0", channel="sms", template="ping",
+                       category="marketing", context={"customer": {"id": "c", "phone": "+66812345678",
+                                                                    "consents": {"sms": True}}})
+
+
+def attempt(number: int, started: datetime) -> ActivityEnvironment:
+    """One attempt of send_message as Temporal runs it: its number and when the server started it."""
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, activity_type="send_message", attempt=number, started_time=started,
+                                   current_attempt_scheduled_time=started, heartbeat_timeout=timedelta(seconds=10))
+    return env
+
+
+def stalling_after_the_mark(paused: threading.Event, resume: threading.Event) -> type[MessageSender]:
+    class Stalling(MessageSender):
+        """An attempt that stalls (a frozen worker) right after marking its row `sending`."""
+
+        def _mark_sending(self, *args, **kwargs):
+            marked = super()._mark_sending(*args, **kwargs)
+            paused.set()
+            assert resume.wait(10)
+            return marked
+    return Stalling
+
+
+def sender_deps(settings, db) -> SendDeps:
+    return SendDeps(settings, db, Renderer(TEST_TEMPLATES), email_provider(settings), sms_provider(settings))
+
+
+def test_a_retry_waits_while_a_stalled_attempt_holds_the_text(settings, db, fake):
+    """Attempt 1 marked the row and froze before its request; Temporal, hearing no heartbeat, runs
+    attempt 2. Twilio has nothing yet, but attempt 1 may still send: attempt 2 must wait for its
+    lease (and Twilio's list) instead of sending."""
+    paused, resume = threading.Event(), threading.Event()
+    request = text_request("t/stalled")
+    started = datetime.now(timezone.utc)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(attempt(1, started).run,
+                            stalling_after_the_mark(paused, resume)(sender_deps(settings, db)).send_message, request)
+        assert paused.wait(10)
+        try:
+            with pytest.raises(ApplicationError) as waiting:
+                attempt(2, started + timedelta(seconds=5)).run(MessageSender(sender_deps(settings, db)).send_message,
+                                                               request)
+        finally:
+            resume.set()
+        assert first.result(10).status == "sent"
+    assert waiting.value.type == "SendInFlight" and waiting.value.next_retry_delay > timedelta(0)
+    assert twilio_posts(fake) == 1
+    [row] = messages(db)
+    assert (row.status, row.attempts) == ("sent", 1)
+
+
+def test_an_attempt_stalled_past_its_lease_sends_nothing_once_another_took_over(settings, db, fake):
+    """Attempt 1 froze after its mark for longer than its lease and Twilio's catch-up time; attempt 2
+    looked, found nothing and sent. When attempt 1 wakes, the row is no longer its own."""
+    paused, resume = threading.Event(), threading.Event()
+    request = text_request("t/zombie-text")
+    started = datetime.now(timezone.utc)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(attempt(1, started).run,
+                            stalling_after_the_mark(paused, resume)(sender_deps(settings, db)).send_message, request)
+        assert paused.wait(10)
+        try:
+            second = attempt(2, started + timedelta(minutes=5)).run(
+                MessageSender(sender_deps(settings, db)).send_message, request)
+        finally:
+            resume.set()
+        with pytest.raises(ApplicationError, match="another attempt has taken over"):
+            first.result(10)
+    assert second.status == "sent"
+    assert twilio_posts(fake) == 1
+    [row] = messages(db)
+    assert (row.status, row.attempts, row.provider_message_id) == ("sent", 2, fake.accepted("twilio")[0]["sid"])
+
+
+def test_a_send_heartbeats_while_the_provider_call_blocks(settings, db, fake):
+    """Twilio takes 1.5 s to answer: Temporal hears from the attempt meanwhile."""
+    beats: list[float] = []
+    fake.on_accept = lambda api, record: time.sleep(1.5)
+    try:
+        env = attempt(1, datetime.now(timezone.utc))
+        env.on_heartbeat = lambda *details: beats.append(time.monotonic())
+        result = env.run(MessageSender(sender_deps(settings, db)).send_message, text_request("t/slow"))
+    finally:
+        fake.on_accept = None
+    assert result.status == "sent"
+    assert beats
+
+
+def test_a_lookup_that_cannot_finish_marks_the_text_unknown(settings, db, fake, monkeypatch):
+    """More messages to the number than the lookup may read: it cannot tell, so it does not resend."""
+    monkeypatch.setattr("keepflow.sending.providers.twilio.LOOKUP_PAGE_SIZE", 10)
+    monkeypatch.setattr("keepflow.sending.providers.twilio.LOOKUP_PAGES", 2)
+    request = text_request("t/busy")
+    started = datetime.now(timezone.utc)
+    fake.accept_then_drop("twilio")
+    with pytest.raises(ApplicationError):
+        attempt(1, started).run(MessageSender(sender_deps(settings, db)).send_message, request)
+    busy = TwilioSms(settings.twilio_account_sid, "test-token", settings.twilio_from, None, fake.url, 2.0)
+    try:
+        for i in range(25):
+            busy.send_sms(dataclasses.replace(_outgoing(request), body=f"Flash sale {i}"))
+    finally:
+        busy.close()
+    result = attempt(2, started + timedelta(minutes=5)).run(MessageSender(sender_deps(settings, db)).send_message,
+                                                            request)
+    assert result.status == "unknown" and "cannot tell" in result.reason
+    assert twilio_posts(fake) == 26
+
+
+def _outgoing(request: SendRequest):
+    from keepflow.sending.providers import OutgoingSms
+    return OutgoingSms(to=request.context["customer"]["phone"], body="", key="other")

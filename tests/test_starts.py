@@ -102,7 +102,7 @@ async def test_the_router_a_start_step_and_the_scan_start_runs_alike(env, settin
     assert totals.started == 1
     parent_hash = catalog.snapshot("parent").hash
     # A started sequence carries its starter's snapshot, so its hash is the starter's.
-    assert await memo(env, f"parent/{order_id}") == {"sequence": "parent", "definition_hash": parent_hash}
+    assert await memo(env, f"parent/{order_id}") == {"sequence": "parent", "definition_hash": parent_hash, "trigger": event.id}
     assert await memo(env, f"child/{order_id}") == {"sequence": "child", "definition_hash": parent_hash}
     assert await memo(env, f"lapsed/{lapsed_customer}") == {
         "sequence": "lapsed", "definition_hash": catalog.snapshot("lapsed").hash}

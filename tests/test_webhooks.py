@@ -73,7 +73,7 @@ async def test_signed_event_starts_its_sequence(stack, env, db, fake):
     response = await stack.post("/events", content=(raw := signed(body))[0], headers=raw[1])
     assert response.status_code == 202, response.text
     run_id = f"fulfilment/{body['order']['id']}"
-    assert response.json() == {"id": body["id"], "duplicate": False, "started": [run_id], "signalled": []}
+    assert response.json() == {"id": body["id"], "duplicate": False, "started": [run_id], "signalled": [], "routing": "done"}
     assert stored(db) == 1
     for _ in range(100):
         if fake.accepted("sendgrid"):

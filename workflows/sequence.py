@@ -56,6 +56,10 @@ with workflow.unsafe.imports_passed_through():
 
 # A send is render + checks + one provider call; the provider's own HTTP timeout is 10 s.
 SEND_TIMEOUT = timedelta(seconds=30)
+# A send heartbeats every second while it runs (activities/builtin/send.py): one that stops, a
+# worker frozen or killed, is retried after this rather than SEND_TIMEOUT. The retry still waits
+# for the silent attempt's lease on its message.
+SEND_HEARTBEAT = timedelta(seconds=10)
 # Providers do go down for hours; keep trying for a day, backing off to every 10 minutes.
 SEND_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
@@ -232,7 +236,7 @@ class SequenceWorkflow:
                 result = await workflow.execute_activity(
                     "send_message", request, result_type=SendResult,
                     start_to_close_timeout=SEND_TIMEOUT, schedule_to_close_timeout=SEND_DEADLINE,
-                    retry_policy=SEND_RETRY,
+                    heartbeat_timeout=SEND_HEARTBEAT, retry_policy=SEND_RETRY,
                 )
             except ActivityError as err:
                 # Retries ran out (a day of provider outage): the message row keeps the last error;

@@ -18,10 +18,13 @@ rules are asked, and why not; then a message that counts takes a slot under the 
 (one atomic step, see keepflow/sending/frequency_cap.py) before it is rendered and sent.
 
 A retry that finds `sent`, `failed`, `skipped` or `unknown` sends nothing and returns the record.
-A retry that finds `sending` means an earlier attempt died, or lost its answer, during the
+A retry that finds `sending` means an earlier attempt died, stalled or lost its answer during the
 provider call, so the provider may or may not have the message:
-  * SMS: Twilio can list messages, so we look for ours (same number and body, since the claim)
-    and resend only if it is not there.
+  * SMS: Twilio has no idempotency key, but it lists the messages it took, so we look for ours
+    (`find_sent`: from our sender to the same number, the body as Twilio may have rewritten it,
+    since the mark) and send only if it is not there. Not before the earlier attempt's lease has
+    ended and Twilio's list, which lags, has had LIST_CATCH_UP more: until then the retry changes
+    nothing and has Temporal run it again then (`SendInFlight`, with a `next_retry_delay`).
   * Email: SendGrid has no idempotency key and no free, immediate way to look a message up
     (the Email Activity API is a paid add-on and lags by minutes). We choose at-most-once: the
     row becomes `unknown`, nothing is resent, and the row says why; SendGrid's event webhook
@@ -30,17 +33,34 @@ provider call, so the provider may or may not have the message:
     one. The window is one HTTP call, but a kill catches every email inside one: about half of
     a busy worker's sends when the provider takes 0.5 s (bench/RESULTS.md).
 
-Only one attempt may call the provider for a row: `sending` is set by compare-and-set on the
-status and attempt count the attempt read, so an attempt that stalled past its timeout (a frozen
-worker) while Temporal ran the next one finds the row moved on and stops. Where a message can
-still go twice: a text whose first attempt Twilio accepted but does not yet list (or lists
-beyond the 50 newest) when the retry looks; bench/RESULTS.md has the kill -9 figures.
+Only one attempt may call the provider for a row, and only within its lease. `_mark_sending` is a
+compare-and-set on the status and attempt count the attempt read; it counts the attempt (so the
+count names the holder) and leases the row to it for the length of a provider call plus a margin
+(`lease_until`). Just before the call the attempt checks that the row is still its own and that
+the call fits in the lease. An attempt heartbeats every second while it runs, so Temporal retries
+one whose worker froze or died after SEND_HEARTBEAT (10 s, workflows/sequence.py); the retry
+waits out the lease as above, and the frozen attempt, if it wakes, finds the row moved on and
+stops (`SendTakenOver`).
+
+Where a text can still go twice (README.md says the same, one sentence each): Twilio accepts or
+lists it later than the lease plus LIST_CATCH_UP after the mark (about 90 s with a 10 s provider
+timeout); Twilio rewrites its body beyond what `_body_matches` in keepflow/sending/providers/twilio.py
+knows; the Temporal server's clock runs more than LOOKUP_SKEW (60 s) ahead of Twilio's; a worker
+freezes after its last check and before its request has left (resolving the name, connecting),
+stays frozen past the lease and LIST_CATCH_UP, and sends after a retry has looked and sent.
+Where one is lost instead: the lookup takes another message with the same text, from the same
+sender to the same number, sent between a minute before the mark and the lookup, for this one; and
+a lookup with more messages to read than its budget leaves the row `unknown`. bench/RESULTS.md has the kill -9 figures.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -77,6 +97,61 @@ PROVIDER_SUPPRESSIONS: dict[tuple[str | None, str], str] = {
     ("twilio", "21610"): "sms_stop", ("twilio", "21211"): "invalid", ("twilio", "21614"): "invalid"}
 
 
+# The lease an attempt takes on a row when it marks it `sending`: room for the provider call (a
+# connect and a read, each up to KEEPFLOW_PROVIDER_TIMEOUT) and a margin for the mark's own commit
+# (SQLite may wait on its write lock). Until it ends, no other attempt calls the provider for that
+# row, and the holder starts no call that could outlast it.
+LEASE_MARGIN = timedelta(seconds=10)
+# After a lease ends, how long a text's retry still waits before it looks the text up: Twilio's
+# message list is eventually consistent, and has been seen not to show a text a second after it
+# was accepted.
+LIST_CATCH_UP = timedelta(seconds=60)
+# How often a running attempt heartbeats. The activity's heartbeat timeout (workflows/sequence.py)
+# is several times this; Temporal's SDK sends at most one per 80% of that timeout anyway.
+HEARTBEAT_EVERY = 1.0
+
+
+class _Clock:
+    """Temporal's clock as this attempt reads it: the server's time when it started the attempt,
+    moved on by the time the attempt has run. Leases and waits are measured on it because Temporal
+    decides when a retry runs (`next_retry_delay`), and because it is the same clock for every
+    worker, whatever theirs say. Outside an activity (a test calling the method), this machine's."""
+
+    def __init__(self) -> None:
+        self._started = activity.info().started_time if activity.in_activity() else datetime.now(timezone.utc)
+        self._at = time.monotonic()
+
+    def now(self) -> datetime:
+        return self._started + timedelta(seconds=time.monotonic() - self._at)
+
+
+@contextmanager
+def _heartbeating() -> Iterator[None]:
+    """Heartbeat from a side thread while the attempt runs, the provider call included: so a worker
+    that froze or died is noticed within the heartbeat timeout, and one that is merely slow is not
+    retried behind its back. Nothing to do outside an activity."""
+    if not activity.in_activity():
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_EVERY):
+            try:
+                activity.heartbeat()
+            except Exception as err:  # a busy event loop: the next beat may get through
+                log.debug("heartbeat not sent: %r", err)
+
+    # heartbeat() finds its activity through a context variable, which a new thread does not inherit.
+    beater = threading.Thread(target=contextvars.copy_context().run, args=(beat,), name="send-heartbeat", daemon=True)
+    beater.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beater.join()
+
+
 def _run_clock(request: SendRequest) -> datetime:
     """The run's clock for this attempt: what the workflow said, moved on by the time a retry
     waited (a provider outage)."""
@@ -101,11 +176,18 @@ class MessageSender:
 
     @activity.defn(name="send_message")
     def send_message(self, request: SendRequest) -> SendResult:
+        with _heartbeating():
+            return self._attempt(request, _Clock())
+
+    def _attempt(self, request: SendRequest, clock: _Clock) -> SendResult:
         key = f"{request.workflow_id}:{request.step}"
         claim = self._claim(key, request)
         row = claim.row
         if row.status in FINAL:
             return _result(row)
+        if request.channel == "sms" and row.status == "sending":
+            # Before any rule may skip or defer it: the row may still be another attempt's.
+            self._wait_for_lease(key, row, clock)
         now = _run_clock(request)
         decision = send_rules.decide(request, claim.facts, now)
         match decision:  # a Send goes on below
@@ -126,7 +208,7 @@ class MessageSender:
         message = self._render(key, request, row, recipient, decision, now)
         if isinstance(message, SendResult):
             return message
-        return self._send(key, request, row, message)
+        return self._send(key, request, row, message, clock)
 
     # -- take a cap slot, render, send ---------------------------------------------------------------
 
@@ -178,20 +260,36 @@ class MessageSender:
         sms = OutgoingSms(to=recipient, body=rendered.body, key=key, status_callback=status_callback_url(self.deps.settings.public_url))
         return _Outgoing(self.deps.sms.name, recipient, rendered, lambda: self.deps.sms.send_sms(sms), sms=sms)
 
-    def _send(self, key: str, request: SendRequest, row: _Row, message: _Outgoing) -> SendResult:
+    def _send(self, key: str, request: SendRequest, row: _Row, message: _Outgoing, clock: _Clock) -> SendResult:
         """The one provider call, by the attempt that owns the row; then the row says what came of it."""
         if row.status == "sending" and message.sms is not None:
-            # An earlier attempt died in the provider call: Twilio lists what it took, so look first.
+            # An earlier attempt died in the provider call, and its lease and Twilio's catch-up time
+            # are over (_wait_for_lease): Twilio lists what it took, so look first.
             assert row.sending_at is not None  # _MARK_SENDING sets both at once
-            found = self.deps.sms.find_sent(message.sms, since=utc(row.sending_at) - timedelta(minutes=1))
+            try:
+                found = self.deps.sms.find_sent(message.sms, since=utc(row.sending_at))
+            except PermanentError as err:
+                return self._finish(row.id, "unknown", error=(
+                    f"an earlier attempt may have sent it and the lookup could not tell ({_describe(err)}); not resent"))
+            except RetryableError as err:
+                delay = timedelta(seconds=err.retry_after) if err.retry_after else None
+                raise ApplicationError(f"looking for an earlier attempt's text: {_describe(err)}",
+                                       type="ProviderUnavailable", next_retry_delay=delay) from err
             if found is not None:
                 return self._finish(row.id, "sent", accepted=found)
         rendered = message.rendered
-        if not self._mark_sending(row, message.provider, message.recipient, rendered.locale, rendered.subject,
-                                  rendered.body):
+        lease = self._mark_sending(row, message.provider, message.recipient, rendered.locale, rendered.subject,
+                                   rendered.body, clock=clock)
+        attempt = row.attempts + 1
+        if lease is None or not self._holds(row.id, attempt):
             # Another attempt moved the row since this one read it: this attempt outlived its
-            # timeout and Temporal started the next one. Only the row's owner may call the provider.
+            # timeout and Temporal started the next one. Only the row's holder may call the provider.
             raise ApplicationError(f"message {key}: another attempt has taken over this send", type="SendTakenOver")
+        if clock.now() + self._call_time() > lease:
+            # Stalled since the mark: a call now could outlast the lease, and after the lease the
+            # next attempt looks the message up and may send it.
+            raise ApplicationError(f"message {key}: this attempt stalled past its lease; the next one takes over",
+                                   type="SendTakenOver")
         try:
             accepted = message.call()
         except PermanentError as err:
@@ -199,14 +297,39 @@ class MessageSender:
             self._suppress_for(err, request.channel, message.recipient, customer.get("id"))
             return self._finish(row.id, "failed", error=_describe(err))
         except RetryableError as err:
+            delay = timedelta(seconds=err.retry_after) if err.retry_after else None
             if err.sent is False:
                 # The provider certainly did not take it: the next attempt may send again.
-                self._set(row.id, status="pending", error=_describe(err))
+                self._set_owned(row.id, attempt, status="pending", error=_describe(err))
             else:
-                self._set(row.id, error=f"outcome unknown: {_describe(err)}")
-            delay = timedelta(seconds=err.retry_after) if err.retry_after else None
+                self._set_owned(row.id, attempt, error=f"outcome unknown: {_describe(err)}")
+                if message.sms is not None:
+                    # The retry can only look the text up once Twilio's list has caught up.
+                    delay = max(lease + LIST_CATCH_UP - clock.now(), delay or timedelta(0))
             raise ApplicationError(_describe(err), type="ProviderUnavailable", next_retry_delay=delay) from err
         return self._finish(row.id, "sent", accepted=accepted)
+
+    def _wait_for_lease(self, key: str, row: _Row, clock: _Clock) -> None:
+        """A text whose row is `sending`: the attempt that marked it may still be in its provider
+        call, and what it sent may not be in Twilio's list yet. Until its lease has ended and the
+        list has had LIST_CATCH_UP to catch up, this attempt changes nothing and has Temporal run
+        the next one then."""
+        assert row.sending_at is not None  # _MARK_SENDING sets both at once
+        # A row marked before leases existed: the lease it would have had.
+        lease = utc(row.lease_until) if row.lease_until is not None else utc(row.sending_at) + self._lease()
+        look_at = lease + LIST_CATCH_UP
+        wait = look_at - clock.now()
+        if wait > timedelta(0):
+            raise ApplicationError(f"message {key}: attempt {row.attempts} may still be sending it; "
+                                   f"looking it up at Twilio after {look_at:%H:%M:%S} UTC",
+                                   type="SendInFlight", next_retry_delay=wait)
+
+    def _lease(self) -> timedelta:
+        return self._call_time() + LEASE_MARGIN
+
+    def _call_time(self) -> timedelta:
+        # requests applies the timeout to the connect and to the read, one after the other.
+        return timedelta(seconds=2 * self.deps.settings.provider_timeout)
 
     def _defer(self, row_id: int, until: datetime, why: str) -> SendResult:
         self._set(row_id, status="deferred", error=why)
@@ -272,24 +395,42 @@ class MessageSender:
                 })
                 new_key = inserted.inserted_primary_key
                 assert new_key is not None  # an INSERT of one row always has it
-                row = _Row(new_key[0], key, "pending", None, None, None, 0)
+                row = _Row(new_key[0], key, "pending", None, None, None, 0, None)
             return _Claim(row, facts)
 
     def _mark_sending(self, row: _Row, provider: str, recipient: str, locale: str, subject: str | None,
-                      body: str) -> bool:
-        """Compare-and-set: the row becomes `sending` only if no other attempt changed it since this
-        one read it (same status, same attempt count). False: leave the provider alone."""
+                      body: str, *, clock: _Clock) -> datetime | None:
+        """Compare-and-set: the row becomes `sending`, leased to this attempt, only if no other
+        attempt changed it since this one read it (same status, same attempt count). The count
+        goes up by one, so it names the lease's holder: an attempt taking over an expired lease
+        names the one it read, and a stalled holder finds the row no longer its own. Returns the
+        end of the lease; None: leave the provider alone."""
+        now = clock.now()
+        lease = now + self._lease()
         with self.deps.db.transaction() as connection:
             marked = connection.execute(_MARK_SENDING, {
                 "row_id": row.id, "read_status": row.status, "read_attempts": row.attempts,
-                "sending_at": datetime.now(timezone.utc), "provider": provider,
+                "sending_at": now, "lease_until": lease, "provider": provider,
                 "recipient": recipient, "locale": locale, "subject": subject, "body": body,
             })
-            return marked.rowcount == 1
+            return lease if marked.rowcount == 1 else None
+
+    def _holds(self, row_id: int, attempt: int) -> bool:
+        """Whether the row is still this attempt's, asked again just before the call: one that
+        stalled after its mark for longer than its lease (a paused process; a suspended VM, whose
+        clock stood still and so cannot tell) may have been taken over meanwhile."""
+        with self.deps.db.transaction() as connection:
+            found = connection.execute(_HOLDER, {"row_id": row_id}).first()
+        return found is not None and (found.status, found.attempts) == ("sending", attempt)
 
     def _set(self, row_id: int, **values) -> None:
         with self.deps.db.transaction() as connection:
             connection.execute(_SET, {"row_id": row_id, **values})
+
+    def _set_owned(self, row_id: int, attempt: int, **values) -> None:
+        """What the holder's call came to, unless another attempt has taken the row over since."""
+        with self.deps.db.transaction() as connection:
+            connection.execute(_SET_OWNED, {"row_id": row_id, "owner_attempts": attempt, **values})
 
     def _finish(self, row_id: int, status: str, *, error: str | None = None, accepted: Accepted | None = None) -> SendResult:
         values: dict = {"status": status, "error": error}
@@ -313,7 +454,7 @@ _messages = Message.__table__
 _customers = Customer.__table__
 _FINAL_ORDERED = sorted(FINAL)
 _ROW = select(_messages.c.id, _messages.c.key, _messages.c.status, _messages.c.error,
-              _messages.c.provider_message_id, _messages.c.sending_at, _messages.c.attempts)
+              _messages.c.provider_message_id, _messages.c.sending_at, _messages.c.attempts, _messages.c.lease_until)
 _ROW_BY_KEY = _ROW.where(_messages.c.key == bindparam("key"))
 _ROW_BY_ID = _ROW.where(_messages.c.id == bindparam("row_id"))
 _PROFILE = select(_customers.c.email, _customers.c.phone, _customers.c.consents, _customers.c.timezone,
@@ -324,11 +465,14 @@ _COUPON = select(_coupons.c.code, _coupons.c.redeemed_at, _coupons.c.activated_a
 # Without .values(): the columns to set are the keys of the parameters given with each call.
 _SET = update(_messages).where(_messages.c.id == bindparam("row_id"))
 _FINISH = _SET.where(_messages.c.status.not_in(_FINAL_ORDERED))
+_SET_OWNED = _SET.where(_messages.c.attempts == bindparam("owner_attempts"))
+_HOLDER = select(_messages.c.status, _messages.c.attempts).where(_messages.c.id == bindparam("row_id"))
 _MARK_SENDING = update(_messages).where(
     _messages.c.id == bindparam("row_id"), _messages.c.status == bindparam("read_status"),
     _messages.c.attempts == bindparam("read_attempts"),
 ).values(
-    status="sending", sending_at=bindparam("sending_at"), provider=bindparam("provider"),
+    status="sending", sending_at=bindparam("sending_at"), lease_until=bindparam("lease_until"),
+    provider=bindparam("provider"),
     recipient=bindparam("recipient"), locale=bindparam("locale"), subject=bindparam("subject"),
     body=bindparam("body"), attempts=_messages.c.attempts + 1,
 )
@@ -344,6 +488,7 @@ class _Row:
     provider_message_id: str | None
     sending_at: datetime | None
     attempts: int
+    lease_until: datetime | None
 
 
 @dataclass(frozen=True)

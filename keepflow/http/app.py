@@ -11,10 +11,13 @@
 Nothing else: this is the app customers, stores and providers reach. The dashboard and these
 endpoints' documentation are in the admin app (keepflow/http/admin.py), on a listener of its own.
 
-Every accepted event is stored before it is routed, and the answer comes after it is stored.
-If Temporal cannot be reached the answer is 503 (the sender retries) and the event stays
-stored; the reconciler in this process routes it as soon as Temporal is back. Routing is
-idempotent, so the retry and the reconciler cannot route it twice in effect.
+Every accepted event is stored before it is routed, and the answer comes after it is stored and
+within ROUTE_WAIT more for routing, never later than ANSWER_WITHIN in all (keepflow/http/intake.py):
+slower routing goes on after the answer. If routing fails (Temporal cannot be reached) the answer
+is 503 (the sender retries) and the event stays stored; the reconciler in this process routes it
+as soon as Temporal is back. A database that is locked past its timeout or down is a 503 with
+nothing written. Routing is idempotent, so the retry and the reconciler cannot route it twice in
+effect.
 """
 
 from __future__ import annotations
@@ -24,16 +27,17 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 from temporalio.client import Client
 
 from keepflow.http import sendgrid as sendgrid_webhook
-from keepflow.http import shopify, signing
+from keepflow.http import intake, shopify, signing
 from keepflow.http import twilio as twilio_webhook
 from keepflow.http import unsubscribe_pages as unsubscribe_link
 from keepflow.http.services import Services, open_db, read_body, unprocessable
@@ -47,16 +51,14 @@ from keepflow.store import Database
 
 log = logging.getLogger("keepflow.http")
 
-# How long one request may spend routing before it answers 503 and leaves it to the reconciler.
-ROUTE_TIMEOUT = 10.0
 RECONCILE_EVERY = 5.0
-
-
-class Accepted(BaseModel):
-    id: str
-    duplicate: bool
-    started: list[str]
-    signalled: list[str]
+# How long connecting to Temporal may take before a routing or the reconciler gives up for now.
+CONNECT_TIMEOUT = 10.0
+# A store write waits this long for another writer's lock, then answers 503: Shopify gives up
+# after 5 s, and a sender told to retry loses nothing.
+INTAKE_LOCK_WAIT = timedelta(seconds=3)
+# What a locked or unreachable database answers: nothing was written, the sender's retry will do.
+DATABASE_RETRY_AFTER = "5"
 
 
 class Ignored(BaseModel):
@@ -73,20 +75,22 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, db: Databa
             settings=settings,
             # An invalid sequences file stops the server here, with every problem listed.
             catalog=catalog or load_catalog(settings.sequences_path, settings.templates_dir),
-            db=db or open_db(settings),
+            db=db or open_db(settings, INTAKE_LOCK_WAIT),
             client=client,
             webhook_secrets=webhook_secrets if webhook_secrets is not None else settings.webhook_secrets,
         )
         if not services.webhook_secrets:
             raise RuntimeError("set KEEPFLOW_WEBHOOK_SECRET (whsec_...) to accept signed events")
         app.state.services = services
-        reconciler = asyncio.create_task(_reconcile_forever(services, reconcile_every))
+        app.state.routings = routings = intake.Routings()
+        reconciler = asyncio.create_task(_reconcile_forever(services, routings, reconcile_every))
         try:
             yield
         finally:
             reconciler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reconciler
+            await routings.close()
             if own_db:
                 services.db.dispose()
 
@@ -94,7 +98,7 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, db: Databa
     app = FastAPI(title="Keepflow", summary="Events in: start and steer customer sequences.", lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)
 
-    @app.post("/events", status_code=202, response_model=Accepted,
+    @app.post("/events", status_code=202, response_model=intake.Accepted,
               responses={200: {"description": "already received"}, 401: {}, 413: {}, 422: {}, 503: {}})
     async def post_event(request: Request) -> JSONResponse:
         """Keepflow's own event JSON, signed with `webhook-id`, `webhook-timestamp`, `webhook-signature`."""
@@ -103,9 +107,9 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, db: Databa
         if not signing.verify(body, request.headers, services.webhook_secrets):
             raise HTTPException(401, "bad or missing signature, or a timestamp more than 5 minutes off")
         event = _parse(EventIn, body)
-        return await _ingest(services, event, ("standard", request.headers["webhook-id"]))
+        return await _ingest(request, event, ("standard", request.headers["webhook-id"]))
 
-    @app.post("/webhooks/shopify", status_code=202, response_model=Accepted | Ignored,
+    @app.post("/webhooks/shopify", status_code=202, response_model=intake.Accepted | Ignored,
               responses={200: {"description": "already received, or a topic Keepflow does not use"}, 401: {}, 413: {}, 422: {}, 503: {}})
     async def post_shopify(request: Request) -> JSONResponse:
         """Shopify's webhooks (orders, fulfillments, fulfillment events, refunds, customers)."""
@@ -126,7 +130,15 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, db: Databa
             return JSONResponse({"ignored": str(reason) or delivery.topic}, status_code=200)
         except (ValueError, ValidationError) as err:
             raise unprocessable(err) from err
-        return await _ingest(services, event, ("shopify", delivery.webhook_id))
+        return await _ingest(request, event, ("shopify", delivery.webhook_id))
+
+    @app.exception_handler(OperationalError)
+    async def database_busy(request: Request, err: OperationalError) -> JSONResponse:
+        # A write that waited past the lock timeout, or a database that is down: rolled back, so
+        # nothing is half-written, and the sender's retry will find it free.
+        log.warning("%s %s: database busy or unreachable: %s", request.method, request.url.path, err.orig)
+        return JSONResponse({"detail": "the database is busy or unreachable; nothing was recorded, retry later"},
+                            status_code=503, headers={"Retry-After": DATABASE_RETRY_AFTER})
 
     app.include_router(sendgrid_webhook.router)
     app.include_router(unsubscribe_link.router)
@@ -169,25 +181,10 @@ def _holds_nul(value: object) -> bool:
     return False
 
 
-async def _ingest(services: Services, event: EventIn, delivery: tuple[str, str]) -> JSONResponse:
-    new = await asyncio.to_thread(routing.store, services.db, event, delivery)
-    if new is False:
-        return JSONResponse(Accepted(id=event.id, duplicate=True, started=[], signalled=[]).model_dump(), status_code=200)
-    try:
-        if services.client is None:
-            services.client = await asyncio.wait_for(_connect(services.settings), ROUTE_TIMEOUT)
-        routed = await asyncio.wait_for(
-            routing.route_stored(services.client, services.catalog, services.db, event, services.settings.task_queue,
-                                duplicate=new is None),
-            ROUTE_TIMEOUT,
-        )
-    except Exception as err:
-        # Stored: never lost. The sender's retry or the reconciler routes it once Temporal is back.
-        log.warning("event %s stored, not yet routed: %s", event.id, err)
-        return JSONResponse({"detail": "stored; Temporal is unreachable, routing will follow"},
-                            status_code=503, headers={"Retry-After": "30"})
-    body = Accepted(id=routed.event_id, duplicate=routed.duplicate, started=routed.started, signalled=routed.signalled)
-    return JSONResponse(body.model_dump(), status_code=200 if routed.duplicate else 202)
+async def _ingest(request: Request, event: EventIn, delivery: tuple[str, str]) -> JSONResponse:
+    services: Services = request.app.state.services
+    return await intake.ingest(services, request.app.state.routings, event, delivery,
+                               lambda: asyncio.wait_for(_connect(services.settings), CONNECT_TIMEOUT))
 
 
 async def _connect(settings: Settings) -> Client:
@@ -213,13 +210,14 @@ async def _temporal_ok(services: Services) -> str:
         return f"unreachable: {why_unreachable(err)}"
 
 
-async def _reconcile_forever(services: Services, every: float) -> None:
+async def _reconcile_forever(services: Services, routings: intake.Routings, every: float) -> None:
     while True:
         await asyncio.sleep(every)
         try:
             if services.client is None:
-                services.client = await asyncio.wait_for(_connect(services.settings), ROUTE_TIMEOUT)
-            routed = await routing.reconcile(services.db, services.client, services.catalog, services.settings.task_queue)
+                services.client = await asyncio.wait_for(_connect(services.settings), CONNECT_TIMEOUT)
+            routed = await routing.reconcile(services.db, services.client, services.catalog,
+                                             services.settings.task_queue, busy=routings.busy)
             if routed:
                 log.info("reconciler routed %d stored event(s)", routed)
         except Exception as err:  # Temporal still away: try again next round

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -12,6 +13,7 @@ from temporalio.client import Client
 from keepflow.language.catalog import Catalog
 from keepflow.settings import Settings
 from keepflow.store import Database, upgrade
+from keepflow.store.db import LOCK_TIMEOUT
 
 
 @dataclass
@@ -26,10 +28,10 @@ class Services:
     webhook_secrets: list[str] = field(default_factory=list)
 
 
-def open_db(settings: Settings) -> Database:
+def open_db(settings: Settings, lock_timeout: timedelta = LOCK_TIMEOUT) -> Database:
     """The store at the newest schema, for an app not handed one."""
     upgrade(settings.resolved_database_url)
-    return Database(settings.resolved_database_url)
+    return Database(settings.resolved_database_url, lock_timeout)
 
 
 async def read_body(request: Request, limit: int) -> bytes:

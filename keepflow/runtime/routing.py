@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -102,8 +103,6 @@ def store(db: Database, event: EventIn, delivery: tuple[str, str] | None = None)
         # The same event (or delivery) stored at this moment by a concurrent request.
         with db.session() as session:
             return _seen(session, event.id)
-    if event.customer is not None and event.type in RESCORE_TYPES:
-        _rescore(db, event.customer.id)
     return True
 
 
@@ -192,9 +191,17 @@ async def _deliver(client: Client, run_id: str, signal: EventSignal) -> bool:
         raise
 
 
-async def route(client: Client, catalog: Catalog, db: Database, event: EventIn, task_queue: str) -> Routed:
-    """Signal the runs that wait for or exit on this event; start the runs it triggers; mark the
-    event routed."""
+async def route(client: Client, catalog: Catalog, db: Database, event: EventIn, task_queue: str,
+                rerouting: bool = False) -> Routed:
+    """Signal the runs that wait for or exit on this event; start the runs it triggers, with the
+    stored events each missed; then, last, note the runs and mark the event routed.
+
+    The mark comes last so that a crash (or a cancelled request) at any point before it leaves the
+    event unrouted, and the reconciler routes it again. Every step before it is safe to repeat:
+    runs ignore an event id they have heard, a start finds its run, a conversion is noted once.
+    `rerouting`: the event may have been routed part way before. A start that finds its run
+    already there then asks whether this event started it, and if so finishes that run's catch-up.
+    """
     context = {**event.context(), "brand": catalog.file.brand}
     routed = Routed(event.id)
     for sequence in catalog.interested_in(event.type):
@@ -203,6 +210,10 @@ async def route(client: Client, catalog: Catalog, db: Database, event: EventIn, 
             routed.signalled.append(run_id)
             if event.type in sequence.goal:
                 await asyncio.to_thread(mark_converted, db, run_id, event)
+    if event.customer is not None and event.type in RESCORE_TYPES:
+        # Here, not in `store`: it is a second write that may wait for the lock as long again, and
+        # the answer to the sender bounds only the time routing takes. Routed again, it scores again.
+        await asyncio.to_thread(_rescore, db, event.customer.id)
     triggered = catalog.triggered_by(event.type)
     if triggered and event.customer is not None:
         # Conditions may ask `customer.rfm.segment`: the scores as they stand now.
@@ -216,31 +227,36 @@ async def route(client: Client, catalog: Catalog, db: Database, event: EventIn, 
             log.warning("event %s: no %r for sequence %s's key", event.id, sequence.key, sequence.id)
             continue
         run = RunInput(snapshot=catalog.snapshot(sequence.id), key=run_id.split("/", 1)[1], context=context)
-        # Noted in `runs` by _settle below, in the same transaction as the rest.
-        if await starts.start_run(client, run, task_queue, db=None) is None:
-            continue  # started by an earlier copy of this event, or another event for the key
-        routed.started.append(run_id)
+        # Noted in `runs` by _settle below, in the same transaction as the routed mark.
+        if await starts.start_run(client, run, task_queue, db=None, trigger=event.id) is not None:
+            routed.started.append(run_id)
+        elif not (rerouting and await starts.started_by(client, run_id, event.id)):
+            continue  # started by another event for the key
+        # New, or started by this event in a routing cut short: either way it gets its catch-up.
         started.append((sequence, run_id))
-    # One trip to a thread and one transaction (each trip waits for a free thread under load):
-    # note the new runs, read what each missed, mark the event routed. A crash before the
-    # catch-up below loses nothing a crash before the marking would not: routed again, the
-    # event finds its runs started and starts nothing.
-    earlier = await asyncio.to_thread(_settle, db, event, context, started, routed.runs)
-    for (sequence, run_id), missed in zip(started, earlier):
-        await _catch_up(client, sequence, run_id, missed)
+    if started:
+        # Read after the start: an event stored from here on finds the run when it is routed.
+        earlier = await asyncio.to_thread(_earlier_events, db, event, [s for s, _ in started])
+        for (sequence, run_id), missed in zip(started, earlier):
+            await _catch_up(client, sequence, run_id, missed)
+    runs = len(routed.signalled) + len(started)
+    await asyncio.to_thread(_settle, db, event, context, [run_id for _, run_id in started], runs)
     return routed
 
 
-def _settle(db: Database, trigger: EventIn, context: dict[str, Any], started: list[tuple[Sequence, str]],
-            runs: int) -> list[list[EventIn]]:
+def _earlier_events(db: Database, trigger: EventIn, sequences: list[Sequence]) -> list[list[EventIn]]:
     with db.session() as session:
-        earlier = []
-        for sequence, run_id in started:
-            starts.note_run(session, run_id, context)
-            wanted = sequence.events_heard()
-            earlier.append(_stored_events(session, wanted, trigger) if wanted else [])
+        return [_stored_events(session, wanted, trigger) if (wanted := s.events_heard()) else [] for s in sequences]
+
+
+def _settle(db: Database, trigger: EventIn, context: dict[str, Any], started: list[str], runs: int) -> None:
+    """One write for the event's bookkeeping: its new runs noted, the event marked routed."""
+    with db.session() as session:
+        for run_id in started:
+            noted = session.get(Run, run_id)
+            if noted is None or noted.trigger_event_id != trigger.id:  # else noted by a routing cut short
+                starts.note_run(session, run_id, context)
         _mark_routed(session, trigger.id, runs)
-        return earlier
 
 
 async def _catch_up(client: Client, sequence: Sequence, run_id: str, earlier: list[EventIn]) -> None:
@@ -279,19 +295,22 @@ async def ingest(db: Database, client: Client, catalog: Catalog, event: EventIn,
 
 async def route_stored(client: Client, catalog: Catalog, db: Database, event: EventIn, task_queue: str,
                        duplicate: bool = False) -> Routed:
-    """Route an event already stored; routing marks it routed.
+    """Route an event already stored; routing marks it routed, last.
 
-    If routing fails (Temporal unreachable) the event stays stored and unrouted: the sender's
-    retry or the reconciler routes it later, and routing twice has no second effect.
+    If routing fails or stops part way (Temporal unreachable, a crash) the event stays stored and
+    unrouted: the sender's retry or the reconciler routes it again, and what the first try did
+    has no second effect. `duplicate`: the event was stored before (a retry, the reconciler).
     """
-    routed = await route(client, catalog, db, event, task_queue)
+    routed = await route(client, catalog, db, event, task_queue, rerouting=duplicate)
     routed.duplicate = duplicate
     return routed
 
 
 async def reconcile(db: Database, client: Client, catalog: Catalog, task_queue: str,
-                    older_than: timedelta = timedelta(seconds=10), limit: int = 200) -> int:
-    """Route events stored but never routed (Temporal was down when they came); forget old delivery ids."""
+                    older_than: timedelta = timedelta(seconds=10), limit: int = 200,
+                    busy: Collection[str] = ()) -> int:
+    """Route events stored but never routed (Temporal was down when they came, routing was cut
+    short); forget old delivery ids. `busy`: events this process is routing right now."""
     def pending() -> list[EventIn]:
         with db.session() as session:
             session.execute(delete(Delivery).where(Delivery.received_at < _now() - DELIVERY_RETENTION))
@@ -301,9 +320,9 @@ async def reconcile(db: Database, client: Client, catalog: Catalog, task_queue: 
             ).all()
         return [EventIn.model_validate(p) for p in rows]
 
-    events = await asyncio.to_thread(pending)
+    events = [e for e in await asyncio.to_thread(pending) if e.id not in busy]
     for event in events:
-        await route_stored(client, catalog, db, event, task_queue)
+        await route_stored(client, catalog, db, event, task_queue, duplicate=True)
     return len(events)
 
 

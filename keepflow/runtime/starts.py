@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from temporalio.client import Client
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from keepflow.runtime.payloads import RunInput
 from keepflow.store import Database, Run
@@ -27,26 +28,47 @@ def run_id(sequence_id: str, key: Any) -> str:
 
 
 async def start_run(client: Client, run: RunInput, task_queue: str, *, db: Database | None,
-                    started_at: datetime | None = None, allow_rerun: bool = False) -> str | None:
+                    started_at: datetime | None = None, allow_rerun: bool = False,
+                    trigger: str | None = None) -> str | None:
     """Start `run`; its workflow id, or None when a run under that id exists already.
 
     `allow_rerun`: a closed run's id may be used again (the scan: a customer can come back and
     drift away again after the cool-down); otherwise one run per sequence and key. With `db`, the
     run is noted in `runs` as started at `started_at` (default now); without, the caller notes it
     with `note_run()` in a transaction of its own (the router, with the rest of its bookkeeping).
+    `trigger`: the id of the event that starts it, kept in its memo (see `started_by`).
     """
     workflow_id = run_id(run.snapshot.root, run.key)
     try:
         await client.start_workflow(
             "sequence", run, id=workflow_id, task_queue=task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE if allow_rerun else WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            memo={"sequence": run.snapshot.root, "definition_hash": run.snapshot.hash},
+            memo=_memo(run, trigger),
         )
     except WorkflowAlreadyStartedError:
         return None
     if db is not None:
         await asyncio.to_thread(record_run, db, workflow_id, run.context, started_at)
     return workflow_id
+
+
+def _memo(run: RunInput, trigger: str | None) -> dict[str, Any]:
+    memo = {"sequence": run.snapshot.root, "definition_hash": run.snapshot.hash}
+    if trigger:
+        # Which event started it: routing that event again after a crash finishes what it began.
+        memo["trigger"] = trigger
+    return memo
+
+
+async def started_by(client: Client, workflow_id: str, event_id: str) -> bool:
+    """Whether the run under `workflow_id` was started by the event `event_id`."""
+    try:
+        description = await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return await description.memo_value("trigger", None) == event_id
 
 
 def record_run(db: Database, workflow_id: str, context: dict[str, Any], started_at: datetime | None = None) -> None:

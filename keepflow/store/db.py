@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,13 +21,20 @@ if TYPE_CHECKING:
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
-def make_engine(url: str) -> Engine:
+# How long a statement waits for another writer's lock before it fails (OperationalError).
+LOCK_TIMEOUT = timedelta(seconds=30)
+
+
+def make_engine(url: str, lock_timeout: timedelta = LOCK_TIMEOUT) -> Engine:
     parsed = make_url(url)
+    wait_ms = int(lock_timeout.total_seconds() * 1000)
     if parsed.get_backend_name() != "sqlite":
+        if parsed.get_backend_name() == "postgresql":
+            return create_engine(url, pool_pre_ping=True, connect_args={"options": f"-c lock_timeout={wait_ms}"})
         return create_engine(url, pool_pre_ping=True)
     if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
         _private_file(Path(parsed.database))
-    engine = create_engine(url, connect_args={"timeout": 30})
+    engine = create_engine(url, connect_args={"timeout": lock_timeout.total_seconds()})
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection, _record):  # pragma: no cover - exercised by every test
@@ -35,7 +42,7 @@ def make_engine(url: str) -> Engine:
         # WAL lets the worker's threads read while one writes; busy_timeout waits out the writer.
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={wait_ms}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
@@ -71,9 +78,9 @@ def upgrade(url: str) -> None:
 
 
 class Database:
-    def __init__(self, url: str):
+    def __init__(self, url: str, lock_timeout: timedelta = LOCK_TIMEOUT):
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, lock_timeout)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

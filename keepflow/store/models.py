@@ -152,6 +152,9 @@ class Message(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     sending_at: Mapped[datetime | None]
+    # Until when the attempt that marked the row `sending` (the `attempts`-th) may be calling the
+    # provider: no other attempt sends before it, and a text is looked up only some time after it.
+    lease_until: Mapped[datetime | None]
     sent_at: Mapped[datetime | None]
     # When this marketing message took its slot under the frequency cap (None: not counted).
     counted_at: Mapped[datetime | None]

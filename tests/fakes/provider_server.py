@@ -5,8 +5,11 @@
 
 Answers follow the real APIs closely enough for `sendgrid` and `twilio` (9.x) to parse them,
 including their error shapes. Failures can be scripted per API (`fail_next`, `accept_then_drop`,
-`accept_then_stall`); `on_accept` sees each accepted send before its answer goes out. Everything
-listens on 127.0.0.1 only.
+`accept_then_stall`); `on_accept` sees each accepted send before its answer goes out. Twilio's
+quirks can be switched on: a list that shows a new message only some seconds after its creation
+(`twilio_list_lag`), and bodies rewritten as Twilio stores them (`twilio_rewrites`: Smart Encoding,
+an appended opt-out line). Timestamps come from `clock`, which a test on the time-skipping
+Temporal server points at that server's time. Everything listens on 127.0.0.1 only.
 
     with FakeProviders() as fake:
         client = SendGridAPIClient(fake.sendgrid_api_key, host=fake.url)
@@ -24,7 +27,7 @@ import socket
 import threading
 from collections import deque
 from dataclasses import dataclass
-from datetime import date, datetime, time, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from email.utils import format_datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -40,6 +43,15 @@ FAKE_TWILIO_AUTH_TOKEN = "test-token"
 
 _TWILIO_MESSAGES = re.compile(r"^/2010-04-01/Accounts/([^/]+)/Messages\.json$")
 _TWILIO_DEFAULT_CODES = {401: 20003, 404: 20404, 405: 20004, 429: 20429, 500: 20500, 503: 20503}
+
+
+# What Twilio's Smart Encoding does to the punctuation Keepflow's templates are likely to hold.
+SMART_ENCODING = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'", "\u2014": "-",
+                                "\u2013": "-", "\u2026": "...", "\u00a0": " "})
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 def unused_url() -> str:
@@ -138,6 +150,7 @@ class FakeProviders:
         # worker hearing of it. Not cleared by reset().
         self.on_accept: Callable[[Api, dict[str, Any]], bool | None] | None = None
         self._accepted_here = threading.local()  # the send this request's thread just accepted
+        self._quirks_off()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -205,6 +218,22 @@ class FakeProviders:
         (or until stop()): the client's read timeout fires."""
         self._script(api, times, _Script("stall", seconds=seconds))
 
+    def twilio_rewrites(self, *, smart_encoding: bool = False, footer: str | None = None) -> None:
+        """Store (and list) each new Twilio body as Twilio would rewrite it: Smart Encoding of Unicode
+        punctuation (unless the create says SmartEncoded=false), and `footer` appended, like a
+        Messaging Service's opt-out line."""
+        self.twilio_smart_encoding = smart_encoding
+        self.twilio_footer = footer
+
+    def _quirks_off(self) -> None:
+        # The fake's clock: Twilio's timestamps, and when a lagging list shows a message.
+        self.clock: Callable[[], datetime] = _utc_now
+        # Seconds (on `clock`) from a message's creation until the list shows it: Twilio's list is
+        # eventually consistent, so a message just accepted may be missing from it.
+        self.twilio_list_lag = 0.0
+        self.twilio_smart_encoding = False
+        self.twilio_footer: str | None = None
+
     def _script(self, api: Api, times: int, script: _Script) -> None:
         if api not in self._scripts:
             raise ValueError(f"unknown api {api!r}")
@@ -212,8 +241,9 @@ class FakeProviders:
             self._scripts[api].extend(script for _ in range(times))
 
     def reset(self) -> None:
-        """Forget recorded requests and accepted messages, and drop any scripted behaviour
-        (for one server shared by many tests)."""
+        """Forget recorded requests and accepted messages, and drop any scripted behaviour and
+        quirks (for one server shared by many tests)."""
+        self._quirks_off()
         with self._lock:
             self._requests.clear()
             for messages in self._accepted.values():
@@ -446,7 +476,11 @@ class FakeProviders:
             return self._twilio_error(400, 21211, f"The 'To' number {to} is not a valid phone number.")
         if len(text) > 1600:
             return self._twilio_error(400, 21617, "The concatenated message body exceeds the 1600 character limit.")
-        now = datetime.now(timezone.utc).replace(microsecond=0)
+        if self.twilio_smart_encoding and form.get("SmartEncoded", "").lower() != "false":
+            text = text.translate(SMART_ENCODING)
+        if self.twilio_footer:
+            text += self.twilio_footer
+        now = self.clock().replace(microsecond=0)
         sid = "SM" + secrets.token_hex(16)
         base = path[: -len(".json")]
         message = {
@@ -510,9 +544,11 @@ class FakeProviders:
                 if parsed is None:
                     return self._twilio_error(400, 20001, f"Invalid {key}: {query[key]}")
                 bounds[key] = parsed
+        shown_until = self.clock() - timedelta(seconds=self.twilio_list_lag)
         with self._lock:
-            records = [self._twilio_listed(r) for r in self._accepted["twilio"]]
-            sent_at = {m["sid"]: r["created_at"] for m, r in zip(records, self._accepted["twilio"])}
+            created = [r for r in self._accepted["twilio"] if r["created_at"] <= shown_until]
+            records = [self._twilio_listed(r) for r in created]
+            sent_at = {m["sid"]: r["created_at"] for m, r in zip(records, created)}
 
         def keep(msg: dict[str, Any]) -> bool:
             if "To" in query and msg["to"] != query["To"]:

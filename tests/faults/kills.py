@@ -11,8 +11,10 @@ random while and then SIGKILLs it, and starts a new one at once. Kills are of tw
   activity attempt is lost, which is exactly the unknown-outcome case activities/builtin/send.py handles
   (email: `unknown`, not resent; SMS: looked up at Twilio before resending).
 
-Temporal notices a killed attempt only when its start-to-close timeout (SEND_TIMEOUT, 30 s) runs
-out, then retries it on the current worker: so a campaign takes its kill phase plus about 30 s.
+Temporal notices a killed attempt when its heartbeats stop (SEND_HEARTBEAT, 10 s), then retries it
+on the current worker; a text's retry then waits for the killed attempt's lease and for Twilio's
+list (about 90 s after the mark) before it looks. So a campaign takes its kill phase plus about
+a minute and a half.
 Used by tests/faults/test_kill9.py (small) and bench/kill.py (big).
 """
 

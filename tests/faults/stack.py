@@ -5,17 +5,22 @@
 * worker.py in its own OS process (`python worker.py`, configured through the environment as in
   production), so it can be SIGKILLed or SIGTERMed and replaced;
 * the fake SendGrid/Twilio (tests/fakes/provider_server.py) in this process, which the worker's
-  real SDKs call, and which counts what each message key cost at the provider.
+  real SDKs call, and which counts what each message key cost at the provider;
+* on request, the public app (`keepflow serve`) in its own OS process on a fixed port, so events
+  can come in over HTTP and the app can be SIGKILLed and started again.
 
 The sequence is written into the folder: two emails and two texts with a wait between the pairs,
-transactional (no quiet hours, no cap), so every step sends whatever the hour. Each run's
-`event.id` is its workflow id and each text's body starts with its message key, because Twilio
-has no field to carry one.
+transactional (no quiet hours, no cap), so every step sends whatever the hour. It is keyed on the
+order, so an `order.created` for order `r00007` starts the run `faults/r00007`, the same id
+`start_run(7)` gives. Each run's `event.id` is its workflow id and each text's body starts with
+its message key, because Twilio has no field to carry one. With `shipment=True` a run ends by
+waiting for its order's `order.shipped`, so events that arrive out of order have a run to reach.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import signal
 import socket
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 from pydantic import SecretStr
 from sqlalchemy import select
 from temporalio.client import Client, WorkflowHandle
@@ -49,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SEQUENCE_ID = "faults"
 STEPS = {"first_email": "email", "first_sms": "sms", "second_email": "email", "second_sms": "sms"}
 WAIT_PATH = "2"  # the wait step has no id: its path is its index
+SHIPMENT_PATH = str(len(STEPS) + 1)  # the `wait_for: order.shipped` step, last, when there is one
 READY_LINE = "worker listening on task queue"
 
 SEQUENCES_YAML = """\
@@ -57,6 +64,7 @@ sequences:
     description: Two emails and two texts with a wait between the pairs, for the fault tests.
     category: transactional
     trigger: order.created
+    key: order.id
     steps:
       - send: email
         template: note
@@ -71,6 +79,13 @@ sequences:
       - send: sms
         template: second
         id: second_sms
+{shipment}"""
+
+# A run that never hears of its shipment ends as an exit, not as completed: a lost event shows.
+SHIPMENT_STEP = """\
+      - wait_for: order.shipped
+        timeout: 10m
+        on_timeout: exit
 """
 
 TEMPLATES = {
@@ -79,20 +94,37 @@ TEMPLATES = {
     "sms/second.en.txt": "{{ event.id }}:second_sms Bye {{ customer.first_name }}\n",
 }
 
+# Another writer on Keepflow's SQLite file that takes the write lock for `burst` seconds, lets go for
+# `gap`, and takes it again, for `seconds` in all: a bulk job committing large transactions.
+LOCK_HOLDER = """\
+import sqlite3, sys, time
+path, seconds, burst, gap = sys.argv[1], *map(float, sys.argv[2:])
+db = sqlite3.connect(path, timeout=60, isolation_level=None)
+until = time.monotonic() + seconds
+while time.monotonic() < until:
+    db.execute("BEGIN IMMEDIATE")
+    time.sleep(burst)
+    db.execute("ROLLBACK")
+    time.sleep(gap)
+"""
+
 # Variables the worker reads that must come from here, not from whoever runs the tests.
 # Workers and the stack's own client seal payloads as production does, with one key for the run.
 PAYLOAD_KEYS = new_payload_key()
+# What the public app verifies signed events with (Standard Webhooks' whsec_<base64>).
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
 _OURS = ("KEEPFLOW_", "TEMPORAL_", "SENDGRID_", "TWILIO_", "DATABASE_URL")
 
 
-def write_project(folder: Path, wait: str) -> Path:
+def write_project(folder: Path, wait: str, shipment: bool = False) -> Path:
     """The sequences file and its templates; returns the sequences file (checked by the real loader)."""
     for relative, text in TEMPLATES.items():
         path = folder / "templates" / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     sequences = folder / "sequences.yaml"
-    sequences.write_text(SEQUENCES_YAML.format(wait=wait), encoding="utf-8")
+    sequences.write_text(SEQUENCES_YAML.format(wait=wait, shipment=SHIPMENT_STEP if shipment else ""),
+                         encoding="utf-8")
     load_catalog(sequences, folder / "templates")
     return sequences
 
@@ -133,11 +165,13 @@ def worker_env(data_dir: Path, database_url: str, temporal_address: str, task_qu
     return env
 
 
-class WorkerProcess:
-    """`python worker.py` with the given environment, its output in its own log file."""
+class ChildProcess:
+    """One of the stack's OS processes, started from `command` with `env`, its output in its own log file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path):
-        self.env, self.log_path = env, log_path
+    name = "process"
+
+    def __init__(self, command: list[str], env: dict[str, str], log_path: Path):
+        self.command, self.env, self.log_path = command, env, log_path
         self.process: subprocess.Popen | None = None
 
     @property
@@ -145,31 +179,15 @@ class WorkerProcess:
         assert self.process is not None
         return self.process.pid
 
-    @property
-    def identity(self) -> str:
-        """What Temporal records as the worker of its tasks (the Python SDK's default identity)."""
-        return f"{self.pid}@{socket.gethostname()}"
-
-    def start(self) -> WorkerProcess:
+    def start(self):
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, str(ROOT / "worker.py")], cwd=ROOT, env=self.env, stdout=log,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                self.command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True)
         return self
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
-
-    async def ready(self, timeout: float = 90.0) -> WorkerProcess:
-        """Wait until it polls its task queue (it logs that line just before)."""
-        deadline = time.monotonic() + timeout
-        while READY_LINE not in self.log():
-            if not self.alive():
-                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"worker not ready after {timeout:.0f} s:\n{self.log()[-3000:]}")
-            await asyncio.sleep(0.1)
-        return self
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no cleanup, in-flight work simply stops. Safe from any thread."""
@@ -177,7 +195,7 @@ class WorkerProcess:
             os.kill(self.pid, signal.SIGKILL)
 
     def terminate(self) -> None:
-        """SIGTERM: worker.py's graceful shutdown (in-flight activities get time to finish)."""
+        """SIGTERM: a graceful shutdown (worker.py gives in-flight activities time to finish)."""
         if self.alive():
             os.kill(self.pid, signal.SIGTERM)
 
@@ -185,7 +203,7 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout
         while self.process is not None and self.process.poll() is None:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"worker {self.pid} still running after {timeout:.0f} s")
+                raise TimeoutError(f"{self.name} {self.pid} still running after {timeout:.0f} s")
             await asyncio.sleep(0.05)
         return self.process.returncode if self.process is not None else 0
 
@@ -203,6 +221,58 @@ class WorkerProcess:
         except OSError:
             return ""
 
+    def _check_running(self, deadline: float, timeout: float) -> None:
+        if not self.alive():
+            raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s:\n{self.log()[-3000:]}")
+
+
+class WorkerProcess(ChildProcess):
+    """`python worker.py` with the given environment."""
+
+    name = "worker"
+
+    def __init__(self, env: dict[str, str], log_path: Path):
+        super().__init__([sys.executable, str(ROOT / "worker.py")], env, log_path)
+
+    @property
+    def identity(self) -> str:
+        """What Temporal records as the worker of its tasks (the Python SDK's default identity)."""
+        return f"{self.pid}@{socket.gethostname()}"
+
+    async def ready(self, timeout: float = 90.0) -> WorkerProcess:
+        """Wait until it polls its task queue (it logs that line just before)."""
+        deadline = time.monotonic() + timeout
+        while READY_LINE not in self.log():
+            self._check_running(deadline, timeout)
+            await asyncio.sleep(0.1)
+        return self
+
+
+class AppProcess(ChildProcess):
+    """`keepflow serve` (the public app: /events, the webhooks, /healthz) on 127.0.0.1:`port`."""
+
+    name = "public app"
+
+    def __init__(self, env: dict[str, str], log_path: Path, port: int):
+        super().__init__([sys.executable, "-m", "keepflow.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                         env, log_path)
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def ready(self, timeout: float = 90.0) -> AppProcess:
+        """Wait until /healthz says the database and Temporal answer."""
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=3.0) as http:
+            while True:
+                self._check_running(deadline, timeout)
+                try:
+                    if (await http.get(f"{self.url}/healthz")).status_code == 200:
+                        return self
+                except httpx.TransportError:
+                    pass  # not listening yet
+                await asyncio.sleep(0.2)
+
 
 @dataclass
 class Row:
@@ -214,7 +284,8 @@ class Row:
 
 
 class Stack:
-    """Dev server + fake providers + any number of worker processes, all on 127.0.0.1, in `folder`.
+    """Dev server + fake providers + any number of worker processes (and public apps, one at a
+    time), all on 127.0.0.1, in `folder`.
 
         async with Stack(folder) as stack:
             worker = await stack.start_worker()
@@ -222,9 +293,10 @@ class Stack:
     """
 
     def __init__(self, folder: Path, *, wait: str = "2s", provider_timeout: float = 10.0,
-                 twilio_sent_on_accept: bool = True):
+                 twilio_sent_on_accept: bool = True, shipment: bool = False):
         self.folder = folder
         self.wait = wait
+        self.shipment = shipment
         self.provider_timeout = provider_timeout
         # False: Twilio's list shows accepted texts as still queued (DateSent null), which the
         # lookup before a resend must also find.
@@ -233,12 +305,15 @@ class Stack:
         self.task_queue = f"faults-{uuid.uuid4().hex[:8]}"
         self.database_url = f"sqlite:///{folder / 'keepflow.db'}"
         self.workers: list[WorkerProcess] = []
+        # One port for every public app this stack starts: a sender keeps one address.
+        self.app_port = free_port()
+        self.apps: list[AppProcess] = []
         self.client: Client | None = None
         self.snapshot = None
 
     async def __aenter__(self) -> Stack:
         self.folder.mkdir(parents=True, exist_ok=True)
-        sequences = write_project(self.folder, self.wait)
+        sequences = write_project(self.folder, self.wait, self.shipment)
         self.snapshot = load_catalog(sequences, self.folder / "templates").snapshot(SEQUENCE_ID)
         upgrade(self.database_url)  # so the rows can be read even if no worker ever starts
         self.fake.start()
@@ -251,8 +326,8 @@ class Stack:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for worker in self.workers:
-            worker.reap()
+        for process in [*self.apps, *self.workers]:
+            process.reap()
         self.server.stop()
         self.fake.on_accept = None
         self.fake.stop()
@@ -262,6 +337,17 @@ class Stack:
     async def restart_server(self, down_for: float) -> None:
         """Stop the dev server (SIGTERM), stay down `down_for` seconds, start it on the same port and file."""
         self.server.stop()
+        await asyncio.sleep(down_for)
+        self.server.start()
+        self.client = await self.server.wait_ready(self.settings())
+
+    async def kill_server(self, down_for: float) -> None:
+        """SIGKILL the dev server (no shutdown: whatever it had not committed to its file is gone),
+        stay down `down_for` seconds, start it on the same port and file."""
+        process = self.server.process
+        assert process is not None and process.poll() is None, "the dev server is not running"
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
         await asyncio.sleep(down_for)
         self.server.start()
         self.client = await self.server.wait_ready(self.settings())
@@ -280,6 +366,36 @@ class Stack:
         worker = WorkerProcess(self.worker_env(), self.folder / f"worker-{len(self.workers) + 1}.log")
         self.workers.append(worker)
         return await worker.start().ready()
+
+    # -- the public app ------------------------------------------------------------------------
+
+    def app_env(self) -> dict[str, str]:
+        return {**self.worker_env(), "KEEPFLOW_WEBHOOK_SECRET": WEBHOOK_SECRET}
+
+    @property
+    def app_url(self) -> str:
+        return f"http://127.0.0.1:{self.app_port}"
+
+    async def start_public_app(self) -> AppProcess:
+        """`keepflow serve` on the stack's app port, once its /healthz answers 200."""
+        assert not any(app.alive() for app in self.apps), "one public app at a time: they share a port"
+        app = AppProcess(self.app_env(), self.folder / f"app-{len(self.apps) + 1}.log", self.app_port)
+        self.apps.append(app)
+        return await app.start().ready()
+
+    # -- the database ------------------------------------------------------------------------
+
+    async def hold_database_lock(self, seconds: float, burst: float, gap: float) -> None:
+        """Another process takes the write lock on Keepflow's database again and again for `seconds`
+        (see LOCK_HOLDER); returns once it has let go for good."""
+        path = self.database_url.removeprefix("sqlite:///")
+        holder = ChildProcess([sys.executable, "-c", LOCK_HOLDER, path, str(seconds), str(burst), str(gap)],
+                              self.worker_env(), self.folder / "lock-holder.log").start()
+        try:
+            if await holder.exited(seconds + 60) != 0:
+                raise RuntimeError(f"the lock holder failed:\n{holder.log()[-3000:]}")
+        finally:
+            holder.reap()
 
     # -- runs ----------------------------------------------------------------------------------
 

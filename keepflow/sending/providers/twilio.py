@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 import threading
+import unicodedata
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -45,9 +49,13 @@ PERMANENT_CODES = frozenset({
 })
 
 # find_sent: how far before `since` to look (clock skew between us and Twilio, and Twilio's
-# second-granularity timestamps), and how many of the recipient's messages to scan.
+# second-granularity timestamps).
 LOOKUP_SKEW = timedelta(seconds=60)
-LOOKUP_LIMIT = 50
+# find_sent reads every message to the number in its window, a page at a time; past this many
+# pages it gives up rather than answer "not there" from a partial read (2,000 texts from one
+# sender to one number within minutes is not marketing).
+LOOKUP_PAGE_SIZE = 100
+LOOKUP_PAGES = 20
 
 
 def _without_query(record: logging.LogRecord) -> bool:
@@ -154,29 +162,36 @@ class TwilioSms:
     def find_sent(self, msg: OutgoingSms, since: datetime) -> Accepted | None:
         """The message Twilio accepted for `msg` at or after `since`, if any.
 
-        A match is a message to the same number, created no earlier than `since` (less
-        LOOKUP_SKEW), whose body is `msg.body` (or that with the trial-account prefix).
-        Its status does not matter: a 'failed' or 'undelivered' message was still accepted, and
-        Keepflow's contract is at most one send per step, so any match counts as sent.
+        A match is a message from our sender (the number, or the Messaging Service) to the same
+        number, created no earlier than `since` less LOOKUP_SKEW, whose body is `msg.body` as
+        Twilio may have rewritten it (`_body_matches`). Its status does not matter: a 'failed'
+        or 'undelivered' message was still accepted, and Keepflow's contract is at most one send
+        per step, so any match counts as sent.
 
         Two lookups, because Twilio's list filter is on DateSent, which stays null until the
         message leaves Twilio's queue ('accepted', 'queued', 'scheduled', 'sending'):
-        1. `To` + `DateSent>` (since - skew): messages already sent, however busy the number is;
-        2. if nothing matched, `To` alone (newest first, LOOKUP_LIMIT messages), keeping those
-           created since then: catches messages still queued.
-        Twilio's list is eventually consistent; call this some seconds after the lost response.
+        1. `To` (+ `From`) + `DateSent>` (since - skew): every message sent in the window;
+        2. if nothing matched, `To` (+ `From`) alone, newest first, until a message created
+           before the window: catches messages still queued.
+        Both page through everything they match, up to LOOKUP_PAGES pages. Twilio's list is
+        eventually consistent; the caller must give it time after the send before it looks.
 
         Raises RetryableError(sent=None) when the lookup itself fails transiently (the outcome is
-        still unknown), PermanentError when it is rejected.
+        still unknown); PermanentError when it is rejected or has more to read than its budget,
+        so no answer can be given.
         """
         if since.tzinfo is None:
             since = since.replace(tzinfo=timezone.utc)
         start = since - LOOKUP_SKEW
         try:
-            for filters in ({"date_sent_after": start}, {}):
-                for m in self._client.messages.list(to=msg.to, limit=LOOKUP_LIMIT, **filters):
-                    if _body_matches(m.body, msg.body) and (m.date_created is None or m.date_created >= start):
-                        return Accepted(NAME, m.sid)
+            for m in self._messages(msg.to, date_sent_after=start):
+                if self._is_ours(m, msg, start):
+                    return Accepted(NAME, m.sid)
+            for m in self._messages(msg.to):
+                if m.date_created is not None and m.date_created < start:
+                    break
+                if self._is_ours(m, msg, start):
+                    return Accepted(NAME, m.sid)
         except TwilioException as exc:
             err = self._api_error(exc)
             if isinstance(err, RetryableError):
@@ -187,6 +202,24 @@ class TwilioSms:
             err.sent = None
             raise err from exc
         return None
+
+    def _messages(self, to: str, **filters: Any) -> Iterator[Any]:
+        """The messages from our sender to `to` (newest first), page after page, within the budget."""
+        if self.from_:
+            # A Messaging Service's sender is picked from its pool (and null while queued), so
+            # only a fixed number can be filtered on here; `_is_ours` checks the service.
+            filters["from_"] = self.from_
+        budget = LOOKUP_PAGE_SIZE * LOOKUP_PAGES
+        for n, m in enumerate(self._client.messages.stream(to=to, page_size=LOOKUP_PAGE_SIZE, **filters)):
+            if n == budget:
+                raise PermanentError(NAME, f"more than {budget} messages to this number in the lookup window; "
+                                           "cannot tell whether this one is among them")
+            yield m
+
+    def _is_ours(self, m: Any, msg: OutgoingSms, start: datetime) -> bool:
+        if self.messaging_service_sid and m.messaging_service_sid != self.messaging_service_sid:
+            return False
+        return (m.date_created is None or m.date_created >= start) and _body_matches(m.body, msg.body)
 
     def _api_error(self, exc: TwilioException) -> ProviderError:
         """Classify an error answer from Twilio. The API answered, so nothing was accepted."""
@@ -214,13 +247,66 @@ class TwilioSms:
 # Trial accounts prepend this to every body.
 TRIAL_PREFIX = "Sent from your Twilio trial account - "
 
+# Twilio's Smart Encoding (a Messaging Service setting, or SmartEncoded=true on the create)
+# replaces Unicode characters that look like a GSM-7 one, so a text bills as GSM-7. What each
+# character may come back as: here the common substitutions (quotes, dashes, spaces, ellipsis,
+# invisible characters dropped); besides, its compatibility decomposition when that is plain
+# ASCII (fullwidth letters, ligatures, accented letters).
+_REWRITES: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys("\u00ab\u00bb\u201c\u201d\u201e\u201f\u2033\u2036\u301d\u301e\uff02", ('"',)),
+    **dict.fromkeys("\u2018\u2019\u201b\u2032\u2035\u02b9\u02bb\u02bc\u02bd\u02be\u02bf\u02c8\u02ca\u02cb\u02f4\uff07",
+                    ("'",)),
+    "\u201a": ("'", ","), "\u2039": ("'", "<"), "\u203a": ("'", ">"),
+    **dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2043\u2212\ufe58\ufe63\uff0d", ("-",)),
+    "\u2026": ("...",),
+    **dict.fromkeys("\u00a0\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u202f\u205f\u3000",
+                    (" ",)),
+    **dict.fromkeys("\u200b\u200c\u200d\u2060\ufeff", ("",)),
+}
+# An opt-out line a Messaging Service may append (its compliance text names the STOP keyword).
+_FOOTER_MAX = 80
+_STOP = re.compile(r"\bstop\b", re.IGNORECASE)
+
+
+@functools.lru_cache(maxsize=4096)
+def _alternatives(char: str) -> tuple[str, ...]:
+    found = _REWRITES.get(char, ())
+    base = "".join(c for c in unicodedata.normalize("NFKD", char) if not unicodedata.combining(c))
+    if base.isascii() and base and base != char and base not in found:
+        found += (base,)
+    return (char, *found)
+
+
+def _body_pattern(wanted: str) -> re.Pattern[str]:
+    parts = []
+    for char in wanted.rstrip():
+        options = _alternatives(char)
+        parts.append(re.escape(char) if len(options) == 1 else "(?:" + "|".join(map(re.escape, options)) + ")")
+    return re.compile(f"(?:{re.escape(TRIAL_PREFIX)})?{''.join(parts)}(?P<rest>.*)", re.DOTALL)
+
 
 def _body_matches(found: str | None, wanted: str) -> bool:
-    # Exact, not "contains": a longer message from another step that happens to contain this
-    # body must not count as this one (that would drop a message). A body Twilio rewrote in
-    # other ways (Smart Encoding of Unicode punctuation, an appended opt-out footer) is missed,
-    # which means a possible duplicate rather than a lost message.
-    return found is not None and (found == wanted or found == TRIAL_PREFIX + wanted)
+    """Whether `found`, a body as Twilio lists it, is `wanted` as Keepflow sent it.
+
+    Twilio may have rewritten the body: the trial prefix, Smart Encoding of each character
+    (`_REWRITES`), and an opt-out line appended by a Messaging Service. So each character of
+    ours may come back as one of its known replacements, and ours may be followed by one more
+    line, of at most _FOOTER_MAX characters, that names STOP. Anything else after ours means
+    another, longer message (another step's whose text starts with ours): that one must not
+    count as this, or this message would be recorded as sent and never go. The cost of the rule
+    is the opposite mistake in one narrow case, a text of ours followed by a short line naming
+    STOP, which is then taken for this one: lost rather than sent twice.
+    """
+    if found is None:
+        return False
+    matched = _body_pattern(wanted).fullmatch(found.rstrip())
+    if matched is None:
+        return False
+    rest = matched.group("rest")
+    if not rest:
+        return True
+    footer = rest.strip()
+    return rest[0] in "\r\n" and "\n" not in footer and len(footer) <= _FOOTER_MAX and bool(_STOP.search(footer))
 
 
 # urllib3 reasons that mean the TCP/TLS connection was never established, so no request bytes
