@@ -31,7 +31,7 @@ keys_app = typer.Typer(no_args_is_help=True, help="Keys of the Temporal payload 
 app.add_typer(keys_app, name="keys")
 users_app = typer.Typer(no_args_is_help=True, help="Who may sign in to the dashboard with a name and password.")
 app.add_typer(users_app, name="users")
-messages_app = typer.Typer(no_args_is_help=True, help="Emails whose outcome is unknown: list them, settle each.")
+messages_app = typer.Typer(no_args_is_help=True, help="Messages whose outcome is unknown: list them, settle each.")
 app.add_typer(messages_app, name="messages")
 
 SequencesArg = Annotated[Optional[Path], typer.Argument(help="sequences file (default: $KEEPFLOW_SEQUENCES or ./sequences.yaml)")]
@@ -224,7 +224,7 @@ def audit(
 def messages_unknown(
     limit: Annotated[int, typer.Option(help="how many, newest first")] = 500,
 ) -> None:
-    """Emails whose outcome is unknown (a worker stopped during the SendGrid call), and how to settle each."""
+    """Messages whose outcome is unknown (a worker stopped during the SendGrid call, say), and how to settle each."""
     from rich.console import Console
     from rich.table import Table
 
@@ -257,10 +257,10 @@ def messages_resolve(
     message_id: Annotated[int, typer.Argument(help="the id `keepflow messages unknown` shows")],
     sent: Annotated[bool, typer.Option("--sent", help="SendGrid has it: record it sent")] = False,
     provider_id: Annotated[Optional[str], typer.Option("--provider-id", help="with --sent: its SendGrid message id")] = None,
-    resend: Annotated[bool, typer.Option("--resend", help="SendGrid does not have it: send the stored message once more")] = False,
+    resend: Annotated[bool, typer.Option("--resend", help="SendGrid does not have the email: send the stored message once more")] = False,
     dismiss: Annotated[bool, typer.Option("--dismiss", help="leave it: recorded failed, never resent")] = False,
 ) -> None:
-    """Settle one email whose outcome is unknown: only a message still `unknown` changes."""
+    """Settle one message whose outcome is unknown: only a message still `unknown` changes."""
     from keepflow.sending import unknown_outcomes
 
     if sent + resend + dismiss != 1:

@@ -362,7 +362,7 @@ async def test_emails_of_unknown_outcome_are_counted_listed_and_explained(settin
         whole = (await http.get("/messages/unknown")).text
 
     note = re.search(r'<p class="note" id="unknown-note">(.*?)</p>', overview, re.S).group(1)
-    assert '<a href="/messages/unknown">2\n  emails of unknown outcome</a> need a decision' in note
+    assert '<a href="/messages/unknown">2\n  messages of unknown outcome</a> need a decision' in note
     rows = dict(re.findall(r'<tr data-id="(\d+)">(.*?)</tr>', listed, re.S))
     assert list(rows) == ["10", "11"]  # newest first; the sent and failed messages are not there
     cells = [re.sub(r"<[^>]+>", "", c).split() for c in re.findall(r"<td[^>]*>(.*?)</td>", rows["10"], re.S)]

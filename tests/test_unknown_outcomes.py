@@ -271,3 +271,24 @@ def test_a_resend_whose_process_died_in_the_call_can_be_decided_again(db, cli, f
     assert "resend under way since" in cli("messages", "unknown").stdout
     assert cli("messages", "resolve", "2", "--sent").exit_code == 0
     assert row(db, 2).status == "sent" and sendgrid_posts(fake) == 0
+
+
+def test_a_text_the_lookup_could_not_tell_about_is_listed_and_settled_but_not_resent(db, cli, fake):
+    """A text ends `unknown` when the retry's lookup at Twilio cannot tell; Twilio's logs can."""
+    with db.session() as session:
+        session.add(Customer(id="c-9", phone="+66812345678", consents={"sms": True}, attributes={}))
+        session.flush()
+        session.add(Message(id=5, key="fulfilment/o5:3", workflow_id="fulfilment/o5", sequence_id="fulfilment",
+                            step="3", channel="sms", category="transactional", template="order_shipped",
+                            customer_id="c-9", recipient="+66812345678", body="Your parcel is on its way.",
+                            status="unknown", provider="twilio", attempts=2, created_at=STARTED,
+                            sending_at=STARTED, error="an earlier attempt may have sent it and the lookup could not tell"))
+    listed = cli("messages", "unknown")
+    [line] = [line for line in listed.stdout.splitlines() if "order_shipped" in line]
+    assert cells(line)[:4] == ["5", "fulfilment", "3", "sms"] and "+•••••••••78" in line
+    assert "+66812345678" not in listed.stdout and "Twilio's message logs" in listed.stdout
+    refused = cli("messages", "resolve", "5", "--resend")
+    assert refused.exit_code == 1 and "only an email is resent" in refused.output
+    assert cli("messages", "resolve", "5", "--sent", "--provider-id", "SM0123").exit_code == 0
+    assert (row(db, 5).status, row(db, 5).provider_message_id) == ("sent", "SM0123")
+    assert not [r for r in fake.requests if r["method"] == "POST"]

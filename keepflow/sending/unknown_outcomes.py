@@ -3,17 +3,18 @@
 An email's row becomes `unknown` when a retry finds it `sending`: the attempt before died, or lost
 its answer, during the SendGrid call (activities/builtin/send.py). SendGrid has no idempotency key,
 so Keepflow never resends one by itself. A kill -9 of a worker leaves one such row per email it
-had inside the provider call (a handful at low load, up to one per send in flight under load;
-bench/RESULTS.md). Each is settled one of these ways:
+had inside the provider call (a handful at low load, about half a busy worker's sends with a slow
+provider; bench/RESULTS.md). A text ends `unknown` only when the retry's lookup at Twilio could
+not tell (more messages to the number than it reads). Each is settled one of these ways:
 
 * SendGrid reports on it (`processed`, `delivered`, a bounce, ...): it reached SendGrid, so the
   event webhook records it `sent` (`confirm_accepted`, called by keepflow/http/sendgrid.py).
   That settles most of them within seconds, and also a row still `sending` whose retry has not
   come yet.
-* An operator finds it in SendGrid's Activity Feed: `keepflow messages resolve ID --sent`
-  (`mark_sent`).
-* An operator finds it is not there: `keepflow messages resolve ID --resend` sends the stored
-  message again, once (`resend`).
+* An operator finds it in SendGrid's Activity Feed (a text: Twilio's message logs):
+  `keepflow messages resolve ID --sent` (`mark_sent`).
+* An operator finds an email is not there: `keepflow messages resolve ID --resend` sends the
+  stored message again, once (`resend`). A text is not resent from here.
 * An operator decides to leave it: `keepflow messages resolve ID --dismiss` (`dismiss`).
 
 An operator's decision changes the row only if nobody changed it since it was read (a
@@ -47,14 +48,15 @@ log = logging.getLogger("keepflow.unknown")
 UNKNOWN = "unknown"
 # What an operator runs; the CLI, the dashboard, `keepflow report` and docs/operations.md say the same.
 LIST_COMMAND = "keepflow messages unknown"
-LOOK_FIRST = ("Look each one up in SendGrid's Activity Feed (Activity in SendGrid's console): search for the "
-              "recipient around the time shown; the mail carries the custom arg keepflow_message_id with the id "
-              "shown here. Then settle it:")
+LOOK_FIRST = ("Look each one up at its provider: an email in SendGrid's Activity Feed (Activity in SendGrid's "
+              "console), by the recipient around the time shown (the mail carries the custom arg "
+              "keepflow_message_id with the id shown here); a text in Twilio's message logs, by the number and "
+              "the time. Then settle it:")
 RESOLVE_STEPS = (
     ("keepflow messages resolve ID --sent [--provider-id X]",
      "SendGrid has it: record it sent (X: its message id, optional)"),
     ("keepflow messages resolve ID --resend",
-     "SendGrid does not have it: send the stored message once more, unless the customer opted out since"),
+     "SendGrid does not have the email: send the stored message once more, unless the customer opted out since"),
     ("keepflow messages resolve ID --dismiss", "leave it: recorded failed, never resent"),
 )
 BY_ITSELF = ("SendGrid's event webhook settles by itself each one SendGrid reports on (processed, delivered, ...), "

@@ -4,7 +4,7 @@ by the admin app (keepflow/http/admin.py) to people signed in (keepflow/http/das
     GET /                     sequences, their per-step funnels, what is waiting to go out, runs in flight
     GET /sequences/{id}       one sequence: its funnel, and its runs in flight per step (from Temporal)
     GET /messages             recent messages, 50 a page (?page=N&sequence=ID, and a cursor: before/after=ID)
-    GET /messages/unknown     emails of unknown outcome, each waiting for a decision, and how to settle them
+    GET /messages/unknown     messages of unknown outcome, each waiting for a decision, and how to settle them
     GET /messages/{id}        one message as the customer saw it, with its status and feedback
     GET /customers?q=...      one customer's timeline, by id or email address
 
