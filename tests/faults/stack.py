@@ -90,8 +90,9 @@ SHIPMENT_STEP = """\
 
 TEMPLATES = {
     "email/note.en.html": "{% block subject %}Note for {{ customer.first_name }}{% endblock %}\n<p>{{ event.id }}</p>\n",
-    "sms/first.en.txt": "{{ event.id }}:first_sms Hello {{ customer.first_name }}\n",
-    "sms/second.en.txt": "{{ event.id }}:second_sms Bye {{ customer.first_name }}\n",
+    # Curly quotes and a dash: what Twilio's Smart Encoding rewrites, so a lookup must still match them.
+    "sms/first.en.txt": "{{ event.id }}:first_sms Hello {{ customer.first_name }} \u2014 it\u2019s on its way\n",
+    "sms/second.en.txt": "{{ event.id }}:second_sms Bye {{ customer.first_name }}, \u201cthanks\u201d\n",
 }
 
 # Another writer on Keepflow's SQLite file that takes the write lock for `burst` seconds, lets go for
