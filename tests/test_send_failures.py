@@ -368,3 +368,35 @@ def test_a_lookup_that_cannot_finish_marks_the_text_unknown(settings, db, fake, 
 def _outgoing(request: SendRequest):
     from keepflow.sending.providers import OutgoingSms
     return OutgoingSms(to=request.context["customer"]["phone"], body="", key="other")
+
+
+def test_a_lost_answer_does_not_overwrite_what_the_event_webhook_settled(settings, db, fake):
+    """SendGrid's `processed` event settles the row as `sent` while the attempt still waits for its
+    answer; when that answer is then lost, the attempt must not write its "outcome unknown" over it."""
+    from sqlalchemy import update
+    from temporalio.exceptions import ApplicationError
+
+    from activities.builtin.send import MessageSender, SendDeps
+    from keepflow.language.rendering import Renderer
+    from keepflow.runtime.payloads import SendRequest
+    from keepflow.sending.providers import email_provider, sms_provider
+    from keepflow.store import Message
+
+    def settled_by_the_webhook(api, record):
+        with db.session() as session:
+            session.execute(update(Message).where(Message.key == record["keepflow_key"])
+                            .values(status="sent", error=None, provider_message_id="sg-processed"))
+
+    sender = MessageSender(SendDeps(settings, db, Renderer(TEST_TEMPLATES), email_provider(settings), sms_provider(settings)))
+    request = SendRequest(workflow_id="t/settled", sequence_id="t", step="0", channel="email", template="note",
+                          category="marketing", context={"customer": {"id": "c", "email": "x@example.com",
+                                                                 "consents": {"email": True}}})
+    fake.accept_then_drop("sendgrid")
+    fake.on_accept = settled_by_the_webhook
+    try:
+        with pytest.raises(ApplicationError):
+            sender.send_message(request)
+    finally:
+        fake.on_accept = None
+    [row] = messages(db)
+    assert (row.status, row.error, row.provider_message_id) == ("sent", None, "sg-processed")

@@ -465,7 +465,8 @@ _COUPON = select(_coupons.c.code, _coupons.c.redeemed_at, _coupons.c.activated_a
 # Without .values(): the columns to set are the keys of the parameters given with each call.
 _SET = update(_messages).where(_messages.c.id == bindparam("row_id"))
 _FINISH = _SET.where(_messages.c.status.not_in(_FINAL_ORDERED))
-_SET_OWNED = _SET.where(_messages.c.attempts == bindparam("owner_attempts"))
+# Still `sending` too: SendGrid's event webhook may have settled the row as sent meanwhile.
+_SET_OWNED = _SET.where(_messages.c.attempts == bindparam("owner_attempts"), _messages.c.status == "sending")
 _HOLDER = select(_messages.c.status, _messages.c.attempts).where(_messages.c.id == bindparam("row_id"))
 _MARK_SENDING = update(_messages).where(
     _messages.c.id == bindparam("row_id"), _messages.c.status == bindparam("read_status"),
