@@ -1,6 +1,6 @@
-"""Temporal's dev server stopped and started again (same port, same SQLite file) while runs sleep
-in a wait and others are in the middle of a send: the runs resume where they were, finish, and
-every message goes out once."""
+"""Temporal's dev server stopped (SIGTERM) or killed (SIGKILL) and started again (same port, same
+SQLite file) while runs sleep in a wait and others are in the middle of a send: the runs resume
+where they were, finish, and every message goes out once."""
 
 from __future__ import annotations
 
@@ -17,11 +17,14 @@ from tests.faults.stack import STEPS, WAIT_PATH, Stack, history_events, key_of
 
 RUNS = 12
 HOLD = 2.0  # seconds the fake holds each accepted send's answer
-DOWN_FOR = 5.0  # seconds the server stays down
+# Seconds the server stays down. Killed, longer than the worker keeps retrying to report an
+# activity's result (about 10 s): the sends in flight lose their outcome and are attempted again.
+DOWN_FOR = {"stopped": 5.0, "killed": 15.0}
 
 
 @pytest.mark.timeout(240)
-async def test_runs_resume_after_the_temporal_server_restarts(stack: Stack):
+@pytest.mark.parametrize("how", ["stopped", "killed"])
+async def test_runs_resume_after_the_temporal_server_restarts(stack: Stack, how: str):
     in_flight: set[str] = set()
     lock = threading.Lock()
 
@@ -48,8 +51,11 @@ async def test_runs_resume_after_the_temporal_server_restarts(stack: Stack):
             break
         assert time.monotonic() < deadline, "never had runs asleep and sends in flight at once"
         await asyncio.sleep(0.1)
-    await stack.restart_server(DOWN_FOR)
-    print(f"\nserver stopped with {len(asleep)} runs asleep in the wait and sends in flight for {sorted(sending)}")
+    if how == "stopped":
+        await stack.restart_server(DOWN_FOR[how])
+    else:
+        await stack.kill_server(DOWN_FOR[how])
+    print(f"\nserver {how} with {len(asleep)} runs asleep in the wait and sends in flight for {sorted(sending)}")
 
     handles = [stack.client.get_workflow_handle(h.id, result_type=RunStatus) for h in handles]
     done, failed = await stack.results(handles, 150)
@@ -68,6 +74,8 @@ async def test_runs_resume_after_the_temporal_server_restarts(stack: Stack):
         retried += sum(1 for e in events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
                        and e.activity_task_started_event_attributes.attempt > 1)
     print(f"sends that needed a second attempt (their first attempt's outcome was lost in the outage): {retried}")
+    if how == "killed":
+        assert retried > 0, "no send lost its outcome: the outage did not test what it should"
     rows = stack.rows()
     assert set(rows) == set(stack.expected_keys(RUNS))
     assert {r.status for r in rows.values()} == {"sent"}
