@@ -22,8 +22,12 @@ tests/oidc/node_modules/.installed: tests/oidc/package.json tests/oidc/package-l
 	npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
 	touch $@
 
+# Other ports, e.g. beside a second checkout: make run HTTP_PORT=8100 ADMIN_PORT=8101 TEMPORAL_PORT=7300 UI_PORT=8300
+# (UI_PORT=0: no web UI). Unset, `keepflow dev` keeps its defaults.
+DEV_PORTS = $(if $(HTTP_PORT),--http-port $(HTTP_PORT)) $(if $(ADMIN_PORT),--admin-port $(ADMIN_PORT)) \
+	$(if $(TEMPORAL_PORT),--temporal-port $(TEMPORAL_PORT)) $(if $(UI_PORT),--ui-port $(UI_PORT))
 run: $(STAMP)
-	$(BIN)/keepflow dev
+	$(BIN)/keepflow dev $(strip $(DEV_PORTS))
 
 # Two checks before any test runs: the import contract (pyproject's [tool.importlinter]), so a
 # module that imports upward or in a circle fails the build; then the type checker ([tool.mypy]),
