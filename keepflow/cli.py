@@ -299,6 +299,18 @@ def _store() -> Iterator[Database]:
         db.dispose()
 
 
+def _local_settings():
+    """Settings for a command that reads the local stack's store: the running `keepflow dev`'s
+    database unless DATABASE_URL is given; a line and exit 1 when there is no store to read."""
+    from keepflow.tools.dev_state import locate, no_database_line
+
+    settings = locate(get_settings()).settings
+    if missing := no_database_line(settings):
+        print(missing, file=sys.stderr)
+        raise typer.Exit(1)
+    return settings
+
+
 @app.command("send-event")
 def send_event(
     file: Annotated[Path, typer.Argument(help="an event as JSON (see `keepflow/runtime/events.py` or /docs)")],
@@ -308,18 +320,26 @@ def send_event(
     import httpx
 
     from keepflow.http.signing import sign
-    from keepflow.settings import dev_secret
+    from keepflow.tools.dev_state import locate
 
-    settings = get_settings()
+    stack = locate(get_settings())
+    if stack.stopped and not url:
+        print(stack.stopped, file=sys.stderr)
+        raise typer.Exit(1)
+    settings = stack.settings
     body = file.read_bytes()
-    secret = (settings.webhook_secrets or [dev_secret(settings.data_dir)])[0]
     target = url or f"http://{settings.http_host}:{settings.http_port}/events"
     try:
-        response = httpx.post(target, content=body, headers={"content-type": "application/json", **sign(body, secret)})
+        response = httpx.post(target, content=body, headers={"content-type": "application/json",
+                                                             **sign(body, stack.secret())})
     except httpx.HTTPError as err:
-        print(f"could not reach {target}: {err} (is `make run` running?)", file=sys.stderr)
+        hint = "pass --url" if url else "start it with `make run`, or pass --url"
+        print(f"no Keepflow answers at {target} ({err}): {hint}", file=sys.stderr)
         raise typer.Exit(1) from None
     print(f"{response.status_code} {response.reason_phrase}\n{response.text}")
+    if response.status_code == 401:
+        print(f"refused the signature: export the {stack.secret_from or 'KEEPFLOW_WEBHOOK_SECRET'} "
+              "the server runs with", file=sys.stderr)
     raise typer.Exit(0 if response.is_success else 1)
 
 
@@ -335,7 +355,7 @@ def events(
 
     from keepflow.store import Database, Event, upgrade
 
-    settings = get_settings()
+    settings = _local_settings()
     upgrade(settings.resolved_database_url)
     db = Database(settings.resolved_database_url)
     query = select(Event).order_by(Event.received_at.desc()).limit(limit)
@@ -520,7 +540,7 @@ def report(
         attribution_window = parse_duration(window)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--window") from None
-    settings = get_settings()
+    settings = _local_settings()
     upgrade(settings.resolved_database_url)
     db = Database(settings.resolved_database_url)
     try:

@@ -1,5 +1,6 @@
 """`keepflow dev` end to end: the links its worker writes point at the port its app listens on,
-and open there (the worker and the app agree on the unsubscribe key without being told one)."""
+and open there (the worker and the app agree on the unsubscribe key without being told one);
+`keepflow send-event` finds it on that port with nothing exported, through its state file."""
 
 from __future__ import annotations
 
@@ -69,9 +70,14 @@ def test_dev_links_use_the_http_port_and_open_there(tmp_path: Path) -> None:
         event.write_text(json.dumps({
             "id": "evt-dev-links", "type": "customer.created", "occurred_at": datetime.now(timezone.utc).isoformat(),
             "customer": {"id": "c1", "email": "nok@example.com", "consents": {"email": True}}}))
-        sent = subprocess.run([sys.executable, "-m", "keepflow.cli", "send-event", str(event),
-                               "--url", f"http://127.0.0.1:{http_port}/events"],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+        state = data / "dev-state.json"
+        assert state.stat().st_mode & 0o777 == 0o600
+        assert json.loads(state.read_text())["http_port"] == http_port
+        assert "whsec_" not in state.read_text()
+        # Nothing exported but the sequences: send-event finds the port and the secret in the state file.
+        bare = {k: v for k, v in env.items() if k != "KEEPFLOW_DATA_DIR"}
+        sent = subprocess.run([sys.executable, "-m", "keepflow.cli", "send-event", str(event)],
+                              cwd=tmp_path, env=bare, capture_output=True, text=True, timeout=30)
         assert sent.returncode == 0, sent.stdout + sent.stderr
 
         def mail() -> dict | None:
@@ -92,3 +98,5 @@ def test_dev_links_use_the_http_port_and_open_there(tmp_path: Path) -> None:
             dev.kill()
             dev.wait()
         log.close()
+    assert not (data / "dev-state.json").exists()
+    assert "removed" in (tmp_path / "dev.log").read_text()

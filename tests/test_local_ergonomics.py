@@ -3,8 +3,24 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from keepflow.cli import app
+from keepflow.http.signing import verify
+from keepflow.runtime import routing
+from keepflow.runtime.events import EventIn
+from keepflow.settings import get_settings
+from keepflow.store import Database, upgrade
+from keepflow.tools.dev_state import STATE_FILE, write_state
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,3 +40,129 @@ def test_make_run_passes_the_ports_it_is_given_to_keepflow_dev() -> None:
 def test_make_run_without_ports_keeps_the_defaults_of_keepflow_dev() -> None:
     dev = next(line for line in make_dry_run().splitlines() if "keepflow dev" in line)
     assert "--" not in dev
+
+
+# --- the CLI finds the running `keepflow dev` through the state file it keeps in the data dir ---
+
+EVENT = {"id": "evt-state-1", "type": "customer.created", "occurred_at": "2026-01-02T03:04:05+00:00",
+         "customer": {"id": "c1", "email": "nok@example.com", "consents": {"email": True}}}
+
+
+@pytest.fixture
+def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A shell with nothing exported: the CLI's settings are its defaults (data dir var/ here)."""
+    for name in list(os.environ):
+        if name.startswith(("KEEPFLOW_HTTP", "KEEPFLOW_DATA_DIR", "KEEPFLOW_WEBHOOK", "DATABASE_URL")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    get_settings.cache_clear()
+    yield tmp_path
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def listener() -> Iterator[tuple[int, list[tuple[bytes, dict]]]]:
+    """An /events endpoint that records what reaches it and answers 202."""
+    received: list[tuple[bytes, dict]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["content-length"]))
+            received.append((body, {k.lower(): v for k, v in self.headers.items()}))
+            self.send_response(202)
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1], received
+    server.shutdown()
+    server.server_close()
+
+
+def dev_elsewhere(here: Path, http_port: int, pid: int | None = None, **overrides) -> Path:
+    """What `keepflow dev --http-port N` leaves in var/: its secret file in a folder of its own."""
+    secret = here / "elsewhere" / "webhook-secret"
+    secret.parent.mkdir()
+    secret.write_text("whsec_c2VjcmV0LW9mLXRoZS1ydW5uaW5nLXN0YWNr\n")
+    fields = {"http_host": "127.0.0.1", "http_port": http_port, "admin_port": 8001,
+              "temporal_address": "127.0.0.1:7233", "data_dir": str(here / "var"),
+              "database_url": f"sqlite:///{here / 'elsewhere' / 'keepflow.db'}",
+              "webhook_secret_file": str(secret)} | overrides
+    return write_state(here / "var", pid=pid or os.getpid(), **fields)
+
+
+def test_the_state_file_is_private_and_holds_no_secret(here: Path) -> None:
+    path = dev_elsewhere(here, 9999)
+    assert path == here / "var" / STATE_FILE
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert "whsec_" not in path.read_text()
+
+
+def test_send_event_posts_to_the_running_dev_stack_signed_with_its_secret(here: Path, listener) -> None:
+    port, received = listener
+    dev_elsewhere(here, port)
+    (here / "event.json").write_text(json.dumps(EVENT))
+    result = CliRunner().invoke(app, ["send-event", "event.json"])
+    assert result.exit_code == 0, result.output
+    body, headers = received[0]
+    assert verify(body, headers, ["whsec_c2VjcmV0LW9mLXRoZS1ydW5uaW5nLXN0YWNr"])
+
+
+def test_an_exported_port_wins_over_the_state_file(here: Path, listener, monkeypatch) -> None:
+    port, received = listener
+    dev_elsewhere(here, 9)  # nothing listens on the discard port
+    monkeypatch.setenv("KEEPFLOW_HTTP_PORT", str(port))
+    get_settings.cache_clear()
+    (here / "event.json").write_text(json.dumps(EVENT))
+    result = CliRunner().invoke(app, ["send-event", "event.json"])
+    assert result.exit_code == 0, result.output
+    assert len(received) == 1
+
+
+def test_events_and_report_read_the_database_of_the_running_dev_stack(here: Path) -> None:
+    dev_elsewhere(here, 9999)
+    url = f"sqlite:///{here / 'elsewhere' / 'keepflow.db'}"
+    upgrade(url)
+    db = Database(url)
+    routing.store(db, EventIn.model_validate(EVENT))
+    db.dispose()
+    listed = CliRunner().invoke(app, ["events"], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0, listed.output
+    assert "evt-state-1" in listed.output
+    report = CliRunner().invoke(app, ["report", "--format", "json"])
+    assert report.exit_code == 0, report.output
+    assert not (here / "var" / "keepflow.db").exists()  # no empty store made beside it
+
+
+def test_with_no_dev_stack_send_event_says_so_in_one_line(here: Path) -> None:
+    (here / "event.json").write_text(json.dumps(EVENT))
+    result = CliRunner().invoke(app, ["send-event", "event.json"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output
+    assert "make run" in lines[0]
+
+
+def test_a_dev_stack_that_has_stopped_is_named_as_stopped(here: Path) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    dev_elsewhere(here, 9999, pid=dead.pid)
+    (here / "event.json").write_text(json.dumps(EVENT))
+    result = CliRunner().invoke(app, ["send-event", "event.json"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "stopped" in lines[0] and "make run" in lines[0]
+
+
+def test_with_no_dev_stack_and_no_database_events_and_report_say_so(here: Path) -> None:
+    for command in (["events"], ["report"]):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 1, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and "make run" in lines[0] and "DATABASE_URL" in lines[0], result.output
+        assert not (here / "var" / "keepflow.db").exists()

@@ -20,6 +20,7 @@ from keepflow.runtime.registry import load_catalog
 from keepflow.runtime.shutdown import stop_on_signals
 from keepflow.settings import Settings, dev_secret
 from keepflow.store import Database, access, upgrade
+from keepflow.tools.dev_state import remove_state, write_state
 from keepflow.tools.temporal_dev_server import DevServer
 
 log = logging.getLogger("keepflow.tools.dev_stack")
@@ -80,6 +81,16 @@ async def run_dev(settings: Settings, temporal_port: int, ui_port: int | None, h
     log.info("dashboard and API docs: %s/", settings.resolved_admin_url)
     if not access.list_users(db) and admin.state.oidc is None:
         log.info("nobody can sign in to the dashboard yet: `keepflow users add NAME --role admin` adds someone")
+    state = write_state(
+        settings.data_dir, http_host=settings.http_host, http_port=http_port, admin_port=admin_port,
+        admin_url=settings.resolved_admin_url, temporal_address=address, ui_port=ui_port,
+        data_dir=str(settings.data_dir.resolve()),
+        # A URL from the environment may carry a password: the other commands take it from theirs.
+        database_url=None if settings.database_url else f"sqlite:///{(settings.data_dir / 'keepflow.db').resolve()}",
+        database_url_from="DATABASE_URL" if settings.database_url else None,
+        webhook_secret_file=None if settings.webhook_secrets else str((settings.data_dir / "webhook-secret").resolve()),
+        webhook_secret_from="KEEPFLOW_WEBHOOK_SECRET" if settings.webhook_secrets else None)
+    log.info("where this stack runs is in %s, for `keepflow send-event`, `events` and `report`", state)
     try:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(run_worker(settings, address, stop))
@@ -90,6 +101,8 @@ async def run_dev(settings: Settings, temporal_port: int, ui_port: int | None, h
                 tasks.create_task(serve_http(dev_codec(settings, ui_port), "127.0.0.1", codec_port, stop))
             tasks.create_task(serve_http(admin, settings.admin_host, admin_port, stop))
     finally:
+        if remove_state(settings.data_dir):
+            log.info("removed %s: this stack no longer runs", state)
         db.dispose()
         if server:
             log.info("stopping the Temporal dev server")
