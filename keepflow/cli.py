@@ -59,11 +59,15 @@ def _refuse_half_configured(settings, process) -> None:
 
 
 def _run(coroutine) -> None:
-    """Run an engine command; an invalid sequences file ends it with its problems, not a traceback."""
+    """Run an engine command; an invalid sequences file or a busy port ends it in words, not a traceback."""
+    from keepflow.http.serving import PortInUse
     from keepflow.language.problems import InvalidSequences
 
     try:
         asyncio.run(coroutine)
+    except PortInUse as busy:
+        print(f"refusing to start: {busy}", file=sys.stderr)
+        raise typer.Exit(1) from None
     except InvalidSequences as invalid:
         print(invalid, file=sys.stderr)
         print("refusing to start: fix the problems above (`keepflow validate` checks again)", file=sys.stderr)

@@ -166,3 +166,81 @@ def test_with_no_dev_stack_and_no_database_events_and_report_say_so(here: Path) 
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and "make run" in lines[0] and "DATABASE_URL" in lines[0], result.output
         assert not (here / "var" / "keepflow.db").exists()
+
+
+# --- everyday mistakes end in one line naming the thing and the fix, not a traceback ---
+
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    """A port something else listens on."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def first_line_without_traceback(output: str) -> str:
+    assert "Traceback" not in output, output
+    return output.strip().splitlines()[0]
+
+
+def test_keepflow_dev_on_a_port_in_use_names_it_and_how_to_choose_another(here: Path, held_port: int) -> None:
+    from keepflow.tools.temporal_dev_server import free_port
+
+    result = CliRunner().invoke(app, ["dev", "--http-port", str(held_port), "--temporal-port", str(free_port()),
+                                      "--ui-port", "0", "--admin-port", str(free_port())])
+    assert result.exit_code == 1
+    line = first_line_without_traceback(result.output)
+    assert f"127.0.0.1:{held_port}" in line and "in use" in line and "--http-port" in line and "HTTP_PORT=" in line
+    assert not (here / "var" / "temporal.db").exists()  # refused before Temporal's server started
+
+
+def test_keepflow_dashboard_on_a_port_in_use_names_it(here: Path, held_port: int) -> None:
+    result = CliRunner().invoke(app, ["dashboard", "--port", str(held_port)],
+                                env={"KEEPFLOW_SESSION_SECRET": "s" * 40})
+    assert result.exit_code == 1
+    line = first_line_without_traceback(result.output)
+    assert f"127.0.0.1:{held_port}" in line and "in use" in line and "--port" in line
+
+
+async def test_serve_http_refuses_a_port_in_use_before_uvicorn_starts(held_port: int) -> None:
+    import asyncio
+
+    from fastapi import FastAPI
+
+    from keepflow.http.serving import PortInUse, serve_http
+
+    with pytest.raises(PortInUse) as refused:
+        await serve_http(FastAPI(), "127.0.0.1", held_port, asyncio.Event(), option="--port")
+    assert f"127.0.0.1:{held_port}" in str(refused.value) and "--port" in str(refused.value)
+
+
+@pytest.fixture
+def broken_activity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """activities/broken.py with a syntax error on line 3, beside the package's own modules."""
+    import activities
+
+    folder = tmp_path / "more_activities"
+    folder.mkdir()
+    broken = folder / "broken.py"
+    broken.write_text("from keepflow.runtime.registry import activity\n\ndef oops(:\n    pass\n")
+    monkeypatch.setattr(activities, "__path__", [*activities.__path__, str(folder)])
+    return broken
+
+
+@pytest.mark.parametrize("command", [["validate"], ["dev", "--ui-port", "0"]])
+def test_a_syntax_error_in_an_activity_module_is_one_line_at_its_place(broken_activity: Path, command) -> None:
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 1
+    line = first_line_without_traceback(result.output)
+    assert line.startswith(f"{broken_activity}:3:") and "syntax error" in line and "activities/" in line
+
+
+def test_a_missing_sequences_file_is_one_line_naming_it(here: Path) -> None:
+    for command in (["validate", "nosuch.yaml"], ["graph", "winback", "--sequences", "nosuch.yaml"]):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 1, result.output
+        line = first_line_without_traceback(result.output)
+        assert "nosuch.yaml" in line and "not found" in line

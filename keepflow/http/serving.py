@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import socket
 
 import uvicorn
 from fastapi import FastAPI
@@ -16,7 +18,31 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def serve_http(app: FastAPI, host: str, port: int, stop: asyncio.Event) -> None:
+class PortInUse(Exception):
+    def __init__(self, host: str, port: int, option: str):
+        super().__init__(f"{host}:{port} is already in use (another Keepflow, or another program): "
+                         f"stop what listens there, or choose another port with {option}")
+
+
+def refuse_ports_in_use(listeners: list[tuple[str, int, str]]) -> None:
+    """Raise PortInUse for the first (host, port, option) something already listens on.
+
+    Checked before anything starts, so a busy port ends in one line instead of uvicorn's exit
+    deep inside a task group, and no half-started stack (a Temporal server) is left to stop."""
+    for host, port, option in listeners:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            # As uvicorn binds: a port left in TIME_WAIT by a stopped server is free to it.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as err:
+                if err.errno == errno.EADDRINUSE:
+                    raise PortInUse(host, port, option) from None
+                raise
+
+
+async def serve_http(app: FastAPI, host: str, port: int, stop: asyncio.Event, option: str = "--port") -> None:
+    refuse_ports_in_use([(host, port, option)])
     server = _Server(uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False))
 
     async def stop_when_asked() -> None:

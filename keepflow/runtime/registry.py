@@ -36,7 +36,7 @@ from keepflow.language import catalog
 from keepflow.language.catalog import Catalog
 from keepflow.language.dsl import ActivityOptions
 from keepflow.language.durations import format_duration, parse_duration
-from keepflow.language.problems import Problem
+from keepflow.language.problems import InvalidSequences, Problem
 from keepflow.runtime.payloads import DoRequest
 from keepflow.settings import Settings
 from keepflow.store import Database
@@ -156,7 +156,15 @@ def discover() -> dict[str, Registered]:
     for module in pkgutil.iter_modules(package.__path__):
         if module.name == BUILTIN:
             continue
-        loaded = importlib.import_module(f"{PLUGINS}.{module.name}")
+        try:
+            loaded = importlib.import_module(f"{PLUGINS}.{module.name}")
+        except SyntaxError as err:
+            # Reported like a sequences problem, so every command that loads the catalog (validate,
+            # dev, worker, serve) says where to edit in one line instead of an import traceback.
+            where = Path(err.filename or f"{PLUGINS}/{module.name}.py")
+            raise InvalidSequences([Problem(where, err.lineno or 1, err.offset or 1,
+                                            f"syntax error in this activity module: {err.msg} (fix it, or move "
+                                            f"the file out of {PLUGINS}/)")]) from None
         # Imported before a reset(), a module does not run its decorators again: take what they marked.
         for value in vars(loaded).values():
             registered = getattr(value, _MARK, None)
@@ -177,7 +185,11 @@ def load_catalog(path: Path, templates_dir: Path | None = None) -> Catalog:
 
 
 def check_catalog(path: Path, templates_dir: Path | None = None) -> tuple[Catalog | None, list[Problem]]:
-    return catalog.check(path, templates_dir, discover())
+    try:
+        registered = discover()
+    except InvalidSequences as broken:
+        return None, broken.problems
+    return catalog.check(path, templates_dir, registered)
 
 
 def result_to_json(value: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from pydantic import SecretStr
 from keepflow.http.admin import create_admin_app
 from keepflow.http.app import create_app
 from keepflow.http.codec import bearer_token, codec_app
-from keepflow.http.serving import serve_http
+from keepflow.http.serving import refuse_ports_in_use, serve_http
 from keepflow.runtime.client import payload_keys
 from keepflow.runtime.codec import EncryptionCodec
 from keepflow.runtime.payload_keys import dev_payload_keys
@@ -51,6 +51,14 @@ async def run_dev(settings: Settings, temporal_port: int, ui_port: int | None, h
     server: DevServer | None = None
     codec_port: int | None = None
     address = settings.temporal_address
+    admin_port = admin_port or settings.admin_port
+    listeners = [(settings.http_host, http_port, "--http-port (make run HTTP_PORT=…)"),
+                 (settings.admin_host, admin_port, "--admin-port (make run ADMIN_PORT=…)")]
+    if not address:
+        listeners += [("127.0.0.1", temporal_port, "--temporal-port (make run TEMPORAL_PORT=…)")]
+        if ui_port:
+            listeners += [("127.0.0.1", port, "--ui-port (make run UI_PORT=…)") for port in (ui_port, ui_port + 1)]
+    refuse_ports_in_use(listeners)
     if not address:
         codec_port = ui_port + 1 if ui_port else None
         server = DevServer(settings.data_dir, temporal_port, ui_port,
@@ -71,7 +79,6 @@ async def run_dev(settings: Settings, temporal_port: int, ui_port: int | None, h
     secrets = settings.webhook_secrets or [dev_secret(settings.data_dir)]
     log.info("%d sequences from %s; database %s", len(catalog.sequences), settings.sequences_path,
              settings.resolved_database_url)
-    admin_port = admin_port or settings.admin_port
     # The dashboard's listener: its port (for OpenID Connect's callback) unless KEEPFLOW_ADMIN_URL says otherwise.
     settings = settings.model_copy(update={"admin_port": admin_port})
     admin = create_admin_app(settings, catalog=catalog, db=db, session_secret=(
@@ -95,11 +102,11 @@ async def run_dev(settings: Settings, temporal_port: int, ui_port: int | None, h
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(run_worker(settings, address, stop))
             tasks.create_task(serve_http(create_app(settings, catalog=catalog, db=db, webhook_secrets=secrets),
-                                         settings.http_host, http_port, stop))
+                                         settings.http_host, http_port, stop, "--http-port"))
             if codec_port and ui_port:
                 log.info("codec endpoint for the web UI and CLI on http://127.0.0.1:%d/codec", codec_port)
                 tasks.create_task(serve_http(dev_codec(settings, ui_port), "127.0.0.1", codec_port, stop))
-            tasks.create_task(serve_http(admin, settings.admin_host, admin_port, stop))
+            tasks.create_task(serve_http(admin, settings.admin_host, admin_port, stop, "--admin-port"))
     finally:
         if remove_state(settings.data_dir):
             log.info("removed %s: this stack no longer runs", state)
