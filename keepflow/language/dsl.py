@@ -195,6 +195,14 @@ def _known_zone(name: str) -> str:
     return name
 
 
+def _known_region(code: str) -> str:
+    import phonenumbers  # only sequences files that set a region pay for its metadata
+
+    if code.upper() not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError(f"unknown region {code!r}; use an ISO 3166 country code such as TH")
+    return code.upper()
+
+
 def _default_caps() -> dict[Channel, Cap]:
     return {"email": Cap(max=2, per=timedelta(hours=24)), "sms": Cap(max=1, per=timedelta(hours=24))}
 
@@ -206,6 +214,9 @@ class Rules(_Model):
     # For a customer with no known time zone: a message may go out only when it is outside the
     # quiet window in every one of these (the shop's markets), the most restrictive reading.
     fallback_timezones: list[Annotated[str, AfterValidator(_known_zone)]] = Field(default_factory=lambda: ["UTC"], min_length=1)
+    # The country a phone number without a country code ("081 234 5678") is read in, when the
+    # customer's locale names none. None: such a number is kept but flagged, never texted.
+    default_region: Annotated[str, AfterValidator(_known_region)] | None = None
     # Marketing messages per customer per rolling window, across all sequences.
     frequency_cap: dict[Channel, Cap] = Field(default_factory=_default_caps)
 

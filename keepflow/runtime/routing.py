@@ -70,8 +70,10 @@ def workflow_id(sequence: Sequence, context: dict[str, Any]) -> str | None:
 
 # -- storing ----------------------------------------------------------------------------------
 
-def store(db: Database, event: EventIn, delivery: tuple[str, str] | None = None) -> bool | None:
-    """Record the event once. True: new. False: seen before and routed. None: seen, not yet routed."""
+def store(db: Database, event: EventIn, delivery: tuple[str, str] | None = None,
+          default_region: str | None = None) -> bool | None:
+    """Record the event once. True: new. False: seen before and routed. None: seen, not yet routed.
+    `default_region` (rules.default_region) reads a phone number without a country code."""
     # SQLite keeps a timestamp's clock time and drops its offset: store UTC, always.
     occurred_at = event.occurred_at.astimezone(timezone.utc)
     try:
@@ -85,7 +87,7 @@ def store(db: Database, event: EventIn, delivery: tuple[str, str] | None = None)
             if session.get(Event, event.id) is not None:
                 return _seen(session, event.id)
             if event.customer is not None:
-                _upsert_customer(session, event, event.customer)
+                _upsert_customer(session, event, event.customer, default_region)
             if event.type == "order.created" and event.order is not None and session.get(Order, event.order.id) is None:
                 session.add(Order(
                     id=event.order.id, customer_id=event.customer.id if event.customer else None,
@@ -130,7 +132,7 @@ def _seen(session: Session, event_id: str) -> bool | None:
     return False if routed_at is not None else None
 
 
-def _upsert_customer(session: Session, event: EventIn, incoming: CustomerIn) -> None:
+def _upsert_customer(session: Session, event: EventIn, incoming: CustomerIn, default_region: str | None = None) -> None:
     customer = session.get(Customer, incoming.id)
     if customer is None:
         customer = Customer(id=incoming.id, consents={}, attributes={})
@@ -143,7 +145,7 @@ def _upsert_customer(session: Session, event: EventIn, incoming: CustomerIn) -> 
     if incoming.email is not None:
         customer.email, customer.email_problem = _checked(incoming.email, contacts.normalize_email)
     if incoming.phone is not None:
-        region = _region(customer.locale)
+        region = _region(customer.locale) or default_region
         customer.phone, customer.phone_problem = _checked(incoming.phone, lambda v: contacts.normalize_phone(v, region))
     customer.consents = {**(customer.consents or {}), **incoming.consents}
     seen = event.occurred_at.astimezone(timezone.utc)
@@ -287,7 +289,7 @@ def _stored_events(session: Session, types: set[str], trigger: EventIn) -> list[
 async def ingest(db: Database, client: Client, catalog: Catalog, event: EventIn, task_queue: str,
                  delivery: tuple[str, str] | None = None) -> Routed:
     """Store, then route. The event is durable before any run hears of it."""
-    new = await asyncio.to_thread(store, db, event, delivery)
+    new = await asyncio.to_thread(store, db, event, delivery, catalog.file.rules.default_region)
     if new is False:
         return Routed(event.id, duplicate=True)
     return await route_stored(client, catalog, db, event, task_queue, duplicate=new is None)

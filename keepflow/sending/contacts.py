@@ -26,7 +26,11 @@ def normalize_phone(value: str, region: str | None = None) -> str:
     try:
         number = phonenumbers.parse(value, region)
     except phonenumbers.NumberParseException as err:
-        raise InvalidContact(f"not a phone number: {err}") from err
+        # These words reach the dashboard and the store's logs: say what to change, not the parser's code.
+        if err.error_type == phonenumbers.NumberParseException.INVALID_COUNTRY_CODE and not value.strip().startswith("+"):
+            raise InvalidContact(f"{value!r} has no country code: send it as +CC…, give the customer a locale "
+                                 "with a country (th-TH), or set rules.default_region") from None
+        raise InvalidContact(f"{value!r} is not a phone number") from None
     if not phonenumbers.is_valid_number(number):
         raise InvalidContact(f"{value!r} is not a valid phone number")
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
