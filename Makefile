@@ -35,7 +35,7 @@ run: $(STAMP)
 test: $(STAMP) $(OIDC_PROVIDER)
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q -rs $(PYTEST_ARGS)
 
 # The tests that exercise the store's SQL (webhooks, consent, cap, reports, RFM, dashboard, unknown outcomes) run
 # again on a throwaway PostgreSQL server, so SQL only SQLite accepts cannot slip in. CI runs it too.

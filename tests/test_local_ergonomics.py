@@ -244,3 +244,30 @@ def test_a_missing_sequences_file_is_one_line_naming_it(here: Path) -> None:
         assert result.exit_code == 1, result.output
         line = first_line_without_traceback(result.output)
         assert "nosuch.yaml" in line and "not found" in line
+
+
+# --- `make test` with only Python and make: the browser test skips, saying why ---
+
+def test_without_chromium_the_browser_test_skips_with_its_reason(tmp_path: Path, monkeypatch) -> None:
+    from tests.browser import chromium
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("KEEPFLOW_REQUIRE_BROWSER", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="Chromium is not installed"):
+        chromium()
+
+
+def test_ci_requires_chromium_so_the_browser_test_cannot_vanish_there(tmp_path: Path, monkeypatch) -> None:
+    from tests.browser import chromium
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("KEEPFLOW_REQUIRE_BROWSER", "1")
+    with pytest.raises(pytest.fail.Exception, match="Chromium is not installed"):
+        chromium()
+    assert "KEEPFLOW_REQUIRE_BROWSER=1" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_make_test_prints_the_reason_of_each_skip() -> None:
+    done = subprocess.run(["make", "-n", "test"], cwd=ROOT, capture_output=True, text=True, check=True)
+    pytest_line = next(line for line in done.stdout.splitlines() if "bin/pytest" in line)
+    assert "-rs" in pytest_line.split()
