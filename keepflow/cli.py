@@ -331,7 +331,11 @@ def send_event(
         print(stack.stopped, file=sys.stderr)
         raise typer.Exit(1)
     settings = stack.settings
-    body = file.read_bytes()
+    try:
+        body = file.read_bytes()
+    except OSError as err:
+        print(f"cannot read {file}: {err.strerror}", file=sys.stderr)
+        raise typer.Exit(1) from None
     target = url or f"http://{settings.http_host}:{settings.http_port}/events"
     try:
         response = httpx.post(target, content=body, headers={"content-type": "application/json",
@@ -607,6 +611,7 @@ def simulate(
     """Run a sequence for one customer on the real engine, weeks in seconds, and print what happens."""
     from datetime import timezone
 
+    from keepflow.language.problems import InvalidSequences
     from keepflow.runtime.events import CustomerIn, OrderIn
     from keepflow.runtime.registry import load_catalog
     from keepflow.settings import get_settings
@@ -624,6 +629,9 @@ def simulate(
     except sim.SimulationError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
+    except InvalidSequences as invalid:
+        print(f"{invalid}\nfix the problems above first (`keepflow validate` checks again)", file=sys.stderr)
+        raise typer.Exit(1) from None
     for line in sim.format_lines(lines, person.timezone):
         typer.echo(line)
 

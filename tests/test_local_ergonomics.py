@@ -239,11 +239,20 @@ def test_a_syntax_error_in_an_activity_module_is_one_line_at_its_place(broken_ac
 
 
 def test_a_missing_sequences_file_is_one_line_naming_it(here: Path) -> None:
-    for command in (["validate", "nosuch.yaml"], ["graph", "winback", "--sequences", "nosuch.yaml"]):
+    customer = ROOT / "examples" / "customer.json"
+    for command in (["validate", "nosuch.yaml"], ["graph", "winback", "--sequences", "nosuch.yaml"],
+                    ["simulate", "winback", "--customer", str(customer), "--sequences", "nosuch.yaml"]):
         result = CliRunner().invoke(app, command)
         assert result.exit_code == 1, result.output
         line = first_line_without_traceback(result.output)
         assert "nosuch.yaml" in line and "not found" in line
+
+
+def test_send_event_with_a_missing_event_file_names_it(here: Path) -> None:
+    result = CliRunner().invoke(app, ["send-event", "nosuch.json"])
+    assert result.exit_code != 0
+    line = first_line_without_traceback(result.output)
+    assert "nosuch.json" in line
 
 
 # --- `make test` with only Python and make: the browser test skips, saying why ---
