@@ -60,13 +60,22 @@ def _refuse_half_configured(settings, process) -> None:
 
 def _run(coroutine) -> None:
     """Run an engine command; an invalid sequences file or a busy port ends it in words, not a traceback."""
-    from keepflow.http.serving import PortInUse
+    from keepflow.http.serving import CannotListen
     from keepflow.language.problems import InvalidSequences
 
     try:
         asyncio.run(coroutine)
-    except PortInUse as busy:
+    except CannotListen as busy:
         print(f"refusing to start: {busy}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    except BaseExceptionGroup as group:  # a listener of `keepflow dev`, failed inside its task group
+        failed = group.subgroup(CannotListen)
+        if failed is None:
+            raise
+        first = failed.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        print(f"refusing to start: {first}", file=sys.stderr)
         raise typer.Exit(1) from None
     except InvalidSequences as invalid:
         print(invalid, file=sys.stderr)

@@ -280,3 +280,44 @@ def test_make_test_prints_the_reason_of_each_skip() -> None:
     done = subprocess.run(["make", "-n", "test"], cwd=ROOT, capture_output=True, text=True, check=True)
     pytest_line = next(line for line in done.stdout.splitlines() if "bin/pytest" in line)
     assert "-rs" in pytest_line.split()
+
+
+def test_an_address_this_machine_does_not_have_is_one_line_too(here: Path) -> None:
+    result = CliRunner().invoke(app, ["dashboard", "--host", "203.0.113.1", "--port", "8001"],
+                                env={"KEEPFLOW_SESSION_SECRET": "s" * 40})
+    assert result.exit_code == 1
+    line = first_line_without_traceback(result.output)
+    assert "203.0.113.1:8001" in line and "--host" in line
+
+
+async def test_a_port_taken_after_the_check_is_still_an_error_the_cli_can_word(held_port: int, monkeypatch) -> None:
+    import asyncio
+
+    from fastapi import FastAPI
+
+    from keepflow.http import serving
+
+    monkeypatch.setattr(serving, "refuse_ports_in_use", lambda listeners: None)  # as if taken after it
+    with pytest.raises(serving.CannotListen, match=f"127.0.0.1:{held_port}"):
+        await serving.serve_http(FastAPI(), "127.0.0.1", held_port, asyncio.Event())
+
+
+def test_run_words_a_listener_that_failed_inside_the_dev_stack_task_group(capsys) -> None:
+    import typer
+
+    from keepflow.cli import _run
+    from keepflow.http.serving import CannotListen
+
+    async def stack() -> None:
+        async def fails() -> None:
+            raise CannotListen("127.0.0.1", 8000, "already in use", "choose another port with --http-port")
+
+        import asyncio
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(fails())
+
+    with pytest.raises(typer.Exit) as ended:
+        _run(stack())
+    assert ended.value.exit_code == 1
+    assert capsys.readouterr().err == ("refusing to start: cannot listen on 127.0.0.1:8000: already in use: "
+                                       "choose another port with --http-port\n")

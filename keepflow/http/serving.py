@@ -18,9 +18,14 @@ class _Server(uvicorn.Server):
         yield
 
 
-class PortInUse(Exception):
+class CannotListen(Exception):
+    def __init__(self, host: str, port: int, reason: str, fix: str):
+        super().__init__(f"cannot listen on {host}:{port}: {reason}: {fix}")
+
+
+class PortInUse(CannotListen):
     def __init__(self, host: str, port: int, option: str):
-        super().__init__(f"{host}:{port} is already in use (another Keepflow, or another program): "
+        super().__init__(host, port, "already in use (another Keepflow, or another program)",
                          f"stop what listens there, or choose another port with {option}")
 
 
@@ -38,7 +43,9 @@ def refuse_ports_in_use(listeners: list[tuple[str, int, str]]) -> None:
             except OSError as err:
                 if err.errno == errno.EADDRINUSE:
                     raise PortInUse(host, port, option) from None
-                raise
+                # A host this machine does not have (EADDRNOTAVAIL), a port below 1024 (EACCES).
+                raise CannotListen(host, port, err.strerror or str(err),
+                                   f"check the address (--host) or choose another port with {option}") from None
 
 
 async def serve_http(app: FastAPI, host: str, port: int, stop: asyncio.Event, option: str = "--port") -> None:
@@ -52,6 +59,13 @@ async def serve_http(app: FastAPI, host: str, port: int, stop: asyncio.Event, op
     watcher = asyncio.create_task(stop_when_asked())
     try:
         await server.serve()
+    except SystemExit:
+        # uvicorn exits the process when it cannot bind (the port taken since the check above);
+        # as an exception the other tasks still stop in order and the CLI words it in one line.
+        if server.started:
+            raise
+        raise CannotListen(host, port, "the server could not start (see the log above)",
+                           f"choose another port with {option}") from None
     finally:
         watcher.cancel()
     if not server.started:
