@@ -83,30 +83,15 @@ def waiting_by_step(db: Database) -> dict[tuple[str, str], int]:
     return {(sid, step): n for sid, step, n in rows}
 
 
-def not_converted_runs(db: Database, since: datetime) -> dict[str, int]:
-    """Runs started since `since` that have not reached their goal, per sequence.
-
-    The runs table records starts and conversions, not endings, so this includes runs that have
-    already finished without converting.
-    """
-    # Materialised first: ix_runs_started's range, not a sequence_id index (see keepflow/insights/report.py).
-    period = (select(Run.sequence_id).where(Run.started_at >= since, Run.converted_at.is_(None))
-              .cte("open_runs").prefix_with("MATERIALIZED"))
-    query = select(period.c.sequence_id, func.count()).group_by(period.c.sequence_id)
-    with db.session() as session:
-        rows = session.execute(query).all()
-    return dict(rows)
-
-
-def _view(sequence: Sequence, report: Report, waiting: dict[tuple[str, str], int],
-          open_runs: dict[str, int]) -> SequenceView:
+def _view(sequence: Sequence, report: Report, waiting: dict[tuple[str, str], int]) -> SequenceView:
     total = next((s for s in report.sequences if s.sequence_id == sequence.id), None)
     view = SequenceView(
         id=sequence.id, description=sequence.description or "", category=sequence.category,
         trigger=trigger_text(sequence), entered=total.entered if total else 0,
         converted=total.converted if total else 0, conversion_rate=total.conversion_rate if total else None,
         orders=total.orders if total else 0, revenue=format_money(total.revenue) if total else "-",
-        not_converted=open_runs.get(sequence.id, 0), flowchart=graph.to_svg(sequence),
+        # From the same totals as `converted`, so entered = converted + not converted always holds.
+        not_converted=(total.entered - total.converted) if total else 0, flowchart=graph.to_svg(sequence),
         settling=[(path, graph.label_of(step)) for path, step in sequence.walk() if settles(step)],
     )
     reported = [r for r in report.steps if r.sequence_id == sequence.id]
@@ -127,8 +112,7 @@ def _view(sequence: Sequence, report: Report, waiting: dict[tuple[str, str], int
 def overview(db: Database, catalog: Catalog, since: datetime) -> tuple[Report, list[SequenceView]]:
     report = build_report(db, since, clv=False)  # the pages do not show lifetime value
     waiting = waiting_by_step(db)
-    open_runs = not_converted_runs(db, report.since)
-    return report, [_view(sequence, report, waiting, open_runs) for sequence in catalog.file.sequences]
+    return report, [_view(sequence, report, waiting) for sequence in catalog.file.sequences]
 
 
 def sequence_page(db: Database, sequence: Sequence, since: datetime) -> tuple[Report, SequenceView]:
@@ -139,8 +123,7 @@ def sequence_page(db: Database, sequence: Sequence, since: datetime) -> tuple[Re
     # Unfiltered too: a sequence_id condition would draw SQLite to that column's index (every
     # message of the sequence) instead of the few held rows of the status index.
     waiting = waiting_by_step(db)
-    open_runs = not_converted_runs(db, report.since)
-    return report, _view(sequence, report, waiting, open_runs)
+    return report, _view(sequence, report, waiting)
 
 
 # -- messages ---------------------------------------------------------------------------------
