@@ -315,6 +315,10 @@ async def test_customer_timeline_in_time_order(settings, db: Database) -> None:
     assert 'href="/messages/9"' in by_id.text and '<a href="/messages/5">message.delivered</a>' in by_id.text
     assert 'data-customer="c2"' in by_email.text and "unsubscribe, from unsubscribe_link" in by_email.text
     assert "not scored yet" in by_email.text
+    # c2 gave email consent and later unsubscribed: the card says what holds now, not the old "yes".
+    consents = re.search(r"<dt>consents</dt><dd>(.*?)</dd>", by_email.text, re.S).group(1)
+    assert "email: yes" not in consents and "unsubscribed from marketing" in consents, consents
+    assert "email: yes" in re.search(r"<dt>consents</dt><dd>(.*?)</dd>", by_id.text, re.S).group(1)
     assert unknown.status_code == 404 and "No customer has the id or email address" in unknown.text
     assert empty.status_code == 200 and 'data-customer' not in empty.text
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from keepflow.http.dashboard.in_flight import settles
 from keepflow.insights import graph
@@ -22,6 +23,7 @@ from keepflow.insights.report import DELIVERY_EVENTS, Report, StepReport, build_
 from keepflow.language.catalog import Catalog
 from keepflow.language.dsl import InactivityTrigger, SendStep, Sequence
 from keepflow.language.durations import format_duration
+from keepflow.sending import suppressions
 from keepflow.sending.contacts import normalize_address
 from keepflow.store import Customer, Database, Event, Message, Order, Run, Suppression, utc
 from keepflow.store.scores import CustomerScore
@@ -243,6 +245,8 @@ class Timeline:
     level: str | None
     entries: list[Entry]
     truncated: bool
+    # Per channel, what may be sent now: the consent given, read with the suppressions in force.
+    consents: dict[str, str] = field(default_factory=dict)
 
 
 def find_customer(db: Database, q: str) -> Customer | None:
@@ -300,9 +304,32 @@ def customer_timeline(db: Database, customer: Customer) -> Timeline:
             if s.lifted_at:
                 entries.append(Entry(utc(s.lifted_at), "suppression", f"{s.channel} suppression lifted ({s.scope})",
                                      s.address))
+        consents = _consents_now(session, customer)
     entries.sort(key=lambda e: e.at)
     return Timeline(customer=customer, segment=score.segment if score else None,
-                    level=score.level if score else None, entries=entries, truncated=truncated)
+                    level=score.level if score else None, entries=entries, truncated=truncated, consents=consents)
+
+
+def _consents_now(session: Session, customer: Customer) -> dict[str, str]:
+    """The consent a customer gave, per channel, as it stands with the suppressions of their
+    address in force: an unsubscribe does not change `consents`, so alone it would still say yes."""
+    addresses = {"email": customer.email, "sms": customer.phone}
+    given = {channel: "yes" if yes else "no" for channel, yes in (customer.consents or {}).items()}
+    for channel, address in addresses.items():
+        if not address:
+            continue
+        active = session.scalars(select(Suppression).where(
+            Suppression.channel == channel, Suppression.address.in_(suppressions.forms(channel, address)),
+            Suppression.lifted_at.is_(None)).order_by(Suppression.created_at)).all()
+        if any(s.scope == suppressions.ALL for s in active):
+            why = next(s for s in active if s.scope == suppressions.ALL)
+            given[channel] = f"nothing may be sent ({why.reason}, from {why.source})"
+        elif any(s.scope == suppressions.MARKETING for s in active):
+            given[channel] = "transactional only: unsubscribed from marketing"
+        elif active:
+            groups = ", ".join(s.scope.removeprefix("group:") for s in active)
+            given[channel] = f"{given.get(channel, 'none recorded')}; unsubscribed from {groups}"
+    return dict(sorted(given.items()))
 
 
 def _short(data: dict[str, Any], limit: int = 160) -> str:
