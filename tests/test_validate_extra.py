@@ -187,6 +187,7 @@ sequences:
 
 def test_marketing_sms_without_quiet_hours_and_odd_timeouts_warn(tmp_path):
     text = """\
+events: [cart.updated]
 rules:
   quiet_hours: {channels: [email]}
 sequences:
@@ -203,7 +204,7 @@ sequences:
 """
     problems = problems_of(tmp_path, text, {"sms/flash.en.txt": "Sale! {{ customer.first_name }}"})
     assert all(p.severity == "warning" for p in problems), [p.format() for p in problems]
-    assert [(p.line, p.column) for p in problems] == [(9, 18), (11, 18), (12, 15)]
+    assert [(p.line, p.column) for p in problems] == [(10, 18), (12, 18), (13, 15)]
     assert "10m" in problems[0].message and "45d" in problems[1].message
     assert "quiet" in problems[2].message
 
@@ -212,3 +213,83 @@ def test_shipped_sequences_still_validate_cleanly():
     catalog, problems = check_catalog(ROOT / "sequences.yaml")
     assert catalog is not None
     assert [p.format() for p in problems if p.severity == "error"] == []
+
+
+def test_misspelt_event_types_are_refused_with_the_nearest_known_one(tmp_path):
+    text = """\
+sequences:
+  - id: review
+    category: marketing
+    trigger: order.deliverd
+    exit_on: [order.refundd]
+    goal: [review.submited]
+    steps:
+      - wait_for: order.shiped
+        timeout: 7d
+      - send: email
+        template: review
+        superseded_by: [order.delivered, order.cancelld]
+"""
+    problems = problems_of(tmp_path, text, {"email/review.en.html": email("Hi")})
+    assert [(p.line, p.column, p.severity) for p in problems] == [
+        (4, 14, "error"), (5, 15, "error"), (6, 12, "error"), (8, 19, "error"), (12, 42, "error")]
+    first = problems[0].message
+    assert "'order.deliverd'" in first and "did you mean order.delivered?" in first
+    assert "events:" in first  # the fix for a shop's own event type
+    assert "did you mean order.refunded?" in problems[1].message
+    assert "did you mean review.submitted?" in problems[2].message
+    assert "did you mean order.shipped?" in problems[3].message
+    assert "did you mean order.cancelled?" in problems[4].message
+
+
+def test_a_shops_own_event_types_are_declared_under_events(tmp_path):
+    text = """\
+events: [quiz.completed, loyalty.tier_changed]
+sequences:
+  - id: quiz
+    category: marketing
+    trigger: quiz.completed
+    steps:
+      - wait_for: loyalty.tier_changd
+        timeout: 7d
+      - send: email
+        template: quiz
+"""
+    problems = problems_of(tmp_path, text, {"email/quiz.en.html": email("Hi")})
+    [problem] = problems
+    assert (problem.line, problem.column) == (7, 19)
+    assert "did you mean loyalty.tier_changed?" in problem.message
+
+
+def test_an_event_type_far_from_any_known_lists_what_to_do(tmp_path):
+    text = """\
+sequences:
+  - id: quiz
+    category: marketing
+    trigger: quiz.completed
+    steps:
+      - send: email
+        template: quiz
+"""
+    [problem] = problems_of(tmp_path, text, {"email/quiz.en.html": email("Hi")})
+    assert (problem.line, problem.column) == (4, 14)
+    assert "did you mean" not in problem.message
+    assert "order.created" in problem.message  # the known ones, to pick from
+    assert "add it under events:" in problem.message
+
+
+def test_the_known_event_types_cover_what_keepflow_itself_sends():
+    import inspect
+    import re
+
+    from keepflow.http import shopify
+    from keepflow.insights.rfm import ADVOCACY_EVENTS
+    from keepflow.language.events import BUILTIN_EVENTS
+    from keepflow.runtime.routing import ACTIVITY_TYPES
+
+    # Each Shopify mapper returns (type, fields); reading them from the source keeps a new mapper
+    # from slipping past without a payload fixture for it here.
+    mapped = set(re.findall(r'return "([a-z_]+\.[a-z_]+)", \{', inspect.getsource(shopify)))
+    assert len(mapped) >= 5
+    produced = mapped | set(ACTIVITY_TYPES) | set(ADVOCACY_EVENTS) | {"customer.inactive"}
+    assert produced - set(BUILTIN_EVENTS) == set()

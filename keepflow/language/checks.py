@@ -12,7 +12,7 @@ from typing import Protocol, assert_never
 from jinja2 import TemplateSyntaxError, meta
 from jinja2 import nodes as jinja_nodes
 from pydantic import BaseModel, ValidationError
-from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from keepflow.language import context_flow, template_checks
 from keepflow.language.dsl import (
@@ -29,6 +29,7 @@ from keepflow.language.dsl import (
     WaitStep,
 )
 from keepflow.language.durations import format_duration
+from keepflow.language.events import BUILTIN_EVENTS
 from keepflow.language.expressions import ExpressionError, check_syntax, refusal, refused
 from keepflow.language.problems import Report, Severity
 from keepflow.language.rendering import FALLBACK_LOCALE, Renderer, locale_files, template_path, template_source
@@ -84,6 +85,7 @@ class Semantics:
 
     def run(self) -> None:
         self.sequence_ids()
+        self.event_types()
         for seq, node, steps in zip(self.file.sequences, self.seq_nodes, self.steps):
             if has_key(node, "key"):
                 self.expression(node, "key", seq.key)
@@ -106,6 +108,39 @@ class Semantics:
                 self.add(pos, f"duplicate sequence id {seq.id!r} (first defined at line {first[seq.id]})")
             else:
                 first[seq.id] = pos[0] + 1
+
+    # event types
+
+    def event_types(self) -> None:
+        known = [*BUILTIN_EVENTS, *self.file.events]
+        for seq, node, steps in zip(self.file.sequences, self.seq_nodes, self.steps):
+            if isinstance(seq.trigger, str):
+                self.event_type(seq.trigger, value_pos(node, "trigger"), "trigger", known)
+            for field in ("exit_on", "goal"):
+                for index, event_type in enumerate(getattr(seq, field)):
+                    self.event_type(event_type, self.item_pos(node, field, index), field, known)
+            for at in steps:
+                if isinstance(at.step, WaitForStep):
+                    self.event_type(at.step.wait_for, at.pos("wait_for"), "wait_for", known)
+                elif isinstance(at.step, SendStep):
+                    for index, event_type in enumerate(at.step.superseded_by):
+                        node_at = at.node if isinstance(at.node, CommentedMap) else None
+                        pos = self.item_pos(node_at, "superseded_by", index) if node_at else at.pos()
+                        self.event_type(event_type, pos, "superseded_by", known)
+
+    @staticmethod
+    def item_pos(node: CommentedMap, field: str, index: int) -> tuple[int, int]:
+        items = node.get(field)
+        return value_pos(items, index) if isinstance(items, CommentedSeq) else value_pos(node, field)
+
+    def event_type(self, event_type: str, pos: tuple[int, int], field: str, known: list[str]) -> None:
+        if event_type in known:
+            return
+        guess = did_you_mean(event_type, known)
+        hint = (f"did you mean {guess}?" if guess
+                else "Keepflow knows: " + ", ".join(sorted(known)) + ".")
+        self.add(pos, f"{field}: no event of type {event_type!r} is ever sent, so this never happens; {hint} "
+                      "If your shop sends it to POST /events, add it under events: at the top of the file")
 
     def step_ids(self, seq: Sequence, steps: list[StepAt]) -> None:
         first: dict[str, int] = {}

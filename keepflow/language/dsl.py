@@ -286,6 +286,9 @@ class SequencesFile(_Model):
     # Shop-wide facts every template may use as `brand.*` (name, address, support contact).
     brand: dict[str, Any] = Field(default_factory=dict)
     rules: Rules = Field(default_factory=Rules)
+    # The shop's own event types (sent to POST /events), besides the ones Keepflow knows; a type
+    # in neither list is refused by `validate` as a likely typo, since nothing would ever send it.
+    events: list[EventType] = Field(default_factory=list)
     sequences: list[Sequence] = Field(min_length=1)
 
     def by_id(self) -> dict[str, Sequence]:
