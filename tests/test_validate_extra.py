@@ -293,3 +293,86 @@ def test_the_known_event_types_cover_what_keepflow_itself_sends():
     assert len(mapped) >= 5
     produced = mapped | set(ACTIVITY_TYPES) | set(ADVOCACY_EVENTS) | {"customer.inactive"}
     assert produced - set(BUILTIN_EVENTS) == set()
+
+
+def test_misspelt_fields_in_templates_are_refused_with_the_nearest_one(tmp_path):
+    text = """\
+brand: {name: Lumen, postal_address: 1 Road}
+sequences:
+  - id: thanks
+    category: transactional
+    trigger: order.created
+    key: order.id
+    steps:
+      - send: email
+        template: thanks
+"""
+    body = ("{% block subject %}Hi {{ customer.firstname }}{% endblock %}\n"
+            "{% for item in order.items %}{{ item.titel }} {{ item.price }}{% endfor %}\n"
+            "{{ brand.postal_adress }} {{ customer.rfm.levl }}")
+    problems = problems_of(tmp_path, text, {"email/thanks.en.html": body})
+    assert all((p.line, p.column, p.severity) == (9, 19, "error") for p in problems), [p.format() for p in problems]
+    messages = sorted(p.message for p in problems)
+    assert len(messages) == 4, messages
+    assert any("line 1" in m and "customer.firstname" in m and "did you mean customer.first_name?" in m
+               for m in messages)
+    assert any("line 2" in m and "item.titel" in m and "did you mean item.title?" in m for m in messages)
+    assert any("line 3" in m and "did you mean brand.postal_address?" in m for m in messages)
+    assert any("did you mean customer.rfm.level?" in m for m in messages)
+
+
+def test_misspelt_fields_in_if_and_key_are_refused(tmp_path):
+    text = """\
+sequences:
+  - id: thanks
+    category: transactional
+    trigger: order.created
+    key: order.idd
+    steps:
+      - if: "customer.rfm.segmnt == 'champions' and customer.consents.sms"
+        then:
+          - exit
+"""
+    problems = problems_of(tmp_path, text, {})
+    assert [(p.line, p.column) for p in problems] == [(5, 10), (7, 13)], [p.format() for p in problems]
+    assert "key:" in problems[0].message and "did you mean order.id?" in problems[0].message
+    assert "if:" in problems[1].message and "did you mean customer.rfm.segment?" in problems[1].message
+
+
+def test_fields_the_context_does_not_fix_are_not_checked(tmp_path):
+    text = """\
+sequences:
+  - id: after
+    category: transactional
+    trigger: order.created
+    steps:
+      - wait_for: order.shipped
+        timeout: 7d
+        as: shipment
+      - do: load_customer
+        as: profile
+      - if: "profile.anything and event.data.whatever and customer.consents.whatsapp"
+        then:
+          - exit
+      - send: email
+        template: shipped
+"""
+    body = ("{% block subject %}{{ customer.first_name | upper }} {{ customer.first_name.title() }}{% endblock %}"
+            "{{ shipment.data.tracking_url }} {{ profile.purchased_skus }} {{ order.items | length }}"
+            "{{ customer.get('first_name') }}")
+    problems = problems_of(tmp_path, text, {"email/shipped.en.html": body})
+    assert [p.format() for p in problems if p.severity == "error"] == []
+
+
+def test_the_checked_fields_are_the_runtimes_own():
+    from keepflow.insights import rfm
+    from keepflow.language import context_fields
+    from keepflow.runtime.events import CustomerIn, EventIn, OrderIn, OrderItem
+    from keepflow.runtime.payloads import EventSignal
+
+    assert set(context_fields.CUSTOMER) == set(CustomerIn.model_fields) | {"rfm"}
+    assert set(context_fields.RFM) == set(rfm._profile(*[None] * 9))
+    assert set(context_fields.ORDER) == set(OrderIn.model_fields)
+    assert set(context_fields.LINE_ITEM) == set(OrderItem.model_fields)
+    assert set(context_fields.EVENT) == set(EventSignal.model_fields)
+    assert set(EventIn.model_fields) >= set(context_fields.EVENT)

@@ -28,9 +28,10 @@ from keepflow.language.dsl import (
     WaitForStep,
     WaitStep,
 )
+from keepflow.language.context_fields import Shape, context_shapes, unknown_fields
 from keepflow.language.durations import format_duration
 from keepflow.language.events import BUILTIN_EVENTS
-from keepflow.language.expressions import ExpressionError, check_syntax, refusal, refused
+from keepflow.language.expressions import ExpressionError, check_syntax, parse, refusal, refused
 from keepflow.language.problems import Report, Severity
 from keepflow.language.rendering import FALLBACK_LOCALE, Renderer, locale_files, template_path, template_source
 from keepflow.language.schema_errors import aliases, did_you_mean, friendly
@@ -82,6 +83,9 @@ class Semantics:
         ]
         self.renderer: Renderer | None = None
         self.templates_checked: set[str] = set()
+        # An `as:` name that reuses `customer` or `order` holds whatever its step put there.
+        named = {s.as_ for seq in file.sequences for _, s in seq.walk() if isinstance(s, (DoStep, WaitForStep))}
+        self.shapes: dict[str, Shape] = {k: v for k, v in context_shapes(file.brand).items() if k not in named}
 
     def run(self) -> None:
         self.sequence_ids()
@@ -164,6 +168,9 @@ class Semantics:
             return
         for name in names:
             self.add(value_pos(node, field), f"{field}: {refusal(name)}")
+        if not names:
+            for unknown in unknown_fields(parse(expression), self.shapes):
+                self.add(value_pos(node, field), f"{field}: {unknown.message}")
 
     def step(self, at: StepAt) -> None:
         step = at.step
@@ -218,6 +225,8 @@ class Semantics:
             return [f"template {relative}: {exc}"]
         problems = [f"template {relative} line {node.lineno}: '{name}' is not allowed; templates may use the "
                     "context's fields, not Python internals (names starting with _)" for node, name in _private_names(ast)]
+        problems += [f"template {relative} line {unknown.lineno}: {unknown.message}"
+                     for unknown in unknown_fields(ast, self.shapes)]
         if subject_required and "subject" not in template.blocks:
             problems.append(f"template {relative} has no {{% block subject %}}: every email needs a subject")
         for other in referenced:
