@@ -376,3 +376,56 @@ def test_the_checked_fields_are_the_runtimes_own():
     assert set(context_fields.LINE_ITEM) == set(OrderItem.model_fields)
     assert set(context_fields.EVENT) == set(EventSignal.model_fields)
     assert set(EventIn.model_fields) >= set(context_fields.EVENT)
+
+
+def test_a_comparison_with_a_value_a_field_never_has_is_refused(tmp_path):
+    text = """\
+sequences:
+  - id: thanks
+    category: transactional
+    trigger: order.created
+    steps:
+      - if: "customer.rfm.level == 'first-time' or customer.rfm.segment in ['at_risk', 'cant-lose']"
+        then:
+          - exit
+      - if: "'champion' != customer.rfm.segment and customer.rfm.fit == 'grow'"
+        then:
+          - exit
+      - if: "customer.rfm.level != 'vip'"
+        then:
+          - exit
+"""
+    problems = problems_of(tmp_path, text, {})
+    assert [(p.line, p.column) for p in problems] == [(6, 13), (6, 13), (9, 13), (12, 13)], \
+        [p.format() for p in problems]
+    assert "did you mean" not in problems[3].message and "'vip'" in problems[3].message
+    level = next(p.message for p in problems if "'first-time'" in p.message)
+    assert "customer.rfm.level is never 'first-time'" in level and "did you mean 'first_time'?" in level
+    assert "advocate, repeat, first_time, none" in level
+    assert any("'cant-lose'" in p.message and "did you mean 'cant_lose'?" in p.message for p in problems)
+    assert "did you mean 'champions'?" in problems[2].message
+
+
+def test_inactivity_filters_name_real_segments_and_levels(tmp_path):
+    text = """\
+sequences:
+  - id: winback
+    category: marketing
+    trigger: {inactive_for: 60d, segment: [at_risk, hibernatng], level: [repeat, frist_time]}
+    steps:
+      - send: email
+        template: back
+"""
+    problems = problems_of(tmp_path, text, {"email/back.en.html": email("Hi")})
+    assert [(p.line, p.column) for p in problems] == [(4, 53), (4, 82)], [p.format() for p in problems]
+    assert "did you mean 'hibernating'?" in problems[0].message
+    assert "did you mean 'first_time'?" in problems[1].message
+
+
+def test_the_checked_values_are_the_scores_own():
+    from keepflow.insights import rfm
+    from keepflow.language import context_fields
+
+    assert context_fields.SEGMENTS == rfm.SEGMENTS
+    assert context_fields.LEVELS == rfm.LEVELS
+    assert context_fields.FITS == rfm.FITS

@@ -28,7 +28,7 @@ from keepflow.language.dsl import (
     WaitForStep,
     WaitStep,
 )
-from keepflow.language.context_fields import Shape, context_shapes, unknown_fields
+from keepflow.language.context_fields import LEVELS, SEGMENTS, Shape, context_shapes, impossible_values, unknown_fields
 from keepflow.language.durations import format_duration
 from keepflow.language.events import BUILTIN_EVENTS
 from keepflow.language.expressions import ExpressionError, check_syntax, parse, refusal, refused
@@ -90,6 +90,7 @@ class Semantics:
     def run(self) -> None:
         self.sequence_ids()
         self.event_types()
+        self.inactivity_filters()
         for seq, node, steps in zip(self.file.sequences, self.seq_nodes, self.steps):
             if has_key(node, "key"):
                 self.expression(node, "key", seq.key)
@@ -132,6 +133,21 @@ class Semantics:
                         pos = self.item_pos(node_at, "superseded_by", index) if node_at else at.pos()
                         self.event_type(event_type, pos, "superseded_by", known)
 
+    def inactivity_filters(self) -> None:
+        for seq, node in zip(self.file.sequences, self.seq_nodes):
+            trigger, trigger_node = seq.inactivity, node.get("trigger")
+            if trigger is None or not isinstance(trigger_node, CommentedMap):
+                continue
+            for field, allowed in (("segment", SEGMENTS), ("level", LEVELS)):
+                for index, value in enumerate(getattr(trigger, field) or []):
+                    if value in allowed:
+                        continue
+                    guess = did_you_mean(value, allowed)
+                    hint = f"did you mean {guess!r}? " if guess else ""
+                    self.add(self.item_pos(trigger_node, field, index),
+                             f"trigger {field}: no customer is ever in {field} {value!r}, so this never starts; "
+                             f"{hint}the {field}s are: {', '.join(allowed)}")
+
     @staticmethod
     def item_pos(node: CommentedMap, field: str, index: int) -> tuple[int, int]:
         items = node.get(field)
@@ -169,7 +185,8 @@ class Semantics:
         for name in names:
             self.add(value_pos(node, field), f"{field}: {refusal(name)}")
         if not names:
-            for unknown in unknown_fields(parse(expression), self.shapes):
+            tree = parse(expression)
+            for unknown in unknown_fields(tree, self.shapes) + impossible_values(tree, self.shapes):
                 self.add(value_pos(node, field), f"{field}: {unknown.message}")
 
     def step(self, at: StepAt) -> None:
@@ -226,7 +243,7 @@ class Semantics:
         problems = [f"template {relative} line {node.lineno}: '{name}' is not allowed; templates may use the "
                     "context's fields, not Python internals (names starting with _)" for node, name in _private_names(ast)]
         problems += [f"template {relative} line {unknown.lineno}: {unknown.message}"
-                     for unknown in unknown_fields(ast, self.shapes)]
+                     for unknown in unknown_fields(ast, self.shapes) + impossible_values(ast, self.shapes)]
         if subject_required and "subject" not in template.blocks:
             problems.append(f"template {relative} has no {{% block subject %}}: every email needs a subject")
         for other in referenced:

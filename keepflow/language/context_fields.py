@@ -25,6 +25,20 @@ class ListOf:
 # A mapping with fixed keys is checked; None is anything (not checked).
 Shape = Union[Mapping[str, "Shape"], ListOf, None]
 
+# The values the RFM scores give (keepflow.insights.rfm), best first as `keepflow segments` lists them.
+SEGMENTS: tuple[str, ...] = (
+    "champions", "loyal", "potential_loyalist", "new", "need_attention",
+    "at_risk", "cant_lose", "hibernating", "lost", "prospect",
+)
+LEVELS: tuple[str, ...] = ("advocate", "repeat", "first_time", "none")
+FITS: tuple[str, ...] = ("retain", "grow", "exit")
+# A field with a fixed set of values: a comparison with any other is never true.
+VALUES: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("customer", "rfm", "segment"): SEGMENTS,
+    ("customer", "rfm", "level"): LEVELS,
+    ("customer", "rfm", "fit"): FITS,
+}
+
 RFM: dict[str, Shape] = dict.fromkeys(
     ("recency_days", "frequency", "monetary", "r", "f", "m", "segment", "level", "fit"))
 CUSTOMER: dict[str, Shape] = {
@@ -148,3 +162,46 @@ def _check(root: str, chain: list[str | None], scope: Mapping[str, Shape], linen
         shape = shape[part]
         path = f"{path}.{part}"
     return None
+
+
+def impossible_values(tree: nodes.Node, roots: Mapping[str, Shape]) -> list[UnknownField]:
+    """`customer.rfm.level == 'first-time'` and the like: a comparison with a value the field never has."""
+    found: list[UnknownField] = []
+    # find_all() yields descendants only; the expression itself may be the comparison.
+    compares = [*([tree] if isinstance(tree, nodes.Compare) else []), *tree.find_all(nodes.Compare)]
+    for compare in compares:
+        left = compare.expr
+        for operand in compare.ops:
+            for field, other in ((left, operand.expr), (operand.expr, left)):
+                path = _path(field, roots)
+                if path not in VALUES:
+                    continue
+                if operand.op in ("eq", "ne"):
+                    values = [other]
+                elif operand.op in ("in", "notin") and other is operand.expr and isinstance(
+                        other, (nodes.List, nodes.Tuple)):
+                    values = list(other.items)
+                else:
+                    continue
+                found += [_never(path, v.value, compare.lineno) for v in values
+                          if isinstance(v, nodes.Const) and isinstance(v.value, str) and v.value not in VALUES[path]]
+            left = operand.expr
+    # A nested comparison is its own Compare node, met again by find_all: one message each.
+    return list(dict.fromkeys(found))
+
+
+def _path(node: nodes.Node, roots: Mapping[str, Shape]) -> tuple[str, ...] | None:
+    chain, base = _chain(node)
+    if not isinstance(base, nodes.Name) or base.name not in roots or not chain or None in chain:
+        return None
+    return (base.name, *(part for part in chain if part is not None))
+
+
+def _never(path: tuple[str, ...], value: str, lineno: int) -> UnknownField:
+    return UnknownField(lineno, value_problem(".".join(path), value, VALUES[path]))
+
+
+def value_problem(field: str, value: str, allowed: tuple[str, ...]) -> str:
+    guess = did_you_mean(value, allowed)
+    hint = f"did you mean {guess!r}? " if guess else ""
+    return f"{field} is never {value!r}, so this is never true; {hint}its values are: {', '.join(allowed)}"
