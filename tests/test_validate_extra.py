@@ -429,3 +429,27 @@ def test_the_checked_values_are_the_scores_own():
     assert context_fields.SEGMENTS == rfm.SEGMENTS
     assert context_fields.LEVELS == rfm.LEVELS
     assert context_fields.FITS == rfm.FITS
+
+
+def test_split_weights_must_add_up_to_100(tmp_path):
+    text = """\
+sequences:
+  - id: ab
+    category: transactional
+    trigger: order.created
+    steps:
+      - split:
+          - variant: plain
+            weight: 50
+          - variant: offer
+            weight: 40
+      - split:
+          - variant: a
+            weight: 33.5
+          - variant: b
+            weight: 66.5
+"""
+    [problem] = problems_of(tmp_path, text, {})
+    assert (problem.line, problem.column, problem.severity) == (6, 9, "error")
+    assert "add up to 90" in problem.message and "100" in problem.message
+    assert "56%" in problem.message  # what 50 of 90 would really be

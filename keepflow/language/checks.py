@@ -203,10 +203,23 @@ class Semantics:
                     self.add(at.pos("timeout"),
                              f"wait_for timeout {format_duration(step.timeout)} is longer than 90 days; "
                              "is the unit right? (s, m, h, d, w)", "warning")
-            case WaitStep() | SplitStep() | StartStep() | ExitStep():
+            case SplitStep():
+                self.weights(at, step)
+            case WaitStep() | StartStep() | ExitStep():
                 pass  # start: targets are checked together, in starts()
             case _:
                 assert_never(step)
+
+    def weights(self, at: StepAt, step: SplitStep) -> None:
+        # The engine divides by the sum, so 50 + 40 runs as 56/44: read as percentages, a sum
+        # other than 100 is a mistake the marketer cannot see in the report.
+        total = sum(v.weight for v in step.split)
+        if abs(total - 100) < 1e-9:
+            return
+        shares = " and ".join(f"{v.variant} gets {round(100 * v.weight / total)}%" for v in step.split)
+        pos = key_pos(at.node, "split") if isinstance(at.node, CommentedMap) else at.pos()
+        self.add(pos, f"split: the weights add up to {total:g}, not 100, so {shares}; "
+                      "make them add up to 100 (they are percentages)")
 
     # templates
 
