@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from keepflow.language.problems import Problem
 from keepflow.runtime.registry import check_catalog
 from tests.helpers import write_project
@@ -453,3 +455,54 @@ sequences:
     assert (problem.line, problem.column, problem.severity) == (6, 9, "error")
     assert "add up to 90" in problem.message and "100" in problem.message
     assert "56%" in problem.message  # what 50 of 90 would really be
+
+
+STEPS_HEAD = """\
+sequences:
+  - id: welcome
+    category: transactional
+    trigger: customer.created
+    steps:
+"""
+
+
+@pytest.mark.parametrize("steps, line, column, fragment", [
+    # a colon inside a value
+    ("      - send: email\n        template: hello: there\n", 7, 24, "put the value in quotes"),
+    # a tab for indentation
+    ("      - send: email\n\ttemplate: hello\n", 7, 1, "replace the tab with spaces"),
+    # a key indented less than its siblings
+    ("      - send: email\n       template: hello\n", 7, 8, "line it up"),
+    # a dash missing, the key lands in the wrong place
+    ("      - send: email\n        template: hello\n      wait: 1d\n", 8, 7, "line it up"),
+    # a list never closed: pointed at where it opens
+    ("      - send: email\n        template: hello\n        superseded_by: [order.delivered\n"
+     "      - wait: 1d\n", 8, 24, "close it with ]"),
+    # a quote never closed: pointed at where it opens
+    ("      - if: \"customer.consents.sms\n        then: [exit]\n", 6, 13, "add the closing \""),
+    # a value starting with a character YAML keeps for itself
+    ("      - send: email\n        template: `hello`\n", 7, 19, "put the value in quotes"),
+])
+def test_yaml_syntax_errors_are_said_plainly_with_the_fix(tmp_path, steps, line, column, fragment):
+    [problem] = problems_of(tmp_path, STEPS_HEAD + steps, {"email/hello.en.html": email("Hi")})
+    assert (problem.line, problem.column) == (line, column), problem.format()
+    assert fragment in problem.message, problem.format()
+    for jargon in ("<block", "token", "scanning", "while parsing", "stream"):
+        assert jargon not in problem.message, problem.format()
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ("{% if customer.first_name %}Hi", "{% if %} is never closed: add {% endif %}"),
+    ("{% for item in order.items %}{{ item.title }}", "{% for %} is never closed: add {% endfor %}"),
+    ("Hi {{ customer.first_name }", "two braces"),
+    ("{% if customer.first_name %}Hi{% endfor %}", "{% endfor %} does not close the open {% if %}"),
+    ("{% endif %}", "{% endif %} closes nothing"),
+    ("{% iff customer.first_name %}{% endif %}", "unknown tag {% iff %}"),
+])
+def test_jinja_syntax_errors_are_said_plainly_with_the_fix(tmp_path, body, fragment):
+    text = STEPS_HEAD + "      - send: email\n        template: hello\n"
+    [problem] = problems_of(tmp_path, text, {"email/hello.en.html": email(body)})
+    assert (problem.line, problem.column) == (7, 19), problem.format()
+    assert "template email/hello.en.html line 1:" in problem.message
+    assert fragment in problem.message, problem.format()
+    assert "Jinja was looking for" not in problem.message

@@ -35,6 +35,7 @@ from keepflow.language.expressions import ExpressionError, check_syntax, parse, 
 from keepflow.language.problems import Report, Severity
 from keepflow.language.rendering import FALLBACK_LOCALE, Renderer, locale_files, template_path, template_source
 from keepflow.language.schema_errors import aliases, did_you_mean, friendly
+from keepflow.language.syntax_messages import jinja_message
 from keepflow.language.yaml_source import StepAt, has_key, key_pos, locate, point, steps_at, value_pos
 
 LONG_WAIT = timedelta(days=90)
@@ -248,7 +249,7 @@ class Semantics:
             referenced = [r for r in meta.find_referenced_templates(ast) if r]
             template = env.get_template(relative)
         except TemplateSyntaxError as exc:
-            return [f"template {exc.name or relative} line {exc.lineno}: {exc.message}"]
+            return [f"template {exc.name or relative} line {exc.lineno}: {jinja_message(exc.message or '')}"]
         except UnicodeDecodeError:
             return [f"template {relative} is not UTF-8 text; save it as UTF-8"]
         except Exception as exc:  # anything Jinja cannot compile is a content mistake
