@@ -147,8 +147,8 @@ else:
             custom_error_message="a step needs one of: " + ", ".join(STEP_KINDS),
         ),
     ]
-    # `- exit` is the one step a marketer may write as a plain word.
-    Step = Annotated[_TaggedStep, BeforeValidator(_bare_exit)]
+    # `- exit` is the one step a marketer may write as a plain word (and the JSON Schema says so).
+    Step = Annotated[_TaggedStep, BeforeValidator(_bare_exit, json_schema_input_type=Union[Literal["exit"], _TaggedStep])]
 
 
 class InactivityTrigger(_Model):
