@@ -95,6 +95,19 @@ def validate(path: SequencesArg = None, templates: TemplatesOpt = None) -> None:
 
 
 @app.command()
+def schema(output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write here, not to stdout")] = None,
+           ) -> None:
+    """Print the JSON Schema of sequences.yaml (editors use it to check the file as you type)."""
+    from keepflow.language.json_schema import schema_text
+
+    if output is None:
+        sys.stdout.write(schema_text())
+    else:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(schema_text(), encoding="utf-8")
+
+
+@app.command()
 def dev(
     http_port: Annotated[int, typer.Option(help="port of the webhook endpoints")] = 8000,
     admin_port: Annotated[Optional[int], typer.Option(help="port of the dashboard (default: $KEEPFLOW_ADMIN_PORT or 8001)")] = None,

@@ -136,3 +136,37 @@ async def test_runs_listed_by_visibility_on_the_dev_server(tmp_path, settings, d
                 await handle.terminate("test finished")
     finally:
         server.stop()
+
+
+PARENT_AND_CHILD = """\
+sequences:
+  - id: parent
+    category: marketing
+    steps:
+      - start: child
+      - wait: 3d
+        id: pause
+  - id: child
+    category: marketing
+    steps:
+      - wait: 3d
+        id: pause
+      - send: email
+        template: note
+"""
+
+
+async def test_a_run_started_by_a_start_step_is_current_against_the_unedited_file(env, settings, db):
+    """A `start:` run carries its starter's snapshot (and so its hash): against the file it
+    started from, it runs the current definition."""
+    unedited = catalog(PARENT_AND_CHILD)
+    async with running_worker(env, settings, db) as tq:
+        handle = await start(env.client, tq, unedited.snapshot("parent").child("child"), key=uuid.uuid4().hex[:6])
+        record_run(db, handle.id, {"customer": CUSTOMER})
+        await until_step(env, handle.id, "pause")
+        impact = await compute_impact(env.client, unedited, [handle.id])
+        assert impact.rows == [] and (impact.runs_checked, impact.unchanged) == (1, 1)
+        # The child edited: the run keeps its old steps, and says so.
+        edited = catalog(PARENT_AND_CHILD.replace("      - wait: 3d\n        id: pause\n      - send", "      - wait: 1d\n        id: pause\n      - send"))
+        assert [(r.sequence_id, r.step, r.runs) for r in (await compute_impact(env.client, edited, [handle.id])).rows] == [
+            ("child", "pause", 1)]

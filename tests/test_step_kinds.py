@@ -48,13 +48,13 @@ sequences:
           - wait: 1h
       - split:
           - variant: a
-            weight: 1
+            weight: 50
             steps:
               - do: create_coupon
                 with: {percent: 10, valid_for: 7d}
                 as: coupon
           - variant: b
-            weight: 1
+            weight: 50
       - start: started
       - exit
   - id: started

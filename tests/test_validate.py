@@ -58,7 +58,7 @@ def assert_problem(problem: Problem, line: int, column: int, fragment: str) -> N
 def test_yaml_syntax_error(tmp_path):
     text = HEAD + "      - send: email\n        template: x: y\n"
     problem = only(problems_of(tmp_path, text))
-    assert_problem(problem, 7, 20, "YAML syntax: mapping values are not allowed here")
+    assert_problem(problem, 7, 20, "put the value in quotes")
 
 
 def test_duplicate_key(tmp_path):

@@ -3,8 +3,9 @@
 Definitions (the report prints these numbers; keep this text and the code in step):
 
 Attribution
-    An order created at or after `since` is attributed to the *last* message that reached its
-    customer before it: the `messages` row with status `sent`, the same `customer_id`, and
+    An order created at or after `since` is attributed to the *last* marketing message that
+    reached its customer before it: the `messages` row with status `sent`, category `marketing`
+    (a receipt or a shipping update did not sell anything), the same `customer_id`, and
     `order.created_at - window <= sent_at < order.created_at` (window: 5 days unless told). Ties
     on `sent_at` go to the higher message id. No such message: the order is not attributed. The
     attribution is last-touch across *all* sequences; `--sequence` filters the result afterwards
@@ -208,6 +209,7 @@ def _attribution_query(db: Database, since: datetime, window: timedelta):
         .where(
             candidate.customer_id == Order.customer_id,
             candidate.status == "sent",
+            candidate.category == "marketing",
             candidate.sent_at < Order.created_at,
             # A constant bound first, so the look-up need not look at older messages at all.
             candidate.sent_at >= since - window,

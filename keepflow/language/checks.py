@@ -12,7 +12,7 @@ from typing import Protocol, assert_never
 from jinja2 import TemplateSyntaxError, meta
 from jinja2 import nodes as jinja_nodes
 from pydantic import BaseModel, ValidationError
-from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from keepflow.language import context_flow, template_checks
 from keepflow.language.dsl import (
@@ -28,11 +28,14 @@ from keepflow.language.dsl import (
     WaitForStep,
     WaitStep,
 )
+from keepflow.language.context_fields import LEVELS, SEGMENTS, Shape, context_shapes, impossible_values, unknown_fields
 from keepflow.language.durations import format_duration
-from keepflow.language.expressions import ExpressionError, check_syntax, refusal, refused
+from keepflow.language.events import BUILTIN_EVENTS
+from keepflow.language.expressions import ExpressionError, check_syntax, parse, refusal, refused
 from keepflow.language.problems import Report, Severity
 from keepflow.language.rendering import FALLBACK_LOCALE, Renderer, locale_files, template_path, template_source
 from keepflow.language.schema_errors import aliases, did_you_mean, friendly
+from keepflow.language.syntax_messages import jinja_message
 from keepflow.language.yaml_source import StepAt, has_key, key_pos, locate, point, steps_at, value_pos
 
 LONG_WAIT = timedelta(days=90)
@@ -81,9 +84,14 @@ class Semantics:
         ]
         self.renderer: Renderer | None = None
         self.templates_checked: set[str] = set()
+        # An `as:` name that reuses `customer` or `order` holds whatever its step put there.
+        named = {s.as_ for seq in file.sequences for _, s in seq.walk() if isinstance(s, (DoStep, WaitForStep))}
+        self.shapes: dict[str, Shape] = {k: v for k, v in context_shapes(file.brand).items() if k not in named}
 
     def run(self) -> None:
         self.sequence_ids()
+        self.event_types()
+        self.inactivity_filters()
         for seq, node, steps in zip(self.file.sequences, self.seq_nodes, self.steps):
             if has_key(node, "key"):
                 self.expression(node, "key", seq.key)
@@ -107,6 +115,54 @@ class Semantics:
             else:
                 first[seq.id] = pos[0] + 1
 
+    # event types
+
+    def event_types(self) -> None:
+        known = [*BUILTIN_EVENTS, *self.file.events]
+        for seq, node, steps in zip(self.file.sequences, self.seq_nodes, self.steps):
+            if isinstance(seq.trigger, str):
+                self.event_type(seq.trigger, value_pos(node, "trigger"), "trigger", known)
+            for field in ("exit_on", "goal"):
+                for index, event_type in enumerate(getattr(seq, field)):
+                    self.event_type(event_type, self.item_pos(node, field, index), field, known)
+            for at in steps:
+                if isinstance(at.step, WaitForStep):
+                    self.event_type(at.step.wait_for, at.pos("wait_for"), "wait_for", known)
+                elif isinstance(at.step, SendStep):
+                    for index, event_type in enumerate(at.step.superseded_by):
+                        node_at = at.node if isinstance(at.node, CommentedMap) else None
+                        pos = self.item_pos(node_at, "superseded_by", index) if node_at else at.pos()
+                        self.event_type(event_type, pos, "superseded_by", known)
+
+    def inactivity_filters(self) -> None:
+        for seq, node in zip(self.file.sequences, self.seq_nodes):
+            trigger, trigger_node = seq.inactivity, node.get("trigger")
+            if trigger is None or not isinstance(trigger_node, CommentedMap):
+                continue
+            for field, allowed in (("segment", SEGMENTS), ("level", LEVELS)):
+                for index, value in enumerate(getattr(trigger, field) or []):
+                    if value in allowed:
+                        continue
+                    guess = did_you_mean(value, allowed)
+                    hint = f"did you mean {guess!r}? " if guess else ""
+                    self.add(self.item_pos(trigger_node, field, index),
+                             f"trigger {field}: no customer is ever in {field} {value!r}, so this never starts; "
+                             f"{hint}the {field}s are: {', '.join(allowed)}")
+
+    @staticmethod
+    def item_pos(node: CommentedMap, field: str, index: int) -> tuple[int, int]:
+        items = node.get(field)
+        return value_pos(items, index) if isinstance(items, CommentedSeq) else value_pos(node, field)
+
+    def event_type(self, event_type: str, pos: tuple[int, int], field: str, known: list[str]) -> None:
+        if event_type in known:
+            return
+        guess = did_you_mean(event_type, known)
+        hint = (f"did you mean {guess}?" if guess
+                else "Keepflow knows: " + ", ".join(sorted(known)) + ".")
+        self.add(pos, f"{field}: no event of type {event_type!r} is ever sent, so this never happens; {hint} "
+                      "If your shop sends it to POST /events, add it under events: at the top of the file")
+
     def step_ids(self, seq: Sequence, steps: list[StepAt]) -> None:
         first: dict[str, int] = {}
         for at in steps:
@@ -129,6 +185,10 @@ class Semantics:
             return
         for name in names:
             self.add(value_pos(node, field), f"{field}: {refusal(name)}")
+        if not names:
+            tree = parse(expression)
+            for unknown in unknown_fields(tree, self.shapes) + impossible_values(tree, self.shapes):
+                self.add(value_pos(node, field), f"{field}: {unknown.message}")
 
     def step(self, at: StepAt) -> None:
         step = at.step
@@ -144,10 +204,23 @@ class Semantics:
                     self.add(at.pos("timeout"),
                              f"wait_for timeout {format_duration(step.timeout)} is longer than 90 days; "
                              "is the unit right? (s, m, h, d, w)", "warning")
-            case WaitStep() | SplitStep() | StartStep() | ExitStep():
+            case SplitStep():
+                self.weights(at, step)
+            case WaitStep() | StartStep() | ExitStep():
                 pass  # start: targets are checked together, in starts()
             case _:
                 assert_never(step)
+
+    def weights(self, at: StepAt, step: SplitStep) -> None:
+        # The engine divides by the sum, so 50 + 40 runs as 56/44: read as percentages, a sum
+        # other than 100 is a mistake the marketer cannot see in the report.
+        total = sum(v.weight for v in step.split)
+        if abs(total - 100) < 1e-9:
+            return
+        shares = " and ".join(f"{v.variant} gets {round(100 * v.weight / total)}%" for v in step.split)
+        pos = key_pos(at.node, "split") if isinstance(at.node, CommentedMap) else at.pos()
+        self.add(pos, f"split: the weights add up to {total:g}, not 100, so {shares}; "
+                      "make them add up to 100 (they are percentages)")
 
     # templates
 
@@ -176,13 +249,15 @@ class Semantics:
             referenced = [r for r in meta.find_referenced_templates(ast) if r]
             template = env.get_template(relative)
         except TemplateSyntaxError as exc:
-            return [f"template {exc.name or relative} line {exc.lineno}: {exc.message}"]
+            return [f"template {exc.name or relative} line {exc.lineno}: {jinja_message(exc.message or '')}"]
         except UnicodeDecodeError:
             return [f"template {relative} is not UTF-8 text; save it as UTF-8"]
         except Exception as exc:  # anything Jinja cannot compile is a content mistake
             return [f"template {relative}: {exc}"]
         problems = [f"template {relative} line {node.lineno}: '{name}' is not allowed; templates may use the "
                     "context's fields, not Python internals (names starting with _)" for node, name in _private_names(ast)]
+        problems += [f"template {relative} line {unknown.lineno}: {unknown.message}"
+                     for unknown in unknown_fields(ast, self.shapes) + impossible_values(ast, self.shapes)]
         if subject_required and "subject" not in template.blocks:
             problems.append(f"template {relative} has no {{% block subject %}}: every email needs a subject")
         for other in referenced:

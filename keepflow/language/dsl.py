@@ -147,8 +147,8 @@ else:
             custom_error_message="a step needs one of: " + ", ".join(STEP_KINDS),
         ),
     ]
-    # `- exit` is the one step a marketer may write as a plain word.
-    Step = Annotated[_TaggedStep, BeforeValidator(_bare_exit)]
+    # `- exit` is the one step a marketer may write as a plain word (and the JSON Schema says so).
+    Step = Annotated[_TaggedStep, BeforeValidator(_bare_exit, json_schema_input_type=Union[Literal["exit"], _TaggedStep])]
 
 
 class InactivityTrigger(_Model):
@@ -297,6 +297,9 @@ class SequencesFile(_Model):
     # Shop-wide facts every template may use as `brand.*` (name, address, support contact).
     brand: dict[str, Any] = Field(default_factory=dict)
     rules: Rules = Field(default_factory=Rules)
+    # The shop's own event types (sent to POST /events), besides the ones Keepflow knows; a type
+    # in neither list is refused by `validate` as a likely typo, since nothing would ever send it.
+    events: list[EventType] = Field(default_factory=list)
     sequences: list[Sequence] = Field(min_length=1)
 
     def by_id(self) -> dict[str, Sequence]:

@@ -107,6 +107,14 @@ def refused(expression: str) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def parse(expression: str) -> nodes.Expr:
+    """The expression's tree, for checks that read its names; ExpressionError when it does not parse."""
+    try:
+        return Parser(_env, expression, state="variable").parse_expression()
+    except TemplateSyntaxError as exc:
+        raise ExpressionError(f"{expression!r} is not a valid expression: {exc.message}") from exc
+
+
 @lru_cache(maxsize=1024)
 def _compile(expression: str):
     # Refused before compiling: Jinja would only say "no filter named 'random'".

@@ -27,6 +27,7 @@ from keepflow.language.dsl import (
     step_path,
 )
 from keepflow.language.problems import START, Report
+from keepflow.language.syntax_messages import points_at_the_opening, yaml_message
 
 
 # Far above any shop's sequences (the shipped file is under 10 KB), far below what hurts: a 50 MB
@@ -67,12 +68,10 @@ def parse(path: Path, report: Report) -> Any:
         first = f" (the mapping starts at line {exc.context_mark.line + 1})" if exc.context_mark else ""
         report.add(mark(exc), f"duplicate key {key!r}: a key may appear only once in a mapping{first}")
     except MarkedYAMLError as exc:
-        message = f"YAML syntax: {exc.problem or exc.context or 'invalid YAML'}"
-        if exc.problem and exc.context:
-            message += f" ({exc.context})"
-        if "\\t" in message or "\t" in message:
-            message += "; indent with spaces, not tabs"
-        report.add(mark(exc), message)
+        pos = mark(exc)
+        if points_at_the_opening(exc.problem, exc.context) and exc.context_mark is not None:
+            pos = (exc.context_mark.line, exc.context_mark.column)
+        report.add(pos, yaml_message(exc.problem, exc.context))
     except YAMLError as exc:
         report.add(START, f"YAML syntax: {exc}")
     return root if root is not None and _only_plain_values(root, report) else None

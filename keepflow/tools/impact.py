@@ -69,21 +69,24 @@ async def compute_impact(client: Client, catalog: Catalog, run_ids: Iterable[str
     """
     ids = list(run_ids) if run_ids is not None else await running_run_ids(client)
     statuses = await asyncio.gather(*(_status(client, run_id) for run_id in ids))
-    current: dict[str, str | None] = {}
+    # A run started by a `start:` step carries its starter's snapshot and hash, so a run is current
+    # when its hash is that of any current snapshot holding its sequence.
+    current: dict[str, set[str]] = {}
+    for root in catalog.sequences:
+        snapshot = catalog.snapshot(root)
+        for seq_id in snapshot.sequences:
+            current.setdefault(seq_id, set()).add(snapshot.hash)
     counts: Counter[tuple[str, str]] = Counter()
     checked = unchanged = 0
     for status in statuses:
         if status is None:
             continue
         checked += 1
-        seq_id = status.sequence_id
-        if seq_id not in current:
-            current[seq_id] = catalog.snapshot(seq_id).hash if seq_id in catalog.sequences else None
-        if current[seq_id] == status.definition_hash:
+        if status.definition_hash in current.get(status.sequence_id, ()):
             unchanged += 1
             continue
-        counts[(seq_id, status.current_step or "(starting)")] += 1
-    rows = [StepImpact(seq, step, n, current[seq] is not None) for (seq, step), n in sorted(counts.items())]
+        counts[(status.sequence_id, status.current_step or "(starting)")] += 1
+    rows = [StepImpact(seq, step, n, seq in catalog.sequences) for (seq, step), n in sorted(counts.items())]
     return Impact(rows, checked, unchanged)
 
 
@@ -114,7 +117,8 @@ def print_impact(impact: Impact) -> None:
     console.print(table)
     affected = sum(r.runs for r in impact.rows)
     console.print(f"{affected} of {impact.runs_checked} run(s) in flight started before the edit and finish the "
-                  "old way; new runs use the edited file.")
+                  "old way. New runs use the edited file once the worker and the public app have been restarted "
+                  "on it; until then they too start on the old one.")
 
 
 def run_impact(settings, from_runs_table: bool = False) -> int:

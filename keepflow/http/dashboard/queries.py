@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from keepflow.http.dashboard.in_flight import settles
 from keepflow.insights import graph
@@ -22,6 +23,7 @@ from keepflow.insights.report import DELIVERY_EVENTS, Report, StepReport, build_
 from keepflow.language.catalog import Catalog
 from keepflow.language.dsl import InactivityTrigger, SendStep, Sequence
 from keepflow.language.durations import format_duration
+from keepflow.sending import suppressions
 from keepflow.sending.contacts import normalize_address
 from keepflow.store import Customer, Database, Event, Message, Order, Run, Suppression, utc
 from keepflow.store.scores import CustomerScore
@@ -83,30 +85,15 @@ def waiting_by_step(db: Database) -> dict[tuple[str, str], int]:
     return {(sid, step): n for sid, step, n in rows}
 
 
-def not_converted_runs(db: Database, since: datetime) -> dict[str, int]:
-    """Runs started since `since` that have not reached their goal, per sequence.
-
-    The runs table records starts and conversions, not endings, so this includes runs that have
-    already finished without converting.
-    """
-    # Materialised first: ix_runs_started's range, not a sequence_id index (see keepflow/insights/report.py).
-    period = (select(Run.sequence_id).where(Run.started_at >= since, Run.converted_at.is_(None))
-              .cte("open_runs").prefix_with("MATERIALIZED"))
-    query = select(period.c.sequence_id, func.count()).group_by(period.c.sequence_id)
-    with db.session() as session:
-        rows = session.execute(query).all()
-    return dict(rows)
-
-
-def _view(sequence: Sequence, report: Report, waiting: dict[tuple[str, str], int],
-          open_runs: dict[str, int]) -> SequenceView:
+def _view(sequence: Sequence, report: Report, waiting: dict[tuple[str, str], int]) -> SequenceView:
     total = next((s for s in report.sequences if s.sequence_id == sequence.id), None)
     view = SequenceView(
         id=sequence.id, description=sequence.description or "", category=sequence.category,
         trigger=trigger_text(sequence), entered=total.entered if total else 0,
         converted=total.converted if total else 0, conversion_rate=total.conversion_rate if total else None,
         orders=total.orders if total else 0, revenue=format_money(total.revenue) if total else "-",
-        not_converted=open_runs.get(sequence.id, 0), flowchart=graph.to_svg(sequence),
+        # From the same totals as `converted`, so entered = converted + not converted always holds.
+        not_converted=(total.entered - total.converted) if total else 0, flowchart=graph.to_svg(sequence),
         settling=[(path, graph.label_of(step)) for path, step in sequence.walk() if settles(step)],
     )
     reported = [r for r in report.steps if r.sequence_id == sequence.id]
@@ -127,8 +114,7 @@ def _view(sequence: Sequence, report: Report, waiting: dict[tuple[str, str], int
 def overview(db: Database, catalog: Catalog, since: datetime) -> tuple[Report, list[SequenceView]]:
     report = build_report(db, since, clv=False)  # the pages do not show lifetime value
     waiting = waiting_by_step(db)
-    open_runs = not_converted_runs(db, report.since)
-    return report, [_view(sequence, report, waiting, open_runs) for sequence in catalog.file.sequences]
+    return report, [_view(sequence, report, waiting) for sequence in catalog.file.sequences]
 
 
 def sequence_page(db: Database, sequence: Sequence, since: datetime) -> tuple[Report, SequenceView]:
@@ -139,8 +125,7 @@ def sequence_page(db: Database, sequence: Sequence, since: datetime) -> tuple[Re
     # Unfiltered too: a sequence_id condition would draw SQLite to that column's index (every
     # message of the sequence) instead of the few held rows of the status index.
     waiting = waiting_by_step(db)
-    open_runs = not_converted_runs(db, report.since)
-    return report, _view(sequence, report, waiting, open_runs)
+    return report, _view(sequence, report, waiting)
 
 
 # -- messages ---------------------------------------------------------------------------------
@@ -260,6 +245,8 @@ class Timeline:
     level: str | None
     entries: list[Entry]
     truncated: bool
+    # Per channel, what may be sent now: the consent given, read with the suppressions in force.
+    consents: dict[str, str] = field(default_factory=dict)
 
 
 def find_customer(db: Database, q: str) -> Customer | None:
@@ -317,9 +304,32 @@ def customer_timeline(db: Database, customer: Customer) -> Timeline:
             if s.lifted_at:
                 entries.append(Entry(utc(s.lifted_at), "suppression", f"{s.channel} suppression lifted ({s.scope})",
                                      s.address))
+        consents = _consents_now(session, customer)
     entries.sort(key=lambda e: e.at)
     return Timeline(customer=customer, segment=score.segment if score else None,
-                    level=score.level if score else None, entries=entries, truncated=truncated)
+                    level=score.level if score else None, entries=entries, truncated=truncated, consents=consents)
+
+
+def _consents_now(session: Session, customer: Customer) -> dict[str, str]:
+    """The consent a customer gave, per channel, as it stands with the suppressions of their
+    address in force: an unsubscribe does not change `consents`, so alone it would still say yes."""
+    addresses = {"email": customer.email, "sms": customer.phone}
+    given = {channel: "yes" if yes else "no" for channel, yes in (customer.consents or {}).items()}
+    for channel, address in addresses.items():
+        if not address:
+            continue
+        active = session.scalars(select(Suppression).where(
+            Suppression.channel == channel, Suppression.address.in_(suppressions.forms(channel, address)),
+            Suppression.lifted_at.is_(None)).order_by(Suppression.created_at)).all()
+        if any(s.scope == suppressions.ALL for s in active):
+            why = next(s for s in active if s.scope == suppressions.ALL)
+            given[channel] = f"nothing may be sent ({why.reason}, from {why.source})"
+        elif any(s.scope == suppressions.MARKETING for s in active):
+            given[channel] = "transactional only: unsubscribed from marketing"
+        elif active:
+            groups = ", ".join(s.scope.removeprefix("group:") for s in active)
+            given[channel] = f"{given.get(channel, 'none recorded')}; unsubscribed from {groups}"
+    return dict(sorted(given.items()))
 
 
 def _short(data: dict[str, Any], limit: int = 160) -> str:
