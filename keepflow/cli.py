@@ -418,6 +418,7 @@ def demo(
     locale: Annotated[str, typer.Option(help="the demo customer's language: en, th or zh-Hant")] = "en",
 ) -> None:
     """Play one order through the whole post-purchase journey on a time-skipping server, and exit."""
+    from keepflow.language.problems import InvalidSequences
     from keepflow.tools.demo import CUSTOMERS, run_demo
 
     if locale not in CUSTOMERS:
@@ -427,6 +428,8 @@ def demo(
     code = 1
     try:
         code = asyncio.run(run_demo(settings.sequences_path, settings.templates_dir, locale))
+    except InvalidSequences as invalid:
+        print(f"{invalid}\nfix the problems above first (`keepflow validate` checks again)", file=sys.stderr)
     except KeyboardInterrupt:
         pass
     raise typer.Exit(code)

@@ -230,7 +230,7 @@ def broken_activity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return broken
 
 
-@pytest.mark.parametrize("command", [["validate"], ["dev", "--ui-port", "0"]])
+@pytest.mark.parametrize("command", [["validate"], ["dev", "--ui-port", "0"], ["demo"], ["graph", "winback"]])
 def test_a_syntax_error_in_an_activity_module_is_one_line_at_its_place(broken_activity: Path, command) -> None:
     result = CliRunner().invoke(app, command)
     assert result.exit_code == 1
