@@ -330,11 +330,11 @@ def _local_settings():
     database unless DATABASE_URL is given; a line and exit 1 when there is no store to read."""
     from keepflow.tools.dev_state import locate, no_database_line
 
-    settings = locate(get_settings()).settings
-    if missing := no_database_line(settings):
+    stack = locate(get_settings())
+    if missing := no_database_line(stack):
         print(missing, file=sys.stderr)
         raise typer.Exit(1)
-    return settings
+    return stack.settings
 
 
 @app.command("send-event")

@@ -321,3 +321,11 @@ def test_run_words_a_listener_that_failed_inside_the_dev_stack_task_group(capsys
     assert ended.value.exit_code == 1
     assert capsys.readouterr().err == ("refusing to start: cannot listen on 127.0.0.1:8000: already in use: "
                                        "choose another port with --http-port\n")
+
+
+def test_a_dev_stack_on_a_database_from_its_environment_asks_for_the_same_here(here: Path) -> None:
+    dev_elsewhere(here, 9999, database_url=None, database_url_from="DATABASE_URL")
+    result = CliRunner().invoke(app, ["events"])
+    assert result.exit_code == 1
+    line = first_line_without_traceback(result.output)
+    assert "DATABASE_URL" in line and "no keepflow dev" not in line

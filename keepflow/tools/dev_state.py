@@ -68,6 +68,8 @@ class DevStack:
     webhook_secret: str | None = None
     # Set when the stack checks signatures with a secret from its own environment, not a file.
     secret_from: str | None = None
+    # Set when the stack's store came from its own environment (a URL that may carry a password).
+    database_from: str | None = None
 
     def secret(self) -> str:
         return self.webhook_secret or (self.settings.webhook_secrets or [dev_secret(self.settings.data_dir)])[0]
@@ -97,14 +99,19 @@ def locate(settings: Settings) -> DevStack:
         stopped = (f"the keepflow dev recorded in {path} (pid {state.get('pid')}) has stopped: "
                    "start it again with `make run` (or `keepflow dev`)")
     return DevStack(settings.model_copy(update=update), found=True, stopped=stopped, webhook_secret=secret,
-                    secret_from=None if "webhook_secret" in given else state.get("webhook_secret_from"))
+                    secret_from=None if "webhook_secret" in given else state.get("webhook_secret_from"),
+                    database_from=None if "database_url" in given else state.get("database_url_from"))
 
 
-def no_database_line(settings: Settings) -> str | None:
+def no_database_line(stack: DevStack) -> str | None:
     """One line when a command would read a store nobody has made yet (it would only show empty
     tables), else None."""
+    settings = stack.settings
     if settings.database_url or "database_url" in settings.model_fields_set:
         return None
+    if stack.database_from:
+        return (f"the running keepflow dev reads its store from {stack.database_from} in its environment: "
+                f"set the same {stack.database_from} here")
     db_file = settings.data_dir / "keepflow.db"
     if db_file.exists():
         return None
