@@ -111,6 +111,20 @@ def test_sendgrid_accepted(fake: FakeProviders, sendgrid: SendGridEmail) -> None
     assert [c["type"] for c in req["body"]["content"]] == ["text/plain", "text/html"]
 
 
+def test_sendgrid_categories_unique_and_custom_args_per_personalization(fake: FakeProviders,
+                                                                        sendgrid: SendGridEmail) -> None:
+    # SendGrid's spec wants unique categories, and types a top-level custom_args as a string: a
+    # sequence and a template of the same name must not repeat, and the args go in personalizations.
+    sendgrid.send_email(email(categories=("review_request", "review_request", "step-2"),
+                              custom_args={"keepflow_message_id": "7"}))
+    [rec] = fake.accepted("sendgrid")
+    body = rec["payload"]
+    assert body["categories"] == ["review_request", "step-2"]
+    assert "custom_args" not in body
+    assert body["personalizations"][0]["custom_args"] == {"keepflow_key": "wf-123/step-2", "keepflow_message_id": "7"}
+    assert rec["keepflow_key"] == "wf-123/step-2"
+
+
 def test_sendgrid_message_from_overrides_default(fake: FakeProviders, sendgrid: SendGridEmail) -> None:
     sendgrid.send_email(email(from_="Other <other@example.net>", text=""))
     [rec] = fake.accepted("sendgrid")
