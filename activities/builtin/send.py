@@ -247,7 +247,7 @@ class MessageSender:
             return self._finish(row.id, "failed", error=f"template: {err}")
 
         if request.channel == "email":
-            # The plain-text part loses the HTML footer's link, so it gets the address spelled out.
+            # The address also alone on the last line: text-only clients make a bare URL clickable.
             text = f"{rendered.text}\n\n{unsubscribe_url}" if unsubscribe_url else rendered.text
             email = OutgoingEmail(
                 to=recipient, subject=rendered.subject or "", html=rendered.body, text=text,

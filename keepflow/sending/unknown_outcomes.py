@@ -29,9 +29,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from markupsafe import Markup
 from sqlalchemy import func, select, update
 
+from keepflow.language.rendering import text_of_html
 from keepflow.sending import suppressions, unsubscribe_links
 from keepflow.sending.providers import (
     EmailProvider,
@@ -284,7 +284,7 @@ def _outgoing(settings: Settings, message: Message) -> OutgoingEmail:
     """The stored message as send_message built it: the body and subject as rendered then; the
     plain-text part, the unsubscribe headers and the custom args made again."""
     assert message.recipient is not None and message.body is not None  # resend checks first
-    text = Markup(message.body).striptags()
+    text = text_of_html(message.body)
     headers: dict[str, str] = {}
     if message.category == "marketing":
         url = unsubscribe_links.link_for(settings, customer_id=message.customer_id or "", channel="email",
