@@ -372,6 +372,21 @@ def test_script_in_a_customer_name_comes_out_escaped(settings, db, fake):
     assert "<script>" not in html and "&lt;b&gt;hi&lt;/b&gt;" in html
 
 
+@pytest.mark.parametrize(("email_from", "sender"), [
+    ("shop@example.com", ("shop@example.com", "Lumen Camera Co.")),  # no name set: the brand's
+    ("Lens Desk <desk@example.com>", ("desk@example.com", "Lens Desk")),  # a name set wins
+])
+def test_the_from_name_is_the_brand_unless_the_sender_names_itself(settings, db, fake, email_from, sender):
+    configured = settings.model_copy(update={"email_from": email_from})
+    deps = SendDeps(configured, db, Renderer(TEST_TEMPLATES), email_provider(configured), sms_provider(configured))
+    request = SendRequest(workflow_id=f"t/{uuid.uuid4().hex[:6]}", sequence_id="t", step="0", channel="email",
+                          template="note", category="transactional",
+                          context={"customer": CUSTOMER, "note": "hi", "brand": {"name": "Lumen Camera Co."}})
+    assert MessageSender(deps).send_message(request).status == "sent"
+    [mail] = fake.accepted("sendgrid")
+    assert (mail["from"], mail["from_name"]) == sender
+
+
 # -- contact points ---------------------------------------------------------------------------------
 
 def test_stored_profiles_get_e164_phones_and_checked_emails(db):

@@ -82,6 +82,7 @@ from keepflow.sending.providers import (
     PermanentError,
     RetryableError,
     SmsProvider,
+    named_sender,
 )
 from keepflow.sending.providers.twilio import status_callback_url
 from keepflow.settings import Settings
@@ -251,7 +252,7 @@ class MessageSender:
             text = f"{rendered.text}\n\n{unsubscribe_url}" if unsubscribe_url else rendered.text
             email = OutgoingEmail(
                 to=recipient, subject=rendered.subject or "", html=rendered.body, text=text,
-                from_=self.deps.settings.email_from, key=key,
+                from_=named_sender(self.deps.settings.email_from, (context.get("brand") or {}).get("name")), key=key,
                 headers=unsubscribe_links.headers_for(self.deps.settings, unsubscribe_url) if unsubscribe_url else {},
                 categories=(request.sequence_id, request.template),
                 custom_args={"keepflow_message_id": str(row.id), "keepflow_customer_id": str(customer.get("id", ""))},

@@ -29,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 from sqlalchemy import func, select, update
 
 from keepflow.language.rendering import text_of_html
@@ -39,6 +41,7 @@ from keepflow.sending.providers import (
     PermanentError,
     RetryableError,
     email_provider,
+    named_sender,
 )
 from keepflow.settings import Settings
 from keepflow.store import Customer, Database, Message, utc
@@ -292,7 +295,19 @@ def _outgoing(settings: Settings, message: Message) -> OutgoingEmail:
         text = f"{text}\n\n{url}"
         headers = unsubscribe_links.headers_for(settings, url)
     return OutgoingEmail(
-        to=message.recipient, subject=message.subject or "", html=message.body, text=text, from_=settings.email_from,
+        to=message.recipient, subject=message.subject or "", html=message.body, text=text,
+        from_=named_sender(settings.email_from, _brand_name(settings)),
         key=message.key, headers=headers, categories=(message.sequence_id, message.template),
         custom_args={"keepflow_message_id": str(message.id), "keepflow_customer_id": message.customer_id or ""},
     )
+
+
+def _brand_name(settings: Settings) -> str | None:
+    """`brand.name` of sequences.yaml, as the first send put it in From. Read raw, not as a
+    catalog: a resend needs neither its sequences nor the worker's activities."""
+    try:
+        tree = YAML(typ="safe").load(settings.sequences_path)
+    except (OSError, YAMLError):
+        return None  # the From then has no name; the resend still goes
+    brand = tree.get("brand") if isinstance(tree, dict) else None
+    return brand.get("name") if isinstance(brand, dict) else None
