@@ -387,6 +387,33 @@ def test_the_from_name_is_the_brand_unless_the_sender_names_itself(settings, db,
     assert (mail["from"], mail["from_name"]) == sender
 
 
+@pytest.mark.parametrize(("locale", "line"), [("en", "Reply STOP to opt out"), ("th", "STOP"),
+                                               ("zh-Hant", "STOP")])
+def test_the_first_marketing_text_to_a_number_says_how_to_opt_out(settings, db, fake, locale, line):
+    from tests.engine import SHOP_TEMPLATES
+
+    shop = settings.model_copy(update={"templates_dir": SHOP_TEMPLATES})
+    sender = MessageSender(SendDeps(shop, db, Renderer(SHOP_TEMPLATES), email_provider(shop), sms_provider(shop)))
+    customer = store_customer(db, locale=locale)
+    context = {"customer": customer, "brand": {"name": "Shop", "url": "https://shop.example"},
+               "coupon": {"percent": 10, "code": "BACK10", "expires_at": "2026-12-31T00:00:00+00:00"},
+               "order": {"id": "1", "number": "#1"}, "shipment": {"data": {}}}
+
+    def text(step: str, template: str, category: str = "marketing") -> str:
+        request = SendRequest(workflow_id=f"winback/{customer['id']}", sequence_id="winback", step=step,
+                              channel="sms", template=template, category=category, context=context,
+                              policy=None if category == "transactional" else SendPolicy(group="winback"))
+        assert sender.send_message(request).status == "sent"
+        return fake.accepted("twilio")[-1]["body"]
+
+    assert "STOP" not in text("0", "order_shipped", "transactional")  # transactional: no opt-out line
+    first = text("1", "winback_offer")
+    assert first.splitlines()[-1].startswith(line) if locale == "en" else line in first.splitlines()[-1]
+    assert "STOP" not in text("2", "winback_offer")  # the number has had it once
+    bodies = {m.step: m.body for m in messages(db)}
+    assert bodies["1"] == first  # the row keeps what went out
+
+
 # -- contact points ---------------------------------------------------------------------------------
 
 def test_stored_profiles_get_e164_phones_and_checked_emails(db):
