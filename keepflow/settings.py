@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     # No display name: the brand's name from sequences.yaml is used (providers.named_sender).
     email_from: str = Field("shop@example.com", validation_alias="KEEPFLOW_EMAIL_FROM")
     sendgrid_api_key: SecretStr | None = Field(None, validation_alias="SENDGRID_API_KEY")
+    # The SendGrid unsubscribe group (Suppressions > Unsubscribe Groups) marketing email goes out in,
+    # so a spam report or a SendGrid unsubscribe on it cannot block order mail. None: no group.
+    sendgrid_asm_group_id: int | None = Field(None, validation_alias="KEEPFLOW_SENDGRID_ASM_GROUP_ID")
     # Only for tests and proxies: the SDK's default is https://api.sendgrid.com.
     sendgrid_host: str = Field("https://api.sendgrid.com", validation_alias="SENDGRID_HOST")
     twilio_account_sid: str | None = Field(None, validation_alias="TWILIO_ACCOUNT_SID")

@@ -414,6 +414,26 @@ def test_the_first_marketing_text_to_a_number_says_how_to_opt_out(settings, db, 
     assert bodies["1"] == first  # the row keeps what went out
 
 
+def test_only_marketing_email_carries_the_sendgrid_unsubscribe_group(settings, db, fake):
+    from tests.engine import SHOP_TEMPLATES
+
+    shop = settings.model_copy(update={"templates_dir": SHOP_TEMPLATES, "sendgrid_asm_group_id": 777})
+    sender = MessageSender(SendDeps(shop, db, Renderer(SHOP_TEMPLATES), email_provider(shop), sms_provider(shop)))
+    customer = store_customer(db)
+    context = {"customer": customer, "order": {"id": "1", "items": []},
+               "brand": {"name": "Shop", "url": "https://shop.example", "postal_address": "99 Sukhumvit Road",
+                         "support_email": "help@shop.example"}}
+    for step, category in (("0", "marketing"), ("1", "transactional")):
+        request = SendRequest(workflow_id="news/asm", sequence_id="news", step=step, channel="email",
+                              template="review_request", category=category, context=context,
+                              policy=None if category == "transactional" else SendPolicy(group="news"))
+        assert sender.send_message(request).status == "sent"
+    marketing, transactional = (mail["payload"] for mail in fake.accepted("sendgrid"))
+    # A spam report on a marketing mail then unsubscribes from that group, not from order mail.
+    assert marketing["asm"] == {"group_id": 777}
+    assert "asm" not in transactional
+
+
 # -- contact points ---------------------------------------------------------------------------------
 
 def test_stored_profiles_get_e164_phones_and_checked_emails(db):

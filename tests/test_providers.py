@@ -125,6 +125,14 @@ def test_sendgrid_categories_unique_and_custom_args_per_personalization(fake: Fa
     assert rec["keepflow_key"] == "wf-123/step-2"
 
 
+def test_sendgrid_unsubscribe_group_goes_as_asm_group_id(fake: FakeProviders, sendgrid: SendGridEmail) -> None:
+    sendgrid.send_email(email(asm_group_id=4242))
+    sendgrid.send_email(email(key="wf-123/step-3"))
+    with_group, without = (rec["payload"] for rec in fake.accepted("sendgrid"))
+    assert with_group["asm"] == {"group_id": 4242}
+    assert "asm" not in without
+
+
 def test_sendgrid_message_from_overrides_default(fake: FakeProviders, sendgrid: SendGridEmail) -> None:
     sendgrid.send_email(email(from_="Other <other@example.net>", text=""))
     [rec] = fake.accepted("sendgrid")

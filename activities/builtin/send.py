@@ -256,6 +256,7 @@ class MessageSender:
                 headers=unsubscribe_links.headers_for(self.deps.settings, unsubscribe_url) if unsubscribe_url else {},
                 categories=(request.sequence_id, request.template),
                 custom_args={"keepflow_message_id": str(row.id), "keepflow_customer_id": str(customer.get("id", ""))},
+                asm_group_id=self.deps.settings.sendgrid_asm_group_id if request.category == "marketing" else None,
             )
             return _Outgoing(self.deps.email.name, recipient, rendered, lambda: self.deps.email.send_email(email))
         if request.category == "marketing" and not self._had_marketing_text(str(customer.get("id", "")), recipient, row.id):

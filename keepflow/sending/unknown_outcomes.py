@@ -299,6 +299,7 @@ def _outgoing(settings: Settings, message: Message) -> OutgoingEmail:
         from_=named_sender(settings.email_from, _brand_name(settings)),
         key=message.key, headers=headers, categories=(message.sequence_id, message.template),
         custom_args={"keepflow_message_id": str(message.id), "keepflow_customer_id": message.customer_id or ""},
+        asm_group_id=settings.sendgrid_asm_group_id if message.category == "marketing" else None,
     )
 
 

@@ -50,6 +50,9 @@ class OutgoingEmail:
     # both come back in event webhooks, which is how feedback finds its message.
     categories: tuple[str, ...] = ()
     custom_args: dict[str, str] = field(default_factory=dict)
+    # SendGrid's unsubscribe group (asm.group_id) of marketing mail: a recipient's spam report or
+    # unsubscribe at SendGrid then stops that group only, never order and shipping mail.
+    asm_group_id: int | None = None
 
 
 @dataclass(frozen=True)

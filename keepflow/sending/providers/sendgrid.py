@@ -11,7 +11,7 @@ from typing import Any
 
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
-from sendgrid.helpers.mail import Category, CustomArg, From, Header, Mail, To
+from sendgrid.helpers.mail import Asm, Category, CustomArg, From, GroupId, Header, Mail, To
 from sendgrid.helpers.mail.exceptions import SendGridException
 
 from keepflow.sending.providers.base import (
@@ -72,6 +72,8 @@ class SendGridEmail:
             # a name; at most 10 per message. The SDK inserts each at the front, hence reversed.
             for category in reversed(list(dict.fromkeys(c[:255] for c in msg.categories))[:10]):
                 mail.category = Category(category)
+            if msg.asm_group_id is not None:
+                mail.asm = Asm(GroupId(msg.asm_group_id))
             return mail.get()
         except SendGridException as exc:  # e.g. an API key pasted into the content
             raise PermanentError(NAME, f"invalid message: {exc}") from exc
