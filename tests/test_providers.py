@@ -133,6 +133,27 @@ def test_sendgrid_unsubscribe_group_goes_as_asm_group_id(fake: FakeProviders, se
     assert "asm" not in without
 
 
+@pytest.mark.parametrize(("change", "field"), [
+    ({"categories": ["review_request", "review_request"]}, "categories"),
+    ({"custom_args": {"keepflow_key": "k"}}, "custom_args"),  # an object: the spec says string
+    ({"asm": {"group_id": "42"}}, "asm.group_id"),
+    ({"content": [{"type": "text/plain", "value": ""}]}, "content.0.value"),
+])
+def test_the_fake_sendgrid_refuses_a_body_its_published_spec_refuses(fake: FakeProviders, change: dict,
+                                                                     field: str) -> None:
+    import httpx
+
+    valid = {"personalizations": [{"to": [{"email": "ada@example.org"}], "custom_args": {"keepflow_key": "k"}}],
+             "from": {"email": "shop@example.com"}, "subject": "Hi",
+             "content": [{"type": "text/plain", "value": "Hi"}], "categories": ["a", "b"], "asm": {"group_id": 42}}
+    auth = {"Authorization": f"Bearer {fake.sendgrid_api_key}"}
+    assert httpx.post(f"{fake.url}/v3/mail/send", json=valid, headers=auth).status_code == 202
+    answer = httpx.post(f"{fake.url}/v3/mail/send", json=valid | change, headers=auth)
+    assert answer.status_code == 400
+    assert field in [e["field"] for e in answer.json()["errors"]]
+    assert len(fake.accepted("sendgrid")) == 1
+
+
 def test_sendgrid_message_from_overrides_default(fake: FakeProviders, sendgrid: SendGridEmail) -> None:
     sendgrid.send_email(email(from_="Other <other@example.net>", text=""))
     [rec] = fake.accepted("sendgrid")
