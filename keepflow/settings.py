@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     sendgrid_webhook_public_key: str | None = Field(None, validation_alias="SENDGRID_WEBHOOK_PUBLIC_KEY")
     # Behind a reverse proxy: rebuild the URL Twilio signed from X-Forwarded-Proto/-Host.
     trust_forwarded_headers: bool = Field(False, validation_alias="KEEPFLOW_TRUST_FORWARDED_HEADERS")
+    # The first marketing text to a number ends with "Reply STOP to opt out" (keepflow/sending/sms_opt_out.py).
+    # Off when the Twilio Messaging Service appends its own opt-out line, so it is not there twice.
+    sms_opt_out_line: bool = Field(True, validation_alias="KEEPFLOW_SMS_OPT_OUT_LINE")
     # The answer to an SMS HELP. None: one naming `brand.name` of sequences.yaml (keepflow/http/twilio.py).
     sms_help_text: str | None = Field(None, validation_alias="KEEPFLOW_SMS_HELP_TEXT")
     http_host: str = Field("127.0.0.1", validation_alias="KEEPFLOW_HTTP_HOST")

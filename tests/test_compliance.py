@@ -434,6 +434,21 @@ def test_only_marketing_email_carries_the_sendgrid_unsubscribe_group(settings, d
     assert "asm" not in transactional
 
 
+def test_no_opt_out_line_of_ours_where_the_messaging_service_adds_its_own(settings, db, fake):
+    from tests.engine import SHOP_TEMPLATES
+
+    shop = settings.model_copy(update={"templates_dir": SHOP_TEMPLATES, "sms_opt_out_line": False})
+    sender = MessageSender(SendDeps(shop, db, Renderer(SHOP_TEMPLATES), email_provider(shop), sms_provider(shop)))
+    customer = store_customer(db)
+    context = {"customer": customer, "brand": {"name": "Shop", "url": "https://shop.example"},
+               "coupon": {"percent": 10, "code": "BACK10", "expires_at": "2026-12-31T00:00:00+00:00"}}
+    request = SendRequest(workflow_id=f"winback/{customer['id']}", sequence_id="winback", step="1", channel="sms",
+                          template="winback_offer", category="marketing", context=context,
+                          policy=SendPolicy(group="winback"))
+    assert sender.send_message(request).status == "sent"
+    assert "STOP" not in fake.accepted("twilio")[0]["body"]
+
+
 # -- contact points ---------------------------------------------------------------------------------
 
 def test_stored_profiles_get_e164_phones_and_checked_emails(db):

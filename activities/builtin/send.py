@@ -259,7 +259,8 @@ class MessageSender:
                 asm_group_id=self.deps.settings.sendgrid_asm_group_id if request.category == "marketing" else None,
             )
             return _Outgoing(self.deps.email.name, recipient, rendered, lambda: self.deps.email.send_email(email))
-        if request.category == "marketing" and not self._had_marketing_text(str(customer.get("id", "")), recipient, row.id):
+        if (request.category == "marketing" and self.deps.settings.sms_opt_out_line
+                and not self._had_marketing_text(str(customer.get("id", "")), recipient, row.id)):
             body = sms_opt_out.with_line(rendered.body, rendered.locale)
             # The row keeps the body as sent: a retry's lookup at Twilio matches on it.
             rendered = replace(rendered, body=body, text=body)
