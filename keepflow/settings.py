@@ -39,8 +39,12 @@ class Settings(BaseSettings):
     # Providers. "auto" picks the real provider when its credentials are set, else the outbox.
     email_provider: Literal["auto", "outbox", "sendgrid"] = Field("auto", validation_alias="KEEPFLOW_EMAIL_PROVIDER")
     sms_provider: Literal["auto", "outbox", "twilio"] = Field("auto", validation_alias="KEEPFLOW_SMS_PROVIDER")
-    email_from: str = Field("Keepflow Demo Shop <shop@example.com>", validation_alias="KEEPFLOW_EMAIL_FROM")
+    # No display name: the brand's name from sequences.yaml is used (providers.named_sender).
+    email_from: str = Field("shop@example.com", validation_alias="KEEPFLOW_EMAIL_FROM")
     sendgrid_api_key: SecretStr | None = Field(None, validation_alias="SENDGRID_API_KEY")
+    # The SendGrid unsubscribe group (Suppressions > Unsubscribe Groups) marketing email goes out in,
+    # so a spam report or a SendGrid unsubscribe on it cannot block order mail. None: no group.
+    sendgrid_asm_group_id: int | None = Field(None, validation_alias="KEEPFLOW_SENDGRID_ASM_GROUP_ID")
     # Only for tests and proxies: the SDK's default is https://api.sendgrid.com.
     sendgrid_host: str = Field("https://api.sendgrid.com", validation_alias="SENDGRID_HOST")
     twilio_account_sid: str | None = Field(None, validation_alias="TWILIO_ACCOUNT_SID")
@@ -79,10 +83,11 @@ class Settings(BaseSettings):
     sendgrid_webhook_public_key: str | None = Field(None, validation_alias="SENDGRID_WEBHOOK_PUBLIC_KEY")
     # Behind a reverse proxy: rebuild the URL Twilio signed from X-Forwarded-Proto/-Host.
     trust_forwarded_headers: bool = Field(False, validation_alias="KEEPFLOW_TRUST_FORWARDED_HEADERS")
-    # The answer to an SMS HELP.
-    sms_help_text: str = Field(
-        "Keepflow Demo Shop: order and offer texts. Reply STOP to opt out, START to opt back in.",
-        validation_alias="KEEPFLOW_SMS_HELP_TEXT")
+    # The first marketing text to a number ends with "Reply STOP to opt out" (keepflow/sending/sms_opt_out.py).
+    # Off when the Twilio Messaging Service appends its own opt-out line, so it is not there twice.
+    sms_opt_out_line: bool = Field(True, validation_alias="KEEPFLOW_SMS_OPT_OUT_LINE")
+    # The answer to an SMS HELP. None: one naming `brand.name` of sequences.yaml (keepflow/http/twilio.py).
+    sms_help_text: str | None = Field(None, validation_alias="KEEPFLOW_SMS_HELP_TEXT")
     http_host: str = Field("127.0.0.1", validation_alias="KEEPFLOW_HTTP_HOST")
     http_port: int = Field(8000, validation_alias="KEEPFLOW_HTTP_PORT")
     # The admin app (dashboard, API docs, codec endpoint): its own listener, on loopback unless told.

@@ -41,7 +41,10 @@ def snapshot(yaml_text: str, root: str | None = None) -> Snapshot:
 async def start(client: Client, task_queue: str, snap: Snapshot, context: dict[str, Any] | None = None,
                 key: str | None = None) -> WorkflowHandle:
     key = key or uuid.uuid4().hex[:8]
-    context = {"customer": CUSTOMER, "brand": {"name": "Test Shop"}, **(context or {})}
+    from tests.engine import CATALOG  # engine imports this module
+
+    # As the router does: the brand of the sequences file the settings name.
+    context = {"customer": CUSTOMER, "brand": dict(CATALOG.file.brand), **(context or {})}
     return await client.start_workflow(
         SequenceWorkflow.run, RunInput(snapshot=snap, key=key, context=context),
         id=f"{snap.root}/{key}", task_queue=task_queue,

@@ -372,6 +372,83 @@ def test_script_in_a_customer_name_comes_out_escaped(settings, db, fake):
     assert "<script>" not in html and "&lt;b&gt;hi&lt;/b&gt;" in html
 
 
+@pytest.mark.parametrize(("email_from", "sender"), [
+    ("shop@example.com", ("shop@example.com", "Lumen Camera Co.")),  # no name set: the brand's
+    ("Lens Desk <desk@example.com>", ("desk@example.com", "Lens Desk")),  # a name set wins
+])
+def test_the_from_name_is_the_brand_unless_the_sender_names_itself(settings, db, fake, email_from, sender):
+    configured = settings.model_copy(update={"email_from": email_from})
+    deps = SendDeps(configured, db, Renderer(TEST_TEMPLATES), email_provider(configured), sms_provider(configured))
+    request = SendRequest(workflow_id=f"t/{uuid.uuid4().hex[:6]}", sequence_id="t", step="0", channel="email",
+                          template="note", category="transactional",
+                          context={"customer": CUSTOMER, "note": "hi", "brand": {"name": "Lumen Camera Co."}})
+    assert MessageSender(deps).send_message(request).status == "sent"
+    [mail] = fake.accepted("sendgrid")
+    assert (mail["from"], mail["from_name"]) == sender
+
+
+@pytest.mark.parametrize(("locale", "line"), [("en", "Reply STOP to opt out"), ("th", "STOP"),
+                                               ("zh-Hant", "STOP")])
+def test_the_first_marketing_text_to_a_number_says_how_to_opt_out(settings, db, fake, locale, line):
+    from tests.engine import SHOP_TEMPLATES
+
+    shop = settings.model_copy(update={"templates_dir": SHOP_TEMPLATES})
+    sender = MessageSender(SendDeps(shop, db, Renderer(SHOP_TEMPLATES), email_provider(shop), sms_provider(shop)))
+    customer = store_customer(db, locale=locale)
+    context = {"customer": customer, "brand": {"name": "Shop", "url": "https://shop.example"},
+               "coupon": {"percent": 10, "code": "BACK10", "expires_at": "2026-12-31T00:00:00+00:00"},
+               "order": {"id": "1", "number": "#1"}, "shipment": {"data": {}}}
+
+    def text(step: str, template: str, category: str = "marketing") -> str:
+        request = SendRequest(workflow_id=f"winback/{customer['id']}", sequence_id="winback", step=step,
+                              channel="sms", template=template, category=category, context=context,
+                              policy=None if category == "transactional" else SendPolicy(group="winback"))
+        assert sender.send_message(request).status == "sent"
+        return fake.accepted("twilio")[-1]["body"]
+
+    assert "STOP" not in text("0", "order_shipped", "transactional")  # transactional: no opt-out line
+    first = text("1", "winback_offer")
+    assert first.splitlines()[-1].startswith(line) if locale == "en" else line in first.splitlines()[-1]
+    assert "STOP" not in text("2", "winback_offer")  # the number has had it once
+    bodies = {m.step: m.body for m in messages(db)}
+    assert bodies["1"] == first  # the row keeps what went out
+
+
+def test_only_marketing_email_carries_the_sendgrid_unsubscribe_group(settings, db, fake):
+    from tests.engine import SHOP_TEMPLATES
+
+    shop = settings.model_copy(update={"templates_dir": SHOP_TEMPLATES, "sendgrid_asm_group_id": 777})
+    sender = MessageSender(SendDeps(shop, db, Renderer(SHOP_TEMPLATES), email_provider(shop), sms_provider(shop)))
+    customer = store_customer(db)
+    context = {"customer": customer, "order": {"id": "1", "items": []},
+               "brand": {"name": "Shop", "url": "https://shop.example", "postal_address": "99 Sukhumvit Road",
+                         "support_email": "help@shop.example"}}
+    for step, category in (("0", "marketing"), ("1", "transactional")):
+        request = SendRequest(workflow_id="news/asm", sequence_id="news", step=step, channel="email",
+                              template="review_request", category=category, context=context,
+                              policy=None if category == "transactional" else SendPolicy(group="news"))
+        assert sender.send_message(request).status == "sent"
+    marketing, transactional = (mail["payload"] for mail in fake.accepted("sendgrid"))
+    # A spam report on a marketing mail then unsubscribes from that group, not from order mail.
+    assert marketing["asm"] == {"group_id": 777}
+    assert "asm" not in transactional
+
+
+def test_no_opt_out_line_of_ours_where_the_messaging_service_adds_its_own(settings, db, fake):
+    from tests.engine import SHOP_TEMPLATES
+
+    shop = settings.model_copy(update={"templates_dir": SHOP_TEMPLATES, "sms_opt_out_line": False})
+    sender = MessageSender(SendDeps(shop, db, Renderer(SHOP_TEMPLATES), email_provider(shop), sms_provider(shop)))
+    customer = store_customer(db)
+    context = {"customer": customer, "brand": {"name": "Shop", "url": "https://shop.example"},
+               "coupon": {"percent": 10, "code": "BACK10", "expires_at": "2026-12-31T00:00:00+00:00"}}
+    request = SendRequest(workflow_id=f"winback/{customer['id']}", sequence_id="winback", step="1", channel="sms",
+                          template="winback_offer", category="marketing", context=context,
+                          policy=SendPolicy(group="winback"))
+    assert sender.send_message(request).status == "sent"
+    assert "STOP" not in fake.accepted("twilio")[0]["body"]
+
+
 # -- contact points ---------------------------------------------------------------------------------
 
 def test_stored_profiles_get_e164_phones_and_checked_emails(db):

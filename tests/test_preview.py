@@ -144,3 +144,11 @@ sequences:
         "start → pong: its messages follow",
         "start → ping: already shown above, not followed again (it would loop)"]
     assert result.entries[1].branch == ["start → pong"]
+
+
+def test_an_email_previews_as_the_plain_text_part_that_goes_out():
+    from keepflow.language.rendering import text_of_html
+
+    offer = preview("winback").messages[0]
+    assert offer.html is not None and offer.text == text_of_html(offer.html)
+    assert "https://keepflow.example.com/unsubscribe/preview-sample-link" in offer.text

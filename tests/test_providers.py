@@ -111,6 +111,49 @@ def test_sendgrid_accepted(fake: FakeProviders, sendgrid: SendGridEmail) -> None
     assert [c["type"] for c in req["body"]["content"]] == ["text/plain", "text/html"]
 
 
+def test_sendgrid_categories_unique_and_custom_args_per_personalization(fake: FakeProviders,
+                                                                        sendgrid: SendGridEmail) -> None:
+    # SendGrid's spec wants unique categories, and types a top-level custom_args as a string: a
+    # sequence and a template of the same name must not repeat, and the args go in personalizations.
+    sendgrid.send_email(email(categories=("review_request", "review_request", "step-2"),
+                              custom_args={"keepflow_message_id": "7"}))
+    [rec] = fake.accepted("sendgrid")
+    body = rec["payload"]
+    assert body["categories"] == ["review_request", "step-2"]
+    assert "custom_args" not in body
+    assert body["personalizations"][0]["custom_args"] == {"keepflow_key": "wf-123/step-2", "keepflow_message_id": "7"}
+    assert rec["keepflow_key"] == "wf-123/step-2"
+
+
+def test_sendgrid_unsubscribe_group_goes_as_asm_group_id(fake: FakeProviders, sendgrid: SendGridEmail) -> None:
+    sendgrid.send_email(email(asm_group_id=4242))
+    sendgrid.send_email(email(key="wf-123/step-3"))
+    with_group, without = (rec["payload"] for rec in fake.accepted("sendgrid"))
+    assert with_group["asm"] == {"group_id": 4242}
+    assert "asm" not in without
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"categories": ["review_request", "review_request"]}, "categories"),
+    ({"custom_args": {"keepflow_key": "k"}}, "custom_args"),  # an object: the spec says string
+    ({"asm": {"group_id": "42"}}, "asm.group_id"),
+    ({"content": [{"type": "text/plain", "value": ""}]}, "content.0.value"),
+])
+def test_the_fake_sendgrid_refuses_a_body_its_published_spec_refuses(fake: FakeProviders, change: dict,
+                                                                     field: str) -> None:
+    import httpx
+
+    valid = {"personalizations": [{"to": [{"email": "ada@example.org"}], "custom_args": {"keepflow_key": "k"}}],
+             "from": {"email": "shop@example.com"}, "subject": "Hi",
+             "content": [{"type": "text/plain", "value": "Hi"}], "categories": ["a", "b"], "asm": {"group_id": 42}}
+    auth = {"Authorization": f"Bearer {fake.sendgrid_api_key}"}
+    assert httpx.post(f"{fake.url}/v3/mail/send", json=valid, headers=auth).status_code == 202
+    answer = httpx.post(f"{fake.url}/v3/mail/send", json=valid | change, headers=auth)
+    assert answer.status_code == 400
+    assert field in [e["field"] for e in answer.json()["errors"]]
+    assert len(fake.accepted("sendgrid")) == 1
+
+
 def test_sendgrid_message_from_overrides_default(fake: FakeProviders, sendgrid: SendGridEmail) -> None:
     sendgrid.send_email(email(from_="Other <other@example.net>", text=""))
     [rec] = fake.accepted("sendgrid")

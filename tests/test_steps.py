@@ -42,7 +42,8 @@ async def test_send_email_and_sms_through_the_real_sdks(env, settings, db, fake)
     [email] = fake.accepted("sendgrid")
     [sms] = fake.accepted("twilio")
     assert email["to"] == "nok@example.com" and email["subject"] == "Note for Nok"
-    assert sms["to"] == "+66812345678" and sms["body"] == "Ping for Nok"
+    # A marketing sequence, and the number's first marketing text: it says how to opt out.
+    assert sms["to"] == "+66812345678" and sms["body"] == "Ping for Nok\nReply STOP to opt out"
     rows = messages(db)
     assert [(m.channel, m.status, m.provider) for m in rows] == [("email", "sent", "sendgrid"), ("sms", "sent", "twilio")]
     assert rows[1].provider_message_id.startswith("SM")

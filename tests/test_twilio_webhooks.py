@@ -176,6 +176,14 @@ async def test_help_is_answered_with_the_help_text(http, db, customer, body):
     assert counts(db) == before
 
 
+async def test_help_names_the_brand_of_sequences_yaml_when_no_help_text_is_set(settings, db):
+    async with serving(settings.model_copy(update={"sms_help_text": None}), db) as client:
+        response = await post(client, INBOUND, inbound("HELP"))
+    [reply] = twiml_messages(response)
+    assert reply.startswith("Lumen Camera Co.: ") and "STOP" in reply  # brand.name of the shop's sequences.yaml
+    assert "Keepflow" not in reply
+
+
 # -- signatures --------------------------------------------------------------------------------
 
 

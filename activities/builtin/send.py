@@ -61,7 +61,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import bindparam, insert, select, update
@@ -73,7 +73,7 @@ from keepflow.language.rendering import Rendered, Renderer, TemplateError
 from keepflow.runtime import send_rules
 from keepflow.runtime.payloads import SendRequest, SendResult
 from keepflow.runtime.send_rules import Defer, Send, Skip
-from keepflow.sending import frequency_cap, suppressions, unsubscribe_links
+from keepflow.sending import frequency_cap, sms_opt_out, suppressions, unsubscribe_links
 from keepflow.sending.providers import (
     Accepted,
     EmailProvider,
@@ -82,6 +82,7 @@ from keepflow.sending.providers import (
     PermanentError,
     RetryableError,
     SmsProvider,
+    named_sender,
 )
 from keepflow.sending.providers.twilio import status_callback_url
 from keepflow.settings import Settings
@@ -247,18 +248,32 @@ class MessageSender:
             return self._finish(row.id, "failed", error=f"template: {err}")
 
         if request.channel == "email":
-            # The plain-text part loses the HTML footer's link, so it gets the address spelled out.
+            # The address also alone on the last line: text-only clients make a bare URL clickable.
             text = f"{rendered.text}\n\n{unsubscribe_url}" if unsubscribe_url else rendered.text
             email = OutgoingEmail(
                 to=recipient, subject=rendered.subject or "", html=rendered.body, text=text,
-                from_=self.deps.settings.email_from, key=key,
+                from_=named_sender(self.deps.settings.email_from, (context.get("brand") or {}).get("name")), key=key,
                 headers=unsubscribe_links.headers_for(self.deps.settings, unsubscribe_url) if unsubscribe_url else {},
                 categories=(request.sequence_id, request.template),
                 custom_args={"keepflow_message_id": str(row.id), "keepflow_customer_id": str(customer.get("id", ""))},
+                asm_group_id=self.deps.settings.sendgrid_asm_group_id if request.category == "marketing" else None,
             )
             return _Outgoing(self.deps.email.name, recipient, rendered, lambda: self.deps.email.send_email(email))
+        if (request.category == "marketing" and self.deps.settings.sms_opt_out_line
+                and not self._had_marketing_text(str(customer.get("id", "")), recipient, row.id)):
+            body = sms_opt_out.with_line(rendered.body, rendered.locale)
+            # The row keeps the body as sent: a retry's lookup at Twilio matches on it.
+            rendered = replace(rendered, body=body, text=body)
         sms = OutgoingSms(to=recipient, body=rendered.body, key=key, status_callback=status_callback_url(self.deps.settings.public_url))
         return _Outgoing(self.deps.sms.name, recipient, rendered, lambda: self.deps.sms.send_sms(sms), sms=sms)
+
+    def _had_marketing_text(self, customer_id: str, recipient: str, row_id: int) -> bool:
+        """Whether the customer's number already got a marketing text (sms_opt_out says why only
+        `sent` counts). This row is left out, so a retry of the first text still carries the line."""
+        with self.deps.db.transaction() as connection:
+            found = connection.execute(_EARLIER_MARKETING_TEXT, {"customer_id": customer_id, "recipient": recipient,
+                                                                 "row_id": row_id}).first()
+        return found is not None
 
     def _send(self, key: str, request: SendRequest, row: _Row, message: _Outgoing, clock: _Clock) -> SendResult:
         """The one provider call, by the attempt that owns the row; then the row says what came of it."""
@@ -463,6 +478,11 @@ _coupons = Coupon.__table__
 _COUPON = select(_coupons.c.code, _coupons.c.redeemed_at, _coupons.c.activated_at, _coupons.c.valid_for_seconds,
                  _coupons.c.expires_at).where(_coupons.c.code == bindparam("code"))
 # Without .values(): the columns to set are the keys of the parameters given with each call.
+# By customer first: ix_messages_customer_sent finds their sent rows, and recipient has no index.
+_EARLIER_MARKETING_TEXT = select(_messages.c.id).where(
+    _messages.c.customer_id == bindparam("customer_id"), _messages.c.status == "sent",
+    _messages.c.channel == "sms", _messages.c.category == "marketing",
+    _messages.c.recipient == bindparam("recipient"), _messages.c.id != bindparam("row_id")).limit(1)
 _SET = update(_messages).where(_messages.c.id == bindparam("row_id"))
 _FINISH = _SET.where(_messages.c.status.not_in(_FINAL_ORDERED))
 # Still `sending` too: SendGrid's event webhook may have settled the row as sent meanwhile.

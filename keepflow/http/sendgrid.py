@@ -70,7 +70,8 @@ class SendGridEvent(BaseModel):
     """One event of the batch, with the fields Keepflow uses.
 
     SendGrid adds many more (ip, useragent, category, tls, ...) and puts custom args at the top
-    level, so extra keys are allowed. Every Keepflow mail carries the custom arg `keepflow_key`
+    level, a personalization's (where Keepflow sets them) as well as the message's, so extra keys
+    are allowed. Every Keepflow mail carries the custom arg `keepflow_key`
     (the message's key, "<workflow id>:<step>") and may carry `keepflow_message_id`.
     https://www.twilio.com/docs/sendgrid/for-developers/tracking-events/event
     """

@@ -133,6 +133,13 @@ class StatusCallback(BaseModel):
         return f"{self.message_sid}:{self.message_status}"
 
 
+def help_text(brand: dict[str, Any]) -> str:
+    """The HELP answer when none is configured: the shop's name first, as carriers ask."""
+    name = brand.get("name")
+    about = "Order and offer texts" if not isinstance(name, str) or not name.strip() else f"{name.strip()}: order and offer texts"
+    return f"{about}. Reply STOP to opt out, START to opt back in."
+
+
 @router.post(INBOUND_PATH, response_class=Response,
              responses={200: {"content": {TWIML: {}}, "description": "TwiML"}, 403: {}, 413: {}, 415: {}, 422: {}})
 async def post_inbound(request: Request) -> Response:
@@ -143,7 +150,7 @@ async def post_inbound(request: Request) -> Response:
     reply = MessagingResponse()
     if keyword == "help":
         # Changes nothing, so nothing is kept; a retry (Twilio never got our answer) answers again.
-        reply.message(services.settings.sms_help_text)
+        reply.message(services.settings.sms_help_text or help_text(services.catalog.file.brand))
     elif keyword is not None:
         await asyncio.to_thread(_once, apply_keyword, services.db, sms, keyword)
     # STOP and START get no reply from us: Twilio sends the confirmation itself.

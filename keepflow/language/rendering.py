@@ -12,6 +12,7 @@ HTML is autoescaped, and a variable the context does not provide is an error, ne
 from __future__ import annotations
 
 import re
+import textwrap
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -20,6 +21,8 @@ from typing import Any
 
 from babel.dates import format_date
 from babel.numbers import format_currency
+from inscriptis import get_text
+from inscriptis.model.config import ParserConfig
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFound, pass_context, select_autoescape
 from markupsafe import Markup
 
@@ -125,13 +128,25 @@ class Renderer:
             if "subject" not in template.blocks:
                 raise TemplateError(f"{path} has no {{% block subject %}}")
             subject_markup = "".join(template.blocks["subject"](template.new_context(variables)))
-            return Rendered(used_locale, Markup(subject_markup).striptags(), html, Markup(html).striptags())
+            return Rendered(used_locale, Markup(subject_markup).striptags(), html, text_of_html(html))
         except TemplateNotFound as exc:
             raise TemplateError(f"{path}: includes missing template {exc.name}") from exc
         except TemplateError:
             raise
         except Exception as exc:  # undefined variable, bad filter, syntax: all content mistakes
             raise TemplateError(f"{path}: {exc}") from exc
+
+
+# Link targets spelled out ("[Track your parcel](https://...)"): a text-only reader must still
+# reach the tracking page or the order, and a text part without the HTML's links looks like spam.
+_TEXT_CONFIG = ParserConfig(display_links=True)
+
+
+def text_of_html(html: str) -> str:
+    """The plain-text part of an email: paragraphs, line breaks and link targets kept."""
+    # inscriptis indents by the layout's padding; the frame's padding is no use in a text part.
+    text = textwrap.dedent(get_text(html, _TEXT_CONFIG))
+    return "\n".join(line.rstrip() for line in text.strip().splitlines())
 
 
 def locale_files(templates_dir: Path, channel: str, name: str) -> dict[str, Path]:

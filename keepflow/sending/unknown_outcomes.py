@@ -29,9 +29,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from markupsafe import Markup
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 from sqlalchemy import func, select, update
 
+from keepflow.language.rendering import text_of_html
 from keepflow.sending import suppressions, unsubscribe_links
 from keepflow.sending.providers import (
     EmailProvider,
@@ -39,6 +41,7 @@ from keepflow.sending.providers import (
     PermanentError,
     RetryableError,
     email_provider,
+    named_sender,
 )
 from keepflow.settings import Settings
 from keepflow.store import Customer, Database, Message, utc
@@ -284,7 +287,7 @@ def _outgoing(settings: Settings, message: Message) -> OutgoingEmail:
     """The stored message as send_message built it: the body and subject as rendered then; the
     plain-text part, the unsubscribe headers and the custom args made again."""
     assert message.recipient is not None and message.body is not None  # resend checks first
-    text = Markup(message.body).striptags()
+    text = text_of_html(message.body)
     headers: dict[str, str] = {}
     if message.category == "marketing":
         url = unsubscribe_links.link_for(settings, customer_id=message.customer_id or "", channel="email",
@@ -292,7 +295,20 @@ def _outgoing(settings: Settings, message: Message) -> OutgoingEmail:
         text = f"{text}\n\n{url}"
         headers = unsubscribe_links.headers_for(settings, url)
     return OutgoingEmail(
-        to=message.recipient, subject=message.subject or "", html=message.body, text=text, from_=settings.email_from,
+        to=message.recipient, subject=message.subject or "", html=message.body, text=text,
+        from_=named_sender(settings.email_from, _brand_name(settings)),
         key=message.key, headers=headers, categories=(message.sequence_id, message.template),
         custom_args={"keepflow_message_id": str(message.id), "keepflow_customer_id": message.customer_id or ""},
+        asm_group_id=settings.sendgrid_asm_group_id if message.category == "marketing" else None,
     )
+
+
+def _brand_name(settings: Settings) -> str | None:
+    """`brand.name` of sequences.yaml, as the first send put it in From. Read raw, not as a
+    catalog: a resend needs neither its sequences nor the worker's activities."""
+    try:
+        tree = YAML(typ="safe").load(settings.sequences_path)
+    except (OSError, YAMLError):
+        return None  # the From then has no name; the resend still goes
+    brand = tree.get("brand") if isinstance(tree, dict) else None
+    return brand.get("name") if isinstance(brand, dict) else None

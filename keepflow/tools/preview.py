@@ -9,13 +9,11 @@ uses, so a missing variable shows up here as it would on a real message.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, assert_never
 
-from markupsafe import Markup
 from pydantic import ValidationError
 
 from keepflow.language import expressions
@@ -287,29 +285,10 @@ class _Walker:
             message.error = str(err)
         else:
             message.locale, message.subject = rendered.locale, rendered.subject
-            message.text = email_text(rendered.body) if step.send == "email" else rendered.text
+            # An email's text is its plain-text part, as it goes out: links written with their address.
+            message.text = rendered.text
             message.html = rendered.body if step.send == "email" else None
         self.preview.entries.append(message)
-
-
-_HEAD = re.compile(r"<head\b.*?</head>", re.S | re.I)
-_LINK = re.compile(r"""<a\b[^>]*\bhref="([^"]*)"[^>]*>(.*?)</a>""", re.S | re.I)
-_BLOCK_END = re.compile(r"</(p|div|li|tr|h[1-6]|ul|ol|table)>|<br\s*/?>", re.I)
-
-
-def _link_text(link: re.Match) -> str:
-    href, text = link.group(1), link.group(2)
-    if Markup(text).striptags() in (href, href.removeprefix("mailto:")):
-        return text
-    return f"{text} [{href}]"
-
-
-def email_text(html: str) -> str:
-    """An email as a marketer reads it in a terminal: paragraphs kept, links shown with their address."""
-    html = _HEAD.sub("", html)
-    html = _LINK.sub(_link_text, html)
-    lines = [Markup(line).striptags() for line in _BLOCK_END.sub("\n", html).splitlines()]
-    return "\n".join(line for line in lines if line)
 
 
 def build_preview(catalog: Catalog, sequence: Sequence, customer: dict[str, Any], order: dict[str, Any] | None = None,

@@ -31,8 +31,11 @@ from datetime import date, datetime, time, timedelta, timezone
 from email.utils import format_datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Callable, Literal
 from urllib.parse import parse_qs, urlencode, urlsplit
+
+from jsonschema import Draft202012Validator
 
 Api = Literal["sendgrid", "twilio"]
 
@@ -367,7 +370,7 @@ class FakeProviders:
         if not isinstance(body, dict):
             return _json_reply(400, self._sendgrid_errors(("Bad Request", None)))
 
-        errors: list[tuple[str, str | None]] = []
+        errors: list[tuple[str, str | None]] = _against_the_spec(body)
         personalizations = body.get("personalizations")
         if not isinstance(personalizations, list) or not personalizations:
             errors.append(
@@ -589,3 +592,14 @@ class FakeProviders:
             "uri": page_uri(page),
         }
         return _json_reply(200, payload)
+
+
+# SendGrid validates each body against its published Mail Send spec and answers 400 with one error
+# per field; the fake does the same, so a body the real API would refuse cannot pass a test.
+_MAIL_SEND = Draft202012Validator(
+    json.loads((Path(__file__).parent.parent / "contracts" / "sendgrid_mail_send.schema.json").read_text()))
+
+
+def _against_the_spec(body: dict[str, Any]) -> list[tuple[str, str | None]]:
+    return [(error.message, ".".join(str(part) for part in error.absolute_path) or None)
+            for error in _MAIL_SEND.iter_errors(body)]

@@ -18,6 +18,7 @@ from keepflow.sending.providers.base import (
     ProviderError,
     RetryableError,
     SmsProvider,
+    named_sender,
     parse_retry_after,
 )
 from keepflow.settings import reveal
@@ -35,6 +36,7 @@ __all__ = [
     "RetryableError",
     "SmsProvider",
     "email_provider",
+    "named_sender",
     "parse_retry_after",
     "sms_provider",
 ]

@@ -17,8 +17,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
+from email.utils import parseaddr, parsedate_to_datetime, quote
 from typing import Any, Protocol, runtime_checkable
+
+
+def named_sender(email_from: str, name: Any) -> str:
+    """KEEPFLOW_EMAIL_FROM with `name` as its display name when it has none of its own.
+
+    A bare address shows in the inbox as its local part ("shop"); the brand is what the customer
+    bought from. Quoted, so a name with "." or "," (or Thai, Chinese) survives parsing as it is.
+    """
+    own_name, address = parseaddr(email_from)
+    if own_name or not address or not isinstance(name, str) or not name.strip():
+        return email_from
+    return f'"{quote(name.strip())}" <{address}>'
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,9 @@ class OutgoingEmail:
     # both come back in event webhooks, which is how feedback finds its message.
     categories: tuple[str, ...] = ()
     custom_args: dict[str, str] = field(default_factory=dict)
+    # SendGrid's unsubscribe group (asm.group_id) of marketing mail: a recipient's spam report or
+    # unsubscribe at SendGrid then stops that group only, never order and shipping mail.
+    asm_group_id: int | None = None
 
 
 @dataclass(frozen=True)

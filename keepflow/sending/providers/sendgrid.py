@@ -11,7 +11,7 @@ from typing import Any
 
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
-from sendgrid.helpers.mail import Category, CustomArg, From, Header, Mail, To
+from sendgrid.helpers.mail import Asm, Category, CustomArg, From, GroupId, Header, Mail, To
 from sendgrid.helpers.mail.exceptions import SendGridException
 
 from keepflow.sending.providers.base import (
@@ -60,13 +60,20 @@ class SendGridEmail:
                 plain_text_content=msg.text or None,
                 html_content=msg.html or None,
             )
-            mail.custom_arg = CustomArg("keepflow_key", msg.key)
+            # On the personalization, not the message: SendGrid's published spec types a top-level
+            # custom_args as a string, and a validating proxy or mock refuses the SDK's object there.
+            # Event webhooks flatten them into each event either way.
+            mail.custom_arg = CustomArg("keepflow_key", msg.key, p=0)
             for name, value in msg.custom_args.items():
-                mail.custom_arg = CustomArg(name, str(value))
+                mail.custom_arg = CustomArg(name, str(value), p=0)
             for name, value in msg.headers.items():
                 mail.header = Header(name, value)
-            for category in msg.categories[:10]:  # SendGrid allows at most 10 per message
-                mail.category = Category(category[:255])
+            # SendGrid refuses a repeated category (400), and a sequence and its template often share
+            # a name; at most 10 per message. The SDK inserts each at the front, hence reversed.
+            for category in reversed(list(dict.fromkeys(c[:255] for c in msg.categories))[:10]):
+                mail.category = Category(category)
+            if msg.asm_group_id is not None:
+                mail.asm = Asm(GroupId(msg.asm_group_id))
             return mail.get()
         except SendGridException as exc:  # e.g. an API key pasted into the content
             raise PermanentError(NAME, f"invalid message: {exc}") from exc
