@@ -94,15 +94,17 @@ def reference(data: Data, as_of: datetime) -> dict[str, dict]:
     recency = {c: (as_of.date() - at.date()).days for c, at in last.items()}
     n = len(last)
 
-    def scores(values: dict[str, object], worst_first: list[object]) -> dict[str, int]:
+    def scores(values: dict[str, object], worst_first: list[object], ties_up: bool = False) -> dict[str, int]:
         tally = Counter(values.values())
         worse, seen = {}, 0
         for value in worst_first:
             worse[value] = seen
             seen += tally[value]
+        if ties_up:  # R = ceil(5 * up_to / n): a tie ranks at the top of its group
+            return {c: -(-5 * (worse[v] + tally[v]) // n) for c, v in values.items()}
         return {c: 1 + 5 * worse[v] // n for c, v in values.items()}
 
-    r = scores(recency, sorted(set(recency.values()), reverse=True))  # more days = worse
+    r = scores(recency, sorted(set(recency.values()), reverse=True), ties_up=True)  # more days = worse
     f = scores(dict(count), sorted(set(count.values())))
     m = scores(spent, sorted(set(spent.values())))
     advocates = {c for _, kind, c in data.events if kind in ("review.submitted", "referral.created")}
@@ -194,8 +196,9 @@ def test_ties_by_hand():
               for row in rows}
     # below = 0, 5, 7, 8, 9 of n = 10 customers -> 1, 3, 4, 5, 5; F = 2 is skipped.
     assert [scores[f"c{i}"].f for i in range(10)] == [1, 1, 1, 1, 1, 3, 3, 4, 5, 5]
-    # Everybody ties on R and M: all score 1.
-    assert {(s.r, s.m) for s in scores.values() if s.orders_count} == {(1, 1)}
+    # Everybody ties on R and M: recency ties go up (all ordered as recently as anyone: R = 5),
+    # spend ties go down (M = 1).
+    assert {(s.r, s.m) for s in scores.values() if s.orders_count} == {(5, 1)}
     nobody = scores["nobody"]
     assert (nobody.segment, nobody.level, nobody.fit, nobody.r, nobody.recency_days) == ("prospect", "advocate", "grow", None, None)
 
@@ -258,8 +261,9 @@ def test_refresh_customer_on_a_small_base_takes_cut_points_from_the_orders(db):
             Order(id="c2", customer_id="c", total=Decimal("50"), currency="USD", items=[], created_at=AS_OF),
         ])
     profile = rfm.refresh_customer(db, "c", AS_OF)
-    # n = 3: c is better than both others on every dimension -> 1 + 5 * 2 // 3 = 4.
-    assert (profile["r"], profile["f"], profile["m"], profile["segment"]) == (4, 4, 4, "champions")
+    # n = 3: c is better than both others on every dimension -> F, M = 1 + 5 * 2 // 3 = 4, and
+    # R = ceil(5 * 3 / 3) = 5.
+    assert (profile["r"], profile["f"], profile["m"], profile["segment"]) == (5, 4, 4, "champions")
     assert rfm.last_refresh(db) is not None
 
 
@@ -314,3 +318,12 @@ def test_segments_command(scored, monkeypatch):
     positions = [next(i for i, line in enumerate(lines) if f" {name} " in line) for name in rfm.SEGMENTS]
     assert positions == sorted(positions)
     assert f"{CUSTOMERS:,}" in result.output
+
+
+def test_a_customer_who_bought_today_is_never_lost():
+    """A new shop: one customer, or a few who all bought today. Their recency ties at the top."""
+    for n in (1, 3):
+        rows = [rfm.OrderStats(f"c{i}", AS_OF, 1, Decimal("10.00")) for i in range(n)]
+        cutoffs = rfm.Cutoffs.from_stats(rows)
+        scores = [rfm.score_customer(row, AS_OF, cutoffs) for row in rows]
+        assert {(s.r, s.segment) for s in scores} == {(5, "new")}, n

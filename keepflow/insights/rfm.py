@@ -24,6 +24,17 @@ top quintile by being better than at least 80 % of the others, never by the orde
 R is ranked by the UTC date of the last order, so two customers whose last orders fall on the
 same day tie, and the ranking does not depend on `as_of`.
 
+Recency ties go up, not down. With `up_to` = the number of customers whose last order is no
+more recent than this one's (this customer included),
+
+    R = ceil(5 * up_to / n)
+
+(pandas: `ceil(5 * rank(method="max") / n)`). Customers who ordered on the same day are ranked
+together at the top of their group, so the most recent buyers score 5 however many share the
+day: a new shop's first customer, or everyone who bought today, is never "lost" (with the rule
+above, a group tied at the top scored 1). For n a multiple of 5 without ties it gives the same
+scores as the rule above.
+
 Cut points. The same scores are stated as four cut points per dimension: the smallest value that
 scores 2, 3, 4 and 5 (None for a skipped score); a value scores the highest k whose cut point it
 reaches. `refresh_all` stores them in the one-row table `score_cutoffs`, and
@@ -238,6 +249,14 @@ def level(orders_count: int, advocate: bool) -> str:
     return "repeat" if orders_count >= 2 else "first_time" if orders_count == 1 else "none"
 
 
+def _recency_cuts(values: Sequence[int]) -> tuple[int | None, ...]:
+    """Cut points for R = 2..5 under `ceil(5 * up_to / n)` (the module docstring): R >= k exactly
+    when at least floor((k-1) n / 5) + 1 customers are no more recent, so the cut is that
+    customer's date (higher is better)."""
+    n = len(values)
+    return tuple(values[(k - 1) * n // 5] if n else None for k in range(2, 6))
+
+
 def _cuts(values: Sequence[int]) -> tuple[int | None, ...]:
     """Cut points for scores 2..5 of a sorted population (higher is better)."""
     n = len(values)
@@ -286,7 +305,7 @@ class Cutoffs:
         r, f, m = sorted(last_order_days), sorted(orders), sorted(cents)
         if not len(r) == len(f) == len(m):
             raise ValueError("the three dimensions must cover the same customers")
-        return cls(len(r), _cuts(r), _cuts(f), _cuts(m))
+        return cls(len(r), _recency_cuts(r), _cuts(f), _cuts(m))
 
     @classmethod
     def from_stats(cls, rows: Iterable[OrderStats]) -> Cutoffs:
