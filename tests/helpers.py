@@ -156,11 +156,12 @@ class serving_admin(serving):
     with `role` (added to `db` as `name`), or not signed in with role=None."""
 
     def __init__(self, settings, db, *, role: str | None = "admin", name: str | None = None, client=None,
-                 port: int | None = None):
+                 port: int | None = None, catalog=None):
         from keepflow.http.admin import create_admin_app
         from tests.engine import CATALOG
 
-        self.app = create_admin_app(settings, catalog=CATALOG, db=db, client=client, session_secret=new_secret())
+        self.app = create_admin_app(settings, catalog=catalog or CATALOG, db=db, client=client,
+                                    session_secret=new_secret())
         self.port, self.stop = port or free_port(), asyncio.Event()
         self.db, self.role, self.name = db, role, name or f"{role}-{uuid.uuid4().hex[:6]}"
 

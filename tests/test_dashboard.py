@@ -397,3 +397,22 @@ async def test_no_unknown_note_when_nothing_waits(settings, db: Database) -> Non
 def audit_rows(db: Database) -> list[access.AuditEntry]:
     with db.session() as s:
         return list(s.scalars(select(access.AuditEntry).order_by(access.AuditEntry.id)))
+
+
+async def test_times_are_shown_in_the_shops_time_zone(settings, db: Database) -> None:
+    import dataclasses
+
+    from tests.engine import CATALOG
+
+    fill(db)
+    bangkok = dataclasses.replace(CATALOG, file=CATALOG.file.model_copy(update={
+        "rules": CATALOG.file.rules.model_copy(update={"timezone": "Asia/Bangkok"})}))
+    async with serving_admin(settings, db) as http:
+        in_utc = (await http.get("/messages/5")).text
+    async with serving_admin(settings, db, catalog=bangkok) as http:
+        local = (await http.get("/messages/5")).text
+        listed = (await http.get("/messages")).text
+    created = ago(30)
+    assert f"{created:%Y-%m-%d %H:%M} UTC" in in_utc
+    assert f"{(created + timedelta(hours=7)):%Y-%m-%d %H:%M} Asia/Bangkok" in local
+    assert "created (Asia/Bangkok)" in listed

@@ -217,6 +217,8 @@ class Rules(_Model):
     # The country a phone number without a country code ("081 234 5678") is read in, when the
     # customer's locale names none. None: such a number is kept but flagged, never texted.
     default_region: Annotated[str, AfterValidator(_known_region)] | None = None
+    # The shop's own time zone: what the dashboard shows times in. None: UTC.
+    timezone: Annotated[str, AfterValidator(_known_zone)] | None = None
     # Marketing messages per customer per rolling window, across all sequences.
     frequency_cap: dict[Channel, Cap] = Field(default_factory=_default_caps)
 
