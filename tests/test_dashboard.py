@@ -416,3 +416,29 @@ async def test_times_are_shown_in_the_shops_time_zone(settings, db: Database) ->
     assert f"{created:%Y-%m-%d %H:%M} UTC" in in_utc
     assert f"{(created + timedelta(hours=7)):%Y-%m-%d %H:%M} Asia/Bangkok" in local
     assert "created (Asia/Bangkok)" in listed
+
+
+def test_steps_read_as_words_not_paths() -> None:
+    from keepflow.http.dashboard.queries import readable_path
+
+    assert readable_path("6.on_timeout.0.then.1") == "step 7 › on timeout › step 1 › if yes › step 2"
+    assert readable_path("1.then.0.offer.1") == "step 2 › if yes › step 1 › variant offer › step 2"
+    assert readable_path("shipped") == "shipped"
+
+
+async def test_a_named_step_shows_its_name(settings, db: Database) -> None:
+    import dataclasses
+
+    from tests.engine import CATALOG
+
+    fill(db)
+    fulfilment = CATALOG.file.by_id()["fulfilment"]
+    steps = list(fulfilment.steps)
+    steps[2] = steps[2].model_copy(update={"name": "Shipping email"})
+    file = CATALOG.file.model_copy(update={"sequences": [
+        s.model_copy(update={"steps": steps}) if s.id == "fulfilment" else s for s in CATALOG.file.sequences]})
+    async with serving_admin(settings, db, catalog=dataclasses.replace(CATALOG, file=file)) as http:
+        page = (await http.get("/sequences/fulfilment")).text
+    row = re.search(r'<tr data-step="2"[^>]*>\s*<td[^>]*>(.*?)</td>', page, re.S).group(1)
+    assert row.startswith("Shipping email"), row
+    assert re.search(r'<tr data-step="0"[^>]*>\s*<td[^>]*>step 1', page), "an unnamed step reads as words"

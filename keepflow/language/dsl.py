@@ -37,6 +37,9 @@ class _Step(_Model):
     kind: ClassVar[str]
 
     id: str | None = Field(None, pattern=_NAME, description="Optional name, shown in reports and logs.")
+    # Words for people ("Tripod offer"): the dashboard shows them instead of the step's path.
+    name: str | None = Field(None, min_length=1, max_length=80,
+                             description="Optional label for people, shown on the dashboard instead of the step's path.")
 
 
 class SendStep(_Step):

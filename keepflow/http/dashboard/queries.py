@@ -44,6 +44,8 @@ class StepView:
     waiting: int
     # In the current sequences file; False for a step only older runs still know.
     current: bool
+    # What a marketer reads: the step's `name:`, else its place told in words.
+    label: str = ""
 
 
 @dataclass
@@ -85,6 +87,21 @@ def waiting_by_step(db: Database) -> dict[tuple[str, str], int]:
     return {(sid, step): n for sid, step, n in rows}
 
 
+_BRANCH_WORDS = {"then": "if yes", "else": "if not", "on_timeout": "on timeout"}
+
+
+def readable_path(path: str) -> str:
+    """`6.on_timeout.0.then.1` as "step 7 › on timeout › step 1 › if yes › step 2": step segments
+    (an index, or the step's `id`) alternate with branches (`then`, `else`, `on_timeout`, a variant)."""
+    words = []
+    for n, segment in enumerate(path.split(".")):
+        if n % 2:
+            words.append(_BRANCH_WORDS.get(segment, f"variant {segment}"))
+        else:
+            words.append(f"step {int(segment) + 1}" if segment.isdigit() else segment)
+    return " › ".join(words)
+
+
 def _view(sequence: Sequence, report: Report, waiting: dict[tuple[str, str], int]) -> SequenceView:
     total = next((s for s in report.sequences if s.sequence_id == sequence.id), None)
     view = SequenceView(
@@ -105,8 +122,9 @@ def _view(sequence: Sequence, report: Report, waiting: dict[tuple[str, str], int
         matching = [r for r in reported if r.step == path] or [
             StepReport(sequence_id=sequence.id, step=path, channel=step.send, template=step.template,
                        variant=variant_of(path))]
-        view.steps.extend(StepView(r, waiting.get((sequence.id, path), 0), current=True) for r in matching)
-    view.steps.extend(StepView(r, waiting.get((sequence.id, r.step), 0), current=False)
+        label = step.name or readable_path(path)
+        view.steps.extend(StepView(r, waiting.get((sequence.id, path), 0), current=True, label=label) for r in matching)
+    view.steps.extend(StepView(r, waiting.get((sequence.id, r.step), 0), current=False, label=readable_path(r.step))
                       for r in reported if r.step not in paths)
     return view
 
