@@ -632,6 +632,9 @@ def simulate(
     start: Annotated[Optional[datetime], typer.Option(help="when the run starts (UTC unless an offset is given); "
                                                              "default now")] = None,
     path: Annotated[Optional[Path], typer.Option("--sequences", help="sequences file")] = None,
+    rfm: Annotated[Optional[str], typer.Option(
+        help='RFM scores for conditions on customer.rfm, as JSON: \'{"segment": "champions", "level": "vip"}\' '
+             "(default: what the store computes from the order)")] = None,
 ) -> None:
     """Run a sequence for one customer on the real engine, weeks in seconds, and print what happens."""
     from datetime import timezone
@@ -650,7 +653,7 @@ def simulate(
         timeline = sim.read_timeline(events)
         if start is not None and start.tzinfo is None:
             start = start.replace(tzinfo=timezone.utc)
-        lines = asyncio.run(sim.simulate(catalog, sequence, person, bought, timeline, start))
+        lines = asyncio.run(sim.simulate(catalog, sequence, person, bought, timeline, start, sim.read_scores(rfm)))
     except sim.SimulationError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None

@@ -327,3 +327,41 @@ def test_a_customer_who_bought_today_is_never_lost():
         cutoffs = rfm.Cutoffs.from_stats(rows)
         scores = [rfm.score_customer(row, AS_OF, cutoffs) for row in rows]
         assert {(s.r, s.segment) for s in scores} == {(5, "new")}, n
+
+
+async def test_a_condition_on_rfm_reads_a_customer_never_scored(env, fake, tmp_path, db):
+    """A customer with no orders yet (a sign-up) has no scores: `customer.rfm` reads as a prospect's
+    instead of failing the run."""
+    from pathlib import Path
+
+    from ruamel.yaml import YAML
+
+    from keepflow.language.catalog import Catalog
+    from keepflow.language.dsl import SequencesFile
+    from keepflow.runtime.events import EventIn
+    from keepflow.runtime.payloads import RunStatus
+    from keepflow.runtime.routing import ingest
+    from tests.engine import TEST_TEMPLATES, make_settings, running_worker
+    from tests.helpers import NO_LIMITS
+
+    data = YAML(typ="safe").load("""
+sequences:
+  - id: welcome
+    category: transactional
+    trigger: customer.updated
+    key: customer.id
+    steps:
+      - if: customer.rfm.segment == 'prospect' and customer.rfm.frequency == 0
+        then:
+          - send: email
+            template: note
+""")
+    file = SequencesFile.model_validate({**data, "rules": NO_LIMITS.model_dump(mode="json")})
+    catalog = Catalog(path=Path("sequences.yaml"), templates_dir=TEST_TEMPLATES, file=file)
+    settings = make_settings(tmp_path, fake, templates=TEST_TEMPLATES)
+    event = EventIn.model_validate({"id": "signup-1", "type": "customer.updated", "occurred_at": AS_OF.isoformat(),
+                                    "customer": {"id": "new-1", "email": "new@example.com"}})
+    async with running_worker(env, settings, db) as tq:
+        assert (await ingest(db, env.client, catalog, event, tq)).started == ["welcome/new-1"]
+        status = await env.client.get_workflow_handle("welcome/new-1", result_type=RunStatus).result()
+    assert [s.outcome for s in status.steps_done] == ["sent", "then"]

@@ -63,3 +63,40 @@ def test_the_command_says_which_sequences_exist(tmp_path):
     result = CliRunner().invoke(app, ["simulate", "nosuch", "--customer", str(customer),
                                       "--sequences", str(SHOP_SEQUENCES)])
     assert result.exit_code == 2 and "no sequence 'nosuch'" in result.output and "winback" in result.output
+
+
+VIP = """\
+sequences:
+  - id: vip
+    category: marketing
+    trigger: order.created
+    key: order.id
+    steps:
+      - if: customer.rfm.segment == 'champions'
+        then:
+          - send: email
+            template: order_confirmed
+        else:
+          - exit: done
+"""
+
+
+def test_simulate_reads_rfm_conditions_and_takes_scores_from_the_command_line(tmp_path):
+    sequences = tmp_path / "sequences.yaml"
+    shop = SHOP_SEQUENCES.read_text()
+    sequences.write_text(shop[:shop.index("\nsequences:\n") + 1] + VIP)
+    customer = tmp_path / "customer.json"
+    customer.write_text(NOK.model_dump_json())
+    order = tmp_path / "order.json"
+    order.write_text(ORDER.model_dump_json())
+    base = ["simulate", "vip", "--customer", str(customer), "--order", str(order), "--sequences", str(sequences)]
+    env = {"KEEPFLOW_TEMPLATES": str(SHOP_TEMPLATES)}
+    # A first order scores as a new customer, not a champion: the run takes the else branch.
+    plain = CliRunner().invoke(app, base, env=env)
+    assert plain.exit_code == 0, plain.output
+    assert "end: done" in plain.output and "order_confirmed" not in plain.output
+    champion = CliRunner().invoke(app, [*base, "--rfm", '{"segment": "champions"}'], env=env)
+    assert champion.exit_code == 0, champion.output
+    assert "email order_confirmed (marketing, step 0.then.0): sent" in champion.output, champion.output
+    wrong = CliRunner().invoke(app, [*base, "--rfm", '{"segment": "champion"}'], env=env)
+    assert wrong.exit_code == 2 and "not one RFM gives" in wrong.output

@@ -454,6 +454,14 @@ def refresh_customer(db: Database, customer_id: str, as_of: datetime,
     return scores.profile()
 
 
+def unscored() -> dict[str, Any]:
+    """`customer.rfm` of a customer never scored (no orders yet, or before the first refresh):
+    what a full refresh would give someone without orders, so a condition on it reads a value
+    instead of failing the run."""
+    return score_customer(OrderStats("", None, 0, Decimal("0")), datetime.now(timezone.utc),
+                          Cutoffs.from_stats([])).profile()
+
+
 def profile(db: Database | Session, customer_id: str) -> dict[str, Any] | None:
     """`customer.rfm`: the stored scores as JSON-safe values, or None when never scored."""
     with _session(db) as session:

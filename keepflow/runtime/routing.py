@@ -108,7 +108,13 @@ def store(db: Database, event: EventIn, delivery: tuple[str, str] | None = None,
     return True
 
 
-def _rescore(db: Database, customer_id: str) -> None:
+def with_scores(db: Database, customer: dict[str, Any]) -> dict[str, Any]:
+    """The customer's context with `rfm`, the scores as they stand now: conditions may ask
+    `customer.rfm.segment`, also of a customer never scored (then the profile of one without orders)."""
+    return {**customer, "rfm": rfm.profile(db, customer["id"]) or rfm.unscored()}
+
+
+def rescore(db: Database, customer_id: str) -> None:
     """An order, review or referral changes the customer's RFM standing: score them now."""
     try:
         rfm.refresh_customer(db, customer_id, _now())
@@ -215,13 +221,10 @@ async def route(client: Client, catalog: Catalog, db: Database, event: EventIn, 
     if event.customer is not None and event.type in RESCORE_TYPES:
         # Here, not in `store`: it is a second write that may wait for the lock as long again, and
         # the answer to the sender bounds only the time routing takes. Routed again, it scores again.
-        await asyncio.to_thread(_rescore, db, event.customer.id)
+        await asyncio.to_thread(rescore, db, event.customer.id)
     triggered = catalog.triggered_by(event.type)
     if triggered and event.customer is not None:
-        # Conditions may ask `customer.rfm.segment`: the scores as they stand now.
-        scores = await asyncio.to_thread(rfm.profile, db, event.customer.id)
-        if scores is not None:
-            context["customer"] = {**context["customer"], "rfm": scores}
+        context["customer"] = await asyncio.to_thread(with_scores, db, context["customer"])
     started: list[tuple[Sequence, str]] = []
     for sequence in triggered:
         run_id = workflow_id(sequence, context)

@@ -15,6 +15,8 @@ customer's time zone), each hold and skip with its reason, each timeline event, 
 
 from __future__ import annotations
 
+import json
+
 import re
 import shutil
 import sys
@@ -41,7 +43,8 @@ from keepflow.runtime.codec import data_converter
 from keepflow.runtime.events import CustomerIn, EventIn, OrderIn
 from keepflow.runtime.payload_keys import new_payload_key
 from keepflow.runtime.payloads import EventSignal, RunInput, RunStatus, SendRequest, SendResult
-from keepflow.runtime.routing import store, workflow_id
+from keepflow.insights import rfm
+from keepflow.runtime.routing import rescore, store, with_scores, workflow_id
 from keepflow.runtime.search_attributes import ensure_registered
 from keepflow.runtime.starts import start_run
 from keepflow.settings import Settings
@@ -183,9 +186,28 @@ async def stage(catalog: Catalog, start_at: datetime | None = None) -> AsyncIter
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def read_scores(text: str | None) -> dict[str, Any] | None:
+    """`--rfm '{"segment": "champions"}'`: the fields checked against the values RFM can take."""
+    if text is None:
+        return None
+    try:
+        scores = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SimulationError(f"--rfm is not JSON: {err.msg} at column {err.colno}") from None
+    if not isinstance(scores, dict):
+        raise SimulationError('--rfm takes a JSON object, e.g. \'{"segment": "champions"}\'')
+    allowed = {"segment": rfm.SEGMENTS, "level": rfm.LEVELS, "fit": rfm.FITS}
+    for name, value in scores.items():
+        if name in allowed and value not in allowed[name]:
+            raise SimulationError(f"--rfm {name} {value!r} is not one RFM gives; one of: {', '.join(sorted(allowed[name]))}")
+    return scores
+
+
 async def simulate(catalog: Catalog, sequence_id: str, customer: CustomerIn, order: OrderIn | None,
-                   timeline: list[TimelineEvent], start_at: datetime | None = None) -> list[Line]:
-    """Run the sequence for the customer on a time-skipping server; return what happened, in order."""
+                   timeline: list[TimelineEvent], start_at: datetime | None = None,
+                   scores: dict[str, Any] | None = None) -> list[Line]:
+    """Run the sequence for the customer on a time-skipping server; return what happened, in order.
+    `scores`: RFM fields (`segment`, `level`, ...) that replace those the store computes from the order."""
     if sequence_id not in catalog.sequences:
         raise SimulationError(f"no sequence {sequence_id!r}; sequences: {', '.join(catalog.sequences)}")
     sequence = catalog.sequences[sequence_id]
@@ -195,7 +217,12 @@ async def simulate(catalog: Catalog, sequence_id: str, customer: CustomerIn, ord
                           type=sequence.trigger if isinstance(sequence.trigger, str) else "customer.updated",
                           occurred_at=began, customer=customer, order=order)
         store(on.db, trigger)
+        if order is not None:
+            rescore(on.db, customer.id)
         context = {**trigger.context(), "brand": catalog.file.brand}
+        # As the router gives it: the scores the store holds now, with the ones asked for on top.
+        context["customer"] = with_scores(on.db, context["customer"])
+        context["customer"]["rfm"].update(scores or {})
         run_id = workflow_id(sequence, context)
         if run_id is None:
             raise SimulationError(f"{sequence_id} is keyed on {sequence.key!r}, which this customer and order do not "
