@@ -684,6 +684,8 @@ def preview(
     html: Annotated[Optional[Path], typer.Option("--html", help="also write each email as an HTML file into this folder")] = None,
     sequences: Annotated[Optional[Path], typer.Option("--sequences", help="sequences file (default: $KEEPFLOW_SEQUENCES or ./sequences.yaml)")] = None,
     templates: TemplatesOpt = None,
+    rfm: Annotated[Optional[str], typer.Option(
+        help='RFM scores templates may read (customer.rfm), as JSON: \'{"segment": "champions"}\'')] = None,
 ) -> None:
     """Show every message a customer could get from a sequence, on every branch, with its day; nothing is sent."""
     from keepflow.language.problems import InvalidSequences
@@ -696,19 +698,24 @@ def preview(
         read_json_part,
         write_html,
     )
+    from keepflow.tools.simulate import SimulationError, read_scores
 
     settings = get_settings()
     try:
         catalog, chosen = open_sequence(sequences or settings.sequences_path, templates or settings.templates_dir, sequence)
         who = read_json_part(customer, "customer", CustomerIn)
         bought = read_json_part(order, "order", OrderIn) if order else None
+        scores = read_scores(rfm)
+    except SimulationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise typer.Exit(2) from None
     except InvalidSequences as invalid:
         print(f"{invalid}\nfix the problems above first (`keepflow validate` checks again)", file=sys.stderr)
         raise typer.Exit(1) from None
     except PreviewError as err:
         print(err, file=sys.stderr)
         raise typer.Exit(2) from None
-    result = build_preview(catalog, chosen, who, bought, locale=locale)
+    result = build_preview(catalog, chosen, who, bought, locale=locale, scores=scores)
     print_preview(result)
     if html:
         files = write_html(result, html)

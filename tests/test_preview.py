@@ -152,3 +152,28 @@ def test_an_email_previews_as_the_plain_text_part_that_goes_out():
     offer = preview("winback").messages[0]
     assert offer.html is not None and offer.text == text_of_html(offer.html)
     assert "https://keepflow.example.com/unsubscribe/preview-sample-link" in offer.text
+
+
+def test_templates_read_rfm_scores_given_on_the_command_line(tmp_path: Path):
+    import shutil
+
+    templates = tmp_path / "templates"
+    shutil.copytree(SHOP_TEMPLATES, templates)
+    (templates / "sms" / "vip_note.en.txt").write_text("{{ brand.name }}: you are one of our {{ customer.rfm.segment }}\n")
+    shop = SEQUENCES.read_text()
+    sequences = tmp_path / "sequences.yaml"
+    sequences.write_text(shop[:shop.index("\nsequences:\n") + 1] + """sequences:
+  - id: vip
+    category: transactional
+    trigger: order.created
+    key: order.id
+    steps:
+      - send: sms
+        template: vip_note
+""")
+    args = ["preview", "vip", "--customer", str(CUSTOMER_FILE), "--sequences", str(sequences),
+            "--templates", str(templates), "--locale", "en"]
+    plain, champion = cli(*args), cli(*args, "--rfm", '{"segment": "champions"}')
+    assert plain.exit_code == 0 and "one of our prospect" in plain.output, plain.output
+    assert champion.exit_code == 0 and "one of our champions" in champion.output, champion.output
+    assert cli(*args, "--rfm", "[1]").exit_code == 2

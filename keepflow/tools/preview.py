@@ -16,6 +16,7 @@ from typing import Any, assert_never
 
 from pydantic import ValidationError
 
+from keepflow.insights import rfm
 from keepflow.language import expressions
 from keepflow.language.catalog import Catalog
 from keepflow.language.dsl import (
@@ -293,8 +294,10 @@ class _Walker:
 
 def build_preview(catalog: Catalog, sequence: Sequence, customer: dict[str, Any], order: dict[str, Any] | None = None,
                   locale: str | None = None, now: datetime | None = None,
-                  unsubscribe_url: str = SAMPLE_UNSUBSCRIBE_URL) -> Preview:
+                  unsubscribe_url: str = SAMPLE_UNSUBSCRIBE_URL, scores: dict[str, Any] | None = None) -> Preview:
     customer = {**customer, "locale": locale} if locale else dict(customer)
+    # Templates may read `customer.rfm`: a customer not scored yet, as the router gives it, or `scores`.
+    customer["rfm"] = {**rfm.unscored(), **(customer.get("rfm") or {}), **(scores or {})}
     context: dict[str, Any] = {"customer": customer, "brand": catalog.file.brand}
     if order is not None:
         context["order"] = order
