@@ -555,7 +555,7 @@ def db_revision(
 def report(
     since: Annotated[str, typer.Option(help="how far back: a duration (30d, 12h) or an ISO date")] = "30d",
     sequence: Annotated[Optional[str], typer.Option("--sequence", help="only this sequence")] = None,
-    window: Annotated[str, typer.Option(help="an order counts for the last message sent this long before it")] = "5d",
+    window: Annotated[str, typer.Option(help="an order counts for the last marketing message sent this long before it")] = "5d",
     format: Annotated[str, typer.Option("--format", help="text (tables) or json")] = "text",
 ) -> None:
     """Per sequence and step: entered, sent, skipped (why), delivered, opened, clicked, converted, revenue; KPIs."""

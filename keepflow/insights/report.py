@@ -482,7 +482,7 @@ def print_report(report: Report, console=None) -> None:
     console = console or Console()
     scope = f" for {report.sequence_id}" if report.sequence_id else ""
     console.print(f"[bold]Since {report.since:%Y-%m-%d %H:%M} UTC{scope}[/bold]; orders attributed to the last "
-                  f"message sent within {format_duration(report.window)} before them")
+                  f"marketing message sent within {format_duration(report.window)} before them")
 
     sequences = Table("sequence", "entered", "converted", "conversion", "orders", "revenue", title="Sequences")
     for s in report.sequences:
