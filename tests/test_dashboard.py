@@ -442,3 +442,12 @@ async def test_a_named_step_shows_its_name(settings, db: Database) -> None:
     row = re.search(r'<tr data-step="2"[^>]*>\s*<td[^>]*>(.*?)</td>', page, re.S).group(1)
     assert row.startswith("Shipping email"), row
     assert re.search(r'<tr data-step="0"[^>]*>\s*<td[^>]*>step 1', page), "an unnamed step reads as words"
+
+
+async def test_a_split_shows_its_arms_side_by_side(settings, db: Database) -> None:
+    fill(db)
+    async with serving_admin(settings, db) as http:
+        page = (await http.get("/sequences/cross_sell")).text
+    table = re.search(r'<table class="ab-test"[^>]*>(.*?)</table>', page, re.S).group(1)
+    assert re.findall(r'data-variant="(\w+)"', table) == ["plain", "offer"]
+    assert "too early to tell" in table

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from keepflow.http.dashboard.in_flight import settles
-from keepflow.insights import graph
+from keepflow.insights import ab_tests, graph
 from keepflow.insights.report import DELIVERY_EVENTS, Report, StepReport, build_report, format_money, variant_of
 from keepflow.language.catalog import Catalog
 from keepflow.language.dsl import InactivityTrigger, SendStep, Sequence
@@ -65,6 +65,8 @@ class SequenceView:
     steps: list[StepView] = field(default_factory=list)
     # (path, label) of each step a run can wait at, for the runs in flight (keepflow/http/dashboard/in_flight.py).
     settling: list[tuple[str, str]] = field(default_factory=list)
+    # Each split's arms side by side, with whether their difference is more than chance.
+    splits: list[ab_tests.Comparison] = field(default_factory=list)
 
 
 def trigger_text(sequence: Sequence) -> str:
@@ -112,6 +114,7 @@ def _view(sequence: Sequence, report: Report, waiting: dict[tuple[str, str], int
         # From the same totals as `converted`, so entered = converted + not converted always holds.
         not_converted=(total.entered - total.converted) if total else 0, flowchart=graph.to_svg(sequence),
         settling=[(path, graph.label_of(step)) for path, step in sequence.walk() if settles(step)],
+        splits=ab_tests.comparisons(sequence, report),
     )
     reported = [r for r in report.steps if r.sequence_id == sequence.id]
     # Every send step of the current definition gets a row, even before anything went out.
