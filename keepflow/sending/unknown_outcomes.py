@@ -28,11 +28,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
-from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
 from sqlalchemy import func, select, update
 
+from keepflow.language import yaml_source
+from keepflow.language.problems import Report
 from keepflow.language.rendering import text_of_html
 from keepflow.sending import suppressions, unsubscribe_links
 from keepflow.sending.providers import (
@@ -304,11 +305,10 @@ def _outgoing(settings: Settings, message: Message) -> OutgoingEmail:
 
 
 def _brand_name(settings: Settings) -> str | None:
-    """`brand.name` of sequences.yaml, as the first send put it in From. Read raw, not as a
-    catalog: a resend needs neither its sequences nor the worker's activities."""
-    try:
-        tree = YAML(typ="safe").load(settings.sequences_path)
-    except (OSError, YAMLError):
-        return None  # the From then has no name; the resend still goes
+    """`brand.name` of sequences.yaml, as the first send put it in From. Parsed with validate's
+    own limits, not loaded as a catalog: a resend needs neither its sequences nor the worker's
+    activities. Unreadable: the From has no name, and the resend still goes."""
+    path = Path(settings.sequences_path)
+    tree = yaml_source.parse(path, Report(path))
     brand = tree.get("brand") if isinstance(tree, dict) else None
     return brand.get("name") if isinstance(brand, dict) else None

@@ -339,12 +339,10 @@ def _consents_now(session: Session, customer: Customer) -> dict[str, str]:
     for channel, address in addresses.items():
         if not address:
             continue
-        active = session.scalars(select(Suppression).where(
-            Suppression.channel == channel, Suppression.address.in_(suppressions.forms(channel, address)),
-            Suppression.lifted_at.is_(None)).order_by(Suppression.created_at)).all()
-        if any(s.scope == suppressions.ALL for s in active):
-            why = next(s for s in active if s.scope == suppressions.ALL)
-            given[channel] = f"nothing may be sent ({why.reason}, from {why.source})"
+        active = sorted(suppressions.active(session, channel, address), key=lambda s: s.created_at)
+        blocked = next((s for s in active if s.scope == suppressions.ALL), None)
+        if blocked is not None:
+            given[channel] = f"nothing may be sent ({blocked.reason}, from {blocked.source})"
         elif any(s.scope == suppressions.MARKETING for s in active):
             given[channel] = "transactional only: unsubscribed from marketing"
         elif active:
