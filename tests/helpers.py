@@ -122,11 +122,11 @@ class serving:
     followed): `async with serving(settings, db) as http: ...`. No Temporal behind it unless
     `client` is given; `.app` is the app."""
 
-    def __init__(self, settings, db, *, client=None, secrets: tuple[str, ...] | None = None):
+    def __init__(self, settings, db, *, client=None, secrets: tuple[str, ...] | None = None, catalog=None):
         from keepflow.http.app import create_app
         from tests.engine import CATALOG
 
-        self.app = create_app(settings, catalog=CATALOG, db=db, client=client,
+        self.app = create_app(settings, catalog=catalog or CATALOG, db=db, client=client,
                               webhook_secrets=list(secrets or (new_secret(),)), reconcile_every=3600)
         self.port, self.stop = free_port(), asyncio.Event()
 

@@ -67,3 +67,24 @@ def test_the_customer_locale_region_comes_before_the_default_region(db) -> None:
     routing.store(db, customer_event("e-sg", "c-sg", "en-SG"), default_region="TH")
     with db.session() as session:
         assert session.get(Customer, "c-sg").phone_problem is not None
+
+
+async def test_an_event_posted_to_the_app_reads_the_number_with_the_shop_default_region(settings, db) -> None:
+    """The path a store's webhooks take (POST /events), not only routing.ingest."""
+    import dataclasses
+    import json
+
+    from keepflow.http.signing import sign
+    from keepflow.settings import new_secret
+    from tests.engine import CATALOG
+    from tests.helpers import serving
+
+    secret = new_secret()
+    thai = dataclasses.replace(CATALOG, file=CATALOG.file.model_copy(update={
+        "rules": CATALOG.file.rules.model_copy(update={"default_region": "TH"})}))
+    body = json.dumps(customer_event("e-posted", "c-posted", "th").model_dump(mode="json")).encode()
+    async with serving(settings, db, secrets=(secret,), catalog=thai) as http:
+        answer = await http.post("/events", content=body, headers={"content-type": "application/json", **sign(body, secret)})
+    assert answer.status_code in (202, 503), answer.text  # stored either way; no Temporal behind this app
+    with db.session() as session:
+        assert session.get(Customer, "c-posted").phone == "+66812345678"

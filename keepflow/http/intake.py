@@ -94,7 +94,8 @@ class Routings:
 async def ingest(services: Services, routings: Routings, event: EventIn, delivery: tuple[str, str],
                  connect: Callable[[], Awaitable[Client]]) -> JSONResponse:
     began = time.monotonic()
-    new = await asyncio.to_thread(routing.store, services.db, event, delivery)
+    new = await asyncio.to_thread(routing.store, services.db, event, delivery,
+                                  services.catalog.file.rules.default_region)
     if new is False:
         return _answer(routing.Routed(event.id, duplicate=True), "done", 200)
 

@@ -216,7 +216,7 @@ async def simulate(catalog: Catalog, sequence_id: str, customer: CustomerIn, ord
         trigger = EventIn(id=f"simulate-{uuid.uuid4().hex[:8]}",
                           type=sequence.trigger if isinstance(sequence.trigger, str) else "customer.updated",
                           occurred_at=began, customer=customer, order=order)
-        store(on.db, trigger)
+        store(on.db, trigger, default_region=catalog.file.rules.default_region)
         if order is not None:
             rescore(on.db, customer.id)
         context = {**trigger.context(), "brand": catalog.file.brand}
