@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -142,7 +144,7 @@ def test_a_retry_after_the_provider_accepted_sends_nothing_more(settings, db, fa
     from keepflow.runtime.payloads import SendRequest
     from keepflow.sending.providers import email_provider, sms_provider
 
-    sender = MessageSender(SendDeps(settings, db, Renderer(TEST_TEMPLATES), email_provider(settings), sms_provider(settings)))
+    sender = MessageSender(sender_deps(settings, db))
     request = SendRequest(workflow_id="t/retry", sequence_id="t", step="0", channel="email", template="note",
                           category="marketing", context={"customer": {"id": "c", "email": "x@example.com",
                                                                  "consents": {"email": True}}})
@@ -166,7 +168,9 @@ def test_an_attempt_that_outlived_its_timeout_does_not_send(settings, db, fake):
     """Attempt 1 stalls after reading the row (a frozen worker); Temporal times it out and attempt 2
     sends. When attempt 1 wakes, the row has moved on: it must not call the provider again."""
     import threading
-    from concurrent.futures import ThreadPoolExecutor
+    from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 
     from temporalio.exceptions import ApplicationError
 
@@ -283,24 +287,31 @@ def sender_deps(settings, db) -> SendDeps:
     return SendDeps(settings, db, Renderer(TEST_TEMPLATES), email_provider(settings), sms_provider(settings))
 
 
-def test_a_retry_waits_while_a_stalled_attempt_holds_the_text(settings, db, fake):
-    """Attempt 1 marked the row and froze before its request; Temporal, hearing no heartbeat, runs
-    attempt 2. Twilio has nothing yet, but attempt 1 may still send: attempt 2 must wait for its
-    lease (and Twilio's list) instead of sending."""
+@contextmanager
+def first_attempt_stalled(settings, db, request: SendRequest, started: datetime) -> Iterator[Future]:
+    """Attempt 1 of `request`, frozen right after marking its row `sending`, for as long as the
+    block runs; it goes on when the block ends. Yields its future."""
     paused, resume = threading.Event(), threading.Event()
-    request = text_request("t/stalled")
-    started = datetime.now(timezone.utc)
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(attempt(1, started).run,
                             stalling_after_the_mark(paused, resume)(sender_deps(settings, db)).send_message, request)
         assert paused.wait(10)
         try:
-            with pytest.raises(ApplicationError) as waiting:
-                attempt(2, started + timedelta(seconds=5)).run(MessageSender(sender_deps(settings, db)).send_message,
-                                                               request)
+            yield first
         finally:
             resume.set()
-        assert first.result(10).status == "sent"
+
+
+def test_a_retry_waits_while_a_stalled_attempt_holds_the_text(settings, db, fake):
+    """Attempt 1 marked the row and froze before its request; Temporal, hearing no heartbeat, runs
+    attempt 2. Twilio has nothing yet, but attempt 1 may still send: attempt 2 must wait for its
+    lease (and Twilio's list) instead of sending."""
+    request = text_request("t/stalled")
+    started = datetime.now(timezone.utc)
+    with first_attempt_stalled(settings, db, request, started) as first:
+        with pytest.raises(ApplicationError) as waiting:
+            attempt(2, started + timedelta(seconds=5)).run(MessageSender(sender_deps(settings, db)).send_message, request)
+    assert first.result(10).status == "sent"
     assert waiting.value.type == "SendInFlight" and waiting.value.next_retry_delay > timedelta(0)
     assert twilio_posts(fake) == 1
     [row] = messages(db)
@@ -310,20 +321,13 @@ def test_a_retry_waits_while_a_stalled_attempt_holds_the_text(settings, db, fake
 def test_an_attempt_stalled_past_its_lease_sends_nothing_once_another_took_over(settings, db, fake):
     """Attempt 1 froze after its mark for longer than its lease and Twilio's catch-up time; attempt 2
     looked, found nothing and sent. When attempt 1 wakes, the row is no longer its own."""
-    paused, resume = threading.Event(), threading.Event()
     request = text_request("t/zombie-text")
     started = datetime.now(timezone.utc)
-    with ThreadPoolExecutor(1) as pool:
-        first = pool.submit(attempt(1, started).run,
-                            stalling_after_the_mark(paused, resume)(sender_deps(settings, db)).send_message, request)
-        assert paused.wait(10)
-        try:
-            second = attempt(2, started + timedelta(minutes=5)).run(
-                MessageSender(sender_deps(settings, db)).send_message, request)
-        finally:
-            resume.set()
-        with pytest.raises(ApplicationError, match="another attempt has taken over"):
-            first.result(10)
+    with first_attempt_stalled(settings, db, request, started) as first:
+        second = attempt(2, started + timedelta(minutes=5)).run(MessageSender(sender_deps(settings, db)).send_message,
+                                                                request)
+    with pytest.raises(ApplicationError, match="another attempt has taken over"):
+        first.result(10)
     assert second.status == "sent"
     assert twilio_posts(fake) == 1
     [row] = messages(db)
@@ -387,7 +391,7 @@ def test_a_lost_answer_does_not_overwrite_what_the_event_webhook_settled(setting
             session.execute(update(Message).where(Message.key == record["keepflow_key"])
                             .values(status="sent", error=None, provider_message_id="sg-processed"))
 
-    sender = MessageSender(SendDeps(settings, db, Renderer(TEST_TEMPLATES), email_provider(settings), sms_provider(settings)))
+    sender = MessageSender(sender_deps(settings, db))
     request = SendRequest(workflow_id="t/settled", sequence_id="t", step="0", channel="email", template="note",
                           category="marketing", context={"customer": {"id": "c", "email": "x@example.com",
                                                                  "consents": {"email": True}}})
