@@ -167,18 +167,6 @@ async def test_customer_without_a_phone_is_skipped_with_a_reason(env, settings, 
 def test_an_attempt_that_outlived_its_timeout_does_not_send(settings, db, fake):
     """Attempt 1 stalls after reading the row (a frozen worker); Temporal times it out and attempt 2
     sends. When attempt 1 wakes, the row has moved on: it must not call the provider again."""
-    import threading
-    from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
-
-    from temporalio.exceptions import ApplicationError
-
-    from activities.builtin.send import MessageSender, SendDeps
-    from keepflow.language.rendering import Renderer
-    from keepflow.runtime.payloads import SendRequest
-    from keepflow.sending.providers import email_provider, sms_provider
-
     paused, resume = threading.Event(), threading.Event()
 
     class Stalling(Renderer):
