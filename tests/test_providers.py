@@ -235,6 +235,50 @@ def test_twilio_messaging_service(fake: FakeProviders) -> None:
     assert fake.requests[0]["body"] == {"To": "+15558675310", "MessagingServiceSid": "MG" + "a" * 32, "Body": sms().body}
 
 
+@pytest.mark.parametrize(("change", "field"), [
+    ({"SmartEncoded": "yes"}, "SmartEncoded"),  # a boolean: true or false
+    ({"ValidityPeriod": "1h"}, "ValidityPeriod"),  # an integer (seconds)
+    ({"StatusCallback": "http://keep_flow.example/webhooks/twilio/status"}, "StatusCallback"),
+    ({"MessagingServiceSid": "MG123"}, "MessagingServiceSid"),
+    ({"StatusCallBack": "https://keepflow.example/webhooks/twilio/status"}, "request"),  # misspelt
+])
+def test_the_fake_twilio_refuses_a_create_its_published_spec_refuses(fake: FakeProviders, change: dict,
+                                                                      field: str) -> None:
+    import httpx
+
+    url = f"{fake.url}/2010-04-01/Accounts/{fake.twilio_account_sid}/Messages.json"
+    auth = (fake.twilio_account_sid, fake.twilio_auth_token)
+    valid = {"To": "+15558675310", "From": FROM_NUMBER, "Body": "Hi", "SmartEncoded": "false",
+             "StatusCallback": "https://keepflow.example/webhooks/twilio/status"}
+    assert httpx.post(url, data=valid, auth=auth).status_code == 201
+    answer = httpx.post(url, data=valid | change, auth=auth)
+    assert answer.status_code == 400
+    assert answer.json()["message"].split("Invalid parameters: ", 1)[1].startswith(f"{field}: ")
+    assert len(fake.accepted("twilio")) == 1
+
+
+@pytest.mark.parametrize("change", [{"PageSize": "0"}, {"Page": "first"}, {"DateSnet>": "2026-01-01"},
+                                    {"To": "5558675310"}])
+def test_the_fake_twilio_refuses_a_list_its_published_spec_refuses(fake: FakeProviders, change: dict) -> None:
+    import httpx
+
+    url = f"{fake.url}/2010-04-01/Accounts/{fake.twilio_account_sid}/Messages.json"
+    auth = (fake.twilio_account_sid, fake.twilio_auth_token)
+    valid = {"To": "+15558675310", "From": FROM_NUMBER, "DateSent>": "2026-01-01T00:00:00Z", "PageSize": "100"}
+    assert httpx.get(url, params=valid, auth=auth).status_code == 200
+    answer = httpx.get(url, params=valid | change, auth=auth)
+    assert (answer.status_code, answer.json()["code"]) == (400, 20001)
+
+
+def test_a_send_that_breaks_twilios_spec_fails_through_the_sdk(fake: FakeProviders, twilio: TwilioSms) -> None:
+    with pytest.raises(PermanentError) as info:
+        twilio.send_sms(sms(status_callback="https://keep_flow.example/webhooks/twilio/status"))
+    assert (info.value.status, info.value.code) == (400, "20001")
+    assert fake.accepted("twilio") == []
+    twilio.send_sms(sms(status_callback="https://keepflow.example/webhooks/twilio/status"))
+    assert len(fake.accepted("twilio")) == 1
+
+
 def test_twilio_unsubscribed_is_permanent(fake: FakeProviders, twilio: TwilioSms) -> None:
     fake.fail_next("twilio", 400, twilio_code=21610)
     with pytest.raises(PermanentError) as info:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, FormatChecker
 
 Api = Literal["sendgrid", "twilio"]
 
@@ -272,9 +272,11 @@ class FakeProviders:
     def _handle(self, h: _Handler) -> None:
         split = urlsplit(h.path)
         path = split.path
-        query = {k: v[0] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
+        query_values = parse_qs(split.query, keep_blank_values=True)
+        query = {k: v[0] for k, v in query_values.items()}
         length = int(h.headers.get("Content-Length") or 0)
         raw = h.rfile.read(length) if length else b""
+        form: dict[str, list[str]] = {}
         api: str | None
         if path.startswith("/v3/"):
             api = "sendgrid"
@@ -289,7 +291,8 @@ class FakeProviders:
             except ValueError:
                 pass
         elif api == "twilio" and raw:
-            body = {k: v[0] for k, v in parse_qs(body, keep_blank_values=True).items()}
+            form = parse_qs(body, keep_blank_values=True)
+            body = {k: v[0] for k, v in form.items()}
         with self._lock:
             self._requests.append(
                 {"api": api, "method": h.command, "path": path, "query": query, "headers": dict(h.headers.items()), "body": body}
@@ -306,7 +309,7 @@ class FakeProviders:
         if api == "sendgrid":
             reply = self._sendgrid(h, path, body)
         else:
-            reply = self._twilio(h, path, query, body)
+            reply = self._twilio(h, path, query, body, query_values if h.command == "GET" else form)
         hook, record = self.on_accept, getattr(self._accepted_here, "record", None)
         if hook is not None and record is not None and hook(api, dict(record)):
             h.close_connection = True
@@ -448,7 +451,8 @@ class FakeProviders:
             {"code": code, "message": message, "more_info": f"https://www.twilio.com/docs/errors/{code}", "status": status},
         )
 
-    def _twilio(self, h: _Handler, path: str, query: dict[str, str], form: Any) -> _Reply:
+    def _twilio(self, h: _Handler, path: str, query: dict[str, str], form: Any,
+                params: dict[str, list[str]]) -> _Reply:
         m = _TWILIO_MESSAGES.match(path)
         if m is None:
             return self._twilio_error(404, 20404, f"The requested resource {path} was not found")
@@ -459,12 +463,16 @@ class FakeProviders:
         if m.group(1) != self.twilio_account_sid:
             return self._twilio_error(404, 20404, f"The requested resource {path} was not found")
         if h.command == "POST":
-            return self._twilio_create(path, form if isinstance(form, dict) else {})
+            return self._twilio_create(path, form if isinstance(form, dict) else {}, params)
         if h.command == "GET":
-            return self._twilio_list(path, query)
+            return self._twilio_list(path, query, params)
         return self._twilio_error(405, 20004, "Method not allowed")
 
-    def _twilio_create(self, path: str, form: dict[str, str]) -> _Reply:
+    def _spec_error(self, method: str, params: dict[str, list[str]]) -> _Reply | None:
+        violations = _against_twilio_spec(_TWILIO_SPECS[method], params)
+        return self._twilio_error(400, 20001, "Invalid parameters: " + "; ".join(violations)) if violations else None
+
+    def _twilio_create(self, path: str, form: dict[str, str], params: dict[str, list[str]]) -> _Reply:
         to = form.get("To", "")
         sender = form.get("From")
         service = form.get("MessagingServiceSid")
@@ -479,6 +487,9 @@ class FakeProviders:
             return self._twilio_error(400, 21211, f"The 'To' number {to} is not a valid phone number.")
         if len(text) > 1600:
             return self._twilio_error(400, 21617, "The concatenated message body exceeds the 1600 character limit.")
+        refused = self._spec_error("POST", params)
+        if refused is not None:
+            return refused
         if self.twilio_smart_encoding and form.get("SmartEncoded", "").lower() != "false":
             text = text.translate(SMART_ENCODING)
         if self.twilio_footer:
@@ -534,7 +545,10 @@ class FakeProviders:
             return None
         return datetime.combine(day, time.max if end_of_day else time.min, tzinfo=timezone.utc)
 
-    def _twilio_list(self, path: str, query: dict[str, str]) -> _Reply:
+    def _twilio_list(self, path: str, query: dict[str, str], params: dict[str, list[str]]) -> _Reply:
+        refused = self._spec_error("GET", params)
+        if refused is not None:
+            return refused
         try:
             page_size = min(max(int(query.get("PageSize", "50")), 1), 1000)
             page = max(int(query.get("Page", "0")), 0)
@@ -603,3 +617,68 @@ _MAIL_SEND = Draft202012Validator(
 def _against_the_spec(body: dict[str, Any]) -> list[tuple[str, str | None]]:
     return [(error.message, ".".join(str(part) for part in error.absolute_path) or None)
             for error in _MAIL_SEND.iter_errors(body)]
+
+
+# Twilio's create and list, checked against the request schemas extracted from its published
+# OpenAPI document (tests/contracts/README.md). A request that breaks one gets a 400, so the send
+# or lookup that made it fails in whichever test made it.
+_TWILIO_FORMATS = FormatChecker(formats=())
+
+
+@_TWILIO_FORMATS.checks("phone-number")
+def _phone_number(value: object) -> bool:
+    # Twilio's "phone-number" also takes a channel address (whatsapp:+1...) and, for From, an
+    # alphanumeric sender ID.
+    return not isinstance(value, str) or bool(
+        re.fullmatch(r"\+[1-9]\d{1,14}|[a-z-]+:\S+|(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}", value))
+
+
+@_TWILIO_FORMATS.checks("uri")
+def _uri(value: object) -> bool:
+    # StatusCallback: "URL must contain a valid hostname and underscores are not allowed."
+    if not isinstance(value, str):
+        return True
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and "_" not in (parts.hostname or "")
+
+
+def _twilio_spec(name: str) -> Draft202012Validator:
+    schema = json.loads((Path(__file__).parent.parent / "contracts" / name).read_text())
+    # date-time is left unchecked: Twilio's own examples for DateSent> include "2008-01-02" and
+    # "06/11/2019 22:05:25 MST"; the fake's list parses the shapes it knows.
+    return Draft202012Validator(schema, format_checker=_TWILIO_FORMATS)
+
+
+_TWILIO_SPECS = {"POST": _twilio_spec("twilio_create_message.schema.json"),
+                 "GET": _twilio_spec("twilio_list_messages.schema.json")}
+
+
+def _typed(value: str, schema: dict[str, Any]) -> Any:
+    """A form or query value as the JSON type its property names; unchanged (so refused) if it
+    is not one. Booleans go as true/false, the way the SDK writes them."""
+    kind = schema.get("type")
+    if kind == "boolean" and value in ("true", "false"):
+        return value == "true"
+    if kind == "integer" and re.fullmatch(r"-?\d+", value):
+        return int(value)
+    if kind == "number":
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _against_twilio_spec(spec: Draft202012Validator, params: dict[str, list[str]]) -> list[str]:
+    properties = spec.schema["properties"]
+    document: dict[str, Any] = {}
+    for name, values in params.items():
+        prop = properties.get(name, {})
+        if prop.get("type") == "array":
+            document[name] = [_typed(v, prop.get("items", {})) for v in values]
+        elif len(values) == 1:
+            document[name] = _typed(values[0], prop)
+        else:
+            document[name] = values  # a single-valued parameter given twice
+    return [f"{'.'.join(str(p) for p in error.absolute_path) or 'request'}: {error.message}"
+            for error in spec.iter_errors(document)]
