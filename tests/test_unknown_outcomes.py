@@ -161,6 +161,20 @@ def test_resend_sends_the_stored_message_once_and_records_it(db, cli, fake):
     assert sendgrid_posts(fake) == 1
 
 
+def test_a_resend_goes_in_its_groups_sendgrid_unsubscribe_group(db, cli, fake, settings, tmp_path):
+    sequences = tmp_path / "grouped.yaml"
+    sequences.write_text("brand: {name: Shop}\n"
+                         "rules: {sendgrid_unsubscribe_groups: {lapsed: 4242}}\n"
+                         "sequences:\n"
+                         "  - {id: winback, category: marketing, group: lapsed, steps: [exit]}\n")
+    settings.sequences_path = sequences
+    settings.sendgrid_asm_group_id = 777
+    add(db, 2, "unknown")
+    assert cli("messages", "resolve", "2", "--resend").exit_code == 0
+    [mail] = fake.accepted("sendgrid")
+    assert mail["payload"]["asm"] == {"group_id": 4242}
+
+
 def test_no_resend_to_a_customer_who_opted_out_since(db, cli, fake):
     add(db, 2, "unknown")
     add(db, 3, "unknown", category="transactional", customer="c-2")

@@ -256,7 +256,7 @@ class MessageSender:
                 headers=unsubscribe_links.headers_for(self.deps.settings, unsubscribe_url) if unsubscribe_url else {},
                 categories=(request.sequence_id, request.template),
                 custom_args={"keepflow_message_id": str(row.id), "keepflow_customer_id": str(customer.get("id", ""))},
-                asm_group_id=self.deps.settings.sendgrid_asm_group_id if request.category == "marketing" else None,
+                asm_group_id=send_rules.sendgrid_group_id(request, self.deps.settings.sendgrid_asm_group_id),
             )
             return _Outgoing(self.deps.email.name, recipient, rendered, lambda: self.deps.email.send_email(email))
         if (request.category == "marketing" and self.deps.settings.sms_opt_out_line

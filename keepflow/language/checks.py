@@ -14,7 +14,7 @@ from jinja2 import nodes as jinja_nodes
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from keepflow.language import context_flow, template_checks
+from keepflow.language import context_flow, sendgrid_groups, template_checks
 from keepflow.language.dsl import (
     ActivityOptions,
     DoStep,
@@ -102,6 +102,8 @@ class Semantics:
                     self.add(at.pos("template"), problem)
         context_flow.check(self)
         self.starts()
+        for pos, message in sendgrid_groups.problems(self.file, self.tree):
+            self.add(pos, message)
 
     def add(self, pos: tuple[int, int], message: str, severity: Severity = "error") -> None:
         self.report.add(pos, message, severity)

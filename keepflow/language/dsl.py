@@ -224,6 +224,11 @@ class Rules(_Model):
     timezone: Annotated[str, AfterValidator(_known_zone)] | None = None
     # Marketing messages per customer per rolling window, across all sequences.
     frequency_cap: dict[Channel, Cap] = Field(default_factory=_default_caps)
+    # The SendGrid unsubscribe group (asm.group_id) of each unsubscribe group's marketing email
+    # (a sequence's `group:`, else its id), so unsubscribing from one offer list leaves the others;
+    # a group not named here goes in KEEPFLOW_SENDGRID_ASM_GROUP_ID's.
+    sendgrid_unsubscribe_groups: dict[Annotated[str, Field(pattern=_NAME)], Annotated[int, Field(gt=0)]] = Field(
+        default_factory=dict)
 
 
 class Sequence(_Model):

@@ -157,6 +157,16 @@ def unsubscribe_group(request: SendRequest) -> str:
     return request.policy.group if request.policy is not None else request.sequence_id
 
 
+def sendgrid_group_id(request: SendRequest, default: int | None) -> int | None:
+    """SendGrid's unsubscribe group (asm.group_id) for this email: marketing only, its unsubscribe
+    group's own from `rules.sendgrid_unsubscribe_groups`, else `default`."""
+    if request.category != "marketing":
+        return None
+    if request.terms is None:  # a run from before the terms: it knew only the default
+        return default
+    return request.terms.rules.sendgrid_unsubscribe_groups.get(request.terms.group, default)
+
+
 def _invalid(channel: str, address: str) -> str | None:
     try:
         contacts.normalize_email(address) if channel == "email" else contacts.normalize_phone(address)

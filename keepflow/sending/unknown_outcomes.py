@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select, update
 
@@ -290,6 +291,7 @@ def _outgoing(settings: Settings, message: Message) -> OutgoingEmail:
     assert message.recipient is not None and message.body is not None  # resend checks first
     text = text_of_html(message.body)
     headers: dict[str, str] = {}
+    tree = _sequences_tree(settings)
     if message.category == "marketing":
         url = unsubscribe_links.link_for(settings, customer_id=message.customer_id or "", channel="email",
                                          address=message.recipient, scope="marketing")
@@ -297,18 +299,39 @@ def _outgoing(settings: Settings, message: Message) -> OutgoingEmail:
         headers = unsubscribe_links.headers_for(settings, url)
     return OutgoingEmail(
         to=message.recipient, subject=message.subject or "", html=message.body, text=text,
-        from_=named_sender(settings.email_from, _brand_name(settings)),
+        from_=named_sender(settings.email_from, _brand_name(tree)),
         key=message.key, headers=headers, categories=(message.sequence_id, message.template),
         custom_args={"keepflow_message_id": str(message.id), "keepflow_customer_id": message.customer_id or ""},
-        asm_group_id=settings.sendgrid_asm_group_id if message.category == "marketing" else None,
+        asm_group_id=_sendgrid_group_id(tree, message.sequence_id, settings.sendgrid_asm_group_id)
+        if message.category == "marketing" else None,
     )
 
 
-def _brand_name(settings: Settings) -> str | None:
-    """`brand.name` of sequences.yaml, as the first send put it in From. Parsed with validate's
-    own limits, not loaded as a catalog: a resend needs neither its sequences nor the worker's
-    activities. Unreadable: the From has no name, and the resend still goes."""
+def _sequences_tree(settings: Settings) -> Any:
+    """sequences.yaml parsed with validate's own limits, not loaded as a catalog: a resend needs
+    neither its sequences' steps nor the worker's activities. Unreadable: None, and the resend
+    still goes, with what the settings alone give it."""
     path = Path(settings.sequences_path)
-    tree = yaml_source.parse(path, Report(path))
+    return yaml_source.parse(path, Report(path))
+
+
+def _brand_name(tree: Any) -> str | None:
+    """`brand.name`, as the first send put it in From."""
     brand = tree.get("brand") if isinstance(tree, dict) else None
     return brand.get("name") if isinstance(brand, dict) else None
+
+
+def _sendgrid_group_id(tree: Any, sequence_id: str, default: int | None) -> int | None:
+    """The SendGrid unsubscribe group the first send put the message in: its sequence's
+    unsubscribe group's, from `rules.sendgrid_unsubscribe_groups`, else `default`."""
+    if not isinstance(tree, dict):
+        return default
+    rules = tree.get("rules")
+    mapping = rules.get("sendgrid_unsubscribe_groups") if isinstance(rules, dict) else None
+    sequences = tree.get("sequences")
+    if not isinstance(mapping, dict) or not isinstance(sequences, list):
+        return default
+    sequence = next((s for s in sequences if isinstance(s, dict) and s.get("id") == sequence_id), None)
+    group = (sequence.get("group") or sequence_id) if sequence is not None else sequence_id
+    found = mapping.get(group)
+    return found if isinstance(found, int) and not isinstance(found, bool) and found > 0 else default
