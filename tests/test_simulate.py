@@ -12,7 +12,7 @@ from keepflow.cli import app
 from keepflow.runtime.events import CustomerIn, OrderIn
 from keepflow.runtime.registry import load_catalog
 from keepflow.tools import simulate as sim
-from tests.engine import ROOT, SHOP_SEQUENCES, SHOP_TEMPLATES
+from tests.engine import DATA, ROOT, SHOP_SEQUENCES, SHOP_TEMPLATES
 
 CATALOG = load_catalog(SHOP_SEQUENCES, SHOP_TEMPLATES)
 NOK = CustomerIn(id="cust-7", email="nok@example.com", phone="+66812345678", first_name="Nok", locale="en",
@@ -100,3 +100,31 @@ def test_simulate_reads_rfm_conditions_and_takes_scores_from_the_command_line(tm
     assert "email order_confirmed (marketing, step 0.then.0): sent" in champion.output, champion.output
     wrong = CliRunner().invoke(app, [*base, "--rfm", '{"segment": "champion"}'], env=env)
     assert wrong.exit_code == 2 and "not one RFM gives" in wrong.output
+
+
+KEYS = load_catalog(DATA / "keys" / "sequences.yaml", SHOP_TEMPLATES)
+
+
+@pytest.mark.parametrize(("sequence", "order", "templates"), [
+    ("receipt", ORDER, ["order_confirmed"]),  # keyed by order.id
+    ("thanks", ORDER, ["review_request", "winback_offer"]),  # by customer.id, started by an order event
+    ("winback", None, ["winback_offer"]),  # by customer.id, started by inactivity
+])
+async def test_simulate_runs_a_sequence_of_every_key_kind(sequence, order, templates):
+    lines = await sim.simulate(KEYS, sequence, NOK, order, [], start_at=datetime(2027, 1, 5, 3, 0, tzinfo=timezone.utc))
+    out = texts(lines)
+    assert [t.split("email ")[1].split()[0] for t in out if t.endswith(": sent")] == templates, out
+    assert not any("failed" in t for t in out), out
+    assert sum("end: completed" in t for t in out) == len(templates), out
+
+
+async def test_an_inactivity_run_hears_of_the_scans_event_as_in_production():
+    lines = await sim.simulate(KEYS, "winback", NOK, None, [], start_at=datetime(2027, 1, 5, 3, 0, tzinfo=timezone.utc))
+    [request] = [line.request for line in lines if line.request is not None]
+    assert request.context["event"]["type"] == "customer.inactive"
+
+
+async def test_a_customer_keyed_sequence_started_by_an_order_event_needs_the_order():
+    # Its runs always have the order its trigger is about, and its templates may use it.
+    with pytest.raises(sim.SimulationError, match="starts on order.delivered.*pass --order"):
+        await sim.simulate(KEYS, "thanks", NOK, None, [])

@@ -211,10 +211,18 @@ async def simulate(catalog: Catalog, sequence_id: str, customer: CustomerIn, ord
     if sequence_id not in catalog.sequences:
         raise SimulationError(f"no sequence {sequence_id!r}; sequences: {', '.join(catalog.sequences)}")
     sequence = catalog.sequences[sequence_id]
+    if order is None and isinstance(sequence.trigger, str) and sequence.trigger.startswith("order."):
+        # Whatever its key, each of its runs has the order its trigger is about, and its
+        # templates may use it: without one the simulation would fail sends production never fails.
+        raise SimulationError(f"{sequence_id} starts on {sequence.trigger}, so its runs have that order; "
+                              "pass --order FILE.json")
+    if isinstance(sequence.trigger, str):
+        trigger_type = sequence.trigger
+    else:  # the inactivity scan's event, or (started only by another sequence) a profile update
+        trigger_type = "customer.inactive" if sequence.inactivity is not None else "customer.updated"
     async with stage(catalog, start_at) as on:
         began = on.began
-        trigger = EventIn(id=f"simulate-{uuid.uuid4().hex[:8]}",
-                          type=sequence.trigger if isinstance(sequence.trigger, str) else "customer.updated",
+        trigger = EventIn(id=f"simulate-{uuid.uuid4().hex[:8]}", type=trigger_type,
                           occurred_at=began, customer=customer, order=order)
         store(on.db, trigger, default_region=catalog.file.rules.default_region)
         if order is not None:
