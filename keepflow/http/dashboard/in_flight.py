@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import assert_never
 
 from temporalio.client import Client
@@ -46,12 +46,17 @@ class InFlight:
 
     counts: dict[tuple[str, str], int] = field(default_factory=dict)
     note: str | None = None
+    # Open runs per sequence started since the page's period began (whatever step they are at).
+    started_since: dict[str, int] = field(default_factory=dict)
 
     def at(self, sequence_id: str, path: str) -> int | None:
         return None if self.note else self.counts.get((sequence_id, path), 0)
 
     def total(self, sequence_id: str) -> int | None:
         return None if self.note else sum(n for (sid, _), n in self.counts.items() if sid == sequence_id)
+
+    def open_since(self, sequence_id: str) -> int | None:
+        return None if self.note or sequence_id not in self.started_since else self.started_since[sequence_id]
 
 
 def settles(step: Step) -> bool:
@@ -70,18 +75,31 @@ def settling_steps(sequence: Sequence) -> list[str]:
     return [path for path, step in sequence.walk() if settles(step)]
 
 
+def open_since(sequence_id: str, since: datetime) -> str:
+    """The visibility query for the open runs of `sequence_id` started at or after `since`. A run
+    continued as new counts from its continuation's start (the callers clamp to what the store
+    says entered)."""
+    return (f'WorkflowType="sequence" AND ExecutionStatus="Running" AND WorkflowId STARTS_WITH "{sequence_id}/" '
+            f'AND StartTime >= "{since.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%SZ}"')
+
+
 async def count_waiting(client: Callable[[], Awaitable[Client]], sequences: Iterable[Sequence],
-                        timeout: float = TIMEOUT) -> InFlight:
-    """Count the open runs at every settling step of `sequences`, concurrently, within `timeout`."""
+                        timeout: float = TIMEOUT, since: datetime | None = None) -> InFlight:
+    """Count the open runs at every settling step of `sequences`, concurrently, within `timeout`;
+    with `since`, also each sequence's open runs started since then."""
+    sequences = list(sequences)
     targets = [(s.id, path) for s in sequences for path in settling_steps(s)]
-    if not targets:
+    queries = [waiting_at(sid, path) for sid, path in targets]
+    if since is not None:
+        queries += [open_since(s.id, since) for s in sequences]
+    if not queries:
         return InFlight()
 
     async def count_all() -> list[int]:
         temporal = await client()
         rpc_timeout = timedelta(seconds=timeout)
-        answers = await asyncio.gather(*(temporal.count_workflows(waiting_at(sid, path), rpc_timeout=rpc_timeout)
-                                         for sid, path in targets))
+        answers = await asyncio.gather(*(temporal.count_workflows(query, rpc_timeout=rpc_timeout)
+                                         for query in queries))
         return [a.count for a in answers]
 
     try:
@@ -100,4 +118,5 @@ async def count_waiting(client: Callable[[], Awaitable[Client]], sequences: Iter
     except Exception as err:  # unreachable, refused, ...: the rest of the page still stands
         log.info("runs in flight not counted: %r", err)
         return InFlight(note=f"Temporal could not be reached to count the runs in flight ({type(err).__name__}).")
-    return InFlight(counts=dict(zip(targets, counts)))
+    return InFlight(counts=dict(zip(targets, counts)),
+                    started_since={s.id: n for s, n in zip(sequences, counts[len(targets):])} if since else {})

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from keepflow.http.dashboard.in_flight import settles
+from keepflow.http.dashboard.in_flight import InFlight, settles
 from keepflow.insights import ab_tests, graph
 from keepflow.insights.report import DELIVERY_EVENTS, Report, StepReport, build_report, format_money, variant_of
 from keepflow.language.catalog import Catalog
@@ -60,6 +60,10 @@ class SequenceView:
     orders: int
     revenue: str
     not_converted: int
+    # not_converted split by Temporal's count of the period's runs still open (`with_open_runs`);
+    # None where Temporal could not count them.
+    in_progress: int | None = None
+    ended: int | None = None
     # The sequence drawn by keepflow/insights/graph.py: SVG markup it escapes itself.
     flowchart: str = ""
     steps: list[StepView] = field(default_factory=list)
@@ -130,6 +134,19 @@ def _view(sequence: Sequence, report: Report, waiting: dict[tuple[str, str], int
     view.steps.extend(StepView(r, waiting.get((sequence.id, r.step), 0), current=False, label=readable_path(r.step))
                       for r in reported if r.step not in paths)
     return view
+
+
+def with_open_runs(views: list[SequenceView], runs: InFlight) -> None:
+    """Split each view's runs not converted into those still in progress and those that ended.
+    Clamped to the store's figures, so entered = converted + in progress + ended holds whatever
+    Temporal says (its start times and the store's differ by the moment between them, and by a
+    continuation for a run continued as new)."""
+    for view in views:
+        open_runs = runs.open_since(view.id)
+        if open_runs is None:
+            continue
+        view.in_progress = min(open_runs, view.not_converted)
+        view.ended = view.not_converted - view.in_progress
 
 
 def overview(db: Database, catalog: Catalog, since: datetime) -> tuple[Report, list[SequenceView]]:

@@ -70,8 +70,9 @@ async def overview(request: Request, since: str = "30d") -> HTMLResponse:
     # The SQL (in a thread) and Temporal's counts (on this loop) at the same time.
     (report, sequences), runs = await asyncio.gather(
         asyncio.to_thread(queries.overview, services.db, services.catalog, start),
-        in_flight.count_waiting(_temporal(request), services.catalog.file.sequences),
+        in_flight.count_waiting(_temporal(request), services.catalog.file.sequences, since=start),
     )
+    queries.with_open_runs(sequences, runs)
     return render(request, "overview.html", report=report, sequences=sequences, since=since, in_flight=runs)
 
 
@@ -86,9 +87,10 @@ async def sequence(request: Request, sequence_id: str, since: str = "30d") -> HT
         return start
     found, runs = await asyncio.gather(
         asyncio.to_thread(queries.sequence_page, services.db, known, start),
-        in_flight.count_waiting(_temporal(request), [known]),
+        in_flight.count_waiting(_temporal(request), [known], since=start),
     )
     report, view = found
+    queries.with_open_runs([view], runs)
     return render(request, "sequence.html", report=report, s=view, since=since, in_flight=runs)
 
 
