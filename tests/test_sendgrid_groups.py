@@ -86,3 +86,31 @@ def test_each_groups_marketing_email_carries_its_sendgrid_group(tmp_path: Path, 
     assert winback["asm"] == {"group_id": 12345}
     assert welcome["asm"] == {"group_id": 777}  # not mapped: the default group
     assert "asm" not in receipts  # transactional mail is in no unsubscribe group
+
+
+def test_an_unsubscribe_from_a_groups_sendgrid_group_stops_that_group_only(db) -> None:
+    from datetime import datetime, timezone
+
+    from keepflow.http.sendgrid import SendGridEvent, apply_batch
+    from keepflow.sending import suppressions
+
+    address = "nok@example.com"
+    now = int(datetime.now(timezone.utc).timestamp())
+
+    def event(kind: str, group_id: int, at: int) -> SendGridEvent:
+        return SendGridEvent.model_validate({"email": address, "timestamp": at, "event": kind,
+                                             "sg_event_id": uuid.uuid4().hex, "asm_group_id": group_id})
+
+    def blocked(group: str) -> bool:
+        with db.engine.connect() as connection:
+            return suppressions.blocking_reason(connection, channel="email", address=address,
+                                                category="marketing", group=group) is not None
+
+    groups = {12345: ["winback"]}  # rules.sendgrid_unsubscribe_groups, turned around
+    apply_batch(db, [event("group_unsubscribe", 12345, now - 60)], groups)
+    assert blocked("winback") and not blocked("newsletter")
+    apply_batch(db, [event("group_resubscribe", 12345, now)], groups)
+    assert not blocked("winback")
+    # The default group (KEEPFLOW_SENDGRID_ASM_GROUP_ID) stands for all marketing, as before.
+    apply_batch(db, [event("group_unsubscribe", 777, now)], groups)
+    assert blocked("winback") and blocked("newsletter")

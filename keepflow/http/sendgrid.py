@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any
@@ -138,7 +139,10 @@ async def post_sendgrid(request: Request) -> Received:
         events = _BATCH.validate_json(body)
     except ValidationError as err:
         raise unprocessable(err) from err
-    return await asyncio.to_thread(apply_batch, services.db, events)
+    groups: dict[int, list[str]] = {}
+    for group, group_id in services.catalog.file.rules.sendgrid_unsubscribe_groups.items():
+        groups.setdefault(group_id, []).append(group)
+    return await asyncio.to_thread(apply_batch, services.db, events, groups)
 
 
 def verify(body: bytes, signature: str | None, timestamp: str | None, public_key: str | None) -> str | None:
@@ -180,8 +184,10 @@ def _verifier(public_key: str) -> EventWebhook:
     return verifier
 
 
-def apply_batch(db: Database, events: list[SendGridEvent]) -> Received:
-    """Record every event in one transaction.
+def apply_batch(db: Database, events: list[SendGridEvent], groups: Mapping[int, list[str]] | None = None) -> Received:
+    """Record every event in one transaction. `groups`: the unsubscribe groups each SendGrid group
+    id stands for (`rules.sendgrid_unsubscribe_groups` turned around); any other id stands for all
+    marketing.
 
     Two copies of one batch arriving at the same moment can collide on the deliveries key: the
     loser's transaction fails whole, its answer is 500, and SendGrid's retry finds them recorded.
@@ -189,12 +195,12 @@ def apply_batch(db: Database, events: list[SendGridEvent]) -> Received:
     # In time order, so an unsubscribe and a later resubscribe in one batch end subscribed.
     ordered = sorted(events, key=lambda e: e.timestamp)
     with db.session() as session:
-        outcomes = [_apply(session, e) for e in ordered]
+        outcomes = [_apply(session, e, (groups or {}).get(e.asm_group_id or 0, [])) for e in ordered]
     return Received(received=len(events), recorded=outcomes.count("recorded"),
                     duplicates=outcomes.count("duplicate"), ignored=outcomes.count("ignored"))
 
 
-def _apply(session: Session, e: SendGridEvent) -> str:
+def _apply(session: Session, e: SendGridEvent, groups: list[str]) -> str:
     kind = KINDS.get(e.event)
     if kind is None or e.email is None:  # the model refuses a mail event (one in KINDS) without an address
         return "ignored"
@@ -208,15 +214,20 @@ def _apply(session: Session, e: SendGridEvent) -> str:
         unknown_outcomes.confirm_accepted(message, kind=kind, provider=SOURCE,
                                           provider_message_id=e.provider_message_id, occurred_at=e.occurred_at)
     customer_id = message.customer_id if message else None
+    # A group of its own in SendGrid is one unsubscribe group's mail: opting in or out of it
+    # concerns that group alone, not the customer's other marketing.
+    group_scopes = [suppressions.group_scope(g) for g in groups] if e.event.startswith("group_") else []
     if e.event == "group_resubscribe":
         # The recipient asked for this mail again, which outweighs an earlier opt-out from it.
-        suppressions.lift(session, channel="email", address=e.email, scopes=[suppressions.MARKETING], at=e.occurred_at)
+        suppressions.lift(session, channel="email", address=e.email, scopes=group_scopes or [suppressions.MARKETING],
+                          at=e.occurred_at)
         return "recorded"
     rule = _suppression(e)
     if rule is not None:
         scope, reason = rule
-        suppressions.suppress(session, channel="email", address=e.email, scope=scope, reason=reason, source=SOURCE,
-                              detail=_detail(e), customer_id=customer_id, at=e.occurred_at)
+        for target in group_scopes or [scope]:
+            suppressions.suppress(session, channel="email", address=e.email, scope=target, reason=reason,
+                                  source=SOURCE, detail=_detail(e), customer_id=customer_id, at=e.occurred_at)
     return "recorded"
 
 
