@@ -7,6 +7,7 @@ starts both. Scale out by running more workers on the same task queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -22,7 +23,9 @@ from activities.builtin.start import SequenceStarter
 from keepflow.language.catalog import Catalog
 from keepflow.language.rendering import Renderer
 from keepflow.production import providers_line, refuse_if_half_configured
+from keepflow.runtime import deployments
 from keepflow.runtime.client import connect
+from keepflow.runtime.deployments import LiveCatalog
 from keepflow.runtime.compiled_workflows import compile_once
 from keepflow.runtime.registry import discover, load_catalog, to_temporal
 from keepflow.runtime.schedules import sync_schedules
@@ -56,7 +59,7 @@ SANDBOX = SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_
 
 
 def build_worker(client: Client, settings: Settings, db: Database, send_deps: SendDeps | None = None,
-                 task_queue: str | None = None, catalog: Catalog | None = None) -> Worker:
+                 task_queue: str | None = None, catalog: Catalog | LiveCatalog | None = None) -> Worker:
     send_deps = send_deps or SendDeps(
         settings=settings, db=db,
         renderer=Renderer(settings.resolved_templates_dir, settings.default_locale),
@@ -90,23 +93,34 @@ def build_worker(client: Client, settings: Settings, db: Database, send_deps: Se
 
 
 async def run_worker(settings: Settings, address: str | None = None, stop: asyncio.Event | None = None) -> None:
-    """Validate the sequences, migrate the database, and serve until `stop` is set (or SIGINT/SIGTERM)."""
-    catalog = load_catalog(settings.sequences_path, settings.templates_dir)  # refuse to run on an invalid file
+    """Load the live sequences, migrate the database, and serve until `stop` is set (or SIGINT/SIGTERM)."""
     upgrade(settings.resolved_database_url)
     db = Database(settings.resolved_database_url)
+    # Refuses to run on an invalid file (when it is the one to deploy) or a version it cannot load.
+    live = deployments.load_live(db, settings.sequences_path, settings.templates_dir, "first start of keepflow worker")
     client = await connect(settings, address=address)
     await ensure_registered(client, client.namespace)
     stop = stop or stop_on_signals()
-    for line in await sync_schedules(client, settings, catalog):
+    for line in await sync_schedules(client, settings, live.catalog):
         log.info(line)
-    worker = build_worker(client, settings, db, catalog=catalog)
+
+    async def switched(catalog: Catalog) -> None:
+        # A version that adds or drops the last inactivity sequence adds or drops the scan's schedule.
+        for line in await sync_schedules(client, settings, catalog):
+            log.info(line)
+
+    worker = build_worker(client, settings, db, catalog=live)
     log.info(providers_line(settings))
-    log.info("worker listening on task queue %r", worker.task_queue)
+    log.info("worker listening on task queue %r, running sequences v%s", worker.task_queue, live.version)
+    follower = asyncio.create_task(deployments.follow(db, live, settings.sequences_path, settings.templates_dir, switched))
     try:
         async with worker:
             await stop.wait()
             log.info("worker stopping: in-flight activities get %s to finish", SEND_TIMEOUT + timedelta(seconds=5))
     finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
         db.dispose()
 
 

@@ -325,13 +325,14 @@ def _store() -> Iterator[Database]:
         db.dispose()
 
 
-def _local_settings():
+def _local_settings(must_exist: bool = True):
     """Settings for a command that reads the local stack's store: the running `keepflow dev`'s
-    database unless DATABASE_URL is given; a line and exit 1 when there is no store to read."""
+    database unless DATABASE_URL is given; a line and exit 1 when there is no store to read
+    (unless the command may make it: `deploy` before anything ever ran)."""
     from keepflow.tools.dev_state import locate, no_database_line
 
     stack = locate(get_settings())
-    if missing := no_database_line(stack):
+    if must_exist and (missing := no_database_line(stack)):
         print(missing, file=sys.stderr)
         raise typer.Exit(1)
     return stack.settings
@@ -746,6 +747,28 @@ def graph(
         print(err, file=sys.stderr)
         raise typer.Exit(2) from None
     print(to_mermaid(chosen) if format == "mermaid" else to_svg(chosen))
+
+
+@app.command()
+def deploy(
+    path: SequencesArg = None,
+    check: Annotated[bool, typer.Option("--check", help="check and show the impact, but deploy nothing")] = False,
+) -> None:
+    """Make sequences.yaml live on the running stack, without a restart: validate, show what changes
+    for runs in flight, and keep the version (`keepflow versions` lists them)."""
+    from keepflow.tools.deploy import run_deploy
+
+    raise typer.Exit(run_deploy(_local_settings(must_exist=False), path, check))
+
+
+@app.command()
+def versions(
+    show: Annotated[Optional[int], typer.Option("--show", help="print this version's diff against the one before")] = None,
+) -> None:
+    """Every deployed version of sequences.yaml, newest (live) first: hash, when, by what, lines changed."""
+    from keepflow.tools.deploy import run_versions
+
+    raise typer.Exit(run_versions(_local_settings(), show))
 
 
 @app.command()

@@ -179,17 +179,19 @@ def reset() -> None:
     _registry.clear()
 
 
-def load_catalog(path: Path, templates_dir: Path | None = None) -> Catalog:
-    """The sequences file with its `do:` steps checked against the registered activities."""
-    return catalog.load(path, templates_dir, discover())
+def load_catalog(path: Path, templates_dir: Path | None = None, source: str | None = None) -> Catalog:
+    """The sequences file (or `source`, a deployed version of it) with its `do:` steps checked
+    against the registered activities."""
+    return catalog.load(path, templates_dir, discover(), source)
 
 
-def check_catalog(path: Path, templates_dir: Path | None = None) -> tuple[Catalog | None, list[Problem]]:
+def check_catalog(path: Path, templates_dir: Path | None = None,
+                  source: str | None = None) -> tuple[Catalog | None, list[Problem]]:
     try:
         registered = discover()
     except InvalidSequences as broken:
         return None, broken.problems
-    return catalog.check(path, templates_dir, registered)
+    return catalog.check(path, templates_dir, registered, source)
 
 
 def result_to_json(value: Any) -> dict[str, Any]:

@@ -226,6 +226,7 @@ async def route(client: Client, catalog: Catalog, db: Database, event: EventIn, 
     if triggered and event.customer is not None:
         context["customer"] = await asyncio.to_thread(with_scores, db, context["customer"])
     started: list[tuple[Sequence, str]] = []
+    hashes: dict[str, str] = {}  # each new run's definition hash, for `runs`
     for sequence in triggered:
         run_id = workflow_id(sequence, context)
         if run_id is None:
@@ -239,13 +240,14 @@ async def route(client: Client, catalog: Catalog, db: Database, event: EventIn, 
             continue  # started by another event for the key
         # New, or started by this event in a routing cut short: either way it gets its catch-up.
         started.append((sequence, run_id))
+        hashes[run_id] = run.snapshot.hash
     if started:
         # Read after the start: an event stored from here on finds the run when it is routed.
         earlier = await asyncio.to_thread(_earlier_events, db, event, [s for s, _ in started])
         for (sequence, run_id), missed in zip(started, earlier):
             await _catch_up(client, sequence, run_id, missed)
     runs = len(routed.signalled) + len(started)
-    await asyncio.to_thread(_settle, db, event, context, [run_id for _, run_id in started], runs)
+    await asyncio.to_thread(_settle, db, event, context, hashes, runs)
     return routed
 
 
@@ -254,13 +256,13 @@ def _earlier_events(db: Database, trigger: EventIn, sequences: list[Sequence]) -
         return [_stored_events(session, wanted, trigger) if (wanted := s.events_heard()) else [] for s in sequences]
 
 
-def _settle(db: Database, trigger: EventIn, context: dict[str, Any], started: list[str], runs: int) -> None:
-    """One write for the event's bookkeeping: its new runs noted, the event marked routed."""
+def _settle(db: Database, trigger: EventIn, context: dict[str, Any], started: dict[str, str], runs: int) -> None:
+    """One write for the event's bookkeeping: its new runs (id: definition hash) noted, the event marked routed."""
     with db.session() as session:
-        for run_id in started:
+        for run_id, definition_hash in started.items():
             noted = session.get(Run, run_id)
             if noted is None or noted.trigger_event_id != trigger.id:  # else noted by a routing cut short
-                starts.note_run(session, run_id, context)
+                starts.note_run(session, run_id, context, definition_hash=definition_hash)
         _mark_routed(session, trigger.id, runs)
 
 

@@ -84,7 +84,7 @@ def locate(settings: Settings) -> DevStack:
         return DevStack(settings, found=False)
     given = settings.model_fields_set
     update: dict[str, Any] = {}
-    for name in ("http_host", "http_port", "database_url"):
+    for name in ("http_host", "http_port", "database_url", "temporal_address"):
         if name not in given and state.get(name):
             update[name] = state[name]
     secret = None
