@@ -778,7 +778,7 @@ def impact(
     """Which runs in flight keep their old definition after an edit of sequences.yaml, per sequence and step."""
     from keepflow.tools.impact import run_impact
 
-    raise typer.Exit(run_impact(get_settings(), from_runs_table))
+    raise typer.Exit(run_impact(_local_settings(must_exist=False), from_runs_table))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -105,7 +105,8 @@ async def _impact(settings: Settings, db: Database, catalog: Catalog, client: Cl
         return await asyncio.wait_for(count(), IMPACT_WITHIN), None
     except TemporalUnreachable as err:
         return None, f"Temporal cannot be reached ({err})"
-    except (RuntimeError, RPCError, OSError, asyncio.TimeoutError) as err:
+    except (RuntimeError, RPCError, OSError, asyncio.TimeoutError, ValueError) as err:
+        # ValueError: a run's answer sealed with a payload key this command was not given.
         return None, f"Temporal failed while listing runs ({err or err.__class__.__name__})"
 
 
