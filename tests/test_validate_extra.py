@@ -353,7 +353,7 @@ sequences:
         as: shipment
       - do: load_customer
         as: profile
-      - if: "profile.anything and event.data.whatever and customer.consents.whatsapp"
+      - if: "shipment.data.anything and event.data.whatever and customer.consents.whatsapp"
         then:
           - exit
       - send: email

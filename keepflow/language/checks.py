@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from keepflow.language import context_flow, template_checks
+from keepflow.language.as_names import as_shapes
 from keepflow.language.dsl import (
     ActivityOptions,
     DoStep,
@@ -65,6 +66,9 @@ class KnownActivity(Protocol):
     @property
     def options(self) -> ActivityOptions | None: ...
 
+    @property
+    def result_model(self) -> type[BaseModel] | None: ...
+
 
 # What a `do:` step may call, by name.
 Activities = Mapping[str, KnownActivity]
@@ -87,6 +91,8 @@ class Semantics:
         # An `as:` name that reuses `customer` or `order` holds whatever its step put there.
         named = {s.as_ for seq in file.sequences for _, s in seq.walk() if isinstance(s, (DoStep, WaitForStep))}
         self.shapes: dict[str, Shape] = {k: v for k, v in context_shapes(file.brand).items() if k not in named}
+        results = {name: known.result_model for name, known in activities.items()}
+        self.shapes.update(as_shapes(file, results, taken=context_shapes(file.brand)))
 
     def run(self) -> None:
         self.sequence_ids()

@@ -74,6 +74,9 @@ class Registered:
     # Its own timeout and attempts; None keeps the defaults (DO_TIMEOUT and DO_RETRY in
     # workflows/sequence.py). A run gets them in its snapshot when it starts.
     options: ActivityOptions | None = None
+    # What `as:` keeps, for `validate` to check its fields and preview and simulate to check a
+    # sample against; None when the function returns a dict, whose keys only a run knows.
+    result_model: type[BaseModel] | None = None
 
 
 # The activities the worker runs besides the registered ones (worker.py). A `do:` step with one
@@ -120,7 +123,9 @@ def activity(name: str, *, timeout: str | timedelta | None = None,
             )
         if name in _registry and _registry[name].fn is not fn:
             raise ValueError(f"activity {name!r} is registered twice ({_registry[name].fn.__module__} and {fn.__module__})")
-        registered = Registered(name, fn, args_model, inspect.getdoc(fn) or "", options)
+        returned = hints.get("return")
+        result_model = returned if inspect.isclass(returned) and issubclass(returned, BaseModel) else None
+        registered = Registered(name, fn, args_model, inspect.getdoc(fn) or "", options, result_model)
         _registry[name] = registered
         setattr(fn, _MARK, registered)
         return fn
