@@ -687,6 +687,9 @@ def preview(
     templates: TemplatesOpt = None,
     rfm: Annotated[Optional[str], typer.Option(
         help='RFM scores templates may read (customer.rfm), as JSON: \'{"segment": "champions"}\'')] = None,
+    do: Annotated[Optional[list[str]], typer.Option(
+        "--do", help='a do: step\'s result, checked against what the activity returns: '
+                     'NAME=JSON or NAME=@FILE.json, e.g. create_coupon=\'{"code": "WELCOME10", ...}\' (repeatable)')] = None,
 ) -> None:
     """Show every message a customer could get from a sequence, on every branch, with its day; nothing is sent."""
     from keepflow.language.problems import InvalidSequences
@@ -699,6 +702,8 @@ def preview(
         read_json_part,
         write_html,
     )
+    from keepflow.runtime.registry import discover
+    from keepflow.tools.sample_results import SampleResultError, checked_results, read_do_options
     from keepflow.tools.simulate import SimulationError, read_scores
 
     settings = get_settings()
@@ -707,7 +712,8 @@ def preview(
         who = read_json_part(customer, "customer", CustomerIn)
         bought = read_json_part(order, "order", OrderIn) if order else None
         scores = read_scores(rfm)
-    except SimulationError as err:
+        results = checked_results(read_do_options(do), discover())
+    except (SimulationError, SampleResultError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise typer.Exit(2) from None
     except InvalidSequences as invalid:
@@ -716,7 +722,7 @@ def preview(
     except PreviewError as err:
         print(err, file=sys.stderr)
         raise typer.Exit(2) from None
-    result = build_preview(catalog, chosen, who, bought, locale=locale, scores=scores)
+    result = build_preview(catalog, chosen, who, bought, locale=locale, scores=scores, results=results)
     print_preview(result)
     if html:
         files = write_html(result, html)
