@@ -52,7 +52,7 @@ HEARTBEAT_THROTTLE = timedelta(seconds=2)
 # tests/test_determinism.py keeps this list equal to those imports.
 PASSTHROUGH = (
     "keepflow.runtime.payloads", "keepflow.language.dsl", "keepflow.language.durations",
-    "keepflow.language.expressions", "keepflow.runtime.search_attributes",
+    "keepflow.language.expressions", "keepflow.language.syntax_messages", "keepflow.runtime.search_attributes",
     "jinja2", "markupsafe", "pydantic",
 )
 SANDBOX = SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH))

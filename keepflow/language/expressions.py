@@ -9,6 +9,7 @@ an allow-list of Jinja's filters, tests and globals, without `random` and `lipsu
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
 from collections.abc import Mapping
@@ -21,7 +22,6 @@ from jinja2.exceptions import TemplateRuntimeError
 from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from keepflow.language.schema_errors import did_you_mean
 from keepflow.language.syntax_messages import expression_message
 
 
@@ -83,7 +83,8 @@ def _syntax_error(expression: str, exc: TemplateSyntaxError) -> ExpressionError:
     if unknown:
         kind, name = unknown.groups()
         known = sorted(PURE_FILTERS if kind == "filter" else PURE_TESTS)
-        guess = did_you_mean(name, known)
+        # schema_errors.did_you_mean's rule; importing it would bring YAML into the workflow sandbox.
+        guess = next(iter(difflib.get_close_matches(name, known, n=1, cutoff=0.6)), None)
         message = f"there is no {kind} named {name!r}" + (f"; did you mean {guess!r}?" if guess else "")
     else:
         message = expression_message(expression, message)
