@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -27,7 +29,7 @@ from keepflow.runtime import deployments
 from keepflow.runtime.client import connect
 from keepflow.runtime.deployments import LiveCatalog
 from keepflow.runtime.compiled_workflows import compile_once
-from keepflow.runtime.registry import discover, load_catalog, to_temporal
+from keepflow.runtime.registry import discover, load_catalog, sample_activity, to_temporal
 from keepflow.runtime.schedules import sync_schedules
 from keepflow.runtime.search_attributes import ensure_registered
 from keepflow.runtime.shutdown import stop_on_signals
@@ -59,14 +61,18 @@ SANDBOX = SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_
 
 
 def build_worker(client: Client, settings: Settings, db: Database, send_deps: SendDeps | None = None,
-                 task_queue: str | None = None, catalog: Catalog | LiveCatalog | None = None) -> Worker:
+                 task_queue: str | None = None, catalog: Catalog | LiveCatalog | None = None,
+                 results: Mapping[str, dict[str, Any]] | None = None) -> Worker:
+    """`results`: activities that answer a sample result instead of running (`keepflow simulate --do`)."""
     send_deps = send_deps or SendDeps(
         settings=settings, db=db,
         renderer=Renderer(settings.resolved_templates_dir, settings.default_locale),
         email=email_provider(settings), sms=sms_provider(settings),
     )
     catalog = catalog or load_catalog(settings.sequences_path, settings.templates_dir)
-    registered = [to_temporal(r, settings, db) for r in discover().values()]
+    results = results or {}
+    registered = [sample_activity(r, results[r.name]) if r.name in results else to_temporal(r, settings, db)
+                  for r in discover().values()]
     workflows = [SequenceWorkflow, InactivityScan, ScoresRefresh]
     compile_once(workflows)
     return Worker(

@@ -636,6 +636,9 @@ def simulate(
     rfm: Annotated[Optional[str], typer.Option(
         help='RFM scores for conditions on customer.rfm, as JSON: \'{"segment": "champions", "level": "vip"}\' '
              "(default: what the store computes from the order)")] = None,
+    do: Annotated[Optional[list[str]], typer.Option(
+        "--do", help='a do: step\'s result instead of running the activity, checked against what it returns: '
+                     'NAME=JSON or NAME=@FILE.json (repeatable; over a `- do:` entry of --events)')] = None,
 ) -> None:
     """Run a sequence for one customer on the real engine, weeks in seconds, and print what happens."""
     from datetime import timezone
@@ -644,7 +647,9 @@ def simulate(
     from keepflow.runtime.events import CustomerIn, OrderIn
     from keepflow.runtime.registry import load_catalog
     from keepflow.settings import get_settings
+    from keepflow.runtime.registry import discover
     from keepflow.tools import simulate as sim
+    from keepflow.tools.sample_results import SampleResultError, checked_results, read_do_options
 
     settings = get_settings()
     try:
@@ -652,10 +657,14 @@ def simulate(
         person = sim.read_json_model(customer, CustomerIn, "customer")
         bought = sim.read_json_model(order, OrderIn, "order") if order else None
         timeline = sim.read_timeline(events)
+        activities = discover()
+        results = {**checked_results(sim.read_results(events), activities, where=f"{events} do:"),
+                   **checked_results(read_do_options(do), activities)}
         if start is not None and start.tzinfo is None:
             start = start.replace(tzinfo=timezone.utc)
-        lines = asyncio.run(sim.simulate(catalog, sequence, person, bought, timeline, start, sim.read_scores(rfm)))
-    except sim.SimulationError as err:
+        lines = asyncio.run(sim.simulate(catalog, sequence, person, bought, timeline, start, sim.read_scores(rfm),
+                                         results))
+    except (sim.SimulationError, SampleResultError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     except InvalidSequences as invalid:

@@ -212,13 +212,31 @@ def result_to_json(value: Any) -> dict[str, Any]:
 def to_temporal(registered: Registered, settings: Settings, db: Database) -> Callable[..., Any]:
     """Wrap a registered function as the Temporal activity a `do:` step calls by name."""
     def run(request: DoRequest) -> dict[str, Any]:
-        try:
-            args = registered.args_model.model_validate(request.args)
-        except ValidationError as err:
-            # `validate` catches this before deploy; a run still must not retry it forever.
-            raise ApplicationError(f"{registered.name}: {err}", type="InvalidArguments", non_retryable=True) from err
+        args = _arguments(registered, request)
         ctx = ActivityContext(request.workflow_id, request.sequence_id, request.step, request.context, settings, db)
         return result_to_json(registered.fn(args, ctx))
 
+    return _named(registered, run)
+
+
+def sample_activity(registered: Registered, result: dict[str, Any]) -> Callable[..., Any]:
+    """The activity a `do:` step calls, answering `result` instead of running (`keepflow simulate --do`).
+    Its arguments are still checked, as the real one would."""
+    def run(request: DoRequest) -> dict[str, Any]:
+        _arguments(registered, request)
+        return dict(result)
+
+    return _named(registered, run)
+
+
+def _arguments(registered: Registered, request: DoRequest) -> BaseModel:
+    try:
+        return registered.args_model.model_validate(request.args)
+    except ValidationError as err:
+        # `validate` catches this before deploy; a run still must not retry it forever.
+        raise ApplicationError(f"{registered.name}: {err}", type="InvalidArguments", non_retryable=True) from err
+
+
+def _named(registered: Registered, run: Callable[[DoRequest], dict[str, Any]]) -> Callable[..., Any]:
     run.__name__ = run.__qualname__ = registered.name
     return temporal_activity.defn(name=registered.name)(run)
