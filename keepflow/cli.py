@@ -637,7 +637,7 @@ def simulate(
         help='RFM scores for conditions on customer.rfm, as JSON: \'{"segment": "champions", "level": "vip"}\' '
              "(default: what the store computes from the order)")] = None,
     do: Annotated[Optional[list[str]], typer.Option(
-        "--do", help='a do: step\'s result instead of running the activity, checked against what it returns: '
+        "--do", metavar="NAME=JSON", help='a do: step\'s result instead of running the activity, checked against what it returns: '
                      'NAME=JSON or NAME=@FILE.json (repeatable; over a `- do:` entry of --events)')] = None,
 ) -> None:
     """Run a sequence for one customer on the real engine, weeks in seconds, and print what happens."""
@@ -697,7 +697,7 @@ def preview(
     rfm: Annotated[Optional[str], typer.Option(
         help='RFM scores templates may read (customer.rfm), as JSON: \'{"segment": "champions"}\'')] = None,
     do: Annotated[Optional[list[str]], typer.Option(
-        "--do", help='a do: step\'s result, checked against what the activity returns: '
+        "--do", metavar="NAME=JSON", help='a do: step\'s result, checked against what the activity returns: '
                      'NAME=JSON or NAME=@FILE.json, e.g. create_coupon=\'{"code": "WELCOME10", ...}\' (repeatable)')] = None,
 ) -> None:
     """Show every message a customer could get from a sequence, on every branch, with its day; nothing is sent."""
