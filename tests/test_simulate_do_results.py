@@ -112,3 +112,12 @@ def test_a_failing_activity_is_a_line_with_the_way_out_not_a_crash(tmp_path: Pat
     assert wrong.exit_code == 2
     [line] = wrong.output.strip().splitlines()
     assert line == "error: --do note_crm: not what note_crm returns: note_id: Field required (it returns note_id)"
+
+
+async def test_a_sample_coupon_is_in_the_store_so_the_messages_offering_it_go_out():
+    coupon = {"code": "WELCOME10", "percent": 15, "expires_at": "2027-02-01T00:00:00Z"}
+    lines = await sim.simulate(CATALOG, "winback", NOK, None, [], start_at=START,
+                               results={"create_coupon": coupon})
+    offers = [line for line in lines if line.request is not None and line.request.template == "winback_offer"]
+    assert offers and all(line.result.status == "sent" for line in offers), texts(lines)
+    assert offers[0].request.context["coupon"]["code"] == "WELCOME10"

@@ -54,7 +54,7 @@ from keepflow.runtime.routing import rescore, store, with_scores, workflow_id
 from keepflow.runtime.search_attributes import ensure_registered
 from keepflow.runtime.starts import start_run
 from keepflow.settings import Settings
-from keepflow.store import Database, Run, upgrade
+from keepflow.store import Coupon, Database, Run, upgrade
 
 _DAY = re.compile(r"^day\s+(\d+(?:\.\d+)?)$", re.IGNORECASE)
 
@@ -254,6 +254,8 @@ async def simulate(catalog: Catalog, sequence_id: str, customer: CustomerIn, ord
                           type=sequence.trigger if isinstance(sequence.trigger, str) else "customer.updated",
                           occurred_at=began, customer=customer, order=order)
         store(on.db, trigger, default_region=catalog.file.rules.default_region)
+        if results and "create_coupon" in results:
+            _keep_sample_coupon(on.db, results["create_coupon"], customer.id, began)
         if order is not None:
             rescore(on.db, customer.id)
         context = {**trigger.context(), "brand": catalog.file.brand}
@@ -279,6 +281,16 @@ async def simulate(catalog: Catalog, sequence_id: str, customer: CustomerIn, ord
         lines += await on.finish()
         await _ended(on.client, handle.id)
     return sorted(lines, key=lambda line: line.at)
+
+
+def _keep_sample_coupon(db: Database, coupon: dict[str, Any], customer_id: str, now: datetime) -> None:
+    """Store a sample coupon as create_coupon would: a message offering a code the store lacks is
+    dropped, and the sample stands in for the activity, not for the coupons table."""
+    with db.session() as session:
+        session.add(Coupon(code=coupon["code"], key=f"simulate-sample:{coupon['code']}", customer_id=customer_id,
+                           percent=coupon["percent"], created_at=now,
+                           # Its days are fixed by the sample, not started by the first offer.
+                           expires_at=datetime.fromisoformat(coupon["expires_at"]), valid_for_seconds=None))
 
 
 async def _ended(client: Client, run_id: str) -> None:
