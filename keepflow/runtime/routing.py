@@ -1,7 +1,8 @@
 """From one event to its effects: store it once, update the customer, start and steer runs.
 
 A run's workflow id is `<sequence id>/<key>` (e.g. `fulfilment/1001`), so the same event routed
-twice starts nothing new (Temporal refuses the duplicate id), and an event for a run finds it
+twice starts nothing new (Temporal refuses the duplicate id; a sequence with `reentry` starts anew
+under it only after its window, see `reentry`), and an event for a run finds it
 without a lookup table. Routing is idempotent: runs ignore an event id they have seen, so an
 event routed again after a crash or by the reconciler has no second effect.
 
@@ -29,7 +30,7 @@ from keepflow.insights import rfm
 from keepflow.language import expressions
 from keepflow.language.catalog import Catalog
 from keepflow.language.dsl import Sequence
-from keepflow.runtime import starts
+from keepflow.runtime import reentry, starts
 from keepflow.runtime.events import CustomerIn, EventIn, OrderIn
 from keepflow.runtime.payloads import EventSignal, RunInput
 from keepflow.sending import contacts
@@ -233,8 +234,12 @@ async def route(client: Client, catalog: Catalog, db: Database, event: EventIn, 
             log.warning("event %s: no %r for sequence %s's key", event.id, sequence.key, sequence.id)
             continue
         run = RunInput(snapshot=catalog.snapshot(sequence.id), key=run_id.split("/", 1)[1], context=context)
+        entry: reentry.Entry = "first"
+        if sequence.reentry is not None:
+            entry = await reentry.entry(client, db, run_id, sequence.reentry.after, event.id, event.occurred_at)
         # Noted in `runs` by _settle below, in the same transaction as the routed mark.
-        if await starts.start_run(client, run, task_queue, db=None, trigger=event.id) is not None:
+        if entry != "wait" and await starts.start_run(client, run, task_queue, db=None, trigger=event.id,
+                                                      allow_rerun=entry == "again") is not None:
             routed.started.append(run_id)
         elif not (rerouting and await starts.started_by(client, run_id, event.id)):
             continue  # started by another event for the key
