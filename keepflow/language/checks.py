@@ -14,7 +14,7 @@ from jinja2 import nodes as jinja_nodes
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from keepflow.language import context_flow, template_checks
+from keepflow.language import context_flow, key_checks, template_checks
 from keepflow.language.as_names import as_shapes
 from keepflow.language.dsl import (
     ActivityOptions,
@@ -107,6 +107,7 @@ class Semantics:
                 for problem in template_checks.marketing_email_problems(seq, at.step, self.templates_dir):
                     self.add(at.pos("template"), problem)
         context_flow.check(self)
+        key_checks.check(self)
         self.starts()
 
     def add(self, pos: tuple[int, int], message: str, severity: Severity = "error") -> None:
