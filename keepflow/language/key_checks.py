@@ -141,10 +141,10 @@ def _once_only(sem: Semantics, seq: Sequence, node: CommentedMap) -> None:
     trigger = seq.trigger
     if not isinstance(trigger, str) or trigger not in REPEATING or seq.reentry is not None:
         return
-    per_order = " per order" if trigger in ORDER_EVENTS else ""
+    per_order = " with every order, so" if trigger in ORDER_EVENTS else ""
     by_order = ", or key: order.id for one run per order" if trigger in ORDER_EVENTS else ""
     sem.add(value_pos(node, "trigger"),
-            f"trigger: {trigger} comes again and again for the same customer{per_order}, but this sequence has "
+            f"trigger: {trigger} comes{per_order} again and again for the same customer, but this sequence has "
             f"one run per customer (key: {seq.key}) and Temporal refuses a second run under the same id: a customer "
             f"can enter it only once (until the server forgets their run), and later {trigger} events start "
             f"nothing for them, without notice. To let them in again, add reentry: {{after: 90d}} "
