@@ -229,9 +229,9 @@ class Rules(_Model):
 class Reentry(_Model):
     """When a customer may enter a sequence again under the same key (`reentry: {after: 90d}`)."""
 
-    # Counted from the start of their last run, which must have ended too: the router starts a new
+    # Counted from the event that let them in last to the new trigger, and that run must have ended:
     # run under the same id only then, and starts nothing within it.
-    after: Duration = Field(description="how long after the start of their last run a customer may enter again, e.g. 90d")
+    after: Duration = Field(description="how long after the event that let a customer in last they may enter again, e.g. 90d")
 
 
 class Sequence(_Model):

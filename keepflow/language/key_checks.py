@@ -148,7 +148,7 @@ def _once_only(sem: Semantics, seq: Sequence, node: CommentedMap) -> None:
             f"one run per customer (key: {seq.key}) and Temporal refuses a second run under the same id: a customer "
             f"can enter it only once (until the server forgets their run), and later {trigger} events start "
             f"nothing for them, without notice. To let them in again, add reentry: {{after: 90d}} "
-            f"(a new run once the last has ended and 90 days have passed since it started){by_order}", "warning")
+            f"(a new run once their last has ended and 90 days have passed since the event that started it){by_order}", "warning")
 
 
 def _reentry(sem: Semantics, seq: Sequence, node: CommentedMap) -> None:
@@ -167,5 +167,5 @@ def _reentry(sem: Semantics, seq: Sequence, node: CommentedMap) -> None:
     elif seq.reentry.after <= timedelta(0):
         reentry_node = node.get("reentry")
         sem.add(value_pos(reentry_node, "after") if isinstance(reentry_node, CommentedMap) else pos,
-                f"reentry: after must be longer than 0s: it is how long after the start of their last run a "
-                f"customer may enter again, e.g. {{after: 90d}}")
+                f"reentry: after must be longer than 0s: it is how long after the event that let a customer in "
+                f"last they may enter again, e.g. {{after: 90d}}")
