@@ -126,3 +126,25 @@ def test_reentry_where_it_means_nothing_is_an_error_with_the_fix(tmp_path, text,
     problem = only(problems_of(tmp_path, text))
     assert problem.severity == "error"
     assert_problem(problem, line, column, fragment)
+
+
+def test_a_message_superseded_by_a_new_order_in_an_order_keyed_run_is_never_dropped(tmp_path):
+    text = """\
+sequences:
+  - id: tripod
+    category: transactional
+    trigger: order.delivered
+    key: order.id
+    steps:
+      - send: email
+        template: x
+        superseded_by: [order.refunded, order.created]
+"""
+    assert_problem(only(problems_of(tmp_path, text)), 9, 41, "so it never drops this message")
+
+
+def test_reentry_on_a_run_per_new_order_does_nothing_and_says_so(tmp_path):
+    text = ONCE.replace("    steps:", "    key: order.id\n    reentry: {after: 90d}\n    steps:")
+    problem = only(problems_of(tmp_path, text))
+    assert problem.severity == "warning"
+    assert_problem(problem, 6, 5, "reentry does nothing here")

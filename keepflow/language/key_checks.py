@@ -164,6 +164,10 @@ def _reentry(sem: Semantics, seq: Sequence, node: CommentedMap) -> None:
         sem.add(pos, "reentry: this sequence has no trigger, and reentry applies to the runs a trigger starts; a "
                      "start: step starts one run per key whatever this says. Give the sequence a trigger of its own, "
                      "or key it by what is new each time it is started, such as order.id")
+    elif seq.trigger == NEW_ORDER and _fields(seq.key) & ORDER_IDENTITY:
+        sem.add(pos, f"reentry does nothing here: every {NEW_ORDER} is a new order, which gets a run of its own "
+                     f"(key: {seq.key}); remove reentry, or key this sequence by customer.id to let a customer in "
+                     "again on a later order", "warning")
     elif seq.reentry.after <= timedelta(0):
         reentry_node = node.get("reentry")
         sem.add(value_pos(reentry_node, "after") if isinstance(reentry_node, CommentedMap) else pos,
