@@ -14,6 +14,7 @@ from keepflow.runtime import routing
 from keepflow.runtime.events import EventIn
 from keepflow.runtime.registry import load_catalog
 from keepflow.store import Run
+from tests.engine import time_skipping_server
 from tests.helpers import result_of
 from tests.test_routing_crashes import Crash, crash_at
 from worker import build_worker
@@ -48,6 +49,15 @@ def started_at(db, run_id: str) -> tuple[datetime, str | None]:
         row = session.get(Run, run_id)
         assert row is not None
         return row.started_at, row.trigger_event_id
+
+
+@pytest.fixture
+async def env():
+    """A server of each test's own: these tests read the clock between runs, and the shared one can
+    be left running free by an earlier test (after tests/test_personal_data.py it was ten years on
+    by the time a one-day run had ended)."""
+    async with await time_skipping_server() as own:
+        yield own
 
 
 @pytest.fixture
