@@ -229,8 +229,8 @@ class Rules(_Model):
 class Reentry(_Model):
     """When a customer may enter a sequence again under the same key (`reentry: {after: 90d}`)."""
 
-    # Counted from the event that let them in last to the new trigger, and that run must have ended:
-    # run under the same id only then, and starts nothing within it.
+    # Counted from the event that let them in last to the new trigger, and their last run must have
+    # ended: the router starts a new run under the same id only then, and nothing within the window.
     after: Duration = Field(description="how long after the event that let a customer in last they may enter again, e.g. 90d")
 
 
