@@ -14,13 +14,15 @@ from tests.helpers import write_project
 
 FOOTER = "{{ brand.postal_address }} {{ unsubscribe_url }}"
 
-# Kept events: on the shop's second order, thank the customer for what they bought.
+# Kept events: on the customer's next order, thank them for what they bought. Keyed by the
+# customer: a run per order would never hear a new order (validate says so).
 SECOND_ORDER = """\
 sequences:
   - id: second_order
     category: transactional
     trigger: order.created
-    key: order.id
+    key: customer.id
+    reentry: {after: 30d}
     steps:
       - wait_for: order.created
         timeout: 30d
@@ -70,7 +72,7 @@ def test_a_kept_event_has_the_fields_of_an_event_not_its_order(tmp_path):
                 "{% for item in next_order.order.items %}{{ item.title }}{% endfor %}{{ next_order.occured_at }}")
     problems = problems_of(tmp_path, SECOND_ORDER, {"email/thanks_again.en.html": template})
     found = [(p.line, p.column, p.message) for p in problems if p.severity == "error"]
-    assert [(line, column) for line, column, _ in found] == [(11, 13), (14, 23), (14, 23)], errors(problems)
+    assert [(line, column) for line, column, _ in found] == [(12, 13), (15, 23), (15, 23)], errors(problems)
     condition = found[0][2]
     [loop] = [m for _, _, m in found if "next_order.order does not exist" in m and "line 1" in m]
     [misspelt] = [m for _, _, m in found if "occured_at" in m]
