@@ -7,9 +7,12 @@ starts both. Scale out by running more workers on the same task queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -22,9 +25,11 @@ from activities.builtin.start import SequenceStarter
 from keepflow.language.catalog import Catalog
 from keepflow.language.rendering import Renderer
 from keepflow.production import providers_line, refuse_if_half_configured
+from keepflow.runtime import deployments
 from keepflow.runtime.client import connect
+from keepflow.runtime.deployments import LiveCatalog
 from keepflow.runtime.compiled_workflows import compile_once
-from keepflow.runtime.registry import discover, load_catalog, to_temporal
+from keepflow.runtime.registry import discover, load_catalog, sample_activity, to_temporal
 from keepflow.runtime.schedules import sync_schedules
 from keepflow.runtime.search_attributes import ensure_registered
 from keepflow.runtime.shutdown import stop_on_signals
@@ -49,21 +54,25 @@ HEARTBEAT_THROTTLE = timedelta(seconds=2)
 # tests/test_determinism.py keeps this list equal to those imports.
 PASSTHROUGH = (
     "keepflow.runtime.payloads", "keepflow.language.dsl", "keepflow.language.durations",
-    "keepflow.language.expressions", "keepflow.runtime.search_attributes",
+    "keepflow.language.expressions", "keepflow.language.syntax_messages", "keepflow.runtime.search_attributes",
     "jinja2", "markupsafe", "pydantic",
 )
 SANDBOX = SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH))
 
 
 def build_worker(client: Client, settings: Settings, db: Database, send_deps: SendDeps | None = None,
-                 task_queue: str | None = None, catalog: Catalog | None = None) -> Worker:
+                 task_queue: str | None = None, catalog: Catalog | LiveCatalog | None = None,
+                 results: Mapping[str, dict[str, Any]] | None = None) -> Worker:
+    """`results`: activities that answer a sample result instead of running (`keepflow simulate --do`)."""
     send_deps = send_deps or SendDeps(
         settings=settings, db=db,
         renderer=Renderer(settings.resolved_templates_dir, settings.default_locale),
         email=email_provider(settings), sms=sms_provider(settings),
     )
     catalog = catalog or load_catalog(settings.sequences_path, settings.templates_dir)
-    registered = [to_temporal(r, settings, db) for r in discover().values()]
+    results = results or {}
+    registered = [sample_activity(r, results[r.name]) if r.name in results else to_temporal(r, settings, db)
+                  for r in discover().values()]
     workflows = [SequenceWorkflow, InactivityScan, ScoresRefresh]
     compile_once(workflows)
     return Worker(
@@ -90,23 +99,34 @@ def build_worker(client: Client, settings: Settings, db: Database, send_deps: Se
 
 
 async def run_worker(settings: Settings, address: str | None = None, stop: asyncio.Event | None = None) -> None:
-    """Validate the sequences, migrate the database, and serve until `stop` is set (or SIGINT/SIGTERM)."""
-    catalog = load_catalog(settings.sequences_path, settings.templates_dir)  # refuse to run on an invalid file
+    """Load the live sequences, migrate the database, and serve until `stop` is set (or SIGINT/SIGTERM)."""
     upgrade(settings.resolved_database_url)
     db = Database(settings.resolved_database_url)
+    # Refuses to run on an invalid file (when it is the one to deploy) or a version it cannot load.
+    live = deployments.load_live(db, settings.sequences_path, settings.templates_dir, "first start of keepflow worker")
     client = await connect(settings, address=address)
     await ensure_registered(client, client.namespace)
     stop = stop or stop_on_signals()
-    for line in await sync_schedules(client, settings, catalog):
+    for line in await sync_schedules(client, settings, live.catalog):
         log.info(line)
-    worker = build_worker(client, settings, db, catalog=catalog)
+
+    async def switched(catalog: Catalog) -> None:
+        # A version that adds or drops the last inactivity sequence adds or drops the scan's schedule.
+        for line in await sync_schedules(client, settings, catalog):
+            log.info(line)
+
+    worker = build_worker(client, settings, db, catalog=live)
     log.info(providers_line(settings))
-    log.info("worker listening on task queue %r", worker.task_queue)
+    log.info("worker listening on task queue %r, running sequences v%s", worker.task_queue, live.version)
+    follower = asyncio.create_task(deployments.follow(db, live, settings.sequences_path, settings.templates_dir, switched))
     try:
         async with worker:
             await stop.wait()
             log.info("worker stopping: in-flight activities get %s to finish", SEND_TIMEOUT + timedelta(seconds=5))
     finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
         db.dispose()
 
 

@@ -325,13 +325,14 @@ def _store() -> Iterator[Database]:
         db.dispose()
 
 
-def _local_settings():
+def _local_settings(must_exist: bool = True):
     """Settings for a command that reads the local stack's store: the running `keepflow dev`'s
-    database unless DATABASE_URL is given; a line and exit 1 when there is no store to read."""
+    database unless DATABASE_URL is given; a line and exit 1 when there is no store to read
+    (unless the command may make it: `deploy` before anything ever ran)."""
     from keepflow.tools.dev_state import locate, no_database_line
 
     stack = locate(get_settings())
-    if missing := no_database_line(stack):
+    if must_exist and (missing := no_database_line(stack)):
         print(missing, file=sys.stderr)
         raise typer.Exit(1)
     return stack.settings
@@ -637,6 +638,9 @@ def simulate(
     rfm: Annotated[Optional[str], typer.Option(
         help='RFM scores for conditions on customer.rfm, as JSON: \'{"segment": "champions", "level": "vip"}\' '
              "(default: what the store computes from the order)")] = None,
+    do: Annotated[Optional[list[str]], typer.Option(
+        "--do", metavar="NAME=JSON", help='a do: step\'s result instead of running the activity, checked against what it returns: '
+                     'NAME=JSON or NAME=@FILE.json (repeatable; over a `- do:` entry of --events)')] = None,
 ) -> None:
     """Run a sequence for one customer on the real engine, weeks in seconds, and print what happens."""
     from datetime import timezone
@@ -645,7 +649,9 @@ def simulate(
     from keepflow.runtime.events import CustomerIn, OrderIn
     from keepflow.runtime.registry import load_catalog
     from keepflow.settings import get_settings
+    from keepflow.runtime.registry import discover
     from keepflow.tools import simulate as sim
+    from keepflow.tools.sample_results import SampleResultError, checked_results, read_do_options
 
     settings = get_settings()
     try:
@@ -653,10 +659,14 @@ def simulate(
         person = sim.read_json_model(customer, CustomerIn, "customer")
         bought = sim.read_json_model(order, OrderIn, "order") if order else None
         timeline = sim.read_timeline(events)
+        activities = discover()
+        results = {**checked_results(sim.read_results(events), activities, where=f"{events} do:"),
+                   **checked_results(read_do_options(do), activities)}
         if start is not None and start.tzinfo is None:
             start = start.replace(tzinfo=timezone.utc)
-        lines = asyncio.run(sim.simulate(catalog, sequence, person, bought, timeline, start, sim.read_scores(rfm)))
-    except sim.SimulationError as err:
+        lines = asyncio.run(sim.simulate(catalog, sequence, person, bought, timeline, start, sim.read_scores(rfm),
+                                         results))
+    except (sim.SimulationError, SampleResultError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     except InvalidSequences as invalid:
@@ -688,6 +698,9 @@ def preview(
     templates: TemplatesOpt = None,
     rfm: Annotated[Optional[str], typer.Option(
         help='RFM scores templates may read (customer.rfm), as JSON: \'{"segment": "champions"}\'')] = None,
+    do: Annotated[Optional[list[str]], typer.Option(
+        "--do", metavar="NAME=JSON", help='a do: step\'s result, checked against what the activity returns: '
+                     'NAME=JSON or NAME=@FILE.json, e.g. create_coupon=\'{"code": "WELCOME10", ...}\' (repeatable)')] = None,
 ) -> None:
     """Show every message a customer could get from a sequence, on every branch, with its day; nothing is sent."""
     from keepflow.language.problems import InvalidSequences
@@ -700,6 +713,8 @@ def preview(
         read_json_part,
         write_html,
     )
+    from keepflow.runtime.registry import discover
+    from keepflow.tools.sample_results import SampleResultError, checked_results, read_do_options
     from keepflow.tools.simulate import SimulationError, read_scores
 
     settings = get_settings()
@@ -708,7 +723,8 @@ def preview(
         who = read_json_part(customer, "customer", CustomerIn)
         bought = read_json_part(order, "order", OrderIn) if order else None
         scores = read_scores(rfm)
-    except SimulationError as err:
+        results = checked_results(read_do_options(do), discover())
+    except (SimulationError, SampleResultError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise typer.Exit(2) from None
     except InvalidSequences as invalid:
@@ -717,7 +733,7 @@ def preview(
     except PreviewError as err:
         print(err, file=sys.stderr)
         raise typer.Exit(2) from None
-    result = build_preview(catalog, chosen, who, bought, locale=locale, scores=scores)
+    result = build_preview(catalog, chosen, who, bought, locale=locale, scores=scores, results=results)
     print_preview(result)
     if html:
         files = write_html(result, html)
@@ -751,13 +767,35 @@ def graph(
 
 
 @app.command()
+def deploy(
+    path: SequencesArg = None,
+    check: Annotated[bool, typer.Option("--check", help="check and show the impact, but deploy nothing")] = False,
+) -> None:
+    """Make sequences.yaml live on the running stack, without a restart: validate, show what changes
+    for runs in flight, and keep the version (`keepflow versions` lists them)."""
+    from keepflow.tools.deploy import run_deploy
+
+    raise typer.Exit(run_deploy(_local_settings(must_exist=False), path, check))
+
+
+@app.command()
+def versions(
+    show: Annotated[Optional[int], typer.Option("--show", help="print this version's diff against the one before")] = None,
+) -> None:
+    """Every deployed version of sequences.yaml, newest (live) first: hash, when, by what, lines changed."""
+    from keepflow.tools.deploy import run_versions
+
+    raise typer.Exit(run_versions(_local_settings(), show))
+
+
+@app.command()
 def impact(
     from_runs_table: Annotated[bool, typer.Option("--from-runs-table", help="take the runs from the database instead of Temporal's run list")] = False,
 ) -> None:
     """Which runs in flight keep their old definition after an edit of sequences.yaml, per sequence and step."""
     from keepflow.tools.impact import run_impact
 
-    raise typer.Exit(run_impact(get_settings(), from_runs_table))
+    raise typer.Exit(run_impact(_local_settings(must_exist=False), from_runs_table))
 
 
 if __name__ == "__main__":  # pragma: no cover

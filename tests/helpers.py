@@ -120,13 +120,15 @@ async def until_step(env, workflow_id: str, path: str, attempts: int = 200) -> N
 class serving:
     """The public app on a real port, as a store or a mail client reaches it (redirects are not
     followed): `async with serving(settings, db) as http: ...`. No Temporal behind it unless
-    `client` is given; `.app` is the app."""
+    `client` is given; `.app` is the app. With `live=True` it serves the deployed version of the
+    settings' sequences file, as a real process does, instead of the frozen shop's catalog."""
 
-    def __init__(self, settings, db, *, client=None, secrets: tuple[str, ...] | None = None, catalog=None):
+    def __init__(self, settings, db, *, client=None, secrets: tuple[str, ...] | None = None, catalog=None,
+                 live: bool = False):
         from keepflow.http.app import create_app
         from tests.engine import CATALOG
 
-        self.app = create_app(settings, catalog=catalog or CATALOG, db=db, client=client,
+        self.app = create_app(settings, catalog=None if live else catalog or CATALOG, db=db, client=client,
                               webhook_secrets=list(secrets or (new_secret(),)), reconcile_every=3600)
         self.port, self.stop = free_port(), asyncio.Event()
 

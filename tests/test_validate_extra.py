@@ -152,6 +152,7 @@ sequences:
   - id: receipt
     category: transactional
     trigger: order.created
+    key: order.id
     steps:
       - send: email
         template: receipt
@@ -166,6 +167,7 @@ sequences:
   - id: after_delivery
     category: marketing
     trigger: order.created
+    key: order.id
     steps:
       - wait_for: order.delivered
         timeout: 14d
@@ -180,7 +182,7 @@ sequences:
 """
     problems = problems_of(tmp_path, text, {"email/review_request.en.html": email("{{ order.id }}")})
     [problem] = problems
-    assert problem.severity == "warning" and (problem.line, problem.column) == (15, 19)
+    assert problem.severity == "warning" and (problem.line, problem.column) == (16, 19)
     assert "2d after the order is delivered" in problem.message and "7 days" in problem.message
 
     later = text.replace("wait: 2d", "wait: 8d")
@@ -353,7 +355,7 @@ sequences:
         as: shipment
       - do: load_customer
         as: profile
-      - if: "profile.anything and event.data.whatever and customer.consents.whatsapp"
+      - if: "shipment.data.anything and event.data.whatever and customer.consents.whatsapp"
         then:
           - exit
       - send: email
@@ -386,6 +388,7 @@ sequences:
   - id: thanks
     category: transactional
     trigger: order.created
+    key: order.id
     steps:
       - if: "customer.rfm.level == 'first-time' or customer.rfm.segment in ['at_risk', 'cant-lose']"
         then:
@@ -398,7 +401,7 @@ sequences:
           - exit
 """
     problems = problems_of(tmp_path, text, {})
-    assert [(p.line, p.column) for p in problems] == [(6, 13), (6, 13), (9, 13), (12, 13)], \
+    assert [(p.line, p.column) for p in problems] == [(7, 13), (7, 13), (10, 13), (13, 13)], \
         [p.format() for p in problems]
     assert "did you mean" not in problems[3].message and "'vip'" in problems[3].message
     level = next(p.message for p in problems if "'first-time'" in p.message)
@@ -439,6 +442,7 @@ sequences:
   - id: ab
     category: transactional
     trigger: order.created
+    key: order.id
     steps:
       - split:
           - variant: plain
@@ -452,7 +456,7 @@ sequences:
             weight: 66.5
 """
     [problem] = problems_of(tmp_path, text, {})
-    assert (problem.line, problem.column, problem.severity) == (6, 9, "error")
+    assert (problem.line, problem.column, problem.severity) == (7, 9, "error")
     assert "add up to 90" in problem.message and "100" in problem.message
     assert "56%" in problem.message  # what 50 of 90 would really be
 

@@ -22,6 +22,7 @@ from temporalio.client import Client
 
 from keepflow.language.catalog import Catalog
 from keepflow.language.dsl import InactivityTrigger, Sequence
+from keepflow.runtime.deployments import LiveCatalog
 from keepflow.runtime.payloads import RunInput, ScanCursor, ScanPage, ScanPageResult
 from keepflow.runtime.starts import start_run
 from keepflow.store import Customer, Database, Run, utc
@@ -31,10 +32,15 @@ PARALLEL_STARTS = 16
 
 
 class InactivityScanner:
-    def __init__(self, client: Client, db: Database, catalog: Catalog):
+    def __init__(self, client: Client, db: Database, catalog: Catalog | LiveCatalog):
         self.client = client
         self.db = db
-        self.catalog = catalog
+        # A LiveCatalog is switched in place when a new version is deployed: each page reads the newest.
+        self.live = catalog if isinstance(catalog, LiveCatalog) else LiveCatalog(catalog)
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.live.catalog
 
     @activity.defn(name="scan_inactive_page")
     async def scan_inactive_page(self, page: ScanPage) -> ScanPageResult:

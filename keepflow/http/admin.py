@@ -12,6 +12,7 @@ Every answer carries the dashboard's security headers (keepflow/http/dashboard/p
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,11 +28,10 @@ from keepflow.http.dashboard import pages, signin
 from keepflow.http.dashboard.routes import router as dashboard_router
 from keepflow.http.codec import bearer_token, codec_app
 from keepflow.http.dashboard.sessions import ROLE, USER, CsrfRefused, SignInRequired, viewer
-from keepflow.http.services import Services, open_db
+from keepflow.http.services import Services, follow_deployments, live_catalog, open_db
 from keepflow.language.catalog import Catalog
 from keepflow.runtime.client import payload_keys
 from keepflow.runtime.codec import EncryptionCodec
-from keepflow.runtime.registry import load_catalog
 from keepflow.settings import Settings
 from keepflow.store import Database
 
@@ -49,12 +49,18 @@ def create_admin_app(settings: Settings, *, catalog: Catalog | None = None, db: 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own_db = db is None
-        app.state.services = Services(
-            settings=settings, catalog=catalog or load_catalog(settings.sequences_path, settings.templates_dir),
-            db=db or open_db(settings), client=client)
+        store = db or open_db(settings)
+        live = live_catalog(settings, store, catalog, "first start of keepflow admin")
+        app.state.services = services = Services(settings=settings, catalog=live.catalog, db=store, client=client)
+        # Given a catalog (tests), the dashboard shows that one as it is.
+        follower = follow_deployments(services, live) if catalog is None else None
         try:
             yield
         finally:
+            if follower is not None:
+                follower.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await follower
             if own_db:
                 app.state.services.db.dispose()
 

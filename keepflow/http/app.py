@@ -40,12 +40,11 @@ from keepflow.http import sendgrid as sendgrid_webhook
 from keepflow.http import intake, shopify, signing
 from keepflow.http import twilio as twilio_webhook
 from keepflow.http import unsubscribe_pages as unsubscribe_link
-from keepflow.http.services import Services, open_db, read_body, unprocessable
+from keepflow.http.services import Services, follow_deployments, live_catalog, open_db, read_body, unprocessable
 from keepflow.language.catalog import Catalog
 from keepflow.runtime import routing
 from keepflow.runtime.client import connect, why_unreachable
 from keepflow.runtime.events import EventIn
-from keepflow.runtime.registry import load_catalog
 from keepflow.settings import Settings
 from keepflow.store import Database
 
@@ -71,11 +70,13 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, db: Databa
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own_db = db is None
+        store = db or open_db(settings, INTAKE_LOCK_WAIT)
+        # An invalid sequences file stops the server here, with every problem listed.
+        live = live_catalog(settings, store, catalog, "first start of keepflow serve")
         services = Services(
             settings=settings,
-            # An invalid sequences file stops the server here, with every problem listed.
-            catalog=catalog or load_catalog(settings.sequences_path, settings.templates_dir),
-            db=db or open_db(settings, INTAKE_LOCK_WAIT),
+            catalog=live.catalog,
+            db=store,
             client=client,
             webhook_secrets=webhook_secrets if webhook_secrets is not None else settings.webhook_secrets,
         )
@@ -83,13 +84,16 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, db: Databa
             raise RuntimeError("set KEEPFLOW_WEBHOOK_SECRET (whsec_...) to accept signed events")
         app.state.services = services
         app.state.routings = routings = intake.Routings()
-        reconciler = asyncio.create_task(_reconcile_forever(services, routings, reconcile_every))
+        background = [asyncio.create_task(_reconcile_forever(services, routings, reconcile_every))]
+        if catalog is None:  # given one (tests, benchmarks), the app serves it as it is
+            background.append(follow_deployments(services, live))
         try:
             yield
         finally:
-            reconciler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reconciler
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await routings.close()
             if own_db:
                 services.db.dispose()

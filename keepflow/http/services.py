@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -11,6 +12,8 @@ from pydantic import ValidationError
 from temporalio.client import Client
 
 from keepflow.language.catalog import Catalog
+from keepflow.runtime import deployments
+from keepflow.runtime.deployments import LiveCatalog
 from keepflow.settings import Settings
 from keepflow.store import Database, upgrade
 from keepflow.store.db import LOCK_TIMEOUT
@@ -26,6 +29,23 @@ class Services:
     client: Client | None
     # The public app's (keepflow/http/app.py); the admin app takes no webhooks.
     webhook_secrets: list[str] = field(default_factory=list)
+
+
+def live_catalog(settings: Settings, db: Database, given: Catalog | None, origin: str) -> LiveCatalog:
+    """The catalog given, or the live deployed version (the file, deployed, when there is none)."""
+    if given is not None:
+        return LiveCatalog(given)
+    return deployments.load_live(db, settings.sequences_path, settings.templates_dir, origin)
+
+
+def follow_deployments(services: Services, live: LiveCatalog) -> asyncio.Task[None]:
+    """Serve each newly deployed version from the next request on (cancel the task to stop)."""
+    async def switch(catalog: Catalog) -> None:
+        services.catalog = catalog
+
+    settings = services.settings
+    return asyncio.create_task(deployments.follow(services.db, live, settings.sequences_path,
+                                                  settings.templates_dir, switched=switch))
 
 
 def open_db(settings: Settings, lock_timeout: timedelta = LOCK_TIMEOUT) -> Database:

@@ -52,22 +52,24 @@ def default_templates_dir(path: Path) -> Path:
 
 
 
-def load(path: Path, templates_dir: Path | None = None, activities: Activities | None = None) -> Catalog:
-    catalog, problems = check(path, templates_dir, activities)
+def load(path: Path, templates_dir: Path | None = None, activities: Activities | None = None,
+         source: str | None = None) -> Catalog:
+    catalog, problems = check(path, templates_dir, activities, source)
     if catalog is None or any(p.severity == "error" for p in problems):
         raise InvalidSequences(problems)
     return catalog
 
 
-def check(path: Path, templates_dir: Path | None = None,
-          activities: Activities | None = None) -> tuple[Catalog | None, list[Problem]]:
+def check(path: Path, templates_dir: Path | None = None, activities: Activities | None = None,
+          source: str | None = None) -> tuple[Catalog | None, list[Problem]]:
     """Every problem in the file, in line order; the Catalog only when there is no error.
 
-    With no `activities`, none is known and every `do:` step is an error."""
+    With no `activities`, none is known and every `do:` step is an error. With `source`, that
+    text is checked instead of the file's (a deployed version), and problems still name `path`."""
     path = Path(path)
     templates_dir = Path(templates_dir) if templates_dir is not None else default_templates_dir(path)
     report = Report(path)
-    tree = parse(path, report)
+    tree = parse(path, report, source)
     if report.problems:
         return None, report.sorted()
     file = validate_schema(tree, report)

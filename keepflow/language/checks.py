@@ -14,7 +14,8 @@ from jinja2 import nodes as jinja_nodes
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from keepflow.language import context_flow, sendgrid_groups, template_checks
+from keepflow.language import context_flow, key_checks, sendgrid_groups, template_checks
+from keepflow.language.as_names import as_shapes
 from keepflow.language.dsl import (
     ActivityOptions,
     DoStep,
@@ -65,6 +66,9 @@ class KnownActivity(Protocol):
     @property
     def options(self) -> ActivityOptions | None: ...
 
+    @property
+    def result_model(self) -> type[BaseModel] | None: ...
+
 
 # What a `do:` step may call, by name.
 Activities = Mapping[str, KnownActivity]
@@ -87,6 +91,8 @@ class Semantics:
         # An `as:` name that reuses `customer` or `order` holds whatever its step put there.
         named = {s.as_ for seq in file.sequences for _, s in seq.walk() if isinstance(s, (DoStep, WaitForStep))}
         self.shapes: dict[str, Shape] = {k: v for k, v in context_shapes(file.brand).items() if k not in named}
+        results = {name: known.result_model for name, known in activities.items()}
+        self.shapes.update(as_shapes(file, results, taken=context_shapes(file.brand)))
 
     def run(self) -> None:
         self.sequence_ids()
@@ -101,6 +107,7 @@ class Semantics:
                 for problem in template_checks.marketing_email_problems(seq, at.step, self.templates_dir):
                     self.add(at.pos("template"), problem)
         context_flow.check(self)
+        key_checks.check(self)
         self.starts()
         for pos, message in sendgrid_groups.problems(self.file, self.tree):
             self.add(pos, message)

@@ -3,8 +3,9 @@
 `customer.firstname` renders as nothing in a preview, but fails the send in front of a customer
 (templates are strict). The shapes below are the runtime's event models and RFM profile, written
 out here because the language may not import the runtime; tests/test_validate_extra.py holds
-them to the real ones. A part whose keys the shop decides (`event.data`, `customer.consents`, a
-`do:` result, an `as:` event) is not checked."""
+them to the real ones. An `as:` name has the fields of what its step keeps (keepflow/language/as_names.py).
+A part whose keys the shop decides (`event.data`, `customer.consents`, the result of an activity
+that returns a dict) is not checked."""
 
 from __future__ import annotations
 
@@ -51,6 +52,19 @@ ORDER: dict[str, Shape] = {
     "items": ListOf(LINE_ITEM),
 }
 EVENT: dict[str, Shape] = dict.fromkeys(("id", "type", "occurred_at", "data"))
+# What a `wait_for` keeps under its `as:` name: the event as the router signals it to the run.
+KEPT_EVENT: dict[str, Shape] = dict.fromkeys(("id", "type", "occurred_at", "data"))
+
+
+class Explained(dict[str, Shape]):
+    """Fields with a reason to give when one is missing: a kept event has no `order`, and the
+    marketer who expects one needs to know why, not only what it has."""
+
+    def __init__(self, fields: Mapping[str, Shape], why: str):
+        super().__init__(fields)
+        self.why = why
+
+
 # `brand:` is the shop's to fill in, and the shipped layouts read fields a test file leaves out:
 # only a name close to one it has is taken for a typo.
 _TYPOS_ONLY = frozenset({"brand"})
@@ -158,7 +172,8 @@ def _check(root: str, chain: list[str | None], scope: Mapping[str, Shape], linen
             if root in _TYPOS_ONLY and guess is None:
                 return None
             hint = f"did you mean {path}.{guess}?" if guess else f"its fields are: {', '.join(fields)}"
-            return UnknownField(lineno, f"{path}.{part} does not exist: {path} has no field {part!r}; {hint}")
+            why = f" ({shape.why})" if isinstance(shape, Explained) and guess is None else ""
+            return UnknownField(lineno, f"{path}.{part} does not exist: {path} has no field {part!r}; {hint}{why}")
         shape = shape[part]
         path = f"{path}.{part}"
     return None

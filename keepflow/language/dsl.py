@@ -231,6 +231,14 @@ class Rules(_Model):
         default_factory=dict)
 
 
+class Reentry(_Model):
+    """When a customer may enter a sequence again under the same key (`reentry: {after: 90d}`)."""
+
+    # Counted from the event that let them in last to the new trigger, and their last run must have
+    # ended: the router starts a new run under the same id only then, and nothing within the window.
+    after: Duration = Field(description="how long after the event that let a customer in last they may enter again, e.g. 90d")
+
+
 class Sequence(_Model):
     id: str = Field(pattern=_NAME)
     description: str | None = None
@@ -250,6 +258,11 @@ class Sequence(_Model):
     goal: list[EventType] = Field(default_factory=list)
     # An inactivity-triggered sequence starts again for a customer only after this long.
     cool_down: Duration = timedelta(days=90)
+    # An event-triggered sequence starts one run per key, ever (Temporal refuses a second run under
+    # the same id): with this, the trigger starts a new one once the last has ended and `after` has
+    # passed. Left out of a snapshot when unset, so the definition hash of every sequence without
+    # it stays what it was.
+    reentry: Reentry | None = Field(None, exclude_if=lambda v: v is None)
     steps: list[Step] = Field(min_length=1)
 
     def walk(self) -> Iterator[tuple[str, Step]]:

@@ -9,7 +9,9 @@ an allow-list of Jinja's filters, tests and globals, without `random` and `lipsu
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import re
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
@@ -19,6 +21,8 @@ from jinja2.defaults import DEFAULT_FILTERS, DEFAULT_NAMESPACE
 from jinja2.exceptions import TemplateRuntimeError
 from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from keepflow.language.syntax_messages import expression_message
 
 
 class Sandbox(ImmutableSandboxedEnvironment):
@@ -73,6 +77,20 @@ class ExpressionError(ValueError):
     pass
 
 
+def _syntax_error(expression: str, exc: TemplateSyntaxError) -> ExpressionError:
+    message = exc.message or ""
+    unknown = re.match(r"No (filter|test) named '([^']*)'", message)
+    if unknown:
+        kind, name = unknown.groups()
+        known = sorted(PURE_FILTERS if kind == "filter" else PURE_TESTS)
+        # schema_errors.did_you_mean's rule; importing it would bring YAML into the workflow sandbox.
+        guess = next(iter(difflib.get_close_matches(name, known, n=1, cutoff=0.6)), None)
+        message = f"there is no {kind} named {name!r}" + (f"; did you mean {guess!r}?" if guess else "")
+    else:
+        message = expression_message(expression, message)
+    return ExpressionError(f"{expression!r} is not a valid expression: {message}")
+
+
 def refusal(name: str) -> str:
     return (f"`{name}` is not allowed in if:/key: (a run must decide the same way on replay); "
             "use `split:` for random assignment")
@@ -89,7 +107,7 @@ def refused(expression: str) -> list[str]:
         parser = Parser(_env, expression, state="variable")
         tree = parser.parse_expression()
     except TemplateSyntaxError as exc:
-        raise ExpressionError(f"{expression!r} is not a valid expression: {exc.message}") from exc
+        raise _syntax_error(expression, exc) from exc
     found: list[str] = []
     # find_all() yields descendants only; the expression itself may be the filter.
     for node in [tree, *tree.find_all((nodes.Filter, nodes.Name))]:
@@ -112,7 +130,7 @@ def parse(expression: str) -> nodes.Expr:
     try:
         return Parser(_env, expression, state="variable").parse_expression()
     except TemplateSyntaxError as exc:
-        raise ExpressionError(f"{expression!r} is not a valid expression: {exc.message}") from exc
+        raise _syntax_error(expression, exc) from exc
 
 
 @lru_cache(maxsize=1024)
@@ -123,7 +141,7 @@ def _compile(expression: str):
     try:
         return _env.compile_expression(expression, undefined_to_none=False)
     except TemplateSyntaxError as exc:
-        raise ExpressionError(f"{expression!r} is not a valid expression: {exc.message}") from exc
+        raise _syntax_error(expression, exc) from exc
 
 
 def check_syntax(expression: str) -> None:

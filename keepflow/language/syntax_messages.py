@@ -70,3 +70,94 @@ def jinja_message(message: str) -> str:
     if message.startswith("unexpected char '\"'") or message.startswith('unexpected char "\'"'):
         return "a quoted text inside {{ }} or {% %} never ends: add the closing quote"
     return message
+
+
+_CLOSERS = {"(": ")", "[": "]", "{": "}"}
+_COMPARISONS = ("==", "!=", ">=", "<=", ">", "<", "in", "is")
+# What people bring from other languages, and the word Jinja has for it.
+_FOREIGN = (("===", "=="), ("!==", "!="), ("=>", ">="), ("=<", "<="), ("<>", "!="))
+_TRAILING = re.compile(r"(\band|\bor|\bnot|\bin|\bis|==|!=|>=|<=|>|<|\+|-|\*\*|\*|//|/|%|~|\|)\s*$")
+
+
+def expression_message(expression: str, message: str) -> str:
+    """A syntax error in an `if:` or `key:` expression, in plain words with the fix.
+
+    Jinja's parser says what its grammar wanted next (`chunk after expression`, `unexpected end
+    of template`); the mistakes behind those are few and recognisable from the text itself."""
+    text = expression.strip()
+    if text.startswith(("{{", "{%")):
+        inner = text.strip("{}% ").strip()
+        return f"if: and key: are already expressions: write them without {{{{ }}}}, as {inner}"
+    quote = re.match(r"""unexpected char (['"])(['"])""", message)
+    if quote:
+        return f"a quoted text never ends: add the closing {quote.group(2)} after it"
+    bare = _outside_quotes(text)
+    bracket = _unbalanced(bare)
+    if bracket:
+        return bracket
+    for wrong, right in _FOREIGN:
+        if wrong in bare:
+            return f"`{wrong}` is not an operator here: write {right}, as in {text.replace(wrong, right, 1)}"
+    single = re.search(r"(?<![=!<>])=(?!=)", bare)
+    if single:
+        fixed = text[:single.start()] + "==" + text[single.end():]
+        return f"= sets a value, it does not compare: write == to compare, as in {fixed}"
+    for wrong, right in (("&&", "and"), ("||", "or")):
+        if wrong in bare:
+            return f"`{wrong}` is not an operator here: write `{right}`, as in {text.replace(wrong, right)}"
+    bang = re.search(r"!(?!=)\s*", bare)
+    if bang:
+        fixed = text[:bang.start()] + "not " + text[bang.end():]
+        return f"`!` is not an operator here: write `not`, as in {fixed}"
+    shouting = re.search(r"\b(AND|OR|NOT|And|Or|Not)\b", bare)
+    if shouting:
+        return f"`{shouting.group(1)}` is not a word Jinja knows: write it in lowercase: {shouting.group(1).lower()}"
+    if ".." in bare:
+        return f"two dots in a row: write one, as in {re.sub(r'[.]{2,}', '.', text)}"
+    trailing = _TRAILING.search(bare)
+    if trailing:
+        op = trailing.group(1)
+        if op == "and":
+            fix = "add what must also be true after it, or remove the `and`"
+        elif op == "or":
+            fix = "add what else may be true after it, or remove the `or`"
+        elif op == "|":
+            fix = "add the filter's name after it, as in | length"
+        elif op in _COMPARISONS:
+            fix = "add the value to compare it with after it"
+        else:
+            fix = "add the value it works on after it, or remove it"
+        return f"the expression ends with `{op}`: {fix}"
+    if message == "chunk after expression":
+        return ("two values in a row with nothing joining them: join them with `and` or `or`, "
+                "or a comparison such as ==")
+    return message
+
+
+def _outside_quotes(text: str) -> str:
+    """`text` with what is inside quotes blanked, so a `=` or `(` in a quoted value is not read as code."""
+    out, quote = [], None
+    for char in text:
+        if quote:
+            out.append(char if char == quote else " ")
+            quote = None if char == quote else quote
+        else:
+            out.append(char)
+            quote = char if char in "'\"" else None
+    return "".join(out)
+
+
+def _unbalanced(text: str) -> str | None:
+    opened: list[str] = []
+    for char in text:
+        if char in _CLOSERS:
+            opened.append(char)
+        elif char in _CLOSERS.values():
+            if not opened or _CLOSERS[opened[-1]] != char:
+                expected = f"; the open {opened[-1]} needs {_CLOSERS[opened[-1]]}" if opened else ""
+                opener = next(k for k, v in _CLOSERS.items() if v == char)
+                return f"a {char} closes nothing: remove it, or add the {opener} it closes{expected}"
+            opened.pop()
+    if opened:
+        return f"a {opened[-1]} is never closed: add {_CLOSERS[opened[-1]]} where it should end"
+    return None

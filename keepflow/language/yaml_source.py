@@ -40,14 +40,15 @@ MAX_VALUES = 100_000
 PLAIN_TAGS = {f"tag:yaml.org,2002:{name}" for name in ("str", "int", "float", "bool", "null", "map", "seq")}
 
 
-def parse(path: Path, report: Report) -> Any:
+def parse(path: Path, report: Report, source: str | None = None) -> Any:
+    """The file at `path`, or `source` (a deployed version's text, reported as that file)."""
     try:
-        size = path.stat().st_size
+        size = path.stat().st_size if source is None else len(source.encode())
         if size > MAX_BYTES:
             report.add(START, f"the file is {size / 1024 / 1024:.1f} MB; a sequences file may be at most "
                               f"{MAX_BYTES // 1024 // 1024} MB: is this the right file?")
             return None
-        data = path.read_bytes()
+        data = path.read_bytes() if source is None else source.encode()
     except FileNotFoundError:
         report.add(START, "file not found")
         return None

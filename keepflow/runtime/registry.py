@@ -74,6 +74,9 @@ class Registered:
     # Its own timeout and attempts; None keeps the defaults (DO_TIMEOUT and DO_RETRY in
     # workflows/sequence.py). A run gets them in its snapshot when it starts.
     options: ActivityOptions | None = None
+    # What `as:` keeps, for `validate` to check its fields and preview and simulate to check a
+    # sample against; None when the function returns a dict, whose keys only a run knows.
+    result_model: type[BaseModel] | None = None
 
 
 # The activities the worker runs besides the registered ones (worker.py). A `do:` step with one
@@ -120,7 +123,9 @@ def activity(name: str, *, timeout: str | timedelta | None = None,
             )
         if name in _registry and _registry[name].fn is not fn:
             raise ValueError(f"activity {name!r} is registered twice ({_registry[name].fn.__module__} and {fn.__module__})")
-        registered = Registered(name, fn, args_model, inspect.getdoc(fn) or "", options)
+        returned = hints.get("return")
+        result_model = returned if inspect.isclass(returned) and issubclass(returned, BaseModel) else None
+        registered = Registered(name, fn, args_model, inspect.getdoc(fn) or "", options, result_model)
         _registry[name] = registered
         setattr(fn, _MARK, registered)
         return fn
@@ -179,17 +184,19 @@ def reset() -> None:
     _registry.clear()
 
 
-def load_catalog(path: Path, templates_dir: Path | None = None) -> Catalog:
-    """The sequences file with its `do:` steps checked against the registered activities."""
-    return catalog.load(path, templates_dir, discover())
+def load_catalog(path: Path, templates_dir: Path | None = None, source: str | None = None) -> Catalog:
+    """The sequences file (or `source`, a deployed version of it) with its `do:` steps checked
+    against the registered activities."""
+    return catalog.load(path, templates_dir, discover(), source)
 
 
-def check_catalog(path: Path, templates_dir: Path | None = None) -> tuple[Catalog | None, list[Problem]]:
+def check_catalog(path: Path, templates_dir: Path | None = None,
+                  source: str | None = None) -> tuple[Catalog | None, list[Problem]]:
     try:
         registered = discover()
     except InvalidSequences as broken:
         return None, broken.problems
-    return catalog.check(path, templates_dir, registered)
+    return catalog.check(path, templates_dir, registered, source)
 
 
 def result_to_json(value: Any) -> dict[str, Any]:
@@ -205,13 +212,31 @@ def result_to_json(value: Any) -> dict[str, Any]:
 def to_temporal(registered: Registered, settings: Settings, db: Database) -> Callable[..., Any]:
     """Wrap a registered function as the Temporal activity a `do:` step calls by name."""
     def run(request: DoRequest) -> dict[str, Any]:
-        try:
-            args = registered.args_model.model_validate(request.args)
-        except ValidationError as err:
-            # `validate` catches this before deploy; a run still must not retry it forever.
-            raise ApplicationError(f"{registered.name}: {err}", type="InvalidArguments", non_retryable=True) from err
+        args = _arguments(registered, request)
         ctx = ActivityContext(request.workflow_id, request.sequence_id, request.step, request.context, settings, db)
         return result_to_json(registered.fn(args, ctx))
 
+    return _named(registered, run)
+
+
+def sample_activity(registered: Registered, result: dict[str, Any]) -> Callable[..., Any]:
+    """The activity a `do:` step calls, answering `result` instead of running (`keepflow simulate --do`).
+    Its arguments are still checked, as the real one would."""
+    def run(request: DoRequest) -> dict[str, Any]:
+        _arguments(registered, request)
+        return dict(result)
+
+    return _named(registered, run)
+
+
+def _arguments(registered: Registered, request: DoRequest) -> BaseModel:
+    try:
+        return registered.args_model.model_validate(request.args)
+    except ValidationError as err:
+        # `validate` catches this before deploy; a run still must not retry it forever.
+        raise ApplicationError(f"{registered.name}: {err}", type="InvalidArguments", non_retryable=True) from err
+
+
+def _named(registered: Registered, run: Callable[[DoRequest], dict[str, Any]]) -> Callable[..., Any]:
     run.__name__ = run.__qualname__ = registered.name
     return temporal_activity.defn(name=registered.name)(run)

@@ -1,7 +1,8 @@
 """From one event to its effects: store it once, update the customer, start and steer runs.
 
 A run's workflow id is `<sequence id>/<key>` (e.g. `fulfilment/1001`), so the same event routed
-twice starts nothing new (Temporal refuses the duplicate id), and an event for a run finds it
+twice starts nothing new (Temporal refuses the duplicate id; a sequence with `reentry` starts anew
+under it only after its window, see `reentry`), and an event for a run finds it
 without a lookup table. Routing is idempotent: runs ignore an event id they have seen, so an
 event routed again after a crash or by the reconciler has no second effect.
 
@@ -29,7 +30,7 @@ from keepflow.insights import rfm
 from keepflow.language import expressions
 from keepflow.language.catalog import Catalog
 from keepflow.language.dsl import Sequence
-from keepflow.runtime import starts
+from keepflow.runtime import reentry, starts
 from keepflow.runtime.events import CustomerIn, EventIn, OrderIn
 from keepflow.runtime.payloads import EventSignal, RunInput
 from keepflow.sending import contacts
@@ -226,26 +227,32 @@ async def route(client: Client, catalog: Catalog, db: Database, event: EventIn, 
     if triggered and event.customer is not None:
         context["customer"] = await asyncio.to_thread(with_scores, db, context["customer"])
     started: list[tuple[Sequence, str]] = []
+    hashes: dict[str, str] = {}  # each new run's definition hash, for `runs`
     for sequence in triggered:
         run_id = workflow_id(sequence, context)
         if run_id is None:
             log.warning("event %s: no %r for sequence %s's key", event.id, sequence.key, sequence.id)
             continue
         run = RunInput(snapshot=catalog.snapshot(sequence.id), key=run_id.split("/", 1)[1], context=context)
+        entry: reentry.Entry = "first"
+        if sequence.reentry is not None:
+            entry = await reentry.entry(client, db, run_id, sequence.reentry.after, event.id, event.occurred_at)
         # Noted in `runs` by _settle below, in the same transaction as the routed mark.
-        if await starts.start_run(client, run, task_queue, db=None, trigger=event.id) is not None:
+        if entry != "wait" and await starts.start_run(client, run, task_queue, db=None, trigger=event.id,
+                                                      allow_rerun=entry == "again") is not None:
             routed.started.append(run_id)
         elif not (rerouting and await starts.started_by(client, run_id, event.id)):
             continue  # started by another event for the key
         # New, or started by this event in a routing cut short: either way it gets its catch-up.
         started.append((sequence, run_id))
+        hashes[run_id] = run.snapshot.hash
     if started:
         # Read after the start: an event stored from here on finds the run when it is routed.
         earlier = await asyncio.to_thread(_earlier_events, db, event, [s for s, _ in started])
         for (sequence, run_id), missed in zip(started, earlier):
             await _catch_up(client, sequence, run_id, missed)
     runs = len(routed.signalled) + len(started)
-    await asyncio.to_thread(_settle, db, event, context, [run_id for _, run_id in started], runs)
+    await asyncio.to_thread(_settle, db, event, context, hashes, runs)
     return routed
 
 
@@ -254,13 +261,13 @@ def _earlier_events(db: Database, trigger: EventIn, sequences: list[Sequence]) -
         return [_stored_events(session, wanted, trigger) if (wanted := s.events_heard()) else [] for s in sequences]
 
 
-def _settle(db: Database, trigger: EventIn, context: dict[str, Any], started: list[str], runs: int) -> None:
-    """One write for the event's bookkeeping: its new runs noted, the event marked routed."""
+def _settle(db: Database, trigger: EventIn, context: dict[str, Any], started: dict[str, str], runs: int) -> None:
+    """One write for the event's bookkeeping: its new runs (id: definition hash) noted, the event marked routed."""
     with db.session() as session:
-        for run_id in started:
+        for run_id, definition_hash in started.items():
             noted = session.get(Run, run_id)
             if noted is None or noted.trigger_event_id != trigger.id:  # else noted by a routing cut short
-                starts.note_run(session, run_id, context)
+                starts.note_run(session, run_id, context, definition_hash=definition_hash)
         _mark_routed(session, trigger.id, runs)
 
 

@@ -48,7 +48,7 @@ async def start_run(client: Client, run: RunInput, task_queue: str, *, db: Datab
     except WorkflowAlreadyStartedError:
         return None
     if db is not None:
-        await asyncio.to_thread(record_run, db, workflow_id, run.context, started_at)
+        await asyncio.to_thread(record_run, db, workflow_id, run.context, started_at, run.snapshot.hash)
     return workflow_id
 
 
@@ -71,15 +71,17 @@ async def started_by(client: Client, workflow_id: str, event_id: str) -> bool:
     return await description.memo_value("trigger", None) == event_id
 
 
-def record_run(db: Database, workflow_id: str, context: dict[str, Any], started_at: datetime | None = None) -> None:
+def record_run(db: Database, workflow_id: str, context: dict[str, Any], started_at: datetime | None = None,
+               definition_hash: str | None = None) -> None:
     """Note a run's start for reports and cool-downs (a later run under the same id replaces it)."""
     with db.session() as session:
-        note_run(session, workflow_id, context, started_at)
+        note_run(session, workflow_id, context, started_at, definition_hash)
 
 
-def note_run(session: Session, workflow_id: str, context: dict[str, Any], started_at: datetime | None = None) -> None:
+def note_run(session: Session, workflow_id: str, context: dict[str, Any], started_at: datetime | None = None,
+             definition_hash: str | None = None) -> None:
     session.merge(Run(
         id=workflow_id, sequence_id=workflow_id.split("/", 1)[0], customer_id=(context.get("customer") or {}).get("id"),
         started_at=started_at or datetime.now(timezone.utc), trigger_event_id=(context.get("event") or {}).get("id"),
-        converted_at=None, converted_event_id=None,
+        converted_at=None, converted_event_id=None, definition_hash=definition_hash,
     ))

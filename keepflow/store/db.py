@@ -54,7 +54,13 @@ def _private_file(path: Path) -> None:
     SQLite creates the -wal and -shm files with the database file's mode, so they follow."""
     private_dir(path.parent)
     # O_CREAT with 0600, not a chmod afterwards: no moment where another user could open it.
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    # O_EXCL: an existing file is never opened here. Closing any descriptor of a file drops every
+    # POSIX lock this process holds on it, those of its open SQLite connections too; a process
+    # that then looked alone would checkpoint and delete the WAL under the others' writes.
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
     if path.stat().st_mode & 0o077:
         # A file from before this release, created with the umask's 0644.
         path.chmod(0o600)

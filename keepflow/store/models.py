@@ -182,6 +182,8 @@ class Run(Base):
     trigger_event_id: Mapped[str | None] = mapped_column(String(255))
     converted_at: Mapped[datetime | None]
     converted_event_id: Mapped[str | None] = mapped_column(String(255))
+    # The hash of the definitions it runs (its snapshot's): which deployed version it started on.
+    definition_hash: Mapped[str | None] = mapped_column(String(64))
 
 
 class Coupon(Base):

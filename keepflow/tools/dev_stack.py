@@ -16,10 +16,12 @@ from keepflow.http.serving import refuse_ports_in_use, serve_http
 from keepflow.runtime.client import payload_keys
 from keepflow.runtime.codec import EncryptionCodec
 from keepflow.runtime.payload_keys import dev_payload_keys
+from keepflow.runtime import deployments
 from keepflow.runtime.registry import load_catalog
 from keepflow.runtime.shutdown import stop_on_signals
 from keepflow.settings import Settings, dev_secret
 from keepflow.store import Database, access, upgrade
+from keepflow.tools.deploy import deploy_on_save as watch_file
 from keepflow.tools.dev_state import remove_state, write_state
 from keepflow.tools.temporal_dev_server import DevServer
 
@@ -76,12 +78,16 @@ async def run_dev(settings: Settings, temporal_port: int, ui_port: int | None, h
     settings = settings.model_copy(update=update)
     upgrade(settings.resolved_database_url)  # once, before the worker and the HTTP app share it
     db = Database(settings.resolved_database_url)
+    # In development the file is the truth: what is saved is what runs, from the start on.
+    deployed, new = deployments.record(db, catalog, settings.sequences_path.read_text(encoding="utf-8"), "keepflow dev")
+    log.info("%s %s as %s; saving it again deploys each valid edit", "deployed" if new else "running",
+             settings.sequences_path, deployed.label)
     secrets = settings.webhook_secrets or [dev_secret(settings.data_dir)]
     log.info("%d sequences from %s; database %s", len(catalog.sequences), settings.sequences_path,
              settings.resolved_database_url)
     # The dashboard's listener: its port (for OpenID Connect's callback) unless KEEPFLOW_ADMIN_URL says otherwise.
     settings = settings.model_copy(update={"admin_port": admin_port})
-    admin = create_admin_app(settings, catalog=catalog, db=db, session_secret=(
+    admin = create_admin_app(settings, db=db, session_secret=(
         None if settings.session_secret else dev_secret(settings.data_dir, "session-secret")))
     log.info("events: POST http://%s:%d/events; `keepflow send-event FILE.json` signs and sends one",
              settings.http_host, http_port)
@@ -101,8 +107,9 @@ async def run_dev(settings: Settings, temporal_port: int, ui_port: int | None, h
     try:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(run_worker(settings, address, stop))
-            tasks.create_task(serve_http(create_app(settings, catalog=catalog, db=db, webhook_secrets=secrets),
+            tasks.create_task(serve_http(create_app(settings, db=db, webhook_secrets=secrets),
                                          settings.http_host, http_port, stop, "--http-port"))
+            tasks.create_task(watch_file(settings, db, stop))
             if codec_port and ui_port:
                 log.info("codec endpoint for the web UI and CLI on http://127.0.0.1:%d/codec", codec_port)
                 tasks.create_task(serve_http(dev_codec(settings, ui_port), "127.0.0.1", codec_port, stop))

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 from keepflow.settings import Settings, dev_secret, private_dir
 
 STATE_FILE = "dev-state.json"
@@ -84,7 +86,7 @@ def locate(settings: Settings) -> DevStack:
         return DevStack(settings, found=False)
     given = settings.model_fields_set
     update: dict[str, Any] = {}
-    for name in ("http_host", "http_port", "database_url"):
+    for name in ("http_host", "http_port", "database_url", "temporal_address"):
         if name not in given and state.get(name):
             update[name] = state[name]
     secret = None
@@ -94,6 +96,11 @@ def locate(settings: Settings) -> DevStack:
             secret = Path(secret_file).read_text().strip()
         except OSError:
             secret = None
+    # The key the stack seals payloads with, when it invented one: commands that ask its runs
+    # (`deploy`, `impact`) must open what they answer.
+    keys_file = settings.data_dir / "payload-keys"
+    if "payload_keys" not in given and not settings.payload_keys and keys_file.exists():
+        update["payload_keys"] = SecretStr(keys_file.read_text().strip())
     stopped = None
     if not _alive(state.get("pid")):
         stopped = (f"the keepflow dev recorded in {path} (pid {state.get('pid')}) has stopped: "

@@ -100,7 +100,7 @@ async def _status(client: Client, run_id: str) -> RunStatus | None:
         return None  # gone, or finished between the listing and the question
 
 
-def print_impact(impact: Impact) -> None:
+def print_impact(impact: Impact, deploying: bool = False) -> None:
     from rich.console import Console
     from rich.table import Column, Table
 
@@ -116,9 +116,11 @@ def print_impact(impact: Impact) -> None:
         table.add_row(sequence, row.step, str(row.runs))
     console.print(table)
     affected = sum(r.runs for r in impact.rows)
+    later = ("New runs start on the edited file once it is deployed."
+             if deploying else "New runs start on the edited file once it is deployed (`keepflow deploy`; "
+             "`keepflow dev` deploys it when you save); until then they too start on the live version.")
     console.print(f"{affected} of {impact.runs_checked} run(s) in flight started before the edit and finish the "
-                  "old way. New runs use the edited file once the worker and the public app have been restarted "
-                  "on it; until then they too start on the old one.")
+                  f"old way. {later}")
 
 
 def run_impact(settings, from_runs_table: bool = False) -> int:

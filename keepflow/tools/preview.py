@@ -3,12 +3,14 @@
 Nothing is sent and nothing runs: the steps are walked as written, with every arm of every `if`,
 every `split` variant and every `on_timeout` branch shown and labelled, and `start:` followed
 into the sequence it starts. Templates are rendered with the same renderer and context a run
-uses, so a missing variable shows up here as it would on a real message.
+uses, so a missing variable shows up here as it would on a real message. No activity runs: a
+`do:` step's result is the sample given with `--do`, or a placeholder the preview names.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -35,7 +37,7 @@ from keepflow.language.dsl import (
 from keepflow.language.durations import format_duration, parse_duration
 from keepflow.language.rendering import Renderer, TemplateError
 from keepflow.runtime.events import CustomerIn, OrderIn
-from keepflow.runtime.registry import load_catalog
+from keepflow.runtime.registry import Registered, discover, load_catalog
 
 SAMPLE_UNSUBSCRIBE_URL = "https://keepflow.example.com/unsubscribe/preview-sample-link"
 
@@ -132,8 +134,11 @@ def read_json_part(path: Path, part: str, model: type[CustomerIn] | type[OrderIn
 
 class _Walker:
     def __init__(self, catalog: Catalog, renderer: Renderer, locale: str | None, now: datetime,
-                 unsubscribe_url: str, preview: Preview):
+                 unsubscribe_url: str, preview: Preview, results: Mapping[str, dict[str, Any]],
+                 activities: Mapping[str, Registered]):
         self.catalog = catalog
+        self.results = results
+        self.activities = activities
         self.renderer = renderer
         self.locale = locale
         self.now = now
@@ -241,24 +246,34 @@ class _Walker:
         return When(timedelta(0), f"{step.wait_for} (up to {timeout})")
 
     def do(self, step: DoStep, context: dict[str, Any], branch: list[str], when: When) -> None:
-        if step.do == "create_coupon":
+        sample = self.results.get(step.do)
+        if sample is not None:
+            result = dict(sample)
+            shown = f"the sample result given with --do {step.do}"
+        elif step.do == "create_coupon":
             prefix = str(step.with_.get("prefix", "KEEP"))
             valid_for = step.with_.get("valid_for", "7d")
             try:
                 lasts = parse_duration(valid_for)
             except (TypeError, ValueError):
                 lasts = timedelta(days=7)
-            result: dict[str, Any] = {"code": f"{prefix}-PREVIEW1", "percent": step.with_.get("percent", 10),
-                                      "expires_at": (self.now + lasts).isoformat()}
-            shown = f"a sample coupon {result['code']}"
+            result = {"code": f"{prefix}-PREVIEW1", "percent": step.with_.get("percent", 10),
+                      "expires_at": (self.now + lasts).isoformat()}
+            shown = f"a sample coupon {result['code']} (--do create_coupon gives another)"
         else:
             result = {}
-            shown = "an empty placeholder: the activity is not run in a preview, so templates that use it show an error"
+            shown = (f"empty: no --do {step.do} sample was given and a preview runs no activity, so what reads it "
+                     f"cannot show; give one, e.g. --do {step.do}='{{...}}' ({self.returns(step.do)})")
         if step.as_:
             context[step.as_] = result
             self.note(f"do: {step.do} → `{step.as_}` is {shown}", branch)
         else:
             self.note(f"do: {step.do} is not run in a preview", branch)
+
+    def returns(self, activity: str) -> str:
+        registered = self.activities.get(activity)
+        model = registered.result_model if registered else None
+        return f"it returns {', '.join(model.model_fields)}" if model else "any JSON object"
 
     def start(self, step: StartStep, context: dict[str, Any], when: When, branch: list[str],
               started: tuple[str, ...]) -> None:
@@ -294,7 +309,9 @@ class _Walker:
 
 def build_preview(catalog: Catalog, sequence: Sequence, customer: dict[str, Any], order: dict[str, Any] | None = None,
                   locale: str | None = None, now: datetime | None = None,
-                  unsubscribe_url: str = SAMPLE_UNSUBSCRIBE_URL, scores: dict[str, Any] | None = None) -> Preview:
+                  unsubscribe_url: str = SAMPLE_UNSUBSCRIBE_URL, scores: dict[str, Any] | None = None,
+                  results: Mapping[str, dict[str, Any]] | None = None) -> Preview:
+    """`results`: sample results of `do:` steps by activity (keepflow/tools/sample_results.py), checked already."""
     customer = {**customer, "locale": locale} if locale else dict(customer)
     # Templates may read `customer.rfm`: a customer not scored yet, as the router gives it, or `scores`.
     customer["rfm"] = {**rfm.unscored(), **(customer.get("rfm") or {}), **(scores or {})}
@@ -303,7 +320,7 @@ def build_preview(catalog: Catalog, sequence: Sequence, customer: dict[str, Any]
         context["order"] = order
     preview = Preview(sequence.id, customer.get("locale"))
     walker = _Walker(catalog, Renderer(catalog.templates_dir), customer.get("locale"),
-                     now or datetime.now(timezone.utc), unsubscribe_url, preview)
+                     now or datetime.now(timezone.utc), unsubscribe_url, preview, results or {}, discover())
     walker.sequence(sequence, context, When(), [], ())
     return preview
 

@@ -8,6 +8,11 @@ file scripts the store's events:
     - day 2: order.shipped
     - day 4: order.delivered
     - 6d12h: review.submitted          # any duration works too
+    - do: notify_crm                   # a `do:` step's result, instead of running the activity
+      result: {noted: true}
+
+A `do:` activity runs on the throwaway store unless a sample result stands in for it (there or
+with `--do`, keepflow/tools/sample_results.py): one that calls a CRM may not reach it from here.
 
 What it prints comes from the runs' own histories: each message with its time (in the
 customer's time zone), each hold and skip with its reason, each timeline event, each run's end.
@@ -22,9 +27,9 @@ import shutil
 import sys
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,7 +38,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 from ruamel.yaml import YAML
 from sqlalchemy import select
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
 from keepflow.language.catalog import Catalog
@@ -42,13 +47,14 @@ from keepflow.runtime.client import payload_keys
 from keepflow.runtime.codec import data_converter
 from keepflow.runtime.events import CustomerIn, EventIn, OrderIn
 from keepflow.runtime.payload_keys import new_payload_key
-from keepflow.runtime.payloads import EventSignal, RunInput, RunStatus, SendRequest, SendResult
+from keepflow.runtime.payloads import DoRequest, EventSignal, RunInput, RunStatus, SendRequest, SendResult
 from keepflow.insights import rfm
+from keepflow.runtime.registry import RESERVED
 from keepflow.runtime.routing import rescore, store, with_scores, workflow_id
 from keepflow.runtime.search_attributes import ensure_registered
 from keepflow.runtime.starts import start_run
 from keepflow.settings import Settings
-from keepflow.store import Database, Run, upgrade
+from keepflow.store import Coupon, Database, Run, upgrade
 
 _DAY = re.compile(r"^day\s+(\d+(?:\.\d+)?)$", re.IGNORECASE)
 
@@ -75,17 +81,11 @@ class Line:
 
 def read_timeline(path: Path | None) -> list[TimelineEvent]:
     """`- day 2: order.shipped` entries (or `- after: 2d` / `type:` / `data:` mappings)."""
-    if path is None:
-        return []
-    try:
-        raw = YAML(typ="safe").load(path.read_text(encoding="utf-8")) or []
-    except Exception as err:  # ruamel's errors carry line and column in their text
-        raise SimulationError(f"{path}: not valid YAML: {err}") from err
-    if isinstance(raw, dict):
-        raw = [{k: v} for k, v in raw.items()]
     events = []
-    for index, entry in enumerate(raw if isinstance(raw, list) else [raw], start=1):
+    for index, entry in _entries(path):
         try:
+            if _is_result(entry):
+                continue  # read_results' part
             if isinstance(entry, dict) and "type" in entry:
                 events.append(TimelineEvent.model_validate({**entry, "after": _offset(str(entry.get("after", "0s")))}))
             elif isinstance(entry, dict) and len(entry) == 1:
@@ -96,6 +96,36 @@ def read_timeline(path: Path | None) -> list[TimelineEvent]:
         except (ValueError, ValidationError) as err:
             raise SimulationError(f"{path}: entry {index} ({entry!r}): {_first_error(err)}") from err
     return sorted(events, key=lambda e: e.after)
+
+
+def read_results(path: Path | None) -> dict[str, Any]:
+    """The `- do: NAME` / `result: {...}` entries of a timeline, by activity, not yet checked
+    against what the activity returns (sample_results.checked_results does that)."""
+    results: dict[str, Any] = {}
+    for index, entry in _entries(path):
+        if not _is_result(entry):
+            continue
+        if set(entry) != {"do", "result"} or not isinstance(entry["do"], str):
+            raise SimulationError(f"{path}: entry {index} ({entry!r}): write a do: result as `- do: load_customer` "
+                                  "with `result: {...}` on the next line, indented under it")
+        results[entry["do"]] = entry["result"]
+    return results
+
+
+def _entries(path: Path | None) -> list[tuple[int, Any]]:
+    if path is None:
+        return []
+    try:
+        raw = YAML(typ="safe").load(path.read_text(encoding="utf-8")) or []
+    except Exception as err:  # ruamel's errors carry line and column in their text
+        raise SimulationError(f"{path}: not valid YAML: {err}") from err
+    if isinstance(raw, dict):
+        raw = [{k: v} for k, v in raw.items()]
+    return list(enumerate(raw if isinstance(raw, list) else [raw], start=1))
+
+
+def _is_result(entry: Any) -> bool:
+    return isinstance(entry, dict) and "do" in entry
 
 
 def _offset(text: str) -> timedelta:
@@ -134,6 +164,8 @@ class Stage:
     db: Database
     settings: Settings
     began: datetime  # the server's time when the stage was ready
+    # Activities answered by a sample result instead of running.
+    results: Mapping[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def client(self) -> Client:
@@ -150,16 +182,18 @@ class Stage:
         # this, and the base class it is typed as does not declare it.
         async with self.env.time_skipping_unlocked():  # type: ignore[attr-defined]
             for run in _runs_until_done(self.db):
-                await self.client.get_workflow_handle(run, result_type=RunStatus).result()
+                await _ended(self.client, run)
         lines: list[Line] = []
         for run in _runs(self.db):
-            lines += await _history_lines(self.client, run)
+            lines += await _history_lines(self.client, run, self.results)
         return lines
 
 
 @asynccontextmanager
-async def stage(catalog: Catalog, start_at: datetime | None = None) -> AsyncIterator[Stage]:
-    """A Stage whose clock starts at `start_at` (or now); removed with everything in it afterwards."""
+async def stage(catalog: Catalog, start_at: datetime | None = None,
+                results: Mapping[str, dict[str, Any]] | None = None) -> AsyncIterator[Stage]:
+    """A Stage whose clock starts at `start_at` (or now); removed with everything in it afterwards.
+    `results`: sample results of activities, which then do not run."""
     from worker import build_worker  # the worker module sits at the project root, beside the CLI's callers
 
     folder = Path(tempfile.mkdtemp(prefix="keepflow-simulate-"))
@@ -179,8 +213,9 @@ async def stage(catalog: Catalog, start_at: datetime | None = None) -> AsyncIter
             if start_at is not None:
                 await _sleep_until(env, start_at)
             began = await env.get_current_time()
-            async with build_worker(env.client, settings, db, task_queue=settings.task_queue, catalog=catalog):
-                yield Stage(env, db, settings, began)
+            async with build_worker(env.client, settings, db, task_queue=settings.task_queue, catalog=catalog,
+                                    results=results):
+                yield Stage(env, db, settings, began, dict(results or {}))
     finally:
         db.dispose()
         shutil.rmtree(folder, ignore_errors=True)
@@ -205,9 +240,11 @@ def read_scores(text: str | None) -> dict[str, Any] | None:
 
 async def simulate(catalog: Catalog, sequence_id: str, customer: CustomerIn, order: OrderIn | None,
                    timeline: list[TimelineEvent], start_at: datetime | None = None,
-                   scores: dict[str, Any] | None = None) -> list[Line]:
+                   scores: dict[str, Any] | None = None,
+                   results: Mapping[str, dict[str, Any]] | None = None) -> list[Line]:
     """Run the sequence for the customer on a time-skipping server; return what happened, in order.
-    `scores`: RFM fields (`segment`, `level`, ...) that replace those the store computes from the order."""
+    `scores`: RFM fields (`segment`, `level`, ...) that replace those the store computes from the order.
+    `results`: sample results of `do:` activities by name (checked already), which then do not run."""
     if sequence_id not in catalog.sequences:
         raise SimulationError(f"no sequence {sequence_id!r}; sequences: {', '.join(catalog.sequences)}")
     sequence = catalog.sequences[sequence_id]
@@ -220,11 +257,13 @@ async def simulate(catalog: Catalog, sequence_id: str, customer: CustomerIn, ord
         trigger_type = sequence.trigger
     else:  # the inactivity scan's event, or (started only by another sequence) a profile update
         trigger_type = "customer.inactive" if sequence.inactivity is not None else "customer.updated"
-    async with stage(catalog, start_at) as on:
+    async with stage(catalog, start_at, results) as on:
         began = on.began
         trigger = EventIn(id=f"simulate-{uuid.uuid4().hex[:8]}", type=trigger_type,
                           occurred_at=began, customer=customer, order=order)
         store(on.db, trigger, default_region=catalog.file.rules.default_region)
+        if results and "create_coupon" in results:
+            _keep_sample_coupon(on.db, results["create_coupon"], customer.id, began)
         if order is not None:
             rescore(on.db, customer.id)
         context = {**trigger.context(), "brand": catalog.file.brand}
@@ -248,8 +287,26 @@ async def simulate(catalog: Catalog, sequence_id: str, customer: CustomerIn, ord
                 if event.type in catalog.sequences[listening.split("/", 1)[0]].events_heard():
                     await _signal(on.client, listening, signal)
         lines += await on.finish()
-        await handle.result()
+        await _ended(on.client, handle.id)
     return sorted(lines, key=lambda line: line.at)
+
+
+def _keep_sample_coupon(db: Database, coupon: dict[str, Any], customer_id: str, now: datetime) -> None:
+    """Store a sample coupon as create_coupon would: a message offering a code the store lacks is
+    dropped, and the sample stands in for the activity, not for the coupons table."""
+    with db.session() as session:
+        session.add(Coupon(code=coupon["code"], key=f"simulate-sample:{coupon['code']}", customer_id=customer_id,
+                           percent=coupon["percent"], created_at=now,
+                           # Its days are fixed by the sample, not started by the first offer.
+                           expires_at=datetime.fromisoformat(coupon["expires_at"]), valid_for_seconds=None))
+
+
+async def _ended(client: Client, run_id: str) -> None:
+    """Wait for the run to end; one that failed says why in its history, which the output shows."""
+    try:
+        await client.get_workflow_handle(run_id, result_type=RunStatus).result()
+    except WorkflowFailureError:
+        pass
 
 
 async def _sleep_until(env: WorkflowEnvironment, when: datetime) -> None:
@@ -284,21 +341,35 @@ def _runs_until_done(db: Database):
             yield run
 
 
-async def _history_lines(client: Client, run_id: str) -> list[Line]:
+async def _history_lines(client: Client, run_id: str, samples: Mapping[str, Any]) -> list[Line]:
     lines: list[Line] = []
     requests: dict[int, SendRequest] = {}
+    # `do:` activities by their scheduled event: name and step.
+    done: dict[int, tuple[str, str]] = {}
+    unfinished: list[str] = []
     async for event in client.get_workflow_handle(run_id).fetch_history_events():
         at = event.event_time.ToDatetime(timezone.utc)
         if event.HasField("activity_task_scheduled_event_attributes"):
             scheduled = event.activity_task_scheduled_event_attributes
-            if scheduled.activity_type.name == "send_message":
+            name = scheduled.activity_type.name
+            if name == "send_message":
                 [requests[event.event_id]] = await client.data_converter.decode(scheduled.input.payloads, [SendRequest])
+            elif name not in RESERVED:  # the engine's own; any other is a `do:` step's
+                [asked] = await client.data_converter.decode(scheduled.input.payloads, [DoRequest])
+                done[event.event_id] = (name, asked.step)
+                unfinished.append(name)
         elif event.HasField("activity_task_completed_event_attributes"):
             completed = event.activity_task_completed_event_attributes
             request = requests.get(completed.scheduled_event_id)
             if request is not None:
                 [result] = await client.data_converter.decode(completed.result.payloads, [SendResult])
                 lines.append(Line(at, run_id, _describe(request, result), request, result))
+            elif completed.scheduled_event_id in done:
+                name, step = done[completed.scheduled_event_id]
+                unfinished.remove(name)
+                [returned] = await client.data_converter.decode(completed.result.payloads, [dict])
+                source = f"the sample given for {name}" if name in samples else "ran on the simulated store"
+                lines.append(Line(at, run_id, f"do {name} (step {step}) → {json.dumps(returned)} ({source})"))
         elif event.HasField("workflow_execution_completed_event_attributes"):
             [status] = await client.data_converter.decode(
                 event.workflow_execution_completed_event_attributes.result.payloads, [RunStatus])
@@ -306,7 +377,18 @@ async def _history_lines(client: Client, run_id: str) -> list[Line]:
             lines.append(Line(at, run_id, f"end: {status.exit_reason}"
                               + (f" (branches taken: {', '.join(branches)})" if branches else "")))
         elif event.HasField("workflow_execution_failed_event_attributes"):
-            lines.append(Line(at, run_id, f"failed: {event.workflow_execution_failed_event_attributes.failure.message}"))
+            # Failure messages are sealed like payloads: decoded, with the cause that says what went wrong.
+            error: BaseException | None = await client.data_converter.decode_failure(
+                event.workflow_execution_failed_event_attributes.failure)
+            reasons = []
+            while error is not None:
+                reasons.append(getattr(error, "message", None) or str(error))
+                error = error.__cause__
+            reason = ": ".join(dict.fromkeys(r for r in reasons if r))
+            # An activity that cannot work here (its CRM is out of reach) need not stop the simulation.
+            hint = "".join(f"; to go on without it, give a result: --do {name}='{{...}}' or a `- do: {name}` "
+                           "entry in the timeline" for name in dict.fromkeys(unfinished))
+            lines.append(Line(at, run_id, f"failed: {reason}{hint}"))
     return lines
 
 

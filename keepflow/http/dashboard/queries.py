@@ -23,6 +23,7 @@ from keepflow.insights.report import DELIVERY_EVENTS, Report, StepReport, build_
 from keepflow.language.catalog import Catalog
 from keepflow.language.dsl import InactivityTrigger, SendStep, Sequence
 from keepflow.language.durations import format_duration
+from keepflow.runtime import deployments
 from keepflow.sending import suppressions
 from keepflow.sending.contacts import normalize_address
 from keepflow.store import Customer, Database, Event, Message, Order, Run, Suppression, utc
@@ -164,6 +165,35 @@ def sequence_page(db: Database, sequence: Sequence, since: datetime) -> tuple[Re
     # message of the sequence) instead of the few held rows of the status index.
     waiting = waiting_by_step(db)
     return report, _view(sequence, report, waiting)
+
+
+# -- deployed versions ------------------------------------------------------------------------
+
+
+def version_label(number: int | None) -> str:
+    return f"v{number}" if number is not None else "a definition from before versions were kept"
+
+
+@dataclass
+class VersionsView:
+    live: deployments.Version | None
+    # (version label, runs started on it in the period), newest version first.
+    started: list[tuple[str, int]]
+
+
+def sequence_versions(db: Database, sequence_id: str, since: datetime) -> VersionsView:
+    """Which deployed version the runs of a sequence started in the period run on."""
+    with db.session() as session:
+        counts = session.execute(
+            select(Run.definition_hash, func.count()).where(Run.sequence_id == sequence_id, Run.started_at >= since)
+            .group_by(Run.definition_hash)).all()
+    started_on = deployments.versions_of(db, [(sequence_id, digest) for digest, _ in counts])
+    by_version: dict[int | None, int] = {}
+    for digest, n in counts:
+        number = started_on.get((sequence_id, digest or ""))
+        by_version[number] = by_version.get(number, 0) + n
+    ordered = sorted(by_version.items(), key=lambda item: -1 if item[0] is None else item[0], reverse=True)
+    return VersionsView(deployments.live(db), [(version_label(number), n) for number, n in ordered])
 
 
 # -- messages ---------------------------------------------------------------------------------
@@ -329,8 +359,12 @@ def customer_timeline(db: Database, customer: Customer) -> Timeline:
             why = f" - {m.error}" if m.error else ""
             entries.append(Entry(utc(m.created_at), "message", f"{m.channel} {m.template}: {m.status}",
                                  f"{m.sequence_id}, step {m.step}{why}", link=f"/messages/{m.id}"))
-        for r in newest(select(Run).where(Run.customer_id == cid), Run.started_at):
-            entries.append(Entry(utc(r.started_at), "run", f"entered {r.sequence_id}", r.id))
+        runs = newest(select(Run).where(Run.customer_id == cid), Run.started_at)
+        started_on = deployments.versions_of(db, [(r.sequence_id, r.definition_hash) for r in runs])
+        for r in runs:
+            version = started_on.get((r.sequence_id, r.definition_hash or ""))
+            entries.append(Entry(utc(r.started_at), "run", f"entered {r.sequence_id}",
+                                 f"{r.id}, on {version_label(version)}"))
             if r.converted_at:
                 entries.append(Entry(utc(r.converted_at), "run", f"converted in {r.sequence_id}",
                                      r.converted_event_id or ""))

@@ -85,13 +85,14 @@ async def sequence(request: Request, sequence_id: str, since: str = "30d") -> HT
     start = _period(request, since)
     if isinstance(start, HTMLResponse):
         return start
-    found, runs = await asyncio.gather(
+    found, versions, runs = await asyncio.gather(
         asyncio.to_thread(queries.sequence_page, services.db, known, start),
+        asyncio.to_thread(queries.sequence_versions, services.db, sequence_id, start),
         in_flight.count_waiting(_temporal(request), [known], since=start),
     )
     report, view = found
     queries.with_open_runs([view], runs)
-    return render(request, "sequence.html", report=report, s=view, since=since, in_flight=runs)
+    return render(request, "sequence.html", report=report, s=view, since=since, in_flight=runs, versions=versions)
 
 
 @router.get("/messages", response_class=HTMLResponse)
