@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from keepflow.settings import Settings
+from keepflow.settings import Settings, get_settings
 from keepflow.store import Database, upgrade
 from tests.databases import SERVER_URL, fresh_database
 from tests.engine import SHOP_SEQUENCES, SHOP_TEMPLATES, make_settings, time_skipping_server
@@ -17,12 +17,16 @@ from tests.fakes.provider_server import FakeProviders
 
 
 @pytest.fixture(autouse=True)
-def shop_files(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+def shop_files(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A command run with its defaults (`keepflow graph winback`) reads the frozen shop, except in
     tests/content, whose tests are about the shipped files."""
     if "content" not in request.node.path.parts:
         monkeypatch.setenv("KEEPFLOW_SEQUENCES", str(SHOP_SEQUENCES))
         monkeypatch.setenv("KEEPFLOW_TEMPLATES", str(SHOP_TEMPLATES))
+    # The CLI reads its settings once per process: each test's commands read its own environment.
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="session")

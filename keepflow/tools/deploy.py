@@ -40,6 +40,7 @@ IMPACT_WITHIN = 60.0
 @dataclass
 class Outcome:
     problems: list[Problem]
+    source_hash: str  # of the text deployed
     catalog: Catalog | None = None
     live: Version | None = None  # what was live before
     deployed: Version | None = None  # set when a new version was recorded
@@ -57,8 +58,6 @@ class Outcome:
     def already_live(self) -> bool:
         return self.valid and self.live is not None and self.live.hash == self.source_hash
 
-    source_hash: str = ""
-
 
 def sequence_hashes(db: Database, number: int) -> dict[str, str]:
     with db.session() as session:
@@ -72,7 +71,7 @@ async def deploy(settings: Settings, db: Database, source: str, origin: str, *, 
     """Check `source` as the sequences file; unless it has an error (or `apply` is off), make it live."""
     path, templates = settings.sequences_path, settings.templates_dir
     catalog, problems = await asyncio.to_thread(check_catalog, path, templates, source)
-    outcome = Outcome(problems, catalog, source_hash=deployments.text_hash(source))
+    outcome = Outcome(problems, deployments.text_hash(source), catalog)
     outcome.live = await asyncio.to_thread(deployments.live, db)
     if catalog is None:
         return outcome

@@ -60,8 +60,9 @@ def cli(*args: str) -> str:
     return result.output
 
 
-def test_the_guide_validates_previews_and_simulates(edited):
+def test_the_guide_validates_previews_and_simulates(edited, monkeypatch):
     path, templates = edited
+    monkeypatch.setenv("KEEPFLOW_TEMPLATES", str(templates))
     assert run_validate(path, templates) == 0
     catalog = load_catalog(path, templates)
     assert catalog.file.rules.timezone == "Asia/Bangkok"
