@@ -175,6 +175,26 @@ def test_a_resend_goes_in_its_groups_sendgrid_unsubscribe_group(db, cli, fake, s
     assert mail["payload"]["asm"] == {"group_id": 4242}
 
 
+def test_a_resend_reads_the_live_version_not_an_undeployed_edit(db, cli, fake, settings, tmp_path):
+    from keepflow.runtime import deployments
+    from keepflow.runtime.registry import load_catalog
+
+    sequences = tmp_path / "grouped.yaml"
+    live = ("brand: {name: Shop}\n"
+            "rules: {sendgrid_unsubscribe_groups: {lapsed: 4242}}\n"
+            "sequences:\n"
+            "  - {id: winback, category: marketing, group: lapsed, steps: [exit]}\n")
+    sequences.write_text(live)
+    deployments.record(db, load_catalog(sequences), live, "keepflow deploy")
+    sequences.write_text(live.replace("4242", "5151").replace("name: Shop", "name: Not Yet"))  # saved, not deployed
+    settings.sequences_path = sequences
+    add(db, 2, "unknown")
+    assert cli("messages", "resolve", "2", "--resend").exit_code == 0
+    [mail] = fake.accepted("sendgrid")
+    assert mail["payload"]["asm"] == {"group_id": 4242}
+    assert mail["payload"]["from"]["name"] == "Shop"
+
+
 def test_no_resend_to_a_customer_who_opted_out_since(db, cli, fake):
     add(db, 2, "unknown")
     add(db, 3, "unknown", category="transactional", customer="c-2")

@@ -47,6 +47,7 @@ from keepflow.sending.providers import (
 )
 from keepflow.settings import Settings
 from keepflow.store import Customer, Database, Message, utc
+from keepflow.store.definitions import Definition
 
 log = logging.getLogger("keepflow.unknown")
 
@@ -208,7 +209,7 @@ def resend(db: Database, settings: Settings, message_id: int, provider: EmailPro
         if refusal:
             raise CannotResolve(f"message {message_id} is not resent: {refusal}")
         ours = message.attempts + 1
-        email = _outgoing(settings, message)
+        email = _outgoing(settings, message, _live_source(db))
     started = datetime.now(timezone.utc)
     with db.transaction() as connection:
         claimed = connection.execute(
@@ -285,13 +286,13 @@ def _refusal(session, message: Message) -> str | None:
     return None
 
 
-def _outgoing(settings: Settings, message: Message) -> OutgoingEmail:
+def _outgoing(settings: Settings, message: Message, live_source: str | None = None) -> OutgoingEmail:
     """The stored message as send_message built it: the body and subject as rendered then; the
     plain-text part, the unsubscribe headers and the custom args made again."""
     assert message.recipient is not None and message.body is not None  # resend checks first
     text = text_of_html(message.body)
     headers: dict[str, str] = {}
-    tree = _sequences_tree(settings)
+    tree = _sequences_tree(settings, live_source)
     if message.category == "marketing":
         url = unsubscribe_links.link_for(settings, customer_id=message.customer_id or "", channel="email",
                                          address=message.recipient, scope="marketing")
@@ -307,12 +308,19 @@ def _outgoing(settings: Settings, message: Message) -> OutgoingEmail:
     )
 
 
-def _sequences_tree(settings: Settings) -> Any:
-    """sequences.yaml parsed with validate's own limits, not loaded as a catalog: a resend needs
-    neither its sequences' steps nor the worker's activities. Unreadable: None, and the resend
-    still goes, with what the settings alone give it."""
+def _sequences_tree(settings: Settings, live_source: str | None) -> Any:
+    """The live version of sequences.yaml (the file, if none was deployed) parsed with validate's
+    own limits, not loaded as a catalog: a resend needs neither its sequences' steps nor the
+    worker's activities. Unreadable: None, and the resend still goes, with what the settings
+    alone give it."""
     path = Path(settings.sequences_path)
-    return yaml_source.parse(path, Report(path))
+    return yaml_source.parse(path, Report(path), live_source)
+
+
+def _live_source(db: Database) -> str | None:
+    """The text of the newest deployed version (keepflow/runtime/deployments.py), if any."""
+    with db.session() as session:
+        return session.scalars(select(Definition.source).order_by(Definition.version.desc()).limit(1)).first()
 
 
 def _brand_name(tree: Any) -> str | None:
