@@ -55,7 +55,8 @@ for folder in (ROOT, BENCH):  # worker.py and tests/fakes at the repository root
         sys.path.insert(0, str(folder))
 
 from compress import compressed, scaled  # noqa: E402
-from ingest import provenance, settings_for, write_section  # noqa: E402
+from figures import write_figures  # noqa: E402
+from ingest import machine, provenance, settings_for, write_section  # noqa: E402
 from scan import scan_runs  # noqa: E402
 from throughput import BARE_ACTIVITY, noop_send, parse_scale  # noqa: E402
 
@@ -591,11 +592,11 @@ def explanation(s: dict[str, Any]) -> str:
     return "\n\n".join(out)
 
 
-def write_results(raw: dict[str, Any], table: str, note: str) -> None:
+def write_results(raw: dict[str, Any], s: dict[str, Any], table: str, note: str) -> None:
     scale = Fraction(raw["time_scale"]).limit_denominator(1_000_000)
     section = "\n".join([
         SECTION, "",
-        *provenance(f"python bench/cost.py --runs {raw['runs']} --time-scale {scale} --write-results"),
+        *provenance(command := f"python bench/cost.py --runs {raw['runs']} --time-scale {scale} --write-results"),
         f"- Parameters: {raw['runs']} post-purchase journeys (order.created → shipped → delivered through "
         "keepflow.runtime.routing.ingest; customers in cross_sell's offer arm; no review) and "
         f"{raw['runs']} win-back runs (started as the scan starts them; no return), the real sequences.yaml on the "
@@ -607,6 +608,20 @@ def write_results(raw: dict[str, Any], table: str, note: str) -> None:
         note, "",
     ])
     write_section(SECTION, section)
+    write_figures(figures(s), command, machine())
+
+
+def figures(s: dict[str, Any]) -> dict[str, float | int]:
+    """The headline numbers, per run kind: the first run's (every run's counts are equal)."""
+    out: dict[str, float | int] = {}
+    for kind in KINDS:
+        d, key = s[kind], f"cost.{kind.replace('-', '_')}"
+        out[f"{key}.actions"] = sum(d["keepflow"][0]["actions"].values())
+        out[f"{key}.minimum"] = sum(d["minimum"][0].values())
+        out[f"{key}.bare_actions"] = sum(d["bare"][0]["actions"].values())
+        out[f"{key}.history_bytes"] = d["keepflow"][0]["bytes"]
+        out[f"{key}.bare_history_bytes"] = d["bare"][0]["bytes"]
+    return out
 
 
 def main() -> int:
@@ -631,7 +646,7 @@ def main() -> int:
     print()
     print(note)
     if args.write_results:
-        write_results(raw, table, note)
+        write_results(raw, s, table, note)
     return 0
 
 

@@ -47,6 +47,8 @@ from typing import TYPE_CHECKING, Any
 
 from temporalio import workflow
 
+from figures import write_figures
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # worker.py and tests/fakes live at the repository root
     sys.path.insert(0, str(ROOT))
@@ -777,11 +779,12 @@ def write_results(s: dict[str, Any]) -> None:
         ["worker in its own process"] if s["worker_process"] else []) + (
         [f"steady {s['rate']:g} events/s"] if s["rate"] else [])
     title = ", ".join([SECTION, *variant])
+    command = (f"python bench/ingest.py --events {s['events']} --concurrency {s['concurrency']}"
+               + (f" --rate {s['rate']:g}" if s["rate"] else "")
+               + (" --worker-process" if s["worker_process"] else "") + " --write-results")
     section = "\n".join([
         title, "",
-        *provenance(f"python bench/ingest.py --events {s['events']} --concurrency {s['concurrency']}"
-                    + (f" --rate {s['rate']:g}" if s["rate"] else "")
-                    + (" --worker-process" if s["worker_process"] else "") + " --write-results", pragmas=True,
+        *provenance(command, pragmas=True,
                     after="" if s["database"] == "SQLite" else
                     " with DATABASE_URL set (`.ci/postgres` starts a throwaway server)"),
         f"- Parameters: {s['events']} distinct signed `order.created` events, {s['concurrency']} requests in flight"
@@ -795,6 +798,13 @@ def write_results(s: dict[str, Any]) -> None:
         interpretation(s), "",
     ])
     write_section(title, section)
+    # The default run (SQLite, one process, as fast as it goes) gives the plain keys; a variant's
+    # keys say which it is, e.g. ingest.worker_process.keepflow_per_s.
+    key = ".".join(["ingest", *(["postgresql"] if s["database"] != "SQLite" else []),
+                    *(["worker_process"] if s["worker_process"] else []),
+                    *([f"steady_{s['rate']:g}_per_s".replace('.', '_')] if s["rate"] else [])])
+    write_figures({f"{key}.keepflow_per_s": round(s["ingest_per_s"], 1), f"{key}.p99_ms": round(s["http_p99_s"] * 1000),
+                   f"{key}.bare_start_per_s": round(s["bare_per_s"], 1)}, command, machine())
 
 
 def write_section(title: str, section: str) -> None:

@@ -63,7 +63,9 @@ for folder in (ROOT, BENCH):  # worker.py at the repository root; ingest.py besi
         sys.path.insert(0, str(folder))
 
 from compress import compressed, scaled  # noqa: E402
-from ingest import _proc_cpu_seconds, _tree_cpu_seconds, instrument, ms, percentile, provenance, write_section  # noqa: E402
+from figures import write_figures  # noqa: E402
+from ingest import (_proc_cpu_seconds, _tree_cpu_seconds, instrument, machine, ms, percentile, provenance,  # noqa: E402
+                    write_section)
 
 RESULTS = BENCH / "RESULTS.md"
 SECTION = "## Sequence throughput (bench/throughput.py)"
@@ -451,12 +453,12 @@ def report(raw: dict[str, Any]) -> tuple[str, float | None]:
     return "\n".join(out), ratio
 
 
-def write_results(raw: dict[str, Any], table: str, note: str) -> None:
+def write_results(raw: dict[str, Any], table: str, note: str, ratio: float | None) -> None:
     scale = Fraction(raw["time_scale"]).limit_denominator(1_000_000)
     section = "\n".join([
         SECTION, "",
-        *provenance(f"python bench/throughput.py --runs {raw['runs']} --start-concurrency {raw['concurrency']} "
-                    f"--time-scale {scale}{' --unsandboxed' if raw['unsandboxed'] else ''}"
+        *provenance(command := f"python bench/throughput.py --runs {raw['runs']} --start-concurrency "
+                    f"{raw['concurrency']} --time-scale {scale}{' --unsandboxed' if raw['unsandboxed'] else ''}"
                     f"{' --bare-first' if raw['bare_first'] else ''} --write-results", pragmas=True),
         f"- Parameters: {raw['runs']} runs per phase on one dev server, four phases mirrored "
         f"({'bare, Keepflow, Keepflow, bare' if raw['bare_first'] else 'Keepflow, bare, bare, Keepflow'}), "
@@ -472,6 +474,14 @@ def write_results(raw: dict[str, Any], table: str, note: str) -> None:
         note, "",
     ])
     write_section(SECTION, section)
+    if ratio is not None and not raw["unsandboxed"]:  # a diagnostic run is not the product's figure
+        kf, bare = rates(raw["keepflow"]), rates(raw["bare"])
+        figures = {"throughput.ratio": round(ratio, 3), "throughput.keepflow_runs_per_s": round(kf["runs_per_s"], 2),
+                   "throughput.bare_runs_per_s": round(bare["runs_per_s"], 2)}
+        if kf["cpu_self_s"] is not None and bare["cpu_self_s"] is not None:
+            figures["throughput.worker_cpu_ms_per_run"] = round(kf["cpu_self_s"] / max(kf["completed"], 1) * 1000, 1)
+            figures["throughput.bare_cpu_ms_per_run"] = round(bare["cpu_self_s"] / max(bare["completed"], 1) * 1000, 1)
+        write_figures(figures, command, machine())
 
 
 def interpretation(raw: dict[str, Any], ratio: float | None) -> str:
@@ -536,7 +546,7 @@ def main() -> int:
     print(note)
     ok = all(raw[side]["completed"] == raw[side]["runs"] == 2 * args.runs for side in ("keepflow", "bare"))
     if args.write_results:
-        write_results(raw, table, note)
+        write_results(raw, table, note, ratio)
     return 0 if ok else 1
 
 
