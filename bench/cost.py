@@ -611,11 +611,14 @@ def write_results(raw: dict[str, Any], s: dict[str, Any], table: str, note: str)
     write_figures(figures(s), command, machine())
 
 
+FIGURE_KEYS = {"post-purchase": "post_purchase", "win-back": "winback"}
+
+
 def figures(s: dict[str, Any]) -> dict[str, float | int]:
     """The headline numbers, per run kind: the first run's (every run's counts are equal)."""
     out: dict[str, float | int] = {}
     for kind in KINDS:
-        d, key = s[kind], f"cost.{kind.replace('-', '_')}"
+        d, key = s[kind], f"cost.{FIGURE_KEYS[kind]}"
         out[f"{key}.actions"] = sum(d["keepflow"][0]["actions"].values())
         out[f"{key}.minimum"] = sum(d["minimum"][0].values())
         out[f"{key}.bare_actions"] = sum(d["bare"][0]["actions"].values())
