@@ -129,10 +129,11 @@ def dev(
 def serve(
     host: Annotated[Optional[str], typer.Option(help="address to listen on (default: $KEEPFLOW_HTTP_HOST)")] = None,
     port: Annotated[Optional[int], typer.Option(help="port (default: $KEEPFLOW_HTTP_PORT or 8000)")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="processes sharing the port, one core each (default 1)")] = 1,
 ) -> None:
     """Serve the webhook endpoints against TEMPORAL_ADDRESS (run as many as you like behind a load balancer)."""
     from keepflow.http.app import create_app
-    from keepflow.http.serving import serve_http
+    from keepflow.http.serving import CannotListen, serve_http, serve_processes
     from keepflow.production import webhooks_line
     from keepflow.runtime.shutdown import stop_on_signals
 
@@ -140,9 +141,19 @@ def serve(
     _refuse_half_configured(settings, "serve")
     _logging()
     logging.getLogger("keepflow.serve").info(webhooks_line(settings))
+    host, port = host or settings.http_host, port or settings.http_port
+    if workers > 1:
+        # Each process builds its app from the same environment; dedupe and routing go through the
+        # database and Temporal, so an event is stored and routed once whichever process takes it.
+        try:
+            serve_processes("keepflow.http.app:app_from_environment", host, port, workers)
+        except CannotListen as busy:
+            print(f"refusing to start: {busy}", file=sys.stderr)
+            raise typer.Exit(1) from None
+        return
 
     async def main() -> None:
-        await serve_http(create_app(settings), host or settings.http_host, port or settings.http_port, stop_on_signals())
+        await serve_http(create_app(settings), host, port, stop_on_signals())
 
     _run(main())
 

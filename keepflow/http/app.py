@@ -45,7 +45,7 @@ from keepflow.language.catalog import Catalog
 from keepflow.runtime import routing
 from keepflow.runtime.client import connect, why_unreachable
 from keepflow.runtime.events import EventIn
-from keepflow.settings import Settings
+from keepflow.settings import Settings, get_settings
 from keepflow.store import Database
 
 log = logging.getLogger("keepflow.http")
@@ -62,6 +62,12 @@ DATABASE_RETRY_AFTER = "5"
 
 class Ignored(BaseModel):
     ignored: str
+
+
+def app_from_environment() -> FastAPI:
+    """The public app from the environment's settings: what each process of `keepflow serve
+    --workers N` serves."""
+    return create_app(get_settings())
 
 
 def create_app(settings: Settings, *, catalog: Catalog | None = None, db: Database | None = None,
