@@ -125,6 +125,8 @@ async def test_redelivery_and_a_hundred_copies_have_one_effect(stack, env, db):
     assert all(r.status_code in (200, 202) for r in responses), {r.status_code for r in responses}
     started = [r.json()["started"] for r in responses if r.json()["started"]]
     assert started == [[f"fulfilment/{body['order']['id']}"]]
+    # The one that stored it is no duplicate, whichever copy started its routing.
+    assert [r.json()["duplicate"] for r in responses].count(False) == 1
     # The same event under a new delivery id (a sender re-sending it) is still one event.
     raw2, headers2 = signed(body)
     again = await stack.post("/events", content=raw2, headers=headers2)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -110,15 +111,17 @@ async def ingest(services: Services, routings: Routings, event: EventIn, deliver
     done, _ = await asyncio.wait({task}, timeout=max(wait, 0.0))
     if not done:
         log.info("event %s stored; routing continues after the answer", event.id)
-        return _answer(routing.Routed(event.id, duplicate=new is None or not first), "in progress", 202)
+        return _answer(routing.Routed(event.id, duplicate=new is not True), "in progress", 202)
     error = task.exception()
     if error is not None:
         return JSONResponse({"detail": f"stored, not yet routed: {describe(error)}; routing will follow"},
                             status_code=503, headers={"Retry-After": RETRY_AFTER})
-    if not first:
+    if new is not True and not first:
         # A copy that came while the first was being routed: what it did is the first's answer.
         return _answer(routing.Routed(event.id, duplicate=True), "done", 200)
-    routed = task.result()
+    # The request that stored the event is the one that is no duplicate, even when a copy that
+    # came at the same moment found it stored first and started its routing.
+    routed = dataclasses.replace(task.result(), duplicate=new is not True)
     return _answer(routed, "done", 200 if routed.duplicate else 202)
 
 

@@ -263,6 +263,15 @@ def _earlier_events(db: Database, trigger: EventIn, sequences: list[Sequence]) -
 
 def _settle(db: Database, trigger: EventIn, context: dict[str, Any], started: dict[str, str], runs: int) -> None:
     """One write for the event's bookkeeping: its new runs (id: definition hash) noted, the event marked routed."""
+    try:
+        _note_and_mark(db, trigger, context, started, runs)
+    except IntegrityError:
+        # Another process noted one of these runs this moment: it routed the same event for a
+        # sender's retry that reached it. Once more, that run is found noted and left as it is.
+        _note_and_mark(db, trigger, context, started, runs)
+
+
+def _note_and_mark(db: Database, trigger: EventIn, context: dict[str, Any], started: dict[str, str], runs: int) -> None:
     with db.session() as session:
         for run_id, definition_hash in started.items():
             noted = session.get(Run, run_id)

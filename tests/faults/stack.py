@@ -256,9 +256,9 @@ class AppProcess(ChildProcess):
 
     name = "public app"
 
-    def __init__(self, env: dict[str, str], log_path: Path, port: int):
-        super().__init__([sys.executable, "-m", "keepflow.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                         env, log_path)
+    def __init__(self, env: dict[str, str], log_path: Path, port: int, processes: int = 1):
+        super().__init__([sys.executable, "-m", "keepflow.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+                          "--workers", str(processes)], env, log_path)
         self.url = f"http://127.0.0.1:{port}"
 
     async def ready(self, timeout: float = 90.0) -> AppProcess:
@@ -377,10 +377,10 @@ class Stack:
     def app_url(self) -> str:
         return f"http://127.0.0.1:{self.app_port}"
 
-    async def start_public_app(self) -> AppProcess:
-        """`keepflow serve` on the stack's app port, once its /healthz answers 200."""
+    async def start_public_app(self, processes: int = 1) -> AppProcess:
+        """`keepflow serve [--workers N]` on the stack's app port, once its /healthz answers 200."""
         assert not any(app.alive() for app in self.apps), "one public app at a time: they share a port"
-        app = AppProcess(self.app_env(), self.folder / f"app-{len(self.apps) + 1}.log", self.app_port)
+        app = AppProcess(self.app_env(), self.folder / f"app-{len(self.apps) + 1}.log", self.app_port, processes)
         self.apps.append(app)
         return await app.start().ready()
 
