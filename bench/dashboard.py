@@ -54,7 +54,8 @@ for folder in (ROOT, BENCH):  # keepflow at the repository root; ingest.py besid
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-from ingest import provenance, wait_for_http, write_section  # noqa: E402
+from figures import write_figures  # noqa: E402
+from ingest import machine, provenance, wait_for_http, write_section  # noqa: E402
 
 RESULTS = BENCH / "RESULTS.md"
 SECTION = "## Dashboard pages (bench/dashboard.py)"
@@ -277,8 +278,10 @@ def _batched(conn: sqlite3.Connection, sql: str, rows) -> None:
 
 # -- 2. the pages ------------------------------------------------------------------------------
 
-def pages(db) -> list[tuple[str, str]]:
-    """(label, path) of each page to time, with ids picked from the data."""
+def pages(db) -> list[tuple[str, str, str]]:
+    """(key, label, path) of each page to time, with ids picked from the data. The labels and paths
+    carry those ids, which change with --messages and --seed; the key does not, so results.json
+    compares like with like."""
     from sqlalchemy import func, select
 
     from keepflow.store import Customer, Message
@@ -292,21 +295,23 @@ def pages(db) -> list[tuple[str, str]]:
         customer = session.get(Customer, busiest[0]) if busiest else None
     deep = max(2, top // 2 // 50)
     out = [
-        ("overview (last 30 days)", "/"),
-        ("overview (last 365 days)", "/?since=365d"),
-        ("sequence page: fulfilment", "/sequences/fulfilment"),
-        ("sequence page: winback", "/sequences/winback"),
-        ("messages, page 1", "/messages"),
-        ("messages, page 2", "/messages?page=2"),
-        (f"messages, page {deep:,} (deep, by page number)", f"/messages?page={deep}"),
-        (f"messages older than #{middle:,} (deep, by cursor)", f"/messages?before={middle}"),
-        ("messages of education, page 1", "/messages?sequence=education"),
-        (f"messages of education older than #{middle:,}", f"/messages?sequence=education&before={middle}"),
-        (f"message #{middle:,}", f"/messages/{middle}"),
+        ("overview_30d", "overview (last 30 days)", "/"),
+        ("overview_365d", "overview (last 365 days)", "/?since=365d"),
+        ("sequence_fulfilment", "sequence page: fulfilment", "/sequences/fulfilment"),
+        ("sequence_winback", "sequence page: winback", "/sequences/winback"),
+        ("messages_page_1", "messages, page 1", "/messages"),
+        ("messages_page_2", "messages, page 2", "/messages?page=2"),
+        ("messages_deep_page", f"messages, page {deep:,} (deep, by page number)", f"/messages?page={deep}"),
+        ("messages_deep_cursor", f"messages older than #{middle:,} (deep, by cursor)", f"/messages?before={middle}"),
+        ("education_page_1", "messages of education, page 1", "/messages?sequence=education"),
+        ("education_deep_cursor", f"messages of education older than #{middle:,}",
+         f"/messages?sequence=education&before={middle}"),
+        ("message", f"message #{middle:,}", f"/messages/{middle}"),
     ]
     if customer is not None:
-        out += [(f"customer by id ({customer.id})", f"/customers?q={customer.id}"),
-                (f"customer by email ({customer.email.upper()})", f"/customers?q={customer.email.upper()}")]
+        out += [("customer_by_id", f"customer by id ({customer.id})", f"/customers?q={customer.id}"),
+                ("customer_by_email", f"customer by email ({customer.email.upper()})",
+                 f"/customers?q={customer.email.upper()}")]
     return out
 
 
@@ -348,7 +353,7 @@ def explain(engine, statement: str, parameters: Any) -> str:
     return "; ".join(row[-1] for row in plan)
 
 
-async def time_pages(base: str, targets: list[tuple[str, str]], repeat: int, log: StatementLog,
+async def time_pages(base: str, targets: list[tuple[str, str, str]], repeat: int, log: StatementLog,
                      engine, plans: bool) -> list[dict[str, Any]]:
     import httpx
 
@@ -358,7 +363,7 @@ async def time_pages(base: str, targets: list[tuple[str, str]], repeat: int, log
         token = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)
         signed_in = await http.post("/signin", data={"name": BENCH_USER, "password": BENCH_PASSWORD, "csrf_token": token})
         assert signed_in.status_code == 303, signed_in.text
-        for label, path in targets:
+        for key, label, path in targets:
             first = await http.get(path)  # warm-up: caches, the first connection
             times = []
             for _ in range(repeat):
@@ -367,8 +372,8 @@ async def time_pages(base: str, targets: list[tuple[str, str]], repeat: int, log
                 times.append(time.perf_counter() - began)
             with log.record() as statements:
                 await http.get(path)
-            row = {"label": label, "path": path, "status": answer.status_code, "first_status": first.status_code,
-                   "bytes": len(answer.content), "median": statistics.median(times), "max": max(times),
+            row = {"key": key, "label": label, "path": path, "status": answer.status_code,
+                   "first_status": first.status_code, "bytes": len(answer.content), "median": statistics.median(times), "max": max(times),
                    "statements": len(statements), "sql": sum(t for _, _, t in statements)}
             slowest = sorted(statements, key=lambda s: -s[2])
             if plans:
@@ -427,11 +432,11 @@ async def bench(messages: int, repeat: int, seed: int, keep: Path | None, reuse:
         http_task = asyncio.create_task(serve_http(app, "127.0.0.1", port, stop))
         base = f"http://127.0.0.1:{port}"
         await wait_for_http(base, http_task, path="/signin")  # the admin app's one page open to all
-        targets = [t for t in pages(db) if only is None or re.search(only, t[0])]
+        targets = [t for t in pages(db) if only is None or re.search(only, t[1])]
         print(f"timing {len(targets)} pages, {repeat} requests each after a warm-up ...", flush=True)
         timed = await time_pages(base, targets, repeat, log, db.engine, plans)
-        return {"messages": messages, "repeat": repeat, "seed": seed, "generated": made, "migrated": migrated,
-                "reused": reuse is not None, "pages": timed, "bytes": db_path.stat().st_size}
+        return {"messages": messages, "repeat": repeat, "seed": seed, "role": role, "generated": made,
+                "migrated": migrated, "reused": reuse is not None, "pages": timed, "bytes": db_path.stat().st_size}
     finally:
         stop.set()
         if http_task is not None:
@@ -475,9 +480,11 @@ def report(s: dict[str, Any]) -> str:
 
 
 def write_results(s: dict[str, Any]) -> None:
+    command = (f"python bench/dashboard.py --messages {s['messages']} --repeat {s['repeat']}"
+               + (f" --role {s['role']}" if s["role"] != "admin" else "") + " --write-results")
     section = "\n".join([
         SECTION, "",
-        *provenance(f"python bench/dashboard.py --messages {s['messages']} --repeat {s['repeat']} --write-results"),
+        *provenance(command),
         f"- Parameters: a generated year in Keepflow's SQLite file (seed {s['seed']}); the real app over loopback "
         f"(httpx, one request at a time) with Temporal's dev server behind it; median and slowest of "
         f"{s['repeat']} requests after a warm-up",
@@ -485,6 +492,19 @@ def write_results(s: dict[str, Any]) -> None:
         report(s), "",
     ])
     write_section(SECTION, section)
+    write_figures(figures(s), command, machine())
+
+
+def figures(s: dict[str, Any]) -> dict[str, float | int]:
+    """Median and slowest of each page that answered 200 (an error page's time says nothing about the
+    page); a marketer's masked pages keep keys of their own (dashboard.marketer.*)."""
+    key = "dashboard.marketer" if s["role"] == "marketer" else "dashboard"
+    out: dict[str, float | int] = {}
+    for p in s["pages"]:
+        if p["status"] == 200:
+            out[f"{key}.{p['key']}.median_ms"] = round(p["median"] * 1000, 1)
+            out[f"{key}.{p['key']}.slowest_ms"] = round(p["max"] * 1000, 1)
+    return out
 
 
 def main() -> int:

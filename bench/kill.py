@@ -51,7 +51,8 @@ for folder in (ROOT, BENCH):  # tests/ and worker.py at the repository root; ing
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-from ingest import provenance, write_section  # noqa: E402
+from figures import write_figures  # noqa: E402
+from ingest import machine, provenance, write_section  # noqa: E402
 
 RESULTS = BENCH / "RESULTS.md"
 SECTION = "## Worker kills mid-send (bench/kill.py)"
@@ -158,6 +159,29 @@ def write_results(out, left: int, args) -> None:
         WHERE_IT_CAN_DOUBLE,
     ])
     write_section(title, section)
+    # Each kind of run keeps keys of its own, as it keeps a section: kill.sends_in_flight.duplicates
+    # beside kill.duplicates; the fake Twilio listing texts as queued is a variant too.
+    key = ".".join(["kill", *(["sends_in_flight"] if loaded else []),
+                    *(["twilio_queued"] if args.twilio_queued else [])])
+    write_figures({f"{key}.{name}": value for name, value in figures(out, left).items()}, command, machine())
+
+
+def figures(out, left: int) -> dict[str, int]:
+    """The counts the section's verdict rests on; duplicates and lost must be 0."""
+    statuses = [out.statuses(channel) for channel in ("email", "sms")]
+    return {
+        "messages": len(out.expected),
+        "runs_not_completed": len(out.failed),
+        "kills": len(out.kills),
+        "max_sends_in_flight_at_kill": max(out.in_flight, default=0),
+        "duplicates": len(out.doubled()),
+        # Any message the provider never got, not only the `unknown` emails with no request: a run
+        # that stopped short loses its messages too.
+        "lost": sum(out.distribution(channel)["0"] for channel in ("email", "sms")),
+        "unknown": sum(s["unknown"] for s in statuses),
+        "unknown_after_webhook": left,
+        "workers_died_unasked": len(out.unexpected_exits),
+    }
 
 
 class StoreWriter:

@@ -350,27 +350,39 @@ def report(raw: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def growth(samples: list[dict[str, Any]], cache: int) -> dict[str, Any]:
+    """What a run asleep costs while the cache fills, and once it is full and evicting."""
+    full = [x for x in samples if x["asleep"] >= 2 * cache]  # well past the bound: the cache is full and evicting
+    below = [x for x in samples if 0 < x["asleep"] <= cache]
+    out: dict[str, Any] = {"full": full, "below": below[-1] if below else None, "per_1000_past": None,
+                           "filling_per_run": None}
+    if len(full) >= 2 and full[-1]["asleep"] > full[0]["asleep"]:
+        grew, runs = full[-1]["rss_kb"] - full[0]["rss_kb"], full[-1]["asleep"] - full[0]["asleep"]
+        out["per_1000_past"] = grew / runs * 1000
+    if below:
+        out["filling_per_run"] = (below[-1]["rss_kb"] - samples[0]["rss_kb"]) / below[-1]["asleep"]  # KiB per run
+    return out
+
+
 def interpretation(raw: dict[str, Any]) -> str:
     cache = raw["max_cached"]
     out = []
     for name, p in (("Keepflow", raw["keepflow"]), ("bare", raw["bare"])):
         s = p["samples"]
-        full = [x for x in s if x["asleep"] >= 2 * cache]  # well past the bound: the cache is full and evicting
+        g = growth(s, cache)
+        full, per, filling = g["full"], g["per_1000_past"], g["filling_per_run"]
         first, last = s[0], s[-1]
         line = (f"{name}: {mib(first['rss_kb'])} with no run, {mib(last['rss_kb'])} with {last['asleep']:,} asleep "
                 f"(cache holding {last['cached_now']:.0f})")
-        if len(full) >= 2 and full[-1]["asleep"] > full[0]["asleep"]:
+        if per is not None:
             grew = full[-1]["rss_kb"] - full[0]["rss_kb"]
-            per = grew / (full[-1]["asleep"] - full[0]["asleep"]) * 1000
             line += (f"; from {full[0]['asleep']:,} to {full[-1]['asleep']:,} asleep it grew {grew / 1024:+.1f} MiB "
                      f"({per:+.0f} KiB per 1,000 runs)")
-        below = [x for x in s if 0 < x["asleep"] <= cache]
-        if below:
-            b = below[-1]
-            filling = (b["rss_kb"] - first["rss_kb"]) / b["asleep"]  # KiB per run
+        if g["below"] is not None:
+            b = g["below"]
             line += (f", against {(b['rss_kb'] - first['rss_kb']) / 1024:+.1f} MiB for the first {b['asleep']:,} "
                      f"({filling:.0f} KiB per run while the cache fills)")
-            if len(full) >= 2 and full[-1]["asleep"] > full[0]["asleep"] and filling > 0:
+            if per is not None and filling > 0:
                 line += f": past the bound a run asleep costs {per / 1000 / filling:.1%} of what a cached one does"
         out.append(line + ".")
     out.append("RSS is read from /proc/<worker pid>/status (VmRSS, and VmHWM for the peak) one second after the "
@@ -380,14 +392,16 @@ def interpretation(raw: dict[str, Any]) -> str:
 
 
 def write_results(raw: dict[str, Any], table: str, note: str) -> None:
-    from ingest import provenance, write_section
+    from figures import write_figures
+    from ingest import machine, provenance, write_section
 
     points = ",".join(str(c) for c in raw["checkpoints"])
+    command = (f"python bench/memory.py --runs {raw['runs']} --checkpoints {points} "
+               f"--start-concurrency {raw['concurrency']}{' --bare-unsandboxed' if raw['unsandboxed'] else ''} "
+               "--write-results")
     section = "\n".join([
         SECTION, "",
-        *provenance(f"python bench/memory.py --runs {raw['runs']} --checkpoints {points} "
-                    f"--start-concurrency {raw['concurrency']}"
-                    f"{' --bare-unsandboxed' if raw['unsandboxed'] else ''} --write-results"),
+        *provenance(command),
         f"- Parameters: {raw['runs']:,} runs per phase on one dev server, Keepflow first; each worker alone in a child "
         f"process. Keepflow: the worker from worker.py (sandboxed `sequence`, outbox providers, SQLite store), a "
         f"sequence of one transactional email then `wait: {SLEEP.days}d`. Bare: a workflow with one no-op activity "
@@ -399,6 +413,27 @@ def write_results(raw: dict[str, Any], table: str, note: str) -> None:
         note, "",
     ])
     write_section(SECTION, section)
+    write_figures(figures(raw), command, machine())
+
+
+def figures(raw: dict[str, Any]) -> dict[str, float | int]:
+    """Per worker: RSS with no run and with all --runs asleep, its peak, and MiB per 1,000 runs while the
+    cache fills and once it evicts (the plateau the section is about)."""
+    out: dict[str, float | int] = {}
+    # --bare-unsandboxed changes only the bare worker, so only its keys say so.
+    for side, key in (("keepflow", "memory.keepflow"),
+                      ("bare", "memory.bare_unsandboxed" if raw["unsandboxed"] else "memory.bare")):
+        s = raw[side]["samples"]
+        g = growth(s, raw["max_cached"])
+        if s[0]["asleep"] == 0:
+            out[f"{key}.idle_rss_mib"] = round(s[0]["rss_kb"] / 1024, 1)
+        out[f"{key}.asleep_rss_mib"] = round(s[-1]["rss_kb"] / 1024, 1)
+        out[f"{key}.peak_rss_mib"] = round(max(x["hwm_kb"] for x in s) / 1024, 1)
+        if g["filling_per_run"] is not None:
+            out[f"{key}.mib_per_1000_runs_cached"] = round(g["filling_per_run"] * 1000 / 1024, 2)
+        if g["per_1000_past"] is not None:
+            out[f"{key}.mib_per_1000_runs_evicted"] = round(g["per_1000_past"] / 1024, 2)
+    return out
 
 
 def main() -> int:

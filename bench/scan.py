@@ -63,7 +63,9 @@ for folder in (ROOT, BENCH):  # worker.py at the repository root; ingest.py besi
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-from ingest import _proc_cpu_seconds, _tree_cpu_seconds, instrument, ms, percentile, provenance, write_section  # noqa: E402
+from figures import write_figures  # noqa: E402
+from ingest import (_proc_cpu_seconds, _tree_cpu_seconds, instrument, machine, ms, percentile, provenance,  # noqa: E402
+                    write_section)
 
 RESULTS = BENCH / "RESULTS.md"
 SECTION = "## Inactivity scan (bench/scan.py)"
@@ -539,6 +541,33 @@ def write_results(s: dict[str, Any]) -> None:
         interpretation(s), "",
     ])
     write_section(SECTION, section)
+    if s["error"] is None:  # a scan cut off by the timeout has no figures to compare
+        write_figures(figures(s), command, machine())
+
+
+def figures(s: dict[str, Any]) -> dict[str, float | int]:
+    """The bold rows of the report and the counts beside them; `--runs park` keys say so (scan.park.*)."""
+    t, pt, rss = s["totals"] or {}, s["page_times"], s["rss"]
+    key = "scan.park" if s["runs_mode"] == "park" else "scan"
+
+    def mib_or_none(kb: int | None) -> float | None:
+        return None if kb is None else round(kb / 1024, 1)
+
+    out: dict[str, float | int | None] = {
+        f"{key}.wall_s": round(s["wall"], 1),
+        f"{key}.customers_read": t.get("scanned", 0),
+        f"{key}.runs_started": t.get("started", 0),
+        f"{key}.runs_started_per_s": round(s["started_per_s"], 1),
+        f"{key}.customers_read_per_s": round(s["scanned_per_s"], 1),
+        f"{key}.pages": s["pages"],
+        f"{key}.scan_runs": s["scan_runs"],
+        f"{key}.page_p50_ms": round(percentile(pt["pages"], 50) * 1000) if pt["pages"] else None,
+        f"{key}.page_p99_ms": round(percentile(pt["pages"], 99) * 1000) if pt["pages"] else None,
+        f"{key}.keepflow_peak_rss_mib": mib_or_none(rss["keepflow"]["peak"]),
+        f"{key}.temporal_peak_rss_mib": mib_or_none(rss["temporal"]["peak"]),
+    }
+    # Off Linux /proc is missing and the RSS is unknown: leave those keys as they were rather than write a null.
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def main() -> int:
