@@ -634,7 +634,7 @@ def main() -> int:
                         help="real seconds per definition second, e.g. 1/86400: a day per second (the default); "
                              "the compressed waits are whole seconds")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds each phase may take (default 180)")
-    parser.add_argument("--write-results", action="store_true", help=f"replace this script's section in {RESULTS.name}")
+    parser.add_argument("--write-results", action="store_true", help=f"replace this script's section in {RESULTS.name} and its figures in results.json")
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")

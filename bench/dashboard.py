@@ -518,7 +518,7 @@ def main() -> int:
     parser.add_argument("--role", choices=["admin", "marketer"], default="admin",
                         help="sign in as an admin (whole, each customer and message view audited) or a marketer (masked)")
     parser.add_argument("--plans", action="store_true", help="print SQLite's plan of each page's slowest statements")
-    parser.add_argument("--write-results", action="store_true", help=f"replace this script's section in {RESULTS.name}")
+    parser.add_argument("--write-results", action="store_true", help=f"replace this script's section in {RESULTS.name} and its figures in results.json")
     args = parser.parse_args()
     if args.messages < 100 or args.repeat < 1:
         parser.error("--messages must be at least 100 and --repeat at least 1")

@@ -825,7 +825,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight (default 16)")
     parser.add_argument("--timeout", type=float, default=120.0,
                         help="seconds to wait for the emails after the last answer (default 120)")
-    parser.add_argument("--write-results", action="store_true", help=f"replace this script's section in {RESULTS.name}")
+    parser.add_argument("--write-results", action="store_true", help=f"replace this script's section in {RESULTS.name} and its figures in results.json")
     parser.add_argument("--no-breakdown", action="store_true",
                         help="do not time the engine's steps (the timers are put on at run time, never in files)")
     parser.add_argument("--worker-process", action="store_true",

@@ -290,7 +290,7 @@ def main() -> int:
                         help="write transactions per second another process makes on the store meanwhile (default 0)")
     parser.add_argument("--timeout", type=float, default=300.0,
                         help="seconds the runs may take after the last kill (default 300)")
-    parser.add_argument("--write-results", action="store_true", help=f"replace this script's section in {RESULTS.name}")
+    parser.add_argument("--write-results", action="store_true", help=f"replace this script's section in {RESULTS.name} and its figures in results.json")
     args = parser.parse_args()
     if args.runs < 1 or min(args.random_kills, args.email_kills, args.sms_kills) < 0 or args.start_over < 0:
         parser.error("--runs must be at least 1, kills and --start-over not negative")

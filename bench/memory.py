@@ -449,7 +449,7 @@ def main() -> int:
     parser.add_argument("--start-concurrency", type=int, default=50, help="start_workflow calls in flight (default 50)")
     parser.add_argument("--bare-unsandboxed", action="store_true", help="run the bare workflow without the sandbox")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds a phase may take (default 900)")
-    parser.add_argument("--write-results", action="store_true", help="replace this script's section in RESULTS.md")
+    parser.add_argument("--write-results", action="store_true", help="replace this script's section in RESULTS.md and its figures in results.json")
     parser.add_argument("--child", choices=("keepflow", "bare"), help=argparse.SUPPRESS)
     for hidden in ("--address", "--task-queue", "--data-dir"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)

@@ -581,7 +581,7 @@ def main() -> int:
                              "park: a stand-in that does nothing, to measure the scan alone")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds the scan may take (default 600)")
     parser.add_argument("--seed", type=int, default=1, help="random seed for the generated customers")
-    parser.add_argument("--write-results", action="store_true", help=f"replace this script's section in {RESULTS.name}")
+    parser.add_argument("--write-results", action="store_true", help=f"replace this script's section in {RESULTS.name} and its figures in results.json")
     parser.add_argument("--no-breakdown", action="store_true",
                         help="do not time the scan's steps (the timers are put on at run time, never in files)")
     args = parser.parse_args()

@@ -530,7 +530,7 @@ def main() -> int:
     parser.add_argument("--unsandboxed", action="store_true",
                         help="diagnostic: run Keepflow's workflows without the sandbox (not how the worker runs)")
     parser.add_argument("--bare-first", action="store_true", help="mirror the other way: bare, Keepflow, Keepflow, bare")
-    parser.add_argument("--write-results", action="store_true", help=f"replace this script's section in {RESULTS.name}")
+    parser.add_argument("--write-results", action="store_true", help=f"replace this script's section in {RESULTS.name} and its figures in results.json")
     args = parser.parse_args()
     if args.runs < 1 or args.start_concurrency < 1:
         parser.error("--runs and --start-concurrency must be at least 1")
