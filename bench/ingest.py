@@ -257,6 +257,18 @@ def _proc_cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def _machine_busy_seconds() -> float | None:
+    """Core-seconds the whole machine has spent busy since boot (Linux /proc/stat): beside our own
+    processes' figures it shows how much of the machine something else took during a run."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        # guest time is already counted in user time
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _tree_cpu_seconds(pid: int) -> float | None:
     """CPU seconds of a process and its direct children (the dev server runs as one child process)."""
     total = _proc_cpu_seconds(pid)
@@ -582,7 +594,7 @@ async def bench(events: int, concurrency: int, wait_timeout: float, breakdown: b
 
                 def sample(into: dict[str, float | None], side: str = side) -> None:
                     into.update(keepflow=_proc_cpu_seconds(os.getpid()), temporal=_tree_cpu_seconds(server.process.pid),
-                                wall=time.time())
+                                machine=_machine_busy_seconds(), wall=time.time())
                     if side_worker[side] is not None:
                         into["worker"] = _proc_cpu_seconds(side_worker[side])
 
@@ -706,9 +718,13 @@ def side_figures(phases: list[dict[str, Any]]) -> dict[str, Any]:
     all_in = [max(a for a in p["arrivals"].values() if a is not None) - p["posted"]["started"]
               for p in phases if any(a is not None for a in p["arrivals"].values())]
     cpu: dict[str, float | None] = {}
-    for k in ("keepflow", "temporal", "worker", "client", "wall"):
+    for k in ("keepflow", "temporal", "worker", "client", "machine", "wall"):
         values = [p["cpu"].get(k) for p in phases]
         cpu[k] = None if None in values else sum(values)
+    ours = [cpu[k] for k in ("keepflow", "temporal", "worker", "client")]
+    # Not ours: what other programs on the machine took while this side posted (cores on average).
+    cpu["others_cores"] = (None if None in ours or cpu["machine"] is None or not cpu["wall"]
+                           else max(0.0, cpu["machine"] - sum(ours)) / cpu["wall"])  # type: ignore[arg-type]
     return {
         "results": results, "arrivals": arrivals, "accepted": len(ok), "non_2xx": len(results) - len(ok),
         "non_2xx_by_status": statuses, "post_wall_s": sum(walls),
@@ -780,6 +796,7 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         "hw_ratio_to_bare": hw["per_s"] / bare_rate if bare_rate and not steady else None,
         "cpu_keepflow_s": cpu.get("keepflow"), "cpu_temporal_s": cpu.get("temporal"), "cpu_client_s": cpu.get("client"),
         "cpu_window_s": cpu.get("wall"), "cpu_available_s": (os.cpu_count() or 1) * (cpu.get("wall") or post_wall),
+        "others_cores": cpu.get("others_cores"),
     }
 
 
@@ -797,6 +814,9 @@ def comparison(s: dict[str, Any]) -> str:
 
     kf_cpu = {"temporal": s["cpu_temporal_s"], "keepflow": s["cpu_keepflow_s"], "worker": s["cpu_worker_s"],
               "wall": s["cpu_window_s"]}
+
+    def others(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
     rows = [
         ("events posted / accepted (2xx)", f"{2 * s['events']} / {s['accepted']}", f"{2 * s['events']} / {hw['accepted']}",
          f"{s['events']} / {s['bare_ok']} started"),
@@ -810,6 +830,8 @@ def comparison(s: dict[str, Any]) -> str:
          f"{ms(hw['first_msg_p50_s'])} / {ms(hw['first_msg_p99_s'])}", "-"),
         ("emails lost / duplicated", f"{s['lost']} / {s['duplicate_emails']}", f"{hw['lost']} / {hw['duplicate_emails']}", "-"),
         ("cores while posting: dev server / app process (and fake) / worker", cpu(kf_cpu), cpu(hw["cpu"]), "-"),
+        (f"cores other programs took meanwhile (of {os.cpu_count()})", others(s["others_cores"]),
+         others(hw["cpu"]["others_cores"]), "-"),
         ("**ratio to hand-written**", f"**{rate(s['ratio_to_handwritten'])}**", "1", "-"),
         ("ratio to bare start (the ceiling)", rate(s["ratio"]), rate(s["hw_ratio_to_bare"]), "1"),
     ]
@@ -940,6 +962,12 @@ def baseline_note(s: dict[str, Any]) -> str:
             head += (f" Phase by phase the rates moved by up to "
                      f"{max(max(s['phase_per_s']) / min(s['phase_per_s']), max(hw['phase_per_s']) / min(hw['phase_per_s'])) - 1:.0%}"
                      " between a side's two phases, a measure of how noisy the machine was.")
+        busy = (s["others_cores"], hw["cpu"]["others_cores"])
+        if None not in busy and max(busy) >= 0.1:  # type: ignore[type-var]
+            head += (f" Other programs took {busy[0]:.2f} of the {os.cpu_count()} cores while Keepflow posted "
+                     f"and {busy[1]:.2f} while the hand-written side did: both sides shared the machine, so both "
+                     "figures are lower than a quiet machine gives, and the mirrored order shares that between the "
+                     "sides only on average.")
     return (head + " The two do not do the same work. For each event the hand-written one verifies the signature, "
             "inserts one row and starts one workflow whose activity sends one fixed email. Keepflow, before it "
             "answers, also stores the customer, the order and the event, signals the runs that listen for the event "
