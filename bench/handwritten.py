@@ -15,7 +15,9 @@ What it leaves out, on purpose, is what Keepflow adds: no customer or order stor
 suppression check, no templates or locales, no record of what was sent (a retried activity can
 send twice), no signals to other runs, no encrypted payloads. It does what a first version
 written against the same requirements would do, done properly: the same durability settings for
-SQLite as Keepflow's store, as many activity threads as Keepflow's worker, no retries forgotten.
+SQLite as Keepflow's store, as many activity threads as Keepflow's worker, a timeout on the
+SDK's calls, and a delivery forgotten again when its workflow could not be started, so the
+sender's retry is not taken for a duplicate.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoint's `Request` annotation, imported
@@ -30,8 +32,8 @@ from datetime import timedelta
 
 from temporalio import activity, workflow
 
-# The sandbox imports this module afresh for every workflow run: what the app and the activity
-# need is handed over as it is, not imported again each time.
+# The sandbox imports this module afresh for every workflow run: the SDK the activity uses is
+# handed over from the worker's own import instead of being imported again each time.
 with workflow.unsafe.imports_passed_through():
     from sendgrid import SendGridAPIClient
     from sendgrid.helpers.mail import Mail
