@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import signal
 import socket
@@ -191,9 +192,11 @@ class ChildProcess:
         return self.process is not None and self.process.poll() is None
 
     def kill(self) -> None:
-        """SIGKILL: no shutdown, no cleanup, in-flight work simply stops. Safe from any thread."""
+        """SIGKILL: no shutdown, no cleanup, in-flight work simply stops. Safe from any thread.
+        The whole process group: `keepflow serve --workers N`'s processes die with their supervisor."""
         if self.alive():
-            os.kill(self.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
 
     def terminate(self) -> None:
         """SIGTERM: a graceful shutdown (worker.py gives in-flight activities time to finish)."""
@@ -212,8 +215,8 @@ class ChildProcess:
         """Make sure the process is gone and waited for (no zombie, no ResourceWarning)."""
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)  # its children too (it was started in a session of its own)
         self.process.wait()
 
     def log(self) -> str:
