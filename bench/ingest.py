@@ -1,7 +1,7 @@
 """Events in, under load: signed `order.created` events over loopback to the first email out.
 
     python bench/ingest.py [--events N] [--concurrency C] [--rate R] [--worker-process] [--handwritten-first]
-                           [--timeout S] [--write-results]
+                           [--http-processes N] [--workers M] [--timeout S] [--write-results]
 
 A load test script, not a timed test. In a throwaway folder it starts the real stack in this
 process — Temporal's dev server (headless, free port), the fake SendGrid/Twilio server from
@@ -26,6 +26,12 @@ one; mirrored, both sides sit on average at the same place. `--handwritten-first
 way (hand-written, Keepflow, Keepflow, hand-written), to see what is left of the order's effect
 across runs. Before the phases each side takes a few unmeasured events, so neither pays alone for
 first connections and imports. A side's figures pool its two phases.
+
+Scaling out (issue 16): `--http-processes N` (N > 1) serves Keepflow's app as `keepflow serve --workers N`
+in a process group of its own (uvicorn's supervisor and its N app processes on one port), configured
+through the environment as in production, and `--workers M` (M > 1 implies `--worker-process`) runs M
+`worker.py` processes on the one task queue. The hand-written side stays as it is. With the app out of
+this process the engine-step timers cannot reach it, so such a run has no step breakdown.
 
 Reported per side: accepted events/s (2xx answers / wall time of the posting phases), HTTP
 latency p50/p99, and request → first message at the fake p50/p99 (both clocks are time.time() on
@@ -53,6 +59,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -267,6 +274,41 @@ def _machine_busy_seconds() -> float | None:
         return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid`, however deep (Linux /proc)."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{parent}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    children = [int(c) for c in (task / "children").read_text().split()]
+                    found += children
+                    todo += children
+    return found
+
+
+def _group_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds of `keepflow serve --workers N`: uvicorn's supervisor and every process it started
+    (the app processes, multiprocessing's helpers), so no process that serves requests goes uncounted."""
+    total = _proc_cpu_seconds(pid)
+    if total is None:
+        return None
+    return total + sum(_proc_cpu_seconds(child) or 0.0 for child in _descendants(pid))
+
+
+def _stop_group(child) -> None:
+    """SIGTERM to the whole process group, so uvicorn's supervisor and its app processes shut down as
+    in production; then SIGKILL whatever of the group is left and reap the supervisor, so no app
+    process outlives the run."""
+    if child.alive():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.process.wait(15)
+    child.reap()
 
 
 def _tree_cpu_seconds(pid: int) -> float | None:
@@ -489,7 +531,7 @@ class HandwrittenWorker:
 
 async def bench(events: int, concurrency: int, wait_timeout: float, breakdown: bool = True,
                 worker_process: bool = False, rate: float | None = None,
-                handwritten_first: bool = False) -> dict[str, Any]:
+                handwritten_first: bool = False, http_processes: int = 1, workers: int = 1) -> dict[str, Any]:
     from temporalio.worker import Worker
 
     import handwritten
@@ -520,7 +562,8 @@ async def bench(events: int, concurrency: int, wait_timeout: float, breakdown: b
         secret = new_secret()
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        app = create_app(settings, catalog=catalog, db=db, client=client, webhook_secrets=[secret])
+        app = (create_app(settings, catalog=catalog, db=db, client=client, webhook_secrets=[secret])
+               if http_processes == 1 else None)
         noop_queue = f"bench-noop-{tag}"
         noop_worker = Worker(client, task_queue=noop_queue, workflows=[NoopWorkflow])
         # The baseline: its own app, table, task queue and worker process, on the same server, fake and
@@ -533,18 +576,30 @@ async def bench(events: int, concurrency: int, wait_timeout: float, breakdown: b
                                         server.address, hw_queue)
 
         async with contextlib.AsyncExitStack() as running:
-            worker = None
-            if worker_process:
-                # As production runs it: `worker.py` in its own process, its own interpreter and GIL.
-                from tests.faults.stack import WorkerProcess, worker_env
+            worker_pids: list[int] = []
+            serving = None  # `keepflow serve --workers N`, when the app runs out of this process
+            if worker_process or http_processes > 1:
+                from tests.faults.stack import AppProcess, WorkerProcess, worker_env
 
                 env = worker_env(data_dir, settings.resolved_database_url, server.address, task_queue, fake.url)
                 assert settings.payload_keys is not None
                 env["KEEPFLOW_PAYLOAD_KEYS"] = settings.payload_keys.get_secret_value()  # the keys this client seals with
-                worker = WorkerProcess(env, data_dir / "worker.log")
-                running.callback(worker.reap)
-                running.callback(worker.terminate)
-                await worker.start().ready()
+            if http_processes > 1:
+                serving = AppProcess({**env, "KEEPFLOW_WEBHOOK_SECRET": secret}, data_dir / "serve.log", port,
+                                     http_processes)
+                running.callback(_stop_group, serving)
+                serving.start()
+            if worker_process:
+                # As production runs it: `worker.py` in its own process, its own interpreter and GIL;
+                # several of them poll the one task queue, as a deployment scales its workers out.
+                procs = [WorkerProcess(env, data_dir / (f"worker-{n + 1}.log" if workers > 1 else "worker.log"))
+                         for n in range(workers)]
+                for proc in procs:
+                    running.callback(proc.reap)
+                    running.callback(proc.terminate)
+                    proc.start()
+                await asyncio.gather(*(proc.ready() for proc in procs))
+                worker_pids = [proc.pid for proc in procs]
             else:
                 await running.enter_async_context(build_worker(client, settings, db, task_queue=task_queue))
             hw_worker = HandwrittenWorker(handwritten.worker_env(server.address, hw_queue, fake.sendgrid_api_key, fake.url),
@@ -552,9 +607,11 @@ async def bench(events: int, concurrency: int, wait_timeout: float, breakdown: b
             running.callback(hw_worker.stop)
             await hw_worker.start()
             await running.enter_async_context(noop_worker)
-            # Both apps served alike (uvicorn in this process, beside the fake), so the server is no difference.
-            http_tasks.append(asyncio.create_task(serve_http(app, "127.0.0.1", port, stop)))
-            http_tasks.append(asyncio.create_task(serve_http(hw_app, "127.0.0.1", hw_port, stop)))
+            # Both apps served alike (uvicorn in this process, beside the fake), so the server is no difference;
+            # with --http-processes the difference is the point, and the figures say which variant ran.
+            if app is not None:
+                http_tasks.append(asyncio.create_task(serve_http(app, "127.0.0.1", port, stop)))
+            http_tasks.append(hw_task := asyncio.create_task(serve_http(hw_app, "127.0.0.1", hw_port, stop)))
 
             async def stop_http() -> None:  # before the workers stop (the exit stack unwinds in reverse)
                 stop.set()
@@ -562,14 +619,19 @@ async def bench(events: int, concurrency: int, wait_timeout: float, breakdown: b
                     await asyncio.wait_for(asyncio.gather(*http_tasks), 15)
 
             running.push_async_callback(stop_http)
-            await wait_for_http(url, http_tasks[0])
-            await wait_for_http(hw_url, http_tasks[1])
+            if serving is not None:
+                await serving.ready()
+            else:
+                await wait_for_http(url, http_tasks[0])
+            await wait_for_http(hw_url, hw_task)
             order = ORDER_HANDWRITTEN_FIRST if handwritten_first else ORDER
             print(f"stack up: Temporal {server.address}, Keepflow {url}, hand-written {hw_url}, fake providers "
                   f"{fake.url}; phases {', '.join(order)}, {events} events each, {concurrency} in flight"
+                  + (f", {http_processes} HTTP processes" if serving is not None else "")
+                  + (f", {workers} worker processes" if workers > 1 else "")
                   + (f", {rate:g} per second" if rate else "") + " ...", flush=True)
 
-            side_worker = {"keepflow": worker.pid if worker is not None else None, "handwritten": hw_worker.pid}
+            side_workers = {"keepflow": worker_pids, "handwritten": [hw_worker.pid]}
             target = {"keepflow": (url, secret), "handwritten": (hw_url, hw_secret)}
             # Unmeasured: the first requests and runs of each side pay for connections, caches and first
             # imports (the sandbox's among them), which would otherwise count against whichever goes first.
@@ -595,11 +657,14 @@ async def bench(events: int, concurrency: int, wait_timeout: float, breakdown: b
                 def sample(into: dict[str, float | None], side: str = side) -> None:
                     into.update(keepflow=_proc_cpu_seconds(os.getpid()), temporal=_tree_cpu_seconds(server.process.pid),
                                 machine=_machine_busy_seconds(), wall=time.time())
-                    if side_worker[side] is not None:
-                        into["worker"] = _proc_cpu_seconds(side_worker[side])
+                    if side_workers[side]:
+                        cpus = [_proc_cpu_seconds(pid) for pid in side_workers[side]]
+                        into["worker"] = None if None in cpus else sum(cpus)  # type: ignore[arg-type]
+                    if side == "keepflow" and serving is not None:
+                        into["http"] = _group_cpu_seconds(serving.pid)
 
                 # The timers only while Keepflow is posting: they would tax the baseline's to_thread calls too.
-                with instrument(breakdown and side == "keepflow") as timings:
+                with instrument(breakdown and side == "keepflow" and serving is None) as timings:
                     posted = await run_client({"kind": "events", "url": target[side][0], "secret": target[side][1],
                                                "count": events, "concurrency": concurrency, "tag": phase_tag,
                                                "rate": rate},
@@ -632,6 +697,7 @@ async def bench(events: int, concurrency: int, wait_timeout: float, breakdown: b
             return {
                 "events": events, "concurrency": concurrency, "rate": rate, "phases": phases, "bare": bare,
                 "order": order, "stages": stages, "worker_process": worker_process, "steps": steps,
+                "http_processes": http_processes, "workers": workers,
                 "heard_by": [q.id for q in catalog.interested_in("order.created")],
                 "started_by": [q.id for q in catalog.triggered_by("order.created")],
                 "unrelated_emails": sum(len(v) for k, v in fake.arrivals.items() if k not in everyone),
@@ -718,10 +784,12 @@ def side_figures(phases: list[dict[str, Any]]) -> dict[str, Any]:
     all_in = [max(a for a in p["arrivals"].values() if a is not None) - p["posted"]["started"]
               for p in phases if any(a is not None for a in p["arrivals"].values())]
     cpu: dict[str, float | None] = {}
-    for k in ("keepflow", "temporal", "worker", "client", "machine", "wall"):
+    for k in ("keepflow", "temporal", "worker", "client", "machine", "wall", "http"):
         values = [p["cpu"].get(k) for p in phases]
         cpu[k] = None if None in values else sum(values)
     ours = [cpu[k] for k in ("keepflow", "temporal", "worker", "client")]
+    if any("http" in p["cpu"] for p in phases):  # `keepflow serve --workers N`'s processes are ours too
+        ours.append(cpu["http"])
     # Not ours: what other programs on the machine took while this side posted (cores on average).
     cpu["others_cores"] = (None if None in ours or cpu["machine"] is None or not cpu["wall"]
                            else max(0.0, cpu["machine"] - sum(ours)) / cpu["wall"])  # type: ignore[arg-type]
@@ -769,6 +837,8 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
     return {
         "heard_by": raw["heard_by"], "started_by": raw["started_by"], "database": database(),
         "worker_process": raw["worker_process"], "cpu_worker_s": cpu.get("worker"),
+        "http_processes": raw.get("http_processes", 1), "workers": raw.get("workers", 1),
+        "cpu_http_s": cpu.get("http"),
         "order": raw["order"], "steps": steps,
         "stages": stages, "runs_found": len(runs),
         "wft_timeouts": sum(t["wft_timeouts"] for t in runs.values()),
@@ -813,7 +883,11 @@ def comparison(s: dict[str, Any]) -> str:
             return "-"
         return " / ".join(f"{c[k] / c['wall']:.2f}" for k in ("temporal", "keepflow", "worker"))
 
-    kf_cpu = {"temporal": s["cpu_temporal_s"], "keepflow": s["cpu_keepflow_s"], "worker": s["cpu_worker_s"],
+    # Out of this process the app's processes and this one (the fake) together stand where the
+    # default's one app process (with the fake) stands, so the column means the same in every variant.
+    app_cpu = (s["cpu_keepflow_s"] if s["http_processes"] == 1 else
+               None if None in (s["cpu_keepflow_s"], s["cpu_http_s"]) else s["cpu_keepflow_s"] + s["cpu_http_s"])
+    kf_cpu = {"temporal": s["cpu_temporal_s"], "keepflow": app_cpu, "worker": s["cpu_worker_s"],
               "wall": s["cpu_window_s"]}
 
     def others(v: float | None) -> str:
@@ -830,7 +904,8 @@ def comparison(s: dict[str, Any]) -> str:
         ("request → email at the fake p50 / p99", f"{ms(s['first_msg_p50_s'])} / {ms(s['first_msg_p99_s'])}",
          f"{ms(hw['first_msg_p50_s'])} / {ms(hw['first_msg_p99_s'])}", "-"),
         ("emails lost / duplicated", f"{s['lost']} / {s['duplicate_emails']}", f"{hw['lost']} / {hw['duplicate_emails']}", "-"),
-        ("cores while posting: dev server / app process (and fake) / worker", cpu(kf_cpu), cpu(hw["cpu"]), "-"),
+        ("cores while posting: dev server / app " + ("processes" if s["http_processes"] > 1 else "process")
+         + " (and fake) / " + ("workers" if s["workers"] > 1 else "worker"), cpu(kf_cpu), cpu(hw["cpu"]), "-"),
         (f"cores other programs took meanwhile (of {os.cpu_count()})", others(s["others_cores"]),
          others(hw["cpu"]["others_cores"]), "-"),
         ("**ratio to hand-written**", f"**{rate(s['ratio_to_handwritten'])}**", "1", "-"),
@@ -862,7 +937,14 @@ def report(s: dict[str, Any]) -> str:
         ("workflow tasks: timed out running / waited out on the sticky queue / failed",
          f"{s['wft_timeouts']} / {s['wft_sticky_timeouts']} / {s['wft_failures']}"),
     ]
-    if s["cpu_temporal_s"] is not None and s["worker_process"]:
+    if s["cpu_temporal_s"] is not None and s["http_processes"] > 1 and s["cpu_http_s"] is not None:
+        rows.append((f"CPU while posting: dev server / {s['http_processes']} HTTP processes (uvicorn's supervisor and "
+                     f"all its children) / this process (the fake provider) / {s['workers']} worker"
+                     + ("s" if s["workers"] > 1 else "") + " / client",
+                     f"{s['cpu_temporal_s']:.1f} / {s['cpu_http_s']:.1f} / {s['cpu_keepflow_s']:.1f} / "
+                     f"{s['cpu_worker_s'] or 0:.1f} / {s['cpu_client_s']:.1f} s of {s['cpu_available_s']:.1f} core-s "
+                     f"({os.cpu_count()} cores × {s['cpu_window_s']:.2f} s)"))
+    elif s["cpu_temporal_s"] is not None and s["worker_process"]:
         rows.append(("CPU while posting: dev server / HTTP app (and fake) / worker / client",
                      f"{s['cpu_temporal_s']:.1f} / {s['cpu_keepflow_s']:.1f} / {s['cpu_worker_s']:.1f} / "
                      f"{s['cpu_client_s']:.1f} s of {s['cpu_available_s']:.1f} core-s "
@@ -891,11 +973,21 @@ def interpretation(s: dict[str, Any]) -> str:
     if s["cpu_temporal_s"] is not None and s["cpu_window_s"]:
         window = s["cpu_window_s"]
         worker = s["cpu_worker_s"] or 0.0
-        used = s["cpu_temporal_s"] + s["cpu_keepflow_s"] + worker + (s["cpu_client_s"] or 0)
+        http = s["cpu_http_s"] or 0.0
+        used = s["cpu_temporal_s"] + s["cpu_keepflow_s"] + worker + http + (s["cpu_client_s"] or 0)
         share = used / s["cpu_available_s"]
         # One interpreter runs Python on one core at a time: near 1.0 core a process is at its limit.
-        gil_bound = max(s["cpu_keepflow_s"], worker) / window >= 0.9
-        if s["worker_process"]:
+        # Several processes of a kind are read by their average, a fair guess when they share the load.
+        gil_bound = max(s["cpu_keepflow_s"], worker / s["workers"], http / s["http_processes"]) / window >= 0.9
+        if s["http_processes"] > 1:
+            where = (f"the {s['http_processes']} HTTP processes ran at {http / window:.2f} cores together, the "
+                     f"{s['workers']} worker process" + ("es" if s["workers"] > 1 else "")
+                     + f" at {worker / window:.2f}, this process (the fake provider) at "
+                     f"{s['cpu_keepflow_s'] / window:.2f}")
+        elif s["workers"] > 1:
+            where = (f"the HTTP app (with the fake provider) ran at {s['cpu_keepflow_s'] / window:.2f} cores, the "
+                     f"{s['workers']} worker processes at {worker / window:.2f} together")
+        elif s["worker_process"]:
             where = (f"the HTTP app (with the fake provider) ran at {s['cpu_keepflow_s'] / window:.2f} cores, the "
                      f"worker process at {worker / window:.2f}")
         else:
@@ -918,8 +1010,9 @@ def interpretation(s: dict[str, Any]) -> str:
         out.append(f"An accepted event costs about {1 / s['ratio']:.1f} bare workflow starts (those measured on the "
                    f"quiet stack afterwards): before it answers, the request stores the event, {signals}starts "
                    f"{started}, looks up stored events to catch up and marks the event routed, while the worker"
-                   + (" process" if s["worker_process"] else " in the same process")
-                   + " runs the new workflows and sends their emails.")
+                   + (" processes run the new workflows and send their emails." if s["workers"] > 1 else
+                      (" process" if s["worker_process"] else " in the same process")
+                      + " runs the new workflows and sends their emails."))
     detail = []
     waits = s["steps"].get("waiting for a to_thread thread (HTTP side)")
     if waits:
@@ -1032,13 +1125,17 @@ def write_results(s: dict[str, Any]) -> None:
     # Runs on PostgreSQL (DATABASE_URL) or with the worker in its own process get sections of their
     # own beside the default one (SQLite, one process, as `keepflow dev` runs).
     variant = ([f"{s['database']} store"] if s["database"] != "SQLite" else []) + (
+        [f"{s['http_processes']} HTTP processes"] if s["http_processes"] > 1 else []) + (
+        [f"{s['workers']} worker processes"] if s["workers"] > 1 else
         ["worker in its own process"] if s["worker_process"] else []) + (
         [f"steady {s['rate']:g} events/s"] if s["rate"] else []) + (
         ["hand-written first"] if s["order"][0] == "handwritten" else [])
     title = ", ".join([SECTION, *variant])
     command = (f"python bench/ingest.py --events {s['events']} --concurrency {s['concurrency']}"
                + (f" --rate {s['rate']:g}" if s["rate"] else "")
-               + (" --worker-process" if s["worker_process"] else "")
+               + (" --worker-process" if s["worker_process"] and s["workers"] == 1 else "")
+               + (f" --http-processes {s['http_processes']}" if s["http_processes"] > 1 else "")
+               + (f" --workers {s['workers']}" if s["workers"] > 1 else "")
                + (" --handwritten-first" if s["order"][0] == "handwritten" else "") + " --write-results")
     section = "\n".join([
         title, "",
@@ -1048,8 +1145,12 @@ def write_results(s: dict[str, Any]) -> None:
         f"- Parameters: {s['events']} distinct signed `order.created` events, {s['concurrency']} requests in flight"
         + (f" at most, sent at a steady {s['rate']:g} per second (an open loop)" if s["rate"] else "") + ", "
         f"posted by a second process over loopback (httpx); "
-        + ("the Keepflow app in this process, `worker.py` in its own; " if s["worker_process"] else
-           "Keepflow app + worker in one process; ") + f"{s['database']} store; "
+        + (f"the Keepflow app as `keepflow serve --workers {s['http_processes']}` ({s['http_processes']} processes on "
+           "one port, in a process group of their own; no engine-step timers, they cannot reach it), "
+           if s["http_processes"] > 1 else "the Keepflow app in this process, " if s["worker_process"] else "")
+        + (f"{s['workers']} `worker.py` processes on one task queue; " if s["workers"] > 1 else
+           "`worker.py` in its own; " if s["worker_process"] else "Keepflow app + worker in one process; ")
+        + f"{s['database']} store; "
         "the fake SendGrid from tests/fakes; every order starts `fulfilment`, whose first step sends order_confirmed",
         f"- Against: the hand-written integration of bench/handwritten.py (verify, record the delivery id, start a "
         f"workflow whose one activity sends through the SendGrid SDK; its app in this process too, its worker in its "
@@ -1066,7 +1167,9 @@ def write_results(s: dict[str, Any]) -> None:
     # The default run (SQLite, one process, as fast as it goes) gives the plain keys; a variant's
     # keys say which it is, e.g. ingest.worker_process.keepflow_per_s.
     key = ".".join(["ingest", *(["postgresql"] if s["database"] != "SQLite" else []),
-                    *(["worker_process"] if s["worker_process"] else []),
+                    *([f"http_{s['http_processes']}"] if s["http_processes"] > 1 else []),
+                    *([f"workers_{s['workers']}"] if s["workers"] > 1 else
+                      ["worker_process"] if s["worker_process"] else []),
                     *([f"steady_{s['rate']:g}_per_s".replace('.', '_')] if s["rate"] else []),
                     *(["handwritten_first"] if s["order"][0] == "handwritten" else [])])
     figures = {f"{key}.keepflow_per_s": round(s["ingest_per_s"], 1), f"{key}.p99_ms": round(s["http_p99_s"] * 1000),
@@ -1104,6 +1207,10 @@ def main() -> int:
                         help="send at this many events per second, whatever the answers (default: as fast as --concurrency allows)")
     parser.add_argument("--handwritten-first", action="store_true",
                         help="mirror the other way: hand-written, Keepflow, Keepflow, hand-written")
+    parser.add_argument("--http-processes", type=int, default=1, metavar="N",
+                        help="serve Keepflow's app as `keepflow serve --workers N` in its own processes (default 1: in this process)")
+    parser.add_argument("--workers", type=int, default=1, metavar="M",
+                        help="run M worker.py processes on the one task queue (default 1; more implies --worker-process)")
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
@@ -1115,11 +1222,14 @@ def main() -> int:
         os._exit(code)
     if args.events < 1 or args.concurrency < 1:
         parser.error("--events and --concurrency must be at least 1")
+    if args.http_processes < 1 or args.workers < 1:
+        parser.error("--http-processes and --workers must be at least 1")
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     raw = asyncio.run(bench(args.events, args.concurrency, args.timeout, breakdown=not args.no_breakdown,
-                            worker_process=args.worker_process, rate=args.rate,
-                            handwritten_first=args.handwritten_first))
+                            worker_process=args.worker_process or args.workers > 1, rate=args.rate,
+                            handwritten_first=args.handwritten_first, http_processes=args.http_processes,
+                            workers=args.workers))
     s = summarize(raw)
     print()
     print(comparison(s))
