@@ -1153,7 +1153,8 @@ def write_results(s: dict[str, Any]) -> None:
         + f"{s['database']} store; "
         "the fake SendGrid from tests/fakes; every order starts `fulfilment`, whose first step sends order_confirmed",
         f"- Against: the hand-written integration of bench/handwritten.py (verify, record the delivery id, start a "
-        f"workflow whose one activity sends through the SendGrid SDK; its app in this process too, its worker in its "
+        f"workflow whose one activity sends through the SendGrid SDK; its app in this process"
+        f"{' too' if s['http_processes'] == 1 else ' (one process whatever --http-processes says)'}, its worker in its "
         f"own), {s['events']} events per phase, in one run on one dev server, phases mirrored "
         f"({', '.join(SIDE_NAMES[side] for side in s['order'])}); the bare starts come last, as the ceiling",
         "",
