@@ -110,10 +110,16 @@ async def run_worker(settings: Settings, address: str | None = None, stop: async
     for line in await sync_schedules(client, settings, live.catalog):
         log.info(line)
 
+    scanning = bool(live.catalog.inactivity_sequences())
+
     async def switched(catalog: Catalog) -> None:
-        # A version that adds or drops the last inactivity sequence adds or drops the scan's schedule.
-        for line in await sync_schedules(client, settings, catalog):
-            log.info(line)
+        # A version that adds the first inactivity sequence or drops the last adds or drops the
+        # scan's schedule; any other leaves the schedules as they are.
+        nonlocal scanning
+        if bool(catalog.inactivity_sequences()) != scanning:
+            scanning = not scanning
+            for line in await sync_schedules(client, settings, catalog):
+                log.info(line)
 
     worker = build_worker(client, settings, db, catalog=live)
     log.info(providers_line(settings))

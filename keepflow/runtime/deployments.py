@@ -30,6 +30,7 @@ from keepflow.language.catalog import Catalog
 from keepflow.language.problems import InvalidSequences
 from keepflow.runtime.registry import load_catalog
 from keepflow.store import Database, utc
+from keepflow.store import definitions
 from keepflow.store.definitions import Definition, DefinitionSequence
 
 log = logging.getLogger("keepflow.runtime.deployments")
@@ -71,7 +72,7 @@ def _version(row: Definition) -> Version:
 def live(db: Database) -> Version | None:
     """The version new runs start on: the newest deployed."""
     with db.session() as session:
-        row = session.scalars(select(Definition).order_by(Definition.version.desc()).limit(1)).first()
+        row = definitions.newest(session)
         return _version(row) if row else None
 
 
@@ -98,7 +99,7 @@ def record(db: Database, catalog: Catalog, source: str, origin: str) -> tuple[Ve
     The version and whether it is new: the text already live is not recorded again."""
     digest = text_hash(source)
     with db.session() as session:
-        newest = session.scalars(select(Definition).order_by(Definition.version.desc()).limit(1)).first()
+        newest = definitions.newest(session)
         if newest is not None and newest.hash == digest:
             return _version(newest), False
         before = f"v{newest.version}" if newest else "(nothing deployed)"
@@ -112,6 +113,14 @@ def record(db: Database, catalog: Catalog, source: str, origin: str) -> tuple[Ve
                                            snapshot_hash=catalog.snapshot(sequence_id).hash)
                         for sequence_id in catalog.sequences)
         return _version(row), True
+
+
+def sequence_hashes(db: Database, number: int) -> dict[str, str]:
+    """Each sequence's definition hash in version `number`."""
+    with db.session() as session:
+        rows = session.execute(select(DefinitionSequence.sequence_id, DefinitionSequence.snapshot_hash)
+                               .where(DefinitionSequence.version == number)).all()
+    return {seq: digest for seq, digest in rows}
 
 
 def versions_of(db: Database, runs: list[tuple[str, str | None]]) -> dict[tuple[str, str], int]:

@@ -47,7 +47,7 @@ from keepflow.sending.providers import (
 )
 from keepflow.settings import Settings
 from keepflow.store import Customer, Database, Message, utc
-from keepflow.store.definitions import Definition
+from keepflow.store import definitions
 
 log = logging.getLogger("keepflow.unknown")
 
@@ -320,7 +320,8 @@ def _sequences_tree(settings: Settings, live_source: str | None) -> Any:
 def _live_source(db: Database) -> str | None:
     """The text of the newest deployed version (keepflow/runtime/deployments.py), if any."""
     with db.session() as session:
-        return session.scalars(select(Definition.source).order_by(Definition.version.desc()).limit(1)).first()
+        live = definitions.newest(session)
+        return live.source if live else None
 
 
 def _brand_name(tree: Any) -> str | None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from keepflow.store.models import Base
 
@@ -39,3 +39,8 @@ class DefinitionSequence(Base):
     version: Mapped[int] = mapped_column(ForeignKey("definitions.version"), primary_key=True)
     sequence_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     snapshot_hash: Mapped[str] = mapped_column(String(64))
+
+
+def newest(session: Session) -> Definition | None:
+    """The live version: the newest deployed."""
+    return session.scalars(select(Definition).order_by(Definition.version.desc()).limit(1)).first()

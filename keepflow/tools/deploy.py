@@ -16,7 +16,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import select
 from temporalio.client import Client
 from temporalio.service import RPCError
 
@@ -27,9 +26,8 @@ from keepflow.runtime.client import TemporalUnreachable, connect
 from keepflow.runtime.deployments import Version
 from keepflow.runtime.registry import check_catalog
 from keepflow.settings import Settings
-from keepflow.store import Database, Run, upgrade
-from keepflow.store.definitions import DefinitionSequence
-from keepflow.tools.impact import Impact, compute_impact, print_impact, runs_in_flight
+from keepflow.store import Database, upgrade
+from keepflow.tools.impact import Impact, compute_impact, print_impact, runs_in_flight, stored_run_ids
 
 log = logging.getLogger("keepflow.tools.deploy")
 
@@ -59,13 +57,6 @@ class Outcome:
         return self.valid and self.live is not None and self.live.hash == self.source_hash
 
 
-def sequence_hashes(db: Database, number: int) -> dict[str, str]:
-    with db.session() as session:
-        rows = session.execute(select(DefinitionSequence.sequence_id, DefinitionSequence.snapshot_hash)
-                               .where(DefinitionSequence.version == number)).all()
-    return {seq: digest for seq, digest in rows}
-
-
 async def deploy(settings: Settings, db: Database, source: str, origin: str, *, client: Client | None = None,
                  apply: bool = True, impact: bool = True) -> Outcome:
     """Check `source` as the sequences file; unless it has an error (or `apply` is off), make it live."""
@@ -77,7 +68,7 @@ async def deploy(settings: Settings, db: Database, source: str, origin: str, *, 
         return outcome
     if outcome.already_live:
         return outcome
-    before = await asyncio.to_thread(sequence_hashes, db, outcome.live.number) if outcome.live else {}
+    before = await asyncio.to_thread(deployments.sequence_hashes, db, outcome.live.number) if outcome.live else {}
     now = {seq: catalog.snapshot(seq).hash for seq in catalog.sequences}
     outcome.added = sorted(now.keys() - before.keys())
     outcome.removed = sorted(before.keys() - now.keys())
@@ -91,15 +82,11 @@ async def deploy(settings: Settings, db: Database, source: str, origin: str, *, 
 
 
 async def _impact(settings: Settings, db: Database, catalog: Catalog, client: Client | None) -> tuple[Impact | None, str | None]:
-    def from_runs_table() -> list[str]:
-        with db.session() as session:
-            return list(session.scalars(select(Run.id)))
-
     try:
         async def count() -> Impact:
             nonlocal client
             client = client or await connect(settings)
-            run_ids, _ = await runs_in_flight(client, from_runs_table)
+            run_ids, _ = await runs_in_flight(client, lambda: stored_run_ids(db))
             return await compute_impact(client, catalog, run_ids)
         return await asyncio.wait_for(count(), IMPACT_WITHIN), None
     except TemporalUnreachable as err:

@@ -158,13 +158,20 @@ def run_impact(settings, from_runs_table: bool = False) -> int:
 
 
 def _runs_table_ids(settings) -> list[str]:
-    from sqlalchemy import select
-
-    from keepflow.store import Database, Run
+    from keepflow.store import Database
 
     db = Database(settings.resolved_database_url)
     try:
-        with db.session() as session:
-            return list(session.scalars(select(Run.id)))
+        return stored_run_ids(db)
     finally:
         db.dispose()
+
+
+def stored_run_ids(db) -> list[str]:
+    """Every run the `runs` table knows, for a Temporal that cannot list its runs."""
+    from sqlalchemy import select
+
+    from keepflow.store import Run
+
+    with db.session() as session:
+        return list(session.scalars(select(Run.id)))
