@@ -411,13 +411,14 @@ async def bench(runs: int, time_scale: float, timeout: float) -> dict[str, Any]:
     try:
         fake.start()
         server.start()
-        client = await server.wait_ready()
+        settings = settings_for(data_dir, server.address, fake, f"cost-{tag}")
+        upgrade(settings.resolved_database_url)
+        # The client a deployment has: payloads sealed with its key, definitions and contexts in its store.
+        client = await server.wait_ready(settings)
         with contextlib.suppress(ImportError):  # runs upsert KeepflowStep once the code has it: register it first
             from keepflow.runtime.search_attributes import ensure_registered
             await ensure_registered(client, "default")
-        settings = settings_for(data_dir, server.address, fake, f"cost-{tag}")
         catalog = compressed(load_catalog(settings.sequences_path, settings.templates_dir), time_scale)
-        upgrade(settings.resolved_database_url)
         db = Database(settings.resolved_database_url)
         print(f"Temporal on {server.address}, fake providers on {fake.url}; {runs} post-purchase journeys and "
               f"{runs} win-back runs, time scale {time_scale:g} "

@@ -292,7 +292,13 @@ async def bench(runs: int, checkpoints: list[int], concurrency: int, timeout: fl
         brand = catalog.file.brand
         brand = brand.model_dump(mode="json") if hasattr(brand, "model_dump") else brand
         server.start()
-        client = await server.wait_ready()
+        from keepflow.settings import Settings
+        from keepflow.store import upgrade
+
+        # The starts write their definitions and contexts to the store the worker reads them from.
+        starter = Settings(data_dir=data_dir, database_url=None)
+        upgrade(starter.resolved_database_url)
+        client = await server.wait_ready(starter)
         try:  # runs upsert KeepflowStep once the code has it: register it first, as the worker does
             from keepflow.runtime.search_attributes import ensure_registered
         except ImportError:

@@ -5,7 +5,10 @@ providers, and a worker that cleans up after itself."""
 from __future__ import annotations
 
 import asyncio
+import atexit
+import shutil
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -23,11 +26,12 @@ from activities.builtin.send import SendDeps
 from keepflow.language.rendering import Renderer
 from keepflow.runtime.codec import data_converter
 from keepflow.runtime.payload_keys import new_payload_key, parse_payload_keys
+from keepflow.runtime.payload_parts import PartsCodec
 from keepflow.runtime.registry import load_catalog
 from keepflow.runtime.search_attributes import ensure_registered
 from keepflow.sending.providers import email_provider, sms_provider
 from keepflow.settings import Settings
-from keepflow.store import Database, Run
+from keepflow.store import Database, Run, upgrade
 from tests.fakes.provider_server import FakeProviders
 from worker import build_worker
 
@@ -44,10 +48,17 @@ CATALOG = load_catalog(SHOP_SEQUENCES, SHOP_TEMPLATES)
 TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
 # Every test client and worker seals payloads as production does: one fresh key for the session.
 PAYLOAD_KEYS = new_payload_key()
-CONVERTER = data_converter(parse_payload_keys(PAYLOAD_KEYS))
+# The session's client and workers keep definitions and contexts in one store of their own, as a
+# deployment keeps them in its database: tests each have their own store, but share the server.
+PARTS_FOLDER = Path(tempfile.mkdtemp(prefix="keepflow-parts-"))
+atexit.register(shutil.rmtree, PARTS_FOLDER, True)
+PARTS_URL = f"sqlite:///{PARTS_FOLDER / 'parts.db'}"
+PARTS = PartsCodec(PARTS_URL)
+CONVERTER = data_converter(parse_payload_keys(PAYLOAD_KEYS), PARTS)
 
 
 async def time_skipping_server() -> WorkflowEnvironment:
+    upgrade(PARTS_URL)
     env = await WorkflowEnvironment.start_time_skipping(
         data_converter=CONVERTER, test_server_existing_path=str(TEST_SERVER))
     await ensure_registered(env.client, env.client.namespace)
@@ -99,18 +110,23 @@ async def end_leftover_runs(env: WorkflowEnvironment, db: Database) -> None:
     for run_id in run_ids:
         handle = env.client.get_workflow_handle(run_id)
         try:
-            for _ in range(200):
-                description = await handle.describe()
-                if description.status != WorkflowExecutionStatus.RUNNING:
-                    break
-                if not description.raw_description.pending_activities and not await _task_in_flight(handle):
-                    await handle.terminate("test finished")
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError(f"{run_id} never went quiet: {description.raw_description}")
+            if await until_quiet(handle):
+                await handle.terminate("test finished")
         except RPCError:
             pass  # gone already
+
+
+async def until_quiet(handle) -> bool:
+    """Wait until the run has no activity and no workflow task in flight, so terminating it leaves
+    the server's clock free; False when it has closed meanwhile."""
+    for _ in range(200):
+        description = await handle.describe()
+        if description.status != WorkflowExecutionStatus.RUNNING:
+            return False
+        if not description.raw_description.pending_activities and not await _task_in_flight(handle):
+            return True
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{handle.id} never went quiet: {description.raw_description}")
 
 
 async def _task_in_flight(handle) -> bool:

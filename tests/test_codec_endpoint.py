@@ -80,12 +80,14 @@ async def test_the_temporal_cli_decodes_a_sealed_run_through_it(env, settings, d
 
     from keepflow.http.serving import serve_http
     from keepflow.tools.temporal_dev_server import free_port
-    from tests.engine import TEST_TEMPLATES, make_settings, running_worker
+    from keepflow.runtime.codec import Chain
+    from tests.engine import PARTS, TEST_TEMPLATES, make_settings, running_worker
     from tests.helpers import snapshot, start
 
     settings = make_settings(tmp_path, fake, templates=TEST_TEMPLATES)
     port, stop = free_port(), asyncio.Event()
-    app = codec_app(EncryptionCodec(parse_payload_keys(PAYLOAD_KEYS)), bearer_token([TOKEN]))
+    # As the admin app mounts it: sealed payloads opened, and the context they reference put back.
+    app = codec_app(Chain(PARTS, EncryptionCodec(parse_payload_keys(PAYLOAD_KEYS))), bearer_token([TOKEN]))
     server = asyncio.create_task(serve_http(app, "127.0.0.1", port, stop))
     try:
         async with running_worker(env, settings, db) as tq:

@@ -31,7 +31,8 @@ from keepflow.http.dashboard.sessions import ROLE, USER, CsrfRefused, SignInRequ
 from keepflow.http.services import Services, follow_deployments, live_catalog, open_db
 from keepflow.language.catalog import Catalog
 from keepflow.runtime.client import payload_keys
-from keepflow.runtime.codec import EncryptionCodec
+from keepflow.runtime.codec import Chain, EncryptionCodec
+from keepflow.runtime.payload_parts import PartsCodec
 from keepflow.settings import Settings
 from keepflow.store import Database
 
@@ -96,7 +97,7 @@ def create_admin_app(settings: Settings, *, catalog: Catalog | None = None, db: 
         # browser carries a signed-in admin's session cookie when its codec setting includes
         # credentials) and the CLI (`--codec-auth "Bearer $KEEPFLOW_CODEC_TOKEN"`). A marketer may
         # not: decoded payloads hold customers' data whole.
-        app.mount("/codec", codec_app(EncryptionCodec(payload_keys(settings)), _admin_or_token(settings),
+        app.mount("/codec", codec_app(Chain(PartsCodec(settings.resolved_database_url), EncryptionCodec(payload_keys(settings))), _admin_or_token(settings),
                                       ui_origins=settings.codec_ui_origins))
     return app
 

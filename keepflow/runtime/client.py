@@ -19,10 +19,12 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 from temporalio.client import Client
+from temporalio.converter import DataConverter
 from temporalio.envconfig import ClientConfigProfile
 
 from keepflow.runtime.codec import data_converter
 from keepflow.runtime.payload_keys import PayloadKey, parse_payload_keys
+from keepflow.runtime.payload_parts import PartsCodec
 from keepflow.settings import Settings
 
 DEFAULT_ADDRESS = "127.0.0.1:7233"
@@ -50,6 +52,11 @@ def temporal_profile(settings: Settings) -> ClientConfigProfile:
     return profile
 
 
+def converter(settings: Settings) -> DataConverter:
+    """Payloads sealed with KEEPFLOW_PAYLOAD_KEYS; definitions and contexts kept in the store."""
+    return data_converter(payload_keys(settings), PartsCodec(settings.resolved_database_url))
+
+
 def payload_keys(settings: Settings) -> list[PayloadKey]:
     return parse_payload_keys(settings.payload_keys.get_secret_value()) if settings.payload_keys else []
 
@@ -63,7 +70,7 @@ async def connect(settings: Settings, *, address: str | None = None) -> Client:
     config.setdefault("target_host", DEFAULT_ADDRESS)
     config.setdefault("namespace", "default")
     try:
-        return await Client.connect(**config, data_converter=data_converter(payload_keys(settings)))
+        return await Client.connect(**config, data_converter=converter(settings))
     except RuntimeError as err:
         raise TemporalUnreachable(config["target_host"], config["namespace"], why_unreachable(err, tls=bool(config.get("tls")))) from err
 

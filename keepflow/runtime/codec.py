@@ -71,8 +71,25 @@ class EncryptionCodec(PayloadCodec):
         return Payload.FromString(plain)
 
 
-def data_converter(keys: Sequence[PayloadKey]) -> DataConverter:
+class Chain(PayloadCodec):
+    """`first` on the way out, then `then`; opened in the reverse order."""
+
+    def __init__(self, first: PayloadCodec, then: PayloadCodec) -> None:
+        self.first, self.then = first, then
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        return await self.then.encode(await self.first.encode(payloads))
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        return await self.first.decode(await self.then.decode(payloads))
+
+
+def data_converter(keys: Sequence[PayloadKey], parts: PayloadCodec | None = None) -> DataConverter:
     """Pydantic values, sealed; failures' messages and stack traces moved into a sealed payload
-    too, since an error can quote an address."""
-    return dataclasses.replace(pydantic_data_converter, payload_codec=EncryptionCodec(keys),
+    too, since an error can quote an address. With `parts` (keepflow/runtime/payload_parts.py),
+    definitions and contexts are moved to the store first and only their hashes are sealed."""
+    codec: PayloadCodec = EncryptionCodec(keys)
+    if parts is not None:
+        codec = Chain(parts, codec)
+    return dataclasses.replace(pydantic_data_converter, payload_codec=codec,
                                failure_converter_class=DefaultFailureConverterWithEncodedAttributes)

@@ -1,8 +1,9 @@
 """Erasing a customer from the store (`keepflow customers forget`), keeping what must stay.
 
 What goes: the profile (email, phone, name, locale, time zone, consents, attributes, scores),
-every event about them, the recipient, subject, body and provider text of every message to them,
-and the line items of their orders. What stays, without anything that names or reaches the person:
+every event about them, their runs' contexts (which Temporal's histories reference by hash), the
+recipient, subject, body and provider text of every message to them, and the line items of their
+orders. What stays, without anything that names or reaches the person:
 - the customer id, as a row with nothing else, because orders, messages and runs point at it;
 - the message rows (sequence, step, status, times), so reports keep counting what was sent;
 - order totals and currency, so revenue reports stay right (they are the shop's books);
@@ -20,6 +21,7 @@ from sqlalchemy import String, cast, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from keepflow.store.models import Customer, Event, Message, Order
+from keepflow.store.payload_parts import PayloadPart
 from keepflow.store.scores import CustomerScore
 from keepflow.store.suppressions import FORGOTTEN_PREFIX, Suppression, hashed_address
 
@@ -32,6 +34,7 @@ class Erased:
     messages: int = 0
     orders: int = 0
     suppressions_hashed: int = 0
+    contexts: int = 0
     addresses: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -53,6 +56,9 @@ def erase(session: Session, customer_ids: list[str], addresses: list[tuple[str, 
     done.customers = len(found)
     if customer_ids:
         session.execute(delete(CustomerScore).where(CustomerScore.customer_id.in_(customer_ids)))
+        # Their runs' contexts (keepflow/runtime/payload_parts.py): the runs were ended first, and
+        # their histories in Temporal are left holding hashes of nothing.
+        done.contexts = _count(session.execute(delete(PayloadPart).where(PayloadPart.customer_id.in_(customer_ids))))
 
     # Events: theirs, and any other that carries one of their addresses (an SMS STOP from their
     # number). Delivery feedback keeps its place in the reports, with nothing but the message id.

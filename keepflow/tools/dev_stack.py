@@ -14,7 +14,8 @@ from keepflow.http.app import create_app
 from keepflow.http.codec import bearer_token, codec_app
 from keepflow.http.serving import refuse_ports_in_use, serve_http
 from keepflow.runtime.client import payload_keys
-from keepflow.runtime.codec import EncryptionCodec
+from keepflow.runtime.codec import Chain, EncryptionCodec
+from keepflow.runtime.payload_parts import PartsCodec
 from keepflow.runtime.payload_keys import dev_payload_keys
 from keepflow.runtime import deployments
 from keepflow.runtime.registry import load_catalog
@@ -40,7 +41,7 @@ def dev_codec(settings: Settings, ui_port: int) -> FastAPI:
             by_token(request)
 
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-    app.mount("/codec", codec_app(EncryptionCodec(payload_keys(settings)), authorize, ui_origins=origins))
+    app.mount("/codec", codec_app(Chain(PartsCodec(settings.resolved_database_url), EncryptionCodec(payload_keys(settings))), authorize, ui_origins=origins))
     return app
 
 

@@ -43,8 +43,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from keepflow.language.catalog import Catalog
 from keepflow.language.durations import parse_duration
-from keepflow.runtime.client import payload_keys
-from keepflow.runtime.codec import data_converter
+from keepflow.runtime.client import converter
 from keepflow.runtime.events import CustomerIn, EventIn, OrderIn
 from keepflow.runtime.payload_keys import new_payload_key
 from keepflow.runtime.payloads import DoRequest, EventSignal, RunInput, RunStatus, SendRequest, SendResult
@@ -207,7 +206,7 @@ async def stage(catalog: Catalog, start_at: datetime | None = None,
     server = Path(sys.executable).parent / "temporal-test-server"
     try:
         async with await WorkflowEnvironment.start_time_skipping(
-                data_converter=data_converter(payload_keys(settings)),
+                data_converter=converter(settings),
                 test_server_existing_path=str(server) if server.exists() else None) as env:
             await ensure_registered(env.client, env.client.namespace)
             if start_at is not None:

@@ -1,0 +1,159 @@
+"""Definitions and contexts by reference: each kept once in the store, histories carry its hash.
+
+A run's input used to carry its whole definition snapshot (every sequence it may start) and its
+context (customer, order, event, brand); every send and `do` request carried the context again,
+and every `start` the snapshot and context of the run it starts. Most of a journey's history was
+those copies. This codec, applied before sealing, moves the `snapshot`, `context` and send `terms` of
+any JSON payload into the store's `payload_parts` table under the sha256 of their bytes, and leaves
+`{"$part": <sha256>}` in their place; opening the payload puts them back. The workflow and the
+activities see the same values as before, so nothing in the interpreter changes and replay stays
+exact: a hash always names the same bytes.
+
+A part is written once: the first process to encode it inserts it (a second insert of the same
+bytes does nothing), and every process keeps the parts it wrote or read in memory, so a run's
+sends, which carry its unchanged context, write nothing. Payloads recorded before this codec
+carry everything inline and pass through untouched. Forgetting a customer deletes their contexts
+(keepflow/store/erasure.py), after their runs were ended; the closed runs' histories then hold
+hashes of nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from temporalio.api.common.v1 import Payload
+from temporalio.converter import PayloadCodec
+
+from keepflow.store import Database
+from keepflow.store import payload_parts as store
+
+JSON = b"json/plain"
+MARK = "keepflow-parts"  # metadata on a payload with parts taken out
+REF = "$part"
+# Top-level fields moved out: RunInput's snapshot and context, SendRequest's and DoRequest's context,
+# and SendRequest's terms (the shop's rules, the same in every send of a sequence).
+FIELDS = ("snapshot", "context", "terms")
+_MAY_HOLD = re.compile(rb'"(?:snapshot|context|terms)":\s*\{')
+# Smaller than this stays inline: a row costs more than the bytes it saves.
+MIN_BYTES = 160
+CACHE = 4096  # parts a process keeps in memory (a context is about 1-2 KB)
+
+
+class PartMissing(ValueError):
+    pass
+
+
+def canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+class PartsCodec(PayloadCodec):
+    """Moves payloads' snapshots and contexts into `db` (a Database, or its URL, opened on first use)."""
+
+    def __init__(self, db: Database | str) -> None:
+        self._db = db
+        self._cache: OrderedDict[str, str] = OrderedDict()
+
+    @property
+    def db(self) -> Database:
+        if isinstance(self._db, str):
+            self._db = Database(self._db)
+        return self._db
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        out: list[Payload] = []
+        new: dict[str, tuple[str, str | None]] = {}
+        for payload in payloads:
+            value = _object(payload)
+            if value is None:
+                out.append(payload)
+                continue
+            moved = False
+            for field in FIELDS:
+                part = value.get(field)
+                if not isinstance(part, dict) or REF in part:
+                    continue
+                # A started run's snapshot differs from its starter's by `root` alone: keep that
+                # inline, so the whole chain shares one row.
+                kept = {"root": part["root"]} if field == "snapshot" and "root" in part else {}
+                body = canonical({k: v for k, v in part.items() if k not in kept})
+                if len(body) < MIN_BYTES:
+                    continue
+                key = hashlib.sha256(body.encode()).hexdigest()
+                if key not in self._cache:
+                    new[key] = (body, _customer(field, part))
+                value[field] = {REF: key, **kept}
+                moved = True
+            if not moved:
+                out.append(payload)
+                continue
+            metadata = dict(payload.metadata)
+            metadata[MARK] = b"1"
+            out.append(Payload(metadata=metadata, data=json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()))
+        if new:
+            await asyncio.to_thread(self._put, new)
+            for key, (body, _) in new.items():
+                self._remember(key, body)
+        return out
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        if not any(MARK in p.metadata for p in payloads):
+            return list(payloads)
+        opened = [json.loads(p.data) if MARK in p.metadata else None for p in payloads]
+        wanted = {part[REF] for value in opened if value is not None
+                  for part in (value.get(f) for f in FIELDS) if isinstance(part, dict) and REF in part}
+        missing = [key for key in wanted if key not in self._cache]
+        if missing:
+            for key, body in (await asyncio.to_thread(self._get, missing)).items():
+                self._remember(key, body)
+        out: list[Payload] = []
+        for payload, value in zip(payloads, opened):
+            if value is None:
+                out.append(payload)
+                continue
+            for field in FIELDS:
+                part = value.get(field)
+                if isinstance(part, dict) and REF in part:
+                    found = self._cache.get(part[REF])
+                    if found is None:
+                        raise PartMissing(f"payload part {part[REF]} ({field}) is not in the store: the customer was "
+                                          "forgotten, or this process reads another database than the one that wrote it")
+                    self._cache.move_to_end(part[REF])
+                    value[field] = {**json.loads(found), **{k: v for k, v in part.items() if k != REF}}
+            metadata = {k: v for k, v in payload.metadata.items() if k != MARK}
+            out.append(Payload(metadata=metadata, data=json.dumps(value, ensure_ascii=False).encode()))
+        return out
+
+    def _remember(self, key: str, body: str) -> None:
+        self._cache[key] = body
+        self._cache.move_to_end(key)
+        while len(self._cache) > CACHE:
+            self._cache.popitem(last=False)
+
+    def _put(self, new: dict[str, tuple[str, str | None]]) -> None:
+        with self.db.transaction() as connection:
+            store.put(connection, ((key, body, customer) for key, (body, customer) in new.items()))
+
+    def _get(self, keys: list[str]) -> dict[str, str]:
+        with self.db.transaction() as connection:
+            return store.get(connection, keys)
+
+
+def _object(payload: Payload) -> dict[str, Any] | None:
+    """The payload's JSON object when it may hold a part, else None (without parsing it)."""
+    if payload.metadata.get("encoding") != JSON or MARK in payload.metadata or not _MAY_HOLD.search(payload.data):
+        return None
+    value = json.loads(payload.data)
+    return value if isinstance(value, dict) else None
+
+
+def _customer(field: str, part: dict[str, Any]) -> str | None:
+    customer = part.get("customer") if field == "context" else None
+    found = customer.get("id") if isinstance(customer, dict) else None
+    return None if found is None else str(found)

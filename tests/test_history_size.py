@@ -1,0 +1,92 @@
+"""What a journey's histories carry: each definition and context once, in the store, by hash.
+
+A run's input used to carry its whole definition snapshot and context, and every send, `do` and
+`start` request the context again (keepflow/runtime/payload_parts.py). These tests open the
+histories the way the Temporal server holds them (sealed payloads, opened with the key only) and
+check that no payload carries a definition or a context any more, and that Keepflow's own client
+still reads whole values out of them.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from temporalio.api.common.v1 import Payload
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter
+from temporalio.worker import Replayer
+
+from keepflow.runtime.codec import EncryptionCodec
+from keepflow.runtime.payload_keys import parse_payload_keys
+from keepflow.runtime.payload_parts import MARK, REF, PartsCodec
+from keepflow.runtime.payloads import RunInput, SendRequest
+from keepflow.store import Database, upgrade
+from tests.engine import CONVERTER, PAYLOAD_KEYS
+from tests.test_journey import CHAIN, customer_in_offer_arm, play_journey
+from tests.test_payload_encryption import client_with, payloads_in
+from workflows.sequence import SequenceWorkflow
+
+# Sealed, but not expanded: the bytes the server's payloads hold, once the key opens them.
+KEY_ONLY = DataConverter(payload_converter_class=pydantic_data_converter.payload_converter_class,
+                         payload_codec=EncryptionCodec(parse_payload_keys(PAYLOAD_KEYS)))
+
+
+async def test_a_journey_s_histories_carry_definitions_and_contexts_by_hash_only(env, settings, db, fake):
+    order_id = f"H{uuid.uuid4().hex[:6]}"
+    await play_journey(env, settings, db, order_id, customer_in_offer_arm())
+    opened = client_with(env, KEY_ONLY)
+    refs = 0
+    for sequence in CHAIN:
+        history = await opened.get_workflow_handle(f"{sequence}/{order_id}").fetch_history()
+        sealed = [p for event in history.events for p in payloads_in(event) if p.metadata.get("encoding") != b"json/plain"]
+        payloads = await KEY_ONLY.payload_codec.decode(sealed)  # type: ignore[union-attr]
+        for payload in payloads:
+            text = payload.data.decode()
+            assert '"sequences"' not in text, (sequence, text[:200])  # a definition inline
+            assert "nok@example.com" not in text and "Lumen D200" not in text, (sequence, text[:200])  # a context
+            if MARK in payload.metadata:
+                value = json.loads(text)
+                refs += sum(isinstance(value.get(f), dict) and REF in value[f] for f in ("snapshot", "context"))
+    # Every run's input (snapshot and context), every send's and start's context: all by hash.
+    assert refs >= 2 * len(CHAIN) + 10
+
+    # Keepflow's client opens them whole: the run's definition and the customer's context.
+    history = await env.client.get_workflow_handle(f"education/{order_id}").fetch_history()
+    [run] = await env.client.data_converter.decode(
+        history.events[0].workflow_execution_started_event_attributes.input.payloads, [RunInput])
+    assert run.snapshot.root == "education" and "cross_sell" in run.snapshot.sequences
+    assert run.context["customer"]["email"] == "nok@example.com"
+    scheduled = next(e for e in history.events if e.activity_task_scheduled_event_attributes.activity_type.name == "send_message")
+    [request] = await env.client.data_converter.decode(scheduled.activity_task_scheduled_event_attributes.input.payloads,
+                                                       [SendRequest])
+    assert request.context["customer"]["email"] == "nok@example.com"
+
+    # And the histories replay with the parts read back from the store.
+    for sequence in CHAIN:
+        history = await env.client.get_workflow_handle(f"{sequence}/{order_id}").fetch_history()
+        await Replayer(workflows=[SequenceWorkflow], data_converter=CONVERTER).replay_workflow(history)
+
+
+async def test_a_part_is_written_once_and_read_back_by_another_process(tmp_path):
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    upgrade(url)
+    context = {"customer": {"id": "c1", "email": "a@example.com", "first_name": "Ann"}, "order": {"id": "o1", "items": [{"sku": f"LUMEN-{n}", "title": "Lumen D200", "quantity": 1} for n in range(3)]},
+               "brand": {"name": "Lumen"}}
+    values = [json.dumps({"workflow_id": f"w/{n}", "context": context}).encode() for n in range(3)]
+    codec = PartsCodec(url)
+    encoded = await codec.encode([Payload(metadata={"encoding": b"json/plain"}, data=v) for v in values])
+    assert all(len(p.data) < 150 for p in encoded)
+    assert len({p.data for p in encoded}) == 3  # each keeps its own workflow id, one hash
+    db = Database(url)
+    with db.transaction() as connection:
+        rows = connection.exec_driver_sql("SELECT customer_id, count(*) FROM payload_parts GROUP BY customer_id").all()
+    assert rows == [("c1", 1)]
+    # A process that never saw it reads it from the store.
+    [opened] = await PartsCodec(url).decode([encoded[1]])
+    assert json.loads(opened.data) == {"workflow_id": "w/1", "context": context}
+    assert MARK not in opened.metadata
+    # Payloads from before (inline, or small) pass through as they are.
+    small = Payload(metadata={"encoding": b"json/plain"}, data=b'{"context":{"a":1}}')
+    assert await codec.encode([small]) == [small]
+    assert await codec.decode([small]) == [small]
