@@ -251,6 +251,8 @@ def _of(catalog: Catalog) -> Definitions:
 def definitions(db: Database, catalog: Catalog, wanted: set[tuple[str, str]]) -> Definitions:
     """The sequences the runs started on, for the (sequence id, definition hash) pairs `wanted`;
     those of versions this process cannot load are left out."""
+    if not wanted:
+        return {}
     found = {k: s for k, s in _of(catalog).items() if k in wanted}
     missing: list[tuple[str, str | None]] = [pair for pair in wanted if pair not in found]
     for number in sorted(set(deployments.versions_of(db, missing).values())):
@@ -349,12 +351,16 @@ async def count_waiting(client: Callable[[], Awaitable[Client]], db: Database, c
     found = InFlight(started_since={s.id: n for s, n in zip(sequences, listed.started_since)} if since else {})
     by_attribute = {run.id: run.typed_search_attributes.get(STEP) for run in listed.runs}
     unreported = [run for run in listed.runs if not by_attribute[run.id]]
-    hashes, latest = await asyncio.to_thread(latest_messages, db, [run.id for run in unreported])
+    if not unreported:
+        hashes: dict[str, str | None] = {}
+        latest: dict[str, tuple[str, str]] = {}
+    else:
+        hashes, latest = await asyncio.to_thread(latest_messages, db, [run.id for run in unreported])
     for run in unreported:  # no row yet (the router notes it just after starting it): the memo says
         if not hashes.get(run.id):
             hashes[run.id] = await run.memo_value("definition_hash", None)
     wanted = {(run.id.split("/", 1)[0], digest) for run in unreported if (digest := hashes.get(run.id))}
-    known = await asyncio.to_thread(definitions, db, catalog, wanted)
+    known = await asyncio.to_thread(definitions, db, catalog, wanted) if wanted else {}
 
     def count(sequence_id: str, where: str) -> None:
         found.counts[(sequence_id, where)] = found.counts.get((sequence_id, where), 0) + 1
