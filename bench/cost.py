@@ -373,7 +373,7 @@ async def winback(client, catalog, db, task_queue: str, customer_id: str, deadli
                "event": {"id": f"inactive:{customer_id}:{as_of:%Y%m%d%H%M}", "type": "customer.inactive",
                          "occurred_at": as_of.isoformat(), "data": {}}}
     await client.start_workflow(
-        "sequence", RunInput(snapshot=snapshot, key=customer_id, context=context),
+        "sequence", RunInput(snapshot=snapshot, key=customer_id, context=context, step_attribute=False),
         id=f"winback/{customer_id}", task_queue=task_queue, id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
         memo={"sequence": "winback", "definition_hash": snapshot.hash})
     return await keepflow_chain(client, f"winback/{customer_id}", deadline)

@@ -311,7 +311,7 @@ async def bench(runs: int, checkpoints: list[int], concurrency: int, timeout: fl
         def keepflow_start(i: int):
             key = f"M{tag}-{i:05d}"
             return (f"{SEQUENCE_ID}/{key}", "sequence",
-                    RunInput(snapshot=snapshot, key=key, context=context(i, tag, brand)))
+                    RunInput(snapshot=snapshot, key=key, context=context(i, tag, brand), step_attribute=False))
 
         def bare_start(i: int):
             return f"{BARE_WORKFLOW}/{tag}-{i:05d}", BARE_WORKFLOW, SLEEP.total_seconds()

@@ -322,7 +322,8 @@ async def bench(runs: int, concurrency: int, time_scale: float, timeout: float, 
                 async with kf_worker:
                     kf = await phase(client, [
                         (f"{SEQUENCE_ID}/{key}-{i:05d}", "sequence",
-                         RunInput(snapshot=snapshot, key=f"{key}-{i:05d}", context=context(i, f"{tag}{round_no}", brand)))
+                         RunInput(snapshot=snapshot, key=f"{key}-{i:05d}", context=context(i, f"{tag}{round_no}", brand),
+                                  step_attribute=False))
                         for i in range(runs)], keepflow_queue, concurrency, timeout, server.process.pid)
             kf["cpu_activities_s"] = executor.cpu_seconds if isinstance(executor, CpuCountingExecutor) else None
             kf["timings"] = {label: list(v) for label, v in timings.items()}

@@ -46,7 +46,7 @@ async def start(client: Client, task_queue: str, snap: Snapshot, context: dict[s
     # As the router does: the brand of the sequences file the settings name.
     context = {"customer": CUSTOMER, "brand": dict(CATALOG.file.brand), **(context or {})}
     return await client.start_workflow(
-        SequenceWorkflow.run, RunInput(snapshot=snap, key=key, context=context),
+        SequenceWorkflow.run, RunInput(snapshot=snap, key=key, context=context, step_attribute=False),
         id=f"{snap.root}/{key}", task_queue=task_queue,
     )
 

@@ -7,7 +7,10 @@ change, set RECORDED_AS to a name for it and record new ones beside the old:
 
     KEEPFLOW_RECORD_HISTORIES=1 .venv/bin/pytest tests/test_replay.py -k record
 
-The files without a suffix were recorded before runs reported their step (KeepflowStep).
+The files without a suffix were recorded before runs reported their step (KeepflowStep); those
+suffixed `step-attribute` by runs that set it (and the patch marker guarding it) as they settled;
+those suffixed `no-step-attribute`, like today's, set neither: their input says so
+(`RunInput.step_attribute`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
@@ -36,7 +40,7 @@ from workflows.sequence import SequenceWorkflow
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
 # The suffix of the histories the record tests write: the latest patch they include.
-RECORDED_AS = "step-attribute"
+RECORDED_AS = "no-step-attribute"
 
 
 def replayer() -> Replayer:
@@ -116,12 +120,22 @@ async def record_continued_run(tmp_path, fake, db) -> list[WorkflowHistory]:
         return [first, await latest.fetch_history()]
 
 
+# What a run records only to say where it waits: each a billed Action on Temporal Cloud.
+WHERE_IT_WAITS = (EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES, EventType.EVENT_TYPE_MARKER_RECORDED)
+
+
+def where_it_waits(history: WorkflowHistory) -> list[str]:
+    return [EventType.Name(e.event_type) for e in history.events if e.event_type in WHERE_IT_WAITS]
+
+
 async def test_todays_runs_replay_deterministically(env, settings, db, fake, tmp_path):
-    for history in await record_runs(env, settings, db):
+    """And record no search attribute upsert and no patch marker: the journey, a win-back the scan
+    started, a held send, and a run continued as new, before and after."""
+    histories = [*await record_runs(env, settings, db), await record_held_run(env, settings, db),
+                 *await record_continued_run(tmp_path, fake, db)]
+    for history in histories:
         await replayer().replay_workflow(history)
-    await replayer().replay_workflow(await record_held_run(env, settings, db))
-    for history in await record_continued_run(tmp_path, fake, db):
-        await replayer().replay_workflow(history)
+    assert {h.workflow_id: where_it_waits(h) for h in histories} == {h.workflow_id: [] for h in histories}
 
 
 def stored() -> list[Path]:
@@ -142,6 +156,23 @@ def test_inputs_recorded_with_a_time_scale_decode_without_it():
         assert json.loads(payload.data)["time_scale"] == 1.0
         [run] = pydantic_data_converter.payload_converter.from_payloads([payload], [RunInput])
         assert "time_scale" not in run.model_dump()
+
+
+def test_runs_that_set_the_step_attribute_keep_setting_it():
+    """Their inputs, recorded without `step_attribute`, decode as runs that set it: so they replay
+    (test_stored_history_replays) with the marker and the upserts they recorded, and a run of
+    theirs that continues as new carries the same."""
+    old = [p for p in stored() if p.stem.endswith(".step-attribute")]
+    assert old
+    for path in old:
+        history = WorkflowHistory.from_json(path.stem, path.read_text())
+        [payload] = history.events[0].workflow_execution_started_event_attributes.input.payloads
+        assert "step_attribute" not in json.loads(payload.data)
+        [run] = pydantic_data_converter.payload_converter.from_payloads([payload], [RunInput])
+        assert run.step_attribute
+        if not path.stem.startswith("continued-resumed"):  # it resumed where it had set the attribute
+            assert "EVENT_TYPE_MARKER_RECORDED" in where_it_waits(history), path.stem
+            assert "EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES" in where_it_waits(history), path.stem
 
 
 def test_every_step_kind_is_covered_by_a_stored_history():

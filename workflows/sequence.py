@@ -8,8 +8,9 @@ before the run reaches its `wait_for` is waiting there when it does.
 
 A run that has heard many events (each signal grows its history) continues as new from the wait
 it is in, long before Temporal's history limits: the next run skips the steps already done and
-waits out the rest of the same wait (see `Resume`). When it settles into a wait it also sets the
-`KeepflowStep` search attribute, so the dashboard can count the runs waiting at each step.
+waits out the rest of the same wait (see `Resume`). Runs started before the dashboard read where
+runs wait from the store also set the `KeepflowStep` search attribute when they settle into a
+wait; new runs do not (`RunInput.step_attribute`), as each upsert is an Action Temporal bills.
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ CONTINUE_AS_NEW_AFTER = 500
 # remembers the ids of the latest ones only, and carries at most this many events not yet taken.
 SEEN_KEPT = 1_000
 INBOX_KEPT = 500
-# Runs started before the KeepflowStep search attribute existed replay without setting it.
+# Runs started before the KeepflowStep search attribute existed replay without setting it. Only runs
+# whose input asks for the attribute consult it, so new runs record no marker.
 STEP_ATTRIBUTE_PATCH = "keepflow-step-search-attribute"
 
 
@@ -344,7 +346,10 @@ class SequenceWorkflow:
             seen=list(self.seen)[-SEEN_KEPT:], events_count=self.events_count, done=self.done,
             waiting_at=self.waiting_at, continued=self.continued + 1,
         )
-        return RunInput(snapshot=self.input.snapshot, key=self.input.key, context=self.context, resume=resume)
+        # An old run's continuation keeps setting the attribute: it carries the old value over, which
+        # would otherwise go stale on the dashboard.
+        return RunInput(snapshot=self.input.snapshot, key=self.input.key, context=self.context, resume=resume,
+                        step_attribute=self.input.step_attribute)
 
     def _resumed_here(self, path: str) -> Resume | None:
         """The wait to finish, when this is the step the previous run continued as new from."""
@@ -360,8 +365,9 @@ class SequenceWorkflow:
         return self.resume.path[len(path) + 1:].split(".", 1)[0]
 
     def _settle(self, path: str) -> None:
-        """Say where the run waits (the `KeepflowStep` search attribute)."""
-        if self.waiting_at == path or not workflow.patched(STEP_ATTRIBUTE_PATCH):
+        """Say where the run waits (the `KeepflowStep` search attribute), in runs started to."""
+        # The input is checked first: a run that does not set the attribute records no marker.
+        if not self.input.step_attribute or self.waiting_at == path or not workflow.patched(STEP_ATTRIBUTE_PATCH):
             return
         workflow.upsert_search_attributes([STEP.value_set(step_value(self.sequence.id, path))])
         self.waiting_at = path

@@ -41,7 +41,7 @@ class Resume(BaseModel):
     seen: list[str]  # ids of the latest events, so a redelivered one is still ignored
     events_count: int
     done: list[StepRecord]
-    waiting_at: str | None = None  # the KeepflowStep value already set
+    waiting_at: str | None = None  # the KeepflowStep value already set (runs that set it)
     continued: int = 0
 
 
@@ -55,6 +55,11 @@ class RunInput(BaseModel):
     # customer, order, the trigger event and `brand`: what conditions and templates can see.
     context: dict[str, Any]
     resume: Resume | None = None
+    # Whether the run sets the KeepflowStep search attribute as it settles into a wait. Runs started
+    # before the dashboard read positions from the store carry no such field and did, so they
+    # replay as recorded; keepflow/runtime/starts.py sets it False for every new run, which costs
+    # no patch marker and no upsert (Actions Temporal Cloud bills). docs/operations.md: retiring it.
+    step_attribute: bool = True
 
 
 class SendTerms(BaseModel):

@@ -1,10 +1,13 @@
-"""`KeepflowStep`: where each open run is waiting, searchable in Temporal's visibility.
+"""`KeepflowStep`: where an open run started before this release waits, searchable in Temporal's visibility.
 
-A run sets it when it settles into a wait (a `wait`, a `wait_for`, a send held by quiet hours or
-the cap) to `<sequence>/<step path>`, so the dashboard can count runs per step with one
-`count_workflows` call each instead of querying every run. A custom search attribute must be
-registered on the namespace before a workflow may set it, or the workflow task fails; the worker
-registers it at start, and refuses to start, saying how, where it may not.
+Such runs set it when they settle into a wait (a `wait`, a `wait_for`, a send held by quiet hours
+or the cap) to `<sequence>/<step path>`. Runs started since do not (`RunInput.step_attribute`):
+each upsert was an Action Temporal Cloud bills, and the dashboard now reads where runs wait from
+the store (keepflow/http/dashboard/in_flight.py). A workflow that sets a custom search attribute
+not registered on its namespace fails its workflow task, so until the last of the old runs has
+ended (docs/operations.md, "Retiring KeepflowStep") the worker still registers it at start where
+it may. Where it may not, nothing needs it: an old run only exists on a namespace that had it
+(the workers before this one refused to start without), so the worker says so and starts.
 """
 
 from __future__ import annotations
@@ -22,22 +25,17 @@ log = logging.getLogger("keepflow.runtime.client")
 STEP = SearchAttributeKey.for_keyword("KeepflowStep")
 
 
-class SearchAttributeMissing(RuntimeError):
-    pass
+# The open runs that still set it (docs/operations.md, "Retiring KeepflowStep"): a run continued as
+# new carries its attributes over, so a chain that set it is counted until it ends.
+STILL_SETTING = f'WorkflowType="sequence" AND ExecutionStatus="Running" AND {STEP.name} IS NOT NULL'
 
 
 def step_value(sequence_id: str, path: str) -> str:
     return f"{sequence_id}/{path}"
 
 
-def waiting_at(sequence_id: str, path: str) -> str:
-    """The visibility query for the open runs of `sequence_id` waiting at `path`."""
-    return (f'WorkflowType="sequence" AND ExecutionStatus="Running" '
-            f'AND {STEP.name}="{step_value(sequence_id, path)}"')
-
-
 async def ensure_registered(client: Client, namespace: str) -> None:
-    """Register `KeepflowStep` (Keyword) on `namespace` unless it already is."""
+    """Register `KeepflowStep` (Keyword) on `namespace` unless it already is, or this client may not."""
     try:
         listed = await client.operator_service.list_search_attributes(ListSearchAttributesRequest(namespace=namespace))
         if STEP.name in listed.custom_attributes:
@@ -52,9 +50,7 @@ async def ensure_registered(client: Client, namespace: str) -> None:
     except RPCError as err:
         if err.status == RPCStatusCode.ALREADY_EXISTS:
             return  # another worker registered it first
-        raise SearchAttributeMissing(
-            f"search attribute {STEP.name} is not registered on namespace {namespace!r} and this worker may not "
-            f"register it ({err.status.name}: {err.message}). Register it once, then start the worker again: "
-            f"`temporal operator search-attribute create --namespace {namespace} --name {STEP.name} --type Keyword` "
-            f"(Temporal Cloud: `tcld namespace search-attributes add -n {namespace} --sa {STEP.name}=Keyword`)."
-        ) from err
+        log.warning("search attribute %s is not registered on namespace %r and this worker may not register it "
+                    "(%s: %s): only runs started before this release set it, and they can only be running on a "
+                    "namespace where it is registered, so this worker starts anyway", STEP.name, namespace,
+                    err.status.name, err.message)

@@ -39,6 +39,9 @@ async def start_run(client: Client, run: RunInput, task_queue: str, *, db: Datab
     `trigger`: the id of the event that starts it, kept in its memo (see `started_by`).
     """
     workflow_id = run_id(run.snapshot.root, run.key)
+    # Every run starts here, so every new run leaves KeepflowStep alone (see RunInput.step_attribute),
+    # whoever built its input: a retried `start:` activity scheduled by older code included.
+    run = run.model_copy(update={"step_attribute": False})
     try:
         await client.start_workflow(
             "sequence", run, id=workflow_id, task_queue=task_queue,

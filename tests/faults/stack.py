@@ -417,7 +417,8 @@ class Stack:
                     "consents": {"email": True, "sms": True}}
         run = RunInput(snapshot=self.snapshot, key=f"r{i:05d}",
                        context={"customer": customer, "brand": {"name": "Fault Shop"},
-                                "event": {"id": workflow_id, "type": "order.created", "occurred_at": ""}})
+                                "event": {"id": workflow_id, "type": "order.created", "occurred_at": ""}},
+                       step_attribute=False)
         return await self.client.start_workflow("sequence", run, id=workflow_id, task_queue=self.task_queue,
                                                 result_type=RunStatus)
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from keepflow.http.dashboard.in_flight import InFlight, settles
+from keepflow.http.dashboard.in_flight import WAITING, InFlight, passes_on, settles
 from keepflow.insights import ab_tests, graph
 from keepflow.insights.report import DELIVERY_EVENTS, Report, StepReport, build_report, format_money, variant_of
 from keepflow.language.catalog import Catalog
@@ -30,8 +30,6 @@ from keepflow.store import Customer, Database, Event, Message, Order, Run, Suppr
 from keepflow.store.scores import CustomerScore
 
 PER_PAGE = 50
-# Statuses of a message that has not gone out yet but still may: the run is waiting at that step.
-WAITING = ("pending", "deferred", "sending")
 # A customer page shows at most this many rows of each kind, newest first.
 TIMELINE_LIMIT = 200
 
@@ -109,7 +107,15 @@ def readable_path(path: str) -> str:
     return " › ".join(words)
 
 
+def _waiting_label(path: str, step, later: list[str]) -> str:
+    label = graph.label_of(step)
+    if later:  # nothing is recorded between them: see in_flight.passes_on
+        label += f" (or already at {', '.join(readable_path(p) for p in later)}: no message tells them apart)"
+    return label
+
+
 def _view(sequence: Sequence, report: Report, waiting: dict[tuple[str, str], int]) -> SequenceView:
+    later = passes_on(sequence)
     total = next((s for s in report.sequences if s.sequence_id == sequence.id), None)
     view = SequenceView(
         id=sequence.id, description=sequence.description or "", category=sequence.category,
@@ -118,7 +124,7 @@ def _view(sequence: Sequence, report: Report, waiting: dict[tuple[str, str], int
         orders=total.orders if total else 0, revenue=format_money(total.revenue) if total else "-",
         # From the same totals as `converted`, so entered = converted + not converted always holds.
         not_converted=(total.entered - total.converted) if total else 0, flowchart=graph.to_svg(sequence),
-        settling=[(path, graph.label_of(step)) for path, step in sequence.walk() if settles(step)],
+        settling=[(path, _waiting_label(path, step, later.get(path, []))) for path, step in sequence.walk() if settles(step)],
         splits=ab_tests.comparisons(sequence, report),
     )
     reported = [r for r in report.steps if r.sequence_id == sequence.id]

@@ -2,7 +2,7 @@
 by the admin app (keepflow/http/admin.py) to people signed in (keepflow/http/dashboard/signin.py).
 
     GET /                     sequences, their per-step funnels, what is waiting to go out, runs in flight
-    GET /sequences/{id}       one sequence: its funnel, and its runs in flight per step (from Temporal)
+    GET /sequences/{id}       one sequence: its funnel, and its runs in flight per step (Temporal and the store)
     GET /messages             recent messages, 50 a page (?page=N&sequence=ID, and a cursor: before/after=ID)
     GET /messages/unknown     messages of unknown outcome, each waiting for a decision, and how to settle them
     GET /messages/{id}        one message as the customer saw it, with its status and feedback
@@ -70,7 +70,8 @@ async def overview(request: Request, since: str = "30d") -> HTMLResponse:
     # The SQL (in a thread) and Temporal's counts (on this loop) at the same time.
     (report, sequences), runs = await asyncio.gather(
         asyncio.to_thread(queries.overview, services.db, services.catalog, start),
-        in_flight.count_waiting(_temporal(request), services.catalog.file.sequences, since=start),
+        in_flight.count_waiting(_temporal(request), services.db, services.catalog, services.catalog.file.sequences,
+                                since=start),
     )
     queries.with_open_runs(sequences, runs)
     return render(request, "overview.html", report=report, sequences=sequences, since=since, in_flight=runs)
@@ -88,7 +89,7 @@ async def sequence(request: Request, sequence_id: str, since: str = "30d") -> HT
     found, versions, runs = await asyncio.gather(
         asyncio.to_thread(queries.sequence_page, services.db, known, start),
         asyncio.to_thread(queries.sequence_versions, services.db, sequence_id, start),
-        in_flight.count_waiting(_temporal(request), [known], since=start),
+        in_flight.count_waiting(_temporal(request), services.db, services.catalog, [known], since=start),
     )
     report, view = found
     queries.with_open_runs([view], runs)
