@@ -16,6 +16,11 @@ seconds; no quiet hours, cap or expiry). It then runs:
 * win-back runs: a customer last seen 61 days ago, started the way the inactivity scan starts one
   (same id, context and id policy), who does not come back: coupon, offer email and SMS, reminder, last chance.
 
+Both sides run on the same client, so on the same data converter: first as a deployment runs
+(payloads sealed with a payload key; definitions and contexts moved to the store by
+keepflow/runtime/payload_parts.py), then the whole again without a payload key, and the history
+bytes of both passes are reported side by side.
+
 Every run's history (each run of a continue-as-new chain) is fetched and counted by event type,
 and its billable Actions are counted following Temporal Cloud's published definition
 (https://docs.temporal.io/cloud/actions). The minimum is computed from the steps each run reports
@@ -394,7 +399,7 @@ async def run_bare(client, plan: dict[str, Any], deadline: float) -> list[list[A
     return out
 
 
-async def bench(runs: int, time_scale: float, timeout: float) -> dict[str, Any]:
+async def bench(runs: int, time_scale: float, timeout: float, sealed: bool = True) -> dict[str, Any]:
     from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
     from keepflow.runtime.registry import load_catalog
@@ -412,8 +417,11 @@ async def bench(runs: int, time_scale: float, timeout: float) -> dict[str, Any]:
         fake.start()
         server.start()
         settings = settings_for(data_dir, server.address, fake, f"cost-{tag}")
+        if not sealed:
+            settings = settings.model_copy(update={"payload_keys": None})
         upgrade(settings.resolved_database_url)
-        # The client a deployment has: payloads sealed with its key, definitions and contexts in its store.
+        # The client a deployment has (payloads sealed with its key, unless `sealed` is off; definitions
+        # and contexts in its store); the bare workflow runs on the same client, so on the same converter.
         client = await server.wait_ready(settings)
         with contextlib.suppress(ImportError):  # runs upsert KeepflowStep once the code has it: register it first
             from keepflow.runtime.search_attributes import ensure_registered
@@ -579,9 +587,8 @@ def explanation(s: dict[str, Any]) -> str:
             line.append(f"History events {sum(kf['events'].values()) - sum(bare['events'].values()):+d} against bare: "
                         + ", ".join(f"{n:+d} {t}" for t, n in sorted(diff.items())) + ".")
         big = ", ".join(f"{t} {n:,} B" for t, n in kf["sizes"].most_common(2))
-        line.append(f"History size {kf['bytes']:,} B, {kf['bytes'] / max(bare['bytes'], 1):.1f}× bare's; the largest "
-                    f"parts: {big} (a run's input carries its definition snapshot and context, a send's request the "
-                    "context).")
+        line.append(f"History size {kf['bytes']:,} B, {kf['bytes'] / max(bare['bytes'], 1):.2f}× bare's; the largest "
+                    f"parts: {big} (definitions and contexts travel as hashes, keepflow/runtime/payload_parts.py).")
         wft_kf = kf["events"].get("WORKFLOW_TASK_COMPLETED", 0)
         wft_bare = bare["events"].get("WORKFLOW_TASK_COMPLETED", 0)
         line.append(f"Workflow tasks (3 events each, not billed): {wft_kf} against {wft_bare} bare.")
@@ -593,7 +600,7 @@ def explanation(s: dict[str, Any]) -> str:
     return "\n\n".join(out)
 
 
-def write_results(raw: dict[str, Any], s: dict[str, Any], table: str, note: str) -> None:
+def write_results(raw: dict[str, Any], s: dict[str, Any], table: str, note: str, unsealed: dict[str, Any]) -> None:
     scale = Fraction(raw["time_scale"]).limit_denominator(1_000_000)
     section = "\n".join([
         SECTION, "",
@@ -609,7 +616,9 @@ def write_results(raw: dict[str, Any], s: dict[str, Any], table: str, note: str)
         note, "",
     ])
     write_section(SECTION, section)
-    write_figures(figures(s), command, machine())
+    out = figures(s)
+    out.update({k.replace("cost.", "cost.unsealed.", 1): v for k, v in figures(unsealed).items() if "history_bytes" in k})
+    write_figures(out, command, machine())
 
 
 FIGURE_KEYS = {"post-purchase": "post_purchase", "win-back": "winback"}
@@ -649,9 +658,31 @@ def main() -> int:
     print(table)
     print()
     print(note)
+    print("\nAgain with payloads unsealed on both sides (no KEEPFLOW_PAYLOAD_KEYS, as the bare workflow would run) ...",
+          flush=True)
+    unsealed = summarize(asyncio.run(bench(args.runs, args.time_scale, args.timeout, sealed=False)))
+    sizes = history_sizes(s, unsealed)
+    print()
+    print(sizes)
     if args.write_results:
-        write_results(raw, s, table, note)
+        write_results(raw, s, table, note + "\n\n" + sizes, unsealed)
     return 0
+
+
+def history_sizes(sealed: dict[str, Any], unsealed: dict[str, Any]) -> str:
+    """Bytes per journey and per win-back with each converter, and the ratios that matter."""
+    lines = ["History bytes per run kind (first run of each), by what the payloads go through:", "",
+             "| run kind | Keepflow sealed | bare sealed | ratio | Keepflow unsealed | bare unsealed | ratio | "
+             "Keepflow sealed / bare unsealed |", "|---|---|---|---|---|---|---|---|"]
+    for kind in KINDS:
+        ks, bs = sealed[kind]["keepflow"][0]["bytes"], sealed[kind]["bare"][0]["bytes"]
+        ku, bu = unsealed[kind]["keepflow"][0]["bytes"], unsealed[kind]["bare"][0]["bytes"]
+        lines.append(f"| {kind} | {ks:,} | {bs:,} | **{ks / bs:.2f}×** | {ku:,} | {bu:,} | **{ku / bu:.2f}×** | "
+                     f"{ks / bu:.2f}× |")
+    lines += ["", "Sealed: both sides on the client a deployment has (AES-GCM, KEEPFLOW_PAYLOAD_KEYS, which production "
+              "requires). Unsealed: both without keys, as the issue's first figures were taken. The last column puts "
+              "the sealing's own bytes (a nonce, a tag and two metadata entries per payload) on Keepflow's side only."]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from temporalio.worker import Replayer
 
 from keepflow.runtime.codec import EncryptionCodec
 from keepflow.runtime.payload_keys import parse_payload_keys
-from keepflow.runtime.payload_parts import MARK, REF, PartsCodec
+from keepflow.runtime.payload_parts import HOLDS_REF, REF, PartsCodec
 from keepflow.runtime.payloads import RunInput, SendRequest
 from keepflow.store import Database, upgrade
 from tests.engine import CONVERTER, PAYLOAD_KEYS
@@ -45,7 +45,7 @@ async def test_a_journey_s_histories_carry_definitions_and_contexts_by_hash_only
             text = payload.data.decode()
             assert '"sequences"' not in text, (sequence, text[:200])  # a definition inline
             assert "nok@example.com" not in text and "Lumen D200" not in text, (sequence, text[:200])  # a context
-            if MARK in payload.metadata:
+            if HOLDS_REF in payload.data:
                 value = json.loads(text)
                 refs += sum(isinstance(value.get(f), dict) and REF in value[f] for f in ("snapshot", "context"))
     # Every run's input (snapshot and context), every send's and start's context: all by hash.
@@ -85,7 +85,7 @@ async def test_a_part_is_written_once_and_read_back_by_another_process(tmp_path)
     # A process that never saw it reads it from the store.
     [opened] = await PartsCodec(url).decode([encoded[1]])
     assert json.loads(opened.data) == {"workflow_id": "w/1", "context": context}
-    assert MARK not in opened.metadata
+    assert HOLDS_REF not in opened.data and opened.metadata == encoded[1].metadata
     # Payloads from before (inline, or small) pass through as they are.
     small = Payload(metadata={"encoding": b"json/plain"}, data=b'{"context":{"a":1}}')
     assert await codec.encode([small]) == [small]

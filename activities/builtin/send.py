@@ -573,7 +573,7 @@ def _offered(code: str, redeemed_at: datetime | None, activated_at: datetime | N
 
 
 def _result(row: _Row) -> SendResult:
-    return SendResult(status=row.status, message_id=row.id, provider_message_id=row.provider_message_id,
+    return SendResult(status=row.status, message_id=row.id,
                       reason=row.error if row.status != "sent" else None)
 
 

@@ -20,6 +20,7 @@ hashes of nothing.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import re
@@ -34,14 +35,19 @@ from keepflow.store import Database
 from keepflow.store import payload_parts as store
 
 JSON = b"json/plain"
-MARK = "keepflow-parts"  # metadata on a payload with parts taken out
 REF = "$part"
+# How a payload with a part taken out is told from one without: no metadata entry (in an unsealed
+# history each would cost bytes in every payload), only this, which a Keepflow model never holds.
+HOLDS_REF = b'{"' + REF.encode() + b'":'
 # Top-level fields moved out: RunInput's snapshot and context, SendRequest's and DoRequest's context,
 # and SendRequest's terms (the shop's rules, the same in every send of a sequence).
 FIELDS = ("snapshot", "context", "terms")
 _MAY_HOLD = re.compile(rb'"(?:snapshot|context|terms)":\s*\{')
 # Smaller than this stays inline: a row costs more than the bytes it saves.
 MIN_BYTES = 160
+# 128 bits of sha256 name a part (base64url, 22 characters): no two different parts meet in a
+# store's lifetime.
+KEY_BYTES = 16
 CACHE = 4096  # parts a process keeps in memory (a context is about 1-2 KB)
 
 
@@ -85,7 +91,7 @@ class PartsCodec(PayloadCodec):
                 body = canonical({k: v for k, v in part.items() if k not in kept})
                 if len(body) < MIN_BYTES:
                     continue
-                key = hashlib.sha256(body.encode()).hexdigest()
+                key = base64.urlsafe_b64encode(hashlib.sha256(body.encode()).digest()[:KEY_BYTES]).rstrip(b"=").decode()
                 if key not in self._cache:
                     new[key] = (body, _customer(field, part))
                 value[field] = {REF: key, **kept}
@@ -93,9 +99,7 @@ class PartsCodec(PayloadCodec):
             if not moved:
                 out.append(payload)
                 continue
-            metadata = dict(payload.metadata)
-            metadata[MARK] = b"1"
-            out.append(Payload(metadata=metadata, data=json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()))
+            out.append(Payload(metadata=payload.metadata, data=json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()))
         if new:
             await asyncio.to_thread(self._put, new)
             for key, (body, _) in new.items():
@@ -103,9 +107,10 @@ class PartsCodec(PayloadCodec):
         return out
 
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        if not any(MARK in p.metadata for p in payloads):
+        holding = [p.metadata.get("encoding") == JSON and HOLDS_REF in p.data for p in payloads]
+        if not any(holding):
             return list(payloads)
-        opened = [json.loads(p.data) if MARK in p.metadata else None for p in payloads]
+        opened = [json.loads(p.data) if holds else None for p, holds in zip(payloads, holding)]
         wanted = {part[REF] for value in opened if value is not None
                   for part in (value.get(f) for f in FIELDS) if isinstance(part, dict) and REF in part}
         missing = [key for key in wanted if key not in self._cache]
@@ -126,8 +131,7 @@ class PartsCodec(PayloadCodec):
                                           "forgotten, or this process reads another database than the one that wrote it")
                     self._cache.move_to_end(part[REF])
                     value[field] = {**json.loads(found), **{k: v for k, v in part.items() if k != REF}}
-            metadata = {k: v for k, v in payload.metadata.items() if k != MARK}
-            out.append(Payload(metadata=metadata, data=json.dumps(value, ensure_ascii=False).encode()))
+            out.append(Payload(metadata=payload.metadata, data=json.dumps(value, ensure_ascii=False).encode()))
         return out
 
     def _remember(self, key: str, body: str) -> None:
@@ -147,7 +151,7 @@ class PartsCodec(PayloadCodec):
 
 def _object(payload: Payload) -> dict[str, Any] | None:
     """The payload's JSON object when it may hold a part, else None (without parsing it)."""
-    if payload.metadata.get("encoding") != JSON or MARK in payload.metadata or not _MAY_HOLD.search(payload.data):
+    if payload.metadata.get("encoding") != JSON or HOLDS_REF in payload.data or not _MAY_HOLD.search(payload.data):
         return None
     value = json.loads(payload.data)
     return value if isinstance(value, dict) else None

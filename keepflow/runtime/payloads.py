@@ -10,6 +10,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from keepflow.language.dsl import Cap, Category, Channel, QuietHours, Rules, Snapshot
 
 
+def _none(value: Any) -> bool:
+    return value is None
+
+
+# A field left out of the JSON when None: every send request and result, and every run's input
+# and result, is kept in Temporal's history, where a `"drop":null` is bytes too. Decoding reads
+# an absent field as None, so payloads from before, which spell the nulls out, read the same.
+OPTIONAL: dict[str, Any] = {"default": None, "exclude_if": _none}
+
+
 class EventSignal(BaseModel):
     id: str
     type: str
@@ -54,7 +64,7 @@ class RunInput(BaseModel):
     key: str
     # customer, order, the trigger event and `brand`: what conditions and templates can see.
     context: dict[str, Any]
-    resume: Resume | None = None
+    resume: Resume | None = Field(**OPTIONAL)
     # Whether the run sets the KeepflowStep search attribute as it settles into a wait. Runs started
     # before the dashboard read positions from the store carry no such field and did, so they
     # replay as recorded; keepflow/runtime/starts.py sets it False for every new run, which costs
@@ -95,17 +105,17 @@ class SendRequest(BaseModel):
     context: dict[str, Any]
     # The run's clock (workflow time) when this attempt was asked for; None in runs from before
     # the compliance rules, which fall back to the activity's clock.
-    now: datetime | None = None
-    terms: SendTerms | None = None
+    now: datetime | None = Field(**OPTIONAL)
+    terms: SendTerms | None = Field(**OPTIONAL)
     # Sends scheduled before the rules were resolved in the activity carry `policy` instead of
     # `terms`; a retry of one after a deploy keeps to it.
-    policy: SendPolicy | None = None
+    policy: SendPolicy | None = Field(**OPTIONAL)
     # Drop instead of sending when the run's clock is past this (`expires_after`).
-    expires_at: datetime | None = None
+    expires_at: datetime | None = Field(**OPTIONAL)
     # Set when the workflow already knows the message must not go (a superseding event arrived).
-    drop: str | None = None
+    drop: str | None = Field(**OPTIONAL)
     # The context name of the coupon this message offers (`coupon:` on the step).
-    coupon: str | None = None
+    coupon: str | None = Field(**OPTIONAL)
 
 
 SendStatus = Literal["sent", "failed", "skipped", "unknown", "deferred"]
@@ -113,11 +123,12 @@ SendStatus = Literal["sent", "failed", "skipped", "unknown", "deferred"]
 
 class SendResult(BaseModel):
     status: SendStatus
-    message_id: int | None = None
-    provider_message_id: str | None = None
-    reason: str | None = None
+    # The message row, which holds the provider's id, the recipient and the body: the run needs
+    # none of them, so its history does not carry them (results from before carried the id).
+    message_id: int | None = Field(**OPTIONAL)
+    reason: str | None = Field(**OPTIONAL)
     # For `deferred`: ask again at this time on the run's clock (quiet hours end, a cap slot frees).
-    retry_at: datetime | None = None
+    retry_at: datetime | None = Field(**OPTIONAL)
 
 
 class DoRequest(BaseModel):
@@ -132,12 +143,14 @@ class RunStatus(BaseModel):
     sequence_id: str
     key: str
     definition_hash: str
-    current_step: str | None
+    current_step: str | None = Field(**OPTIONAL)
     steps_done: list[StepRecord]
-    events_received: list[str]  # this run's events; after a continue-as-new, those it carried over
+    # this run's events; after a continue-as-new, those it carried over
+    events_received: list[str] = Field(default_factory=list, exclude_if=lambda v: not v)
     exit_reason: str | None
-    events_count: int = 0  # every event the run was told about, across continue-as-new
-    continued: int = 0  # times the run continued as new
+    # every event the run was told about, across continue-as-new
+    events_count: int = Field(0, exclude_if=lambda v: not v)
+    continued: int = Field(0, exclude_if=lambda v: not v)  # times the run continued as new
 
 
 class ScanCursor(BaseModel):

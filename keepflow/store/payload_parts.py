@@ -1,8 +1,8 @@
 """Parts of Temporal payloads kept here once instead of in every history (keepflow/runtime/payload_parts.py).
 
-A part is a definition snapshot or a run's context, stored under the sha256 of its bytes: the
-same bytes always have the same key, so a row is never changed, only added (and deleted when its
-customer is forgotten). Importing this module registers the table on `Base.metadata`; the schema
+A part is a definition snapshot or a run's context, stored under the sha256 of its bytes (its first
+128 bits): the same bytes always have the same key, so a row is never changed, only added (and
+deleted when its customer is forgotten). Importing this module registers the table on `Base.metadata`; the schema
 itself is owned by Alembic (revision 0010).
 """
 
