@@ -12,6 +12,9 @@ from __future__ import annotations
 import json
 import uuid
 
+import pytest
+from sqlalchemy import func, select
+
 from temporalio.api.common.v1 import Payload
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
@@ -19,9 +22,10 @@ from temporalio.worker import Replayer
 
 from keepflow.runtime.codec import EncryptionCodec
 from keepflow.runtime.payload_keys import parse_payload_keys
-from keepflow.runtime.payload_parts import HOLDS_REF, REF, PartsCodec
+from keepflow.runtime.payload_parts import HOLDS_REF, REF, PartMissing, PartsCodec
 from keepflow.runtime.payloads import RunInput, SendRequest
-from keepflow.store import Database, upgrade
+from keepflow.store.erasure import erase
+from keepflow.store.payload_parts import PayloadPart
 from tests.engine import CONVERTER, PAYLOAD_KEYS
 from tests.test_journey import CHAIN, customer_in_offer_arm, play_journey
 from tests.test_payload_encryption import client_with, payloads_in
@@ -68,25 +72,29 @@ async def test_a_journey_s_histories_carry_definitions_and_contexts_by_hash_only
         await Replayer(workflows=[SequenceWorkflow], data_converter=CONVERTER).replay_workflow(history)
 
 
-async def test_a_part_is_written_once_and_read_back_by_another_process(tmp_path):
-    url = f"sqlite:///{tmp_path / 'store.db'}"
-    upgrade(url)
-    context = {"customer": {"id": "c1", "email": "a@example.com", "first_name": "Ann"}, "order": {"id": "o1", "items": [{"sku": f"LUMEN-{n}", "title": "Lumen D200", "quantity": 1} for n in range(3)]},
+async def test_a_part_is_written_once_read_back_by_another_process_and_forgotten_with_its_customer(db):
+    context = {"customer": {"id": "c1", "email": "a@example.com", "first_name": "Ann"},
+               "order": {"id": "o1", "items": [{"sku": f"LUMEN-{n}", "title": "Lumen D200", "quantity": 1} for n in range(3)]},
                "brand": {"name": "Lumen"}}
     values = [json.dumps({"workflow_id": f"w/{n}", "context": context}).encode() for n in range(3)]
-    codec = PartsCodec(url)
+
+    codec = PartsCodec(db)
     encoded = await codec.encode([Payload(metadata={"encoding": b"json/plain"}, data=v) for v in values])
-    assert all(len(p.data) < 150 for p in encoded)
+    assert all(len(p.data) < 100 for p in encoded)
     assert len({p.data for p in encoded}) == 3  # each keeps its own workflow id, one hash
-    db = Database(url)
     with db.transaction() as connection:
-        rows = connection.exec_driver_sql("SELECT customer_id, count(*) FROM payload_parts GROUP BY customer_id").all()
-    assert rows == [("c1", 1)]
+        rows = connection.execute(select(PayloadPart.customer_id, func.count()).group_by(PayloadPart.customer_id)).all()
+    assert [tuple(r) for r in rows] == [("c1", 1)]
     # A process that never saw it reads it from the store.
-    [opened] = await PartsCodec(url).decode([encoded[1]])
+    [opened] = await PartsCodec(db).decode([encoded[1]])
     assert json.loads(opened.data) == {"workflow_id": "w/1", "context": context}
     assert HOLDS_REF not in opened.data and opened.metadata == encoded[1].metadata
     # Payloads from before (inline, or small) pass through as they are.
     small = Payload(metadata={"encoding": b"json/plain"}, data=b'{"context":{"a":1}}')
     assert await codec.encode([small]) == [small]
     assert await codec.decode([small]) == [small]
+
+    with db.session() as session:
+        assert erase(session, ["c1"], []).contexts == 1
+    with pytest.raises(PartMissing, match="not in the store: the customer was forgotten"):
+        await PartsCodec(db).decode([encoded[0]])
