@@ -95,16 +95,18 @@ class Routings:
 async def ingest(services: Services, routings: Routings, event: EventIn, delivery: tuple[str, str],
                  connect: Callable[[], Awaitable[Client]]) -> JSONResponse:
     began = time.monotonic()
-    new = await asyncio.to_thread(routing.store, services.db, event, delivery,
-                                  services.catalog.file.rules.default_region)
+    # One catalog for both: the runs `accept` claims are the ones routing starts, even across a deploy.
+    catalog = services.catalog
+    stored = await asyncio.to_thread(routing.accept, services.db, catalog, event, delivery)
+    new = stored.new
     if new is False:
         return _answer(routing.Routed(event.id, duplicate=True), "done", 200)
 
     async def route() -> routing.Routed:
         if services.client is None:
             services.client = await connect()
-        return await routing.route_stored(services.client, services.catalog, services.db, event,
-                                          services.settings.task_queue, duplicate=new is None)
+        return await routing.route_stored(services.client, catalog, services.db, event,
+                                          services.settings.task_queue, duplicate=new is None, stored=stored)
 
     task, first = routings.start(event.id, route)
     wait = min(ROUTE_WAIT, ANSWER_WITHIN - (time.monotonic() - began))
