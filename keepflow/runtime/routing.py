@@ -116,7 +116,10 @@ def accept(db: Database, catalog: Catalog, event: EventIn, delivery: tuple[str, 
     triggered = catalog.triggered_by(event.type)
     try:
         with db.session() as session:
-            new = _store(session, event, delivery, catalog.file.rules.default_region)
+            # Its reads before any write: SQLite takes the write lock at the first write, so the
+            # lock is held from the flush below to the commit, not while the store reads.
+            with session.no_autoflush:
+                new = _store(session, event, delivery, catalog.file.rules.default_region)
             if new is not True:
                 return Stored(new)
             # The event's own rows first: a concurrent copy fails here, as the IntegrityError below.
