@@ -326,11 +326,12 @@ def _tree_cpu_seconds(pid: int) -> float | None:
 # process only (no file changes). Each is (module, object name or None, attribute, label).
 TIMED = (
     ("keepflow.http.app", None, "_ingest", "POST /events after verify+parse (store + route + answer)"),
-    ("keepflow.runtime.routing", None, "store", "router.store (store: delivery, customer, order, event; rescore)"),
+    ("keepflow.runtime.routing", None, "accept", "router.accept (one transaction: delivery, customer, order, event, rescore, run rows; then the rows of runs to signal)"),
     ("keepflow.runtime.routing", None, "route", "router.route (signals + start + settle + catch-up)"),
     ("keepflow.runtime.routing", None, "_deliver", "router._deliver (signal a run; NOT_FOUND if none)"),
     ("temporalio.client", "Client", "start_workflow", "Client.start_workflow (in route)"),
-    ("keepflow.runtime.routing", None, "_settle", "router._settle: record runs + find earlier events + mark routed (store, one transaction)"),
+    ("keepflow.runtime.routing", None, "_settle_unless_missed", "router: find earlier events, settle when none was missed (store)"),
+    ("keepflow.runtime.routing", None, "_settle", "router._settle: note runs + mark routed (store, one transaction)"),
     ("keepflow.runtime.routing", None, "_catch_up", "router._catch_up (signal earlier events)"),
     ("activities.builtin.send", "MessageSender", "_claim", "send_message: claim row + profile + suppressions (store)"),
     ("keepflow.language.rendering", "Renderer", "render", "send_message: render template"),
@@ -1007,8 +1008,8 @@ def interpretation(s: dict[str, Any]) -> str:
                    f"{share:.0%} of the machine in all{limit}")
     if s["ratio"] is not None:
         heard = ", ".join(f"`{q}`" for q in s["heard_by"])
-        signals = (f"signals the runs that listen for order.created ({heard}; here none exists, so each signal "
-                   "comes back NOT_FOUND), " if heard else "")
+        signals = (f"looks up which runs that listen for order.created exist ({heard}; here none, so it "
+                   "signals none), " if heard else "")
         started = ", ".join(f"`{q}`" for q in s["started_by"]) or "no run"
         out.append(f"An accepted event costs about {1 / s['ratio']:.1f} bare workflow starts (those measured on the "
                    f"quiet stack afterwards): before it answers, the request stores the event, {signals}starts "

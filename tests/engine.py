@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import SecretStr
 from sqlalchemy import select
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
@@ -83,12 +83,14 @@ def make_settings(tmp_path: Path, fake: FakeProviders, templates: Path = SHOP_TE
 
 
 @asynccontextmanager
-async def running_worker(env: WorkflowEnvironment, settings: Settings, db: Database) -> AsyncIterator[str]:
-    """A worker on a fresh task queue, with the real SendGrid and Twilio clients aimed at the fake."""
+async def running_worker(env: WorkflowEnvironment, settings: Settings, db: Database,
+                         client: Client | None = None) -> AsyncIterator[str]:
+    """A worker on a fresh task queue, with the real SendGrid and Twilio clients aimed at the fake;
+    its activities call Temporal through `client` (default the environment's)."""
     task_queue = f"test-{uuid.uuid4()}"
     deps = SendDeps(settings=settings, db=db, renderer=Renderer(settings.resolved_templates_dir),
                     email=email_provider(settings), sms=sms_provider(settings))
-    async with build_worker(env.client, settings, db, send_deps=deps, task_queue=task_queue, catalog=CATALOG):
+    async with build_worker(client or env.client, settings, db, send_deps=deps, task_queue=task_queue, catalog=CATALOG):
         try:
             yield task_queue
         finally:

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import func, select, text
+from temporalio import client as temporal
 
 from keepflow.http import intake
 from keepflow.runtime import routing
@@ -118,6 +119,45 @@ async def test_a_crash_anywhere_in_route_loses_no_event(env, settings, db, fake,
         assert (await heard(env, order_id))[1] == "received order.shipped"
 
 
+@pytest.mark.parametrize("when", ["before", "after"])
+async def test_an_event_that_comes_while_its_run_starts_reaches_it(env, settings, db, fake, when):
+    """The shipment comes while the order's run is being started, its row already written. Before
+    the run exists, its signal finds none and the catch-up after the start delivers it; once the
+    run exists (its catch-up not yet read), the row sends the signal to the run."""
+    await to_local_hour(env, 10)
+    created, shipped = order_events()
+    order_id = created["order"]["id"]
+    answers = []
+
+    async def ship() -> None:
+        raw, headers = signed(shipped)
+        answers.append(await http.post("/events", content=raw, headers=headers))
+
+    class ShipmentDuringTheStart(temporal.Interceptor):
+        def intercept_client(self, next: temporal.OutboundInterceptor) -> temporal.OutboundInterceptor:
+            class Interleaving(temporal.OutboundInterceptor):
+                async def start_workflow(self, input: temporal.StartWorkflowInput):
+                    ours = input.id == f"fulfilment/{order_id}" and not answers
+                    if ours and when == "before":
+                        await ship()
+                    handle = await super().start_workflow(input)
+                    if ours and when == "after":
+                        await ship()
+                    return handle
+            return Interleaving(next)
+
+    client = temporal.Client(**{**env.client.config(), "interceptors": [ShipmentDuringTheStart()]})
+    async with running_worker(env, settings, db) as tq:
+        async with serving(env, settings.model_copy(update={"task_queue": tq}), db, client=client) as (http, _app):
+            raw, headers = signed(created)
+            answer = await http.post("/events", content=raw, headers=headers)
+            assert answer.status_code == 202 and answer.json()["started"] == [f"fulfilment/{order_id}"]
+            [during] = answers
+            assert during.status_code == 202
+            assert during.json()["signalled"] == ([] if when == "before" else [f"fulfilment/{order_id}"])
+            assert (await heard(env, order_id))[1] == "received order.shipped"
+
+
 async def test_a_slow_store_answers_in_time_and_routing_finishes_later(env, settings, db, fake, monkeypatch):
     await to_local_hour(env, 10)
     created, shipped = order_events()
@@ -149,25 +189,25 @@ async def test_a_slow_store_answers_in_time_and_routing_finishes_later(env, sett
 
 
 async def test_waits_for_the_lock_never_add_up_past_the_answer_deadline(env, settings, db, fake, monkeypatch):
-    """Storing waited out most of the lock timeout, then rescoring the customer (a write too) waited
-    for the next writer: the answer still leaves in time, and routing finishes after it."""
+    """Storing waited out most of the lock timeout, then marking the event routed (the other
+    write) waited for the next writer: the answer still leaves in time, and routing finishes after it."""
     await to_local_hour(env, 10)
     created, _ = order_events()
     order_id = created["order"]["id"]
-    real_store, real_rescore = routing.store, routing.rfm.refresh_customer
+    real_accept, real_settle = routing.accept, routing._settle
 
-    def store_after_a_wait(*args, **kwargs):
+    def accept_after_a_wait(*args, **kwargs):
         time.sleep(2.9)  # the other writer let go just before the 3 s lock timeout
-        return real_store(*args, **kwargs)
+        return real_accept(*args, **kwargs)
 
-    def rescore_after_a_wait(*args, **kwargs):
+    def settle_after_a_wait(*args, **kwargs):
         time.sleep(2.9)  # and the next one took the lock before this write
-        return real_rescore(*args, **kwargs)
+        return real_settle(*args, **kwargs)
 
     async with running_worker(env, settings, db) as tq:
         async with serving(env, settings.model_copy(update={"task_queue": tq}), db) as (http, _app):
-            monkeypatch.setattr(routing, "store", store_after_a_wait)
-            monkeypatch.setattr(routing.rfm, "refresh_customer", rescore_after_a_wait)
+            monkeypatch.setattr(routing, "accept", accept_after_a_wait)
+            monkeypatch.setattr(routing, "_settle", settle_after_a_wait)
             raw, headers = signed(created)
             began = time.monotonic()
             answer = await http.post("/events", content=raw, headers=headers)

@@ -7,6 +7,7 @@ import uuid
 from datetime import timedelta
 
 from sqlalchemy import select
+from temporalio import client as temporal
 
 from keepflow.runtime.events import EventIn
 from keepflow.runtime.payloads import RunInput
@@ -48,6 +49,23 @@ sequences:
 """
 
 
+class RowAtStart(temporal.Interceptor):
+    """For each workflow a client starts, whether its `runs` row was there as the start left."""
+
+    def __init__(self, db) -> None:
+        self.db, self.seen = db, {}
+
+    def intercept_client(self, next: temporal.OutboundInterceptor) -> temporal.OutboundInterceptor:
+        watch = self
+
+        class Watching(temporal.OutboundInterceptor):
+            async def start_workflow(self, input: temporal.StartWorkflowInput):
+                watch.seen[input.id] = row(watch.db, input.id) is not None
+                return await super().start_workflow(input)
+
+        return Watching(next)
+
+
 def row(db, run_id: str) -> Run | None:
     with db.session() as session:
         return session.get(Run, run_id)
@@ -87,11 +105,15 @@ async def test_the_router_a_start_step_and_the_scan_start_runs_alike(env, settin
     tq = f"test-{uuid.uuid4()}"
     now = await env.get_current_time()
     lapsed_customer = add_customer(db, now - timedelta(days=61))
-    async with build_worker(env.client, settings, db, task_queue=tq, catalog=catalog):
+    # Each run has its row before it exists: an event that finds no row is one its starter's
+    # catch-up delivers (keepflow.runtime.routing).
+    rows_at_start = RowAtStart(db)
+    client = temporal.Client(**{**env.client.config(), "interceptors": [rows_at_start]})
+    async with build_worker(client, settings, db, task_queue=tq, catalog=catalog):
         event = EventIn.model_validate({
             "id": f"created-{order_id}", "type": "order.created", "occurred_at": now.isoformat(),
             "customer": {"id": "c-1"}, "order": {"id": order_id, "total": "10", "currency": "THB", "items": []}})
-        assert (await ingest(db, env.client, catalog, event, tq)).started == [f"parent/{order_id}"]
+        assert (await ingest(db, client, catalog, event, tq)).started == [f"parent/{order_id}"]
         assert (await result_of(env, f"parent/{order_id}")).steps_done[0].outcome == f"started child/{order_id}"
         totals = await scan(env, tq)
         # The same order announced again (another event id): the run exists, nothing starts.
@@ -100,6 +122,8 @@ async def test_the_router_a_start_step_and_the_scan_start_runs_alike(env, settin
         for run_id in (f"child/{order_id}", f"lapsed/{lapsed_customer}"):
             await result_of(env, run_id)
     assert totals.started == 1
+    assert rows_at_start.seen == {f"parent/{order_id}": True, f"child/{order_id}": True,
+                                  f"lapsed/{lapsed_customer}": True}
     parent_hash = catalog.snapshot("parent").hash
     # A started sequence carries its starter's snapshot, so its hash is the starter's.
     assert await memo(env, f"parent/{order_id}") == {"sequence": "parent", "definition_hash": parent_hash, "trigger": event.id}

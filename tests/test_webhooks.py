@@ -17,9 +17,12 @@ import httpx
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import func, select, update
+from temporalio import client as temporal
 
 from keepflow.http.signing import sign
 from keepflow.runtime.registry import load_catalog
+from keepflow.runtime import starts
+from keepflow.runtime.payloads import RunInput
 from keepflow.runtime.routing import reconcile
 from keepflow.settings import new_secret
 from keepflow.store import Event
@@ -222,6 +225,50 @@ async def test_shipped_before_created_still_reaches_the_run(stack, env, db):
         await asyncio.sleep(0.05)
     outcomes = [s["outcome"] for s in status["steps_done"]]
     assert outcomes[:4] == ["sent", "received order.shipped", "sent", "sent"]
+
+
+class CountedSignals(temporal.Interceptor):
+    """The workflow ids a client signals, counted at the client's last step before the server."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def intercept_client(self, next: temporal.OutboundInterceptor) -> temporal.OutboundInterceptor:
+        counter = self
+
+        class Counting(temporal.OutboundInterceptor):
+            async def signal_workflow(self, input: temporal.SignalWorkflowInput) -> None:
+                counter.sent.append(input.id)
+                await super().signal_workflow(input)
+
+        return Counting(next)
+
+
+async def test_an_event_signals_only_runs_the_store_knows(env, settings, db, fake):
+    """`order.created` is heard by win-back runs; a customer in none costs no call to Temporal.
+    One in a win-back run gets the signal (and converts)."""
+    counted = CountedSignals()
+    client = temporal.Client(**{**env.client.config(), "interceptors": [counted]})
+    async with running_worker(env, settings, db) as tq:
+        async with serving(env, settings.model_copy(update={"task_queue": tq}), db, client=client) as (http, _app):
+            first = event()
+            raw, headers = signed(first)
+            answer = await http.post("/events", content=raw, headers=headers)
+            assert answer.status_code == 202 and answer.json()["signalled"] == []
+            assert counted.sent == []
+
+            customer = first["customer"]["id"]
+            winback = await env.client.start_workflow(
+                "sequence", RunInput(snapshot=CATALOG.snapshot("winback"), key=customer,
+                                     context={"customer": first["customer"], "brand": dict(CATALOG.file.brand)}),
+                id=f"winback/{customer}", task_queue=tq)
+            starts.record_run(db, winback.id, {"customer": first["customer"]})
+            again = event(customer=first["customer"])
+            raw, headers = signed(again)
+            answer = await http.post("/events", content=raw, headers=headers)
+            assert answer.status_code == 202 and answer.json()["signalled"] == [f"winback/{customer}"]
+            assert counted.sent == [f"winback/{customer}"]
+            await winback.result()
 
 
 async def test_temporal_unreachable_loses_nothing(env, settings, db, fake):

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import select
+from temporalio import client as temporal
 from temporalio.client import WorkflowExecutionStatus
 
 from keepflow.insights import rfm
@@ -59,6 +60,31 @@ async def test_scan_starts_winback_only_for_customers_past_the_threshold(env, se
         assert runs(db, recent) == [] and runs(db, unconsented) == []
         assert totals.started == 1 and totals.skipped == {"no marketing consent": 1}
         assert totals.scanned == 2  # the one seen 59 days ago is not even read
+
+
+async def test_a_scan_page_cut_short_after_a_row_is_written_starts_the_run_when_retried(env, settings, db):
+    """The row is written before the start (keepflow.runtime.starts); the start then fails. The
+    page's retry takes that row for its own, not for a cool-down, and starts the run."""
+    now = await env.get_current_time()
+    gone = add_customer(db, now - timedelta(days=61))
+    refused: list[str] = []
+
+    class FirstStartLost(temporal.Interceptor):
+        def intercept_client(self, next: temporal.OutboundInterceptor) -> temporal.OutboundInterceptor:
+            class Losing(temporal.OutboundInterceptor):
+                async def start_workflow(self, input: temporal.StartWorkflowInput):
+                    if input.id == f"winback/{gone}" and not refused:
+                        refused.append(input.id)
+                        raise ConnectionError("the connection to Temporal dropped")
+                    return await super().start_workflow(input)
+            return Losing(next)
+
+    client = temporal.Client(**{**env.client.config(), "interceptors": [FirstStartLost()]})
+    async with running_worker(env, settings, db, client=client) as tq:
+        totals = await scan(env, tq)
+        assert refused == [f"winback/{gone}"]
+        assert totals.started == 1 and totals.skipped == {}
+        assert [r.id for r in runs(db, gone)] == [f"winback/{gone}"]
 
 
 async def test_an_order_ends_the_run_as_converted_and_nothing_more_is_sent(env, settings, db, fake):

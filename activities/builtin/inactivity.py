@@ -82,9 +82,13 @@ class InactivityScanner:
             ids = [c.id for c in customers]
             scores = _scores(session, ids)
             for sequence, trigger in triggered:
-                cooling = set(session.scalars(select(Run.customer_id).where(
-                    Run.sequence_id == sequence.id, Run.customer_id.in_(ids),
-                    Run.started_at > page.as_of - sequence.cool_down)))
+                # A row this page wrote (the same trigger) is no cool-down: its start was cut short
+                # after the row was claimed, and is tried again.
+                cooling = {customer_id for customer_id, trigger in session.execute(
+                    select(Run.customer_id, Run.trigger_event_id).where(
+                        Run.sequence_id == sequence.id, Run.customer_id.in_(ids),
+                        Run.started_at > page.as_of - sequence.cool_down))
+                    if trigger != _trigger_id(customer_id or "", page.as_of)}
                 for customer in customers:
                     seen = customer.last_seen_at  # never None: the query compared it
                     if seen is None or utc(seen) >= page.as_of - trigger.inactive_for:
@@ -100,7 +104,7 @@ class InactivityScanner:
     async def _start(self, sequence: Sequence, customer: dict[str, Any], as_of: datetime) -> bool:
         context = {
             "customer": customer, "brand": self.catalog.file.brand,
-            "event": {"id": f"inactive:{customer['id']}:{as_of:%Y%m%d%H%M}", "type": "customer.inactive",
+            "event": {"id": _trigger_id(customer["id"], as_of), "type": "customer.inactive",
                       "occurred_at": as_of.isoformat(), "data": {}},
         }
         run = RunInput(snapshot=self.catalog.snapshot(sequence.id), key=customer["id"], context=context)
@@ -108,6 +112,10 @@ class InactivityScanner:
         started = await start_run(self.client, run, activity.info().task_queue, db=self.db, started_at=as_of,
                                   allow_rerun=True)
         return started is not None
+
+
+def _trigger_id(customer_id: str, as_of: datetime) -> str:
+    return f"inactive:{customer_id}:{as_of:%Y%m%d%H%M}"
 
 
 def _skip_reason(sequence: Sequence, trigger: InactivityTrigger, customer: Customer, cooling: bool,

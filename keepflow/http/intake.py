@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Literal
 
 from fastapi.responses import JSONResponse
@@ -59,6 +59,23 @@ class Routings:
 
     def __init__(self) -> None:
         self._tasks: dict[str, asyncio.Task[routing.Routed]] = {}
+        self._admitting: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def admitting(self, event_id: str) -> AsyncIterator[None]:
+        """Copies of one event stored and started one at a time: the copy that stores the event has
+        started its routing before another copy looks, so that one is the answer that lists it."""
+        lock, users = self._admitting.get(event_id, (asyncio.Lock(), 0))
+        self._admitting[event_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._admitting[event_id]
+            if users == 1:
+                del self._admitting[event_id]
+            else:
+                self._admitting[event_id] = (lock, users - 1)
 
     def start(self, event_id: str, work: Callable[[], Awaitable[routing.Routed]]) -> tuple[asyncio.Task[routing.Routed], bool]:
         """The routing of `event_id`, and whether this call started it (not a copy's)."""
@@ -95,18 +112,21 @@ class Routings:
 async def ingest(services: Services, routings: Routings, event: EventIn, delivery: tuple[str, str],
                  connect: Callable[[], Awaitable[Client]]) -> JSONResponse:
     began = time.monotonic()
-    new = await asyncio.to_thread(routing.store, services.db, event, delivery,
-                                  services.catalog.file.rules.default_region)
-    if new is False:
-        return _answer(routing.Routed(event.id, duplicate=True), "done", 200)
+    # One catalog for both: the runs `accept` claims are the ones routing starts, even across a deploy.
+    catalog = services.catalog
+    async with routings.admitting(event.id):
+        stored = await asyncio.to_thread(routing.accept, services.db, catalog, event, delivery)
+        new = stored.new
+        if new is False:
+            return _answer(routing.Routed(event.id, duplicate=True), "done", 200)
 
-    async def route() -> routing.Routed:
-        if services.client is None:
-            services.client = await connect()
-        return await routing.route_stored(services.client, services.catalog, services.db, event,
-                                          services.settings.task_queue, duplicate=new is None)
+        async def route() -> routing.Routed:
+            if services.client is None:
+                services.client = await connect()
+            return await routing.route_stored(services.client, catalog, services.db, event,
+                                              services.settings.task_queue, duplicate=new is None, stored=stored)
 
-    task, first = routings.start(event.id, route)
+        task, first = routings.start(event.id, route)
     wait = min(ROUTE_WAIT, ANSWER_WITHIN - (time.monotonic() - began))
     done, _ = await asyncio.wait({task}, timeout=max(wait, 0.0))
     if not done:

@@ -433,12 +433,13 @@ def refresh_all(db: Database, as_of: datetime, thresholds: FitThresholds | None 
         after = page[-1]
 
 
-def refresh_customer(db: Database, customer_id: str, as_of: datetime,
+def refresh_customer(db: Database | Session, customer_id: str, as_of: datetime,
                      thresholds: FitThresholds | None = None) -> dict[str, Any] | None:
-    """Recompute one customer against the stored cut points; their new profile, or None if unknown."""
+    """Recompute one customer against the stored cut points; their new profile, or None if unknown.
+    Given a session, it writes in that session's transaction (the router's, with the event)."""
     thresholds = thresholds or FitThresholds()
     as_of = _aware(as_of)
-    with db.session() as session:
+    with _session(db) as session:
         if session.get(Customer, customer_id) is None:
             return None
         stored = session.get(ScoreCutoffs, _CUTOFFS_ID)

@@ -9,6 +9,16 @@ event routed again after a crash or by the reconciler has no second effect.
 Order of arrival does not matter. An event a run cares about that arrives before the run
 exists (Shopify's `fulfillments/create` before `orders/create`) is stored; when the run starts,
 every stored event for its key that happened at or after its trigger is delivered to it.
+
+An event signals only the runs that have a row in `runs` (most customers are in no win-back run,
+and every order would otherwise cost a signal that comes back NOT_FOUND). The row is written
+before the run starts (`starts.claim_run`), and the rows are read after the event is committed,
+so an event that finds no row was stored before the row was written, hence before the run
+started: the run's starter reads the stored events after its start and delivers it then.
+
+`accept` stores a new event, rescores its customer and claims the rows of the runs it starts in
+one transaction, and reads those rows after the commit, in one trip to a thread; routing then
+makes only the Temporal calls, and one more trip marks the event routed.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import delete, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
@@ -60,6 +70,19 @@ class Routed:
         return len(self.started) + len(self.signalled)
 
 
+@dataclass(frozen=True)
+class Stored:
+    """What `accept` found and wrote, so that routing need not ask the store again."""
+
+    new: bool | None  # as `store` answers
+    # The customer's `rfm` with this event counted, when the event starts a sequence.
+    scores: dict[str, Any] | None = None
+    # The runs it starts that have their `runs` row now (written here, or an earlier run's).
+    rows: frozenset[str] = frozenset()
+    # The runs that hear it and have a row, read after the commit: the ones to signal.
+    noted: frozenset[str] = frozenset()
+
+
 def workflow_id(sequence: Sequence, context: dict[str, Any]) -> str | None:
     """The run id for this sequence and context, or None when the context lacks the key."""
     try:
@@ -75,38 +98,105 @@ def store(db: Database, event: EventIn, delivery: tuple[str, str] | None = None,
           default_region: str | None = None) -> bool | None:
     """Record the event once. True: new. False: seen before and routed. None: seen, not yet routed.
     `default_region` (rules.default_region) reads a phone number without a country code."""
-    # SQLite keeps a timestamp's clock time and drops its offset: store UTC, always.
-    occurred_at = event.occurred_at.astimezone(timezone.utc)
     try:
         with db.session() as session:
-            if delivery is not None:
-                source, delivery_id = delivery
-                known = session.get(Delivery, (source, delivery_id))
-                if known is not None:
-                    return _seen(session, known.event_id)
-                session.add(Delivery(source=source, id=delivery_id, event_id=event.id, received_at=_now()))
-            if session.get(Event, event.id) is not None:
-                return _seen(session, event.id)
-            if event.customer is not None:
-                _upsert_customer(session, event, event.customer, default_region)
-            if event.type == "order.created" and event.order is not None and session.get(Order, event.order.id) is None:
-                session.add(Order(
-                    id=event.order.id, customer_id=event.customer.id if event.customer else None,
-                    total=event.order.total or 0, currency=event.order.currency or "",
-                    items=[i.model_dump(mode="json") for i in event.order.items], created_at=occurred_at,
-                ))
-            session.add(Event(
-                id=event.id, type=event.type, customer_id=event.customer.id if event.customer else None,
-                order_id=event.order.id if event.order else None, occurred_at=occurred_at,
-                received_at=_now(), payload=event.model_dump(mode="json"),
-            ))
-            if event.order is not None and event.type == "order.created":
-                _redeem_coupons(session, event, event.order)
+            return _store(session, event, delivery, default_region)
     except IntegrityError:
         # The same event (or delivery) stored at this moment by a concurrent request.
         with db.session() as session:
             return _seen(session, event.id)
+
+
+def accept(db: Database, catalog: Catalog, event: EventIn, delivery: tuple[str, str] | None = None) -> Stored:
+    """`store`, and for a new event in the same transaction: the customer rescored (an order,
+    review or referral), their scores read for the runs it starts, and those runs' rows claimed
+    (see `starts.claim_run`). After the commit: which runs that hear the event have a row."""
+    context = _context(catalog, event)
+    heard = [run_id for _, run_id in _heard(catalog, event, context)]
+    triggered = catalog.triggered_by(event.type)
+    try:
+        with db.session() as session:
+            # Its reads before any write: SQLite takes the write lock at the first write, so the
+            # lock is held from the flush below to the commit, not while the store reads.
+            with session.no_autoflush:
+                new = _store(session, event, delivery, catalog.file.rules.default_region)
+            if new is not True:
+                return Stored(new)
+            # The event's own rows first: a concurrent copy fails here, as the IntegrityError below.
+            session.flush()
+            scores = None
+            if event.customer is not None:
+                if event.type in RESCORE_TYPES:
+                    _rescore(session, event.customer.id)
+                if triggered:
+                    scores = rfm.profile(session, event.customer.id) or rfm.unscored()
+                    context["customer"] = {**context["customer"], "rfm": scores}
+            rows = set()
+            for sequence in triggered:
+                # A sequence with `reentry` may start nothing: `route` claims its row once it knows.
+                if sequence.reentry is None and (run_id := workflow_id(sequence, context)) is not None:
+                    starts.claim_run(session, run_id, context, definition_hash=catalog.snapshot(sequence.id).hash)
+                    rows.add(run_id)
+    except IntegrityError:
+        with db.session() as session:
+            return Stored(_seen(session, event.id))
+    return Stored(True, scores, frozenset(rows), _noted(db, heard))
+
+
+def _store(session: Session, event: EventIn, delivery: tuple[str, str] | None, default_region: str | None) -> bool | None:
+    # SQLite keeps a timestamp's clock time and drops its offset: store UTC, always.
+    occurred_at = event.occurred_at.astimezone(timezone.utc)
+    if delivery is not None:
+        source, delivery_id = delivery
+        known = session.get(Delivery, (source, delivery_id))
+        if known is not None:
+            return _seen(session, known.event_id)
+        session.add(Delivery(source=source, id=delivery_id, event_id=event.id, received_at=_now()))
+    if session.get(Event, event.id) is not None:
+        return _seen(session, event.id)
+    if event.customer is not None:
+        _upsert_customer(session, event, event.customer, default_region)
+    if event.type == "order.created" and event.order is not None and session.get(Order, event.order.id) is None:
+        session.add(Order(
+            id=event.order.id, customer_id=event.customer.id if event.customer else None,
+            total=event.order.total or 0, currency=event.order.currency or "",
+            items=[i.model_dump(mode="json") for i in event.order.items], created_at=occurred_at,
+        ))
+    session.add(Event(
+        id=event.id, type=event.type, customer_id=event.customer.id if event.customer else None,
+        order_id=event.order.id if event.order else None, occurred_at=occurred_at,
+        received_at=_now(), payload=event.model_dump(mode="json"),
+    ))
+    if event.order is not None and event.type == "order.created":
+        _redeem_coupons(session, event, event.order)
     return True
+
+
+def _rescore(session: Session, customer_id: str) -> None:
+    try:
+        rfm.refresh_customer(session, customer_id, _now())
+    except SQLAlchemyError:
+        raise  # the transaction is spoilt: the event is not stored either, and the sender retries
+    except Exception:  # scores are advisory; the daily refresh catches up
+        log.exception("could not rescore customer %s", customer_id)
+
+
+def _noted(db: Database, run_ids: list[str]) -> frozenset[str]:
+    """Those of `run_ids` with a row in `runs`. Read after the event's commit (see the module docstring)."""
+    if not run_ids:
+        return frozenset()
+    with db.session() as session:
+        return frozenset(session.scalars(select(Run.id).where(Run.id.in_(run_ids))))
+
+
+def _context(catalog: Catalog, event: EventIn) -> dict[str, Any]:
+    return {**event.context(), "brand": catalog.file.brand}
+
+
+def _heard(catalog: Catalog, event: EventIn, context: dict[str, Any]) -> list[tuple[Sequence, str]]:
+    """The runs this event is for among those that hear its type, whether or not they exist."""
+    return [(sequence, run_id) for sequence in catalog.interested_in(event.type)
+            if (run_id := workflow_id(sequence, context))]
 
 
 def with_scores(db: Database, customer: dict[str, Any]) -> dict[str, Any]:
@@ -201,7 +291,7 @@ async def _deliver(client: Client, run_id: str, signal: EventSignal) -> bool:
 
 
 async def route(client: Client, catalog: Catalog, db: Database, event: EventIn, task_queue: str,
-                rerouting: bool = False) -> Routed:
+                rerouting: bool = False, stored: Stored | None = None) -> Routed:
     """Signal the runs that wait for or exit on this event; start the runs it triggers, with the
     stored events each missed; then, last, note the runs and mark the event routed.
 
@@ -210,22 +300,24 @@ async def route(client: Client, catalog: Catalog, db: Database, event: EventIn, 
     runs ignore an event id they have heard, a start finds its run, a conversion is noted once.
     `rerouting`: the event may have been routed part way before. A start that finds its run
     already there then asks whether this event started it, and if so finishes that run's catch-up.
+    `stored`: what `accept` did for a new event (the rescore, the scores, the rows); without it
+    (an event stored before), routing does those here.
     """
-    context = {**event.context(), "brand": catalog.file.brand}
+    context = _context(catalog, event)
     routed = Routed(event.id)
-    for sequence in catalog.interested_in(event.type):
-        run_id = workflow_id(sequence, context)
-        if run_id and await _deliver(client, run_id, _signal(event)):
-            routed.signalled.append(run_id)
+    heard = _heard(catalog, event, context)
+    noted = stored.noted if stored is not None else await asyncio.to_thread(_noted, db, [r for _, r in heard])
+    for sequence, heard_id in heard:
+        if heard_id in noted and await _deliver(client, heard_id, _signal(event)):
+            routed.signalled.append(heard_id)
             if event.type in sequence.goal:
-                await asyncio.to_thread(mark_converted, db, run_id, event)
-    if event.customer is not None and event.type in RESCORE_TYPES:
-        # Here, not in `store`: it is a second write that may wait for the lock as long again, and
-        # the answer to the sender bounds only the time routing takes. Routed again, it scores again.
-        await asyncio.to_thread(rescore, db, event.customer.id)
+                await asyncio.to_thread(mark_converted, db, heard_id, event)
+    if stored is None and event.customer is not None and event.type in RESCORE_TYPES:
+        await asyncio.to_thread(rescore, db, event.customer.id)  # routed again, it scores again
     triggered = catalog.triggered_by(event.type)
     if triggered and event.customer is not None:
-        context["customer"] = await asyncio.to_thread(with_scores, db, context["customer"])
+        context["customer"] = ({**context["customer"], "rfm": stored.scores} if stored is not None and stored.scores
+                               else await asyncio.to_thread(with_scores, db, context["customer"]))
     started: list[tuple[Sequence, str]] = []
     hashes: dict[str, str] = {}  # each new run's definition hash, for `runs`
     for sequence in triggered:
@@ -237,7 +329,9 @@ async def route(client: Client, catalog: Catalog, db: Database, event: EventIn, 
         entry: reentry.Entry = "first"
         if sequence.reentry is not None:
             entry = await reentry.entry(client, db, run_id, sequence.reentry.after, event.id, event.occurred_at)
-        # Noted in `runs` by _settle below, in the same transaction as the routed mark.
+        if entry != "wait" and (stored is None or run_id not in stored.rows):
+            # Its row before its start (see the module docstring); noted in full by _settle below.
+            await asyncio.to_thread(_claim, db, run_id, context, run.snapshot.hash)
         if entry != "wait" and await starts.start_run(client, run, task_queue, db=None, trigger=event.id,
                                                       allow_rerun=entry == "again") is not None:
             routed.started.append(run_id)
@@ -246,14 +340,34 @@ async def route(client: Client, catalog: Catalog, db: Database, event: EventIn, 
         # New, or started by this event in a routing cut short: either way it gets its catch-up.
         started.append((sequence, run_id))
         hashes[run_id] = run.snapshot.hash
-    if started:
-        # Read after the start: an event stored from here on finds the run when it is routed.
-        earlier = await asyncio.to_thread(_earlier_events, db, event, [s for s, _ in started])
+    runs = len(routed.signalled) + len(started)
+    if not started:
+        await asyncio.to_thread(_settle, db, event, context, hashes, runs)
+        return routed
+    # Read after the start: an event stored from here on finds the run's row and signals it. When
+    # nothing was missed, the same trip to the thread settles the event.
+    earlier = await asyncio.to_thread(_settle_unless_missed, db, event, context, started, hashes, runs)
+    if earlier is not None:
         for (sequence, run_id), missed in zip(started, earlier):
             await _catch_up(client, sequence, run_id, missed)
-    runs = len(routed.signalled) + len(started)
-    await asyncio.to_thread(_settle, db, event, context, hashes, runs)
+        await asyncio.to_thread(_settle, db, event, context, hashes, runs)
     return routed
+
+
+def _claim(db: Database, run_id: str, context: dict[str, Any], definition_hash: str) -> None:
+    with db.session() as session:
+        starts.claim_run(session, run_id, context, definition_hash=definition_hash)
+
+
+def _settle_unless_missed(db: Database, trigger: EventIn, context: dict[str, Any], started: list[tuple[Sequence, str]],
+                          hashes: dict[str, str], runs: int) -> list[list[EventIn]] | None:
+    """The stored events each new run missed, or, when none did, None and the event settled."""
+    earlier = _earlier_events(db, trigger, [s for s, _ in started])
+    if any(workflow_id(sequence, e.context()) == run_id for (sequence, run_id), missed in zip(started, earlier)
+           for e in missed):
+        return earlier
+    _settle(db, trigger, context, hashes, runs)
+    return None
 
 
 def _earlier_events(db: Database, trigger: EventIn, sequences: list[Sequence]) -> list[list[EventIn]]:
@@ -308,21 +422,22 @@ def _stored_events(session: Session, types: set[str], trigger: EventIn) -> list[
 async def ingest(db: Database, client: Client, catalog: Catalog, event: EventIn, task_queue: str,
                  delivery: tuple[str, str] | None = None) -> Routed:
     """Store, then route. The event is durable before any run hears of it."""
-    new = await asyncio.to_thread(store, db, event, delivery, catalog.file.rules.default_region)
-    if new is False:
+    stored = await asyncio.to_thread(accept, db, catalog, event, delivery)
+    if stored.new is False:
         return Routed(event.id, duplicate=True)
-    return await route_stored(client, catalog, db, event, task_queue, duplicate=new is None)
+    return await route_stored(client, catalog, db, event, task_queue, duplicate=stored.new is None, stored=stored)
 
 
 async def route_stored(client: Client, catalog: Catalog, db: Database, event: EventIn, task_queue: str,
-                       duplicate: bool = False) -> Routed:
+                       duplicate: bool = False, stored: Stored | None = None) -> Routed:
     """Route an event already stored; routing marks it routed, last.
 
     If routing fails or stops part way (Temporal unreachable, a crash) the event stays stored and
     unrouted: the sender's retry or the reconciler routes it again, and what the first try did
     has no second effect. `duplicate`: the event was stored before (a retry, the reconciler).
     """
-    routed = await route(client, catalog, db, event, task_queue, rerouting=duplicate)
+    routed = await route(client, catalog, db, event, task_queue, rerouting=duplicate,
+                         stored=stored if stored is not None and stored.new is True else None)
     routed.duplicate = duplicate
     return routed
 

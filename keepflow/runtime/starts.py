@@ -5,14 +5,22 @@ A run's workflow id is `<sequence id>/<key>` (e.g. `fulfilment/1001`): the same 
 twice, or a retried activity, finds the run there and starts nothing new, and an event for a run
 finds it without a lookup table. Its memo names the sequence and the hash of the definitions it
 runs. Each started run gets a row in `runs`, which reports and cool-downs read.
+
+The row is written before the start, never after: the router signals only runs that have a row
+(see `keepflow.runtime.routing`), so a run must not exist, even for a moment, without one. A row
+whose start then fails or finds another run only makes the router signal an id that may not
+exist, which costs a NOT_FOUND and loses nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
+from sqlalchemy import insert
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 from temporalio.client import Client
 from temporalio.common import WorkflowIDReusePolicy
@@ -34,14 +42,18 @@ async def start_run(client: Client, run: RunInput, task_queue: str, *, db: Datab
 
     `allow_rerun`: a closed run's id may be used again (the scan: a customer can come back and
     drift away again after the cool-down); otherwise one run per sequence and key. With `db`, the
-    run is noted in `runs` as started at `started_at` (default now); without, the caller notes it
-    with `note_run()` in a transaction of its own (the router, with the rest of its bookkeeping).
+    run is noted in `runs` as started at `started_at` (default now), before the start; without,
+    the caller has claimed its row with `claim_run()` and notes it with `note_run()` once started
+    (the router, with the rest of its bookkeeping).
     `trigger`: the id of the event that starts it, kept in its memo (see `started_by`).
     """
     workflow_id = run_id(run.snapshot.root, run.key)
     # Every run starts here, so every new run leaves KeepflowStep alone (see RunInput.step_attribute),
     # whoever built its input: a retried `start:` activity scheduled by older code included.
     run = run.model_copy(update={"step_attribute": False})
+    claimed = False
+    if db is not None:
+        claimed = await asyncio.to_thread(_claim, db, workflow_id, run.context, started_at, run.snapshot.hash)
     try:
         await client.start_workflow(
             "sequence", run, id=workflow_id, task_queue=task_queue,
@@ -50,9 +62,16 @@ async def start_run(client: Client, run: RunInput, task_queue: str, *, db: Datab
         )
     except WorkflowAlreadyStartedError:
         return None
-    if db is not None:
+    if db is not None and not claimed:
+        # The row was an earlier run's under the same id: this run replaces it.
         await asyncio.to_thread(record_run, db, workflow_id, run.context, started_at, run.snapshot.hash)
     return workflow_id
+
+
+def _claim(db: Database, workflow_id: str, context: dict[str, Any], started_at: datetime | None,
+           definition_hash: str) -> bool:
+    with db.session() as session:
+        return claim_run(session, workflow_id, context, started_at, definition_hash)
 
 
 def _memo(run: RunInput, trigger: str | None) -> dict[str, Any]:
@@ -81,10 +100,33 @@ def record_run(db: Database, workflow_id: str, context: dict[str, Any], started_
         note_run(session, workflow_id, context, started_at, definition_hash)
 
 
+def claim_run(session: Session, workflow_id: str, context: dict[str, Any], started_at: datetime | None = None,
+              definition_hash: str | None = None) -> bool:
+    """Write the run's row unless the id has one (a run going, about to start, or an earlier one
+    under the id); True when this wrote it. Before the start, so that no run exists without a row.
+    An insert that yields to a concurrent one, not a read then a write: two starters of the same
+    run claim it at once, and neither fails."""
+    values = _row(workflow_id, context, started_at, definition_hash)
+    dialect = session.get_bind().dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        statement = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(Run.__table__)
+        result = session.execute(statement.values(values).on_conflict_do_nothing(index_elements=["id"]))
+        return cast(CursorResult, result).rowcount == 1
+    if session.get(Run, workflow_id) is not None:  # pragma: no cover - other databases
+        return False
+    session.execute(insert(Run.__table__).values(values))  # pragma: no cover
+    return True  # pragma: no cover
+
+
 def note_run(session: Session, workflow_id: str, context: dict[str, Any], started_at: datetime | None = None,
              definition_hash: str | None = None) -> None:
-    session.merge(Run(
+    session.merge(Run(**_row(workflow_id, context, started_at, definition_hash)))
+
+
+def _row(workflow_id: str, context: dict[str, Any], started_at: datetime | None,
+         definition_hash: str | None) -> dict[str, Any]:
+    return dict(
         id=workflow_id, sequence_id=workflow_id.split("/", 1)[0], customer_id=(context.get("customer") or {}).get("id"),
         started_at=started_at or datetime.now(timezone.utc), trigger_event_id=(context.get("event") or {}).get("id"),
         converted_at=None, converted_event_id=None, definition_hash=definition_hash,
-    ))
+    )
