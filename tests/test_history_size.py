@@ -21,6 +21,7 @@ from temporalio.converter import DataConverter
 from temporalio.worker import Replayer
 
 from keepflow.runtime.codec import EncryptionCodec
+from keepflow.runtime import payload_parts
 from keepflow.runtime.payload_keys import parse_payload_keys
 from keepflow.runtime.payload_parts import HOLDS_REF, REF, PartMissing, PartsCodec
 from keepflow.runtime.payloads import RunInput, SendRequest
@@ -86,6 +87,7 @@ async def test_a_part_is_written_once_read_back_by_another_process_and_forgotten
         rows = connection.execute(select(PayloadPart.customer_id, func.count()).group_by(PayloadPart.customer_id)).all()
     assert [tuple(r) for r in rows] == [("c1", 1)]
     # A process that never saw it reads it from the store.
+    payload_parts._KNOWN.clear()
     [opened] = await PartsCodec(db).decode([encoded[1]])
     assert json.loads(opened.data) == {"workflow_id": "w/1", "context": context}
     assert HOLDS_REF not in opened.data and opened.metadata == encoded[1].metadata
@@ -96,5 +98,32 @@ async def test_a_part_is_written_once_read_back_by_another_process_and_forgotten
 
     with db.session() as session:
         assert erase(session, ["c1"], []).contexts == 1
+    payload_parts._KNOWN.clear()
     with pytest.raises(PartMissing, match="not in the store: the customer was forgotten"):
         await PartsCodec(db).decode([encoded[0]])
+
+
+async def test_the_router_stores_a_new_run_s_context_in_the_transaction_that_claims_its_row(db):
+    """So the run's start finds the part there and adds no write of its own."""
+    from temporalio.contrib.pydantic import pydantic_data_converter as plain
+
+    from keepflow.runtime import routing
+    from tests.engine import CATALOG
+    from tests.test_journey import order_event
+
+    event = order_event("order.created", "P1", "c-router")
+    stored = routing.accept(db, CATALOG, event)
+    assert stored.rows == {"fulfilment/P1"}
+    with db.transaction() as connection:
+        rows = connection.execute(select(PayloadPart.hash, PayloadPart.customer_id)).all()
+    assert [r.customer_id for r in rows] == ["c-router"]
+
+    # The input `route` then starts the run with references exactly that row.
+    context = routing._context(CATALOG, event)
+    context["customer"] = {**context["customer"], "rfm": stored.scores}
+    run = RunInput(snapshot=CATALOG.snapshot("fulfilment"), key="P1", context=context)
+    [payload] = await PartsCodec(db).encode(plain.payload_converter.to_payloads([run]))
+    assert json.loads(payload.data)["context"] == {REF: rows[0].hash}
+    with db.transaction() as connection:
+        assert connection.execute(select(func.count()).select_from(PayloadPart)
+                                  .where(PayloadPart.customer_id.is_not(None))).scalar() == 1

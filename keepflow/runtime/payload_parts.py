@@ -28,6 +28,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic_core import to_json
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import PayloadCodec
 
@@ -59,12 +60,44 @@ def canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def key_of(body: str) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(body.encode()).digest()[:KEY_BYTES]).rstrip(b"=").decode()
+
+
+# What each process knows is in the store, per database: a part written or read once is neither
+# written nor read again. Shared by the codecs of one process and by `context_part` callers.
+_KNOWN: dict[str, OrderedDict[str, str]] = {}
+
+
+def _known(url: str) -> OrderedDict[str, str]:
+    return _KNOWN.setdefault(url, OrderedDict())
+
+
+def context_part(context: dict[str, Any]) -> tuple[str, str]:
+    """The key and body a run input's `context` is stored under, so the router can write it in the
+    transaction that claims the run's row (`known` once that commits) and the start writes nothing."""
+    body = canonical(json.loads(to_json(context)))
+    return key_of(body), body
+
+
+def known(url: str, key: str, body: str) -> None:
+    """Note a part committed to the store at `url` by other means than a codec."""
+    _remember(_known(url), key, body)
+
+
+def _remember(cache: OrderedDict[str, str], key: str, body: str) -> None:
+    cache[key] = body
+    cache.move_to_end(key)
+    while len(cache) > CACHE:
+        cache.popitem(last=False)
+
+
 class PartsCodec(PayloadCodec):
     """Moves payloads' snapshots and contexts into `db` (a Database, or its URL, opened on first use)."""
 
     def __init__(self, db: Database | str) -> None:
         self._db = db
-        self._cache: OrderedDict[str, str] = OrderedDict()
+        self._cache = _known(db if isinstance(db, str) else db.url)
 
     @property
     def db(self) -> Database:
@@ -91,7 +124,7 @@ class PartsCodec(PayloadCodec):
                 body = canonical({k: v for k, v in part.items() if k not in kept})
                 if len(body) < MIN_BYTES:
                     continue
-                key = base64.urlsafe_b64encode(hashlib.sha256(body.encode()).digest()[:KEY_BYTES]).rstrip(b"=").decode()
+                key = key_of(body)
                 if key not in self._cache:
                     new[key] = (body, _customer(field, part))
                 value[field] = {REF: key, **kept}
@@ -135,10 +168,7 @@ class PartsCodec(PayloadCodec):
         return out
 
     def _remember(self, key: str, body: str) -> None:
-        self._cache[key] = body
-        self._cache.move_to_end(key)
-        while len(self._cache) > CACHE:
-            self._cache.popitem(last=False)
+        _remember(self._cache, key, body)
 
     def _put(self, new: dict[str, tuple[str, str | None]]) -> None:
         with self.db.transaction() as connection:

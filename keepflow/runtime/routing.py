@@ -40,11 +40,12 @@ from keepflow.insights import rfm
 from keepflow.language import expressions
 from keepflow.language.catalog import Catalog
 from keepflow.language.dsl import Sequence
-from keepflow.runtime import reentry, starts
+from keepflow.runtime import payload_parts, reentry, starts
 from keepflow.runtime.events import CustomerIn, EventIn, OrderIn
 from keepflow.runtime.payloads import EventSignal, RunInput
 from keepflow.sending import contacts
 from keepflow.store import Coupon, Customer, Database, Delivery, Event, Order, Run, utc
+from keepflow.store import payload_parts as parts
 
 log = logging.getLogger("keepflow.runtime.routing")
 
@@ -137,9 +138,17 @@ def accept(db: Database, catalog: Catalog, event: EventIn, delivery: tuple[str, 
                 if sequence.reentry is None and (run_id := workflow_id(sequence, context)) is not None:
                     starts.claim_run(session, run_id, context, definition_hash=catalog.snapshot(sequence.id).hash)
                     rows.add(run_id)
+            part = None
+            if rows:
+                # The runs' context, as their start's codec would store it (keepflow/runtime/payload_parts.py):
+                # written here, the start adds no write transaction of its own.
+                part = payload_parts.context_part(context)
+                parts.put(session.connection(), [(*part, event.customer.id if event.customer else None)])
     except IntegrityError:
         with db.session() as session:
             return Stored(_seen(session, event.id))
+    if part is not None:
+        payload_parts.known(db.url, *part)
     return Stored(True, scores, frozenset(rows), _noted(db, heard))
 
 
