@@ -130,7 +130,7 @@ def provider_call(provider: str, operation: str) -> Iterator[None]:
 
 SUPPRESSIONS = Counter("keepflow_suppressions_added", "Suppressions added or re-armed, by channel and source",
                        ["channel", "source"])
-SUPPRESSION_SOURCES = {"unsubscribe_link", "sendgrid", "twilio", "twilio-inbound", "outbox", "manual", "import"}
+SUPPRESSION_SOURCES = {"unsubscribe_link", "sendgrid", "twilio", "twilio-inbound", "outbox"}
 
 
 def suppressed(channel: str, source: str) -> None:

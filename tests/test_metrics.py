@@ -141,3 +141,28 @@ def test_a_suppression_counts_once_however_often_it_is_repeated(db):
             suppressions.suppress(session, channel="email", address=address, scope=suppressions.MARKETING,
                                   reason="unsubscribe", source="unsubscribe_link")
     assert count() - before == 1
+
+
+async def test_a_scan_counts_what_it_read_started_and_passed_over(settings, db):
+    from datetime import timedelta
+
+    from tests.engine import running_worker, time_skipping_server
+    from tests.test_winback import add_customer, scan
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    names = [("keepflow_scan_customers_total", {}), ("keepflow_scan_runs_started_total", {}),
+             ("keepflow_scan_skipped_total", {"reason": "no_consent"}),
+             ("keepflow_runs_started_total", {"sequence": "winback"})]
+    # A server of its own, as tests/test_winback.py's: a scan skips months.
+    async with await time_skipping_server() as env:
+        now = await env.get_current_time()
+        add_customer(db, now - timedelta(days=61))
+        add_customer(db, now - timedelta(days=200), consents={"email": False})
+        before = [value(name, **labels) for name, labels in names]
+        async with running_worker(env, settings, db) as tq:
+            totals = await scan(env, tq, page_size=2)
+        after = [value(name, **labels) for name, labels in names]
+    assert [b - a for a, b in zip(before, after)] == [totals.scanned, totals.started, 1, 1] == [2, 1, 1, 1]
+    assert value("keepflow_scan_last_finished_timestamp_seconds") >= value("keepflow_scan_last_page_timestamp_seconds") > 0
