@@ -22,6 +22,7 @@ from activities.builtin.inactivity import InactivityScanner
 from activities.builtin.scores import ScoresRefresher
 from activities.builtin.send import MessageSender, SendDeps
 from activities.builtin.start import SequenceStarter
+from keepflow import metrics
 from keepflow.language.catalog import Catalog
 from keepflow.language.rendering import Renderer
 from keepflow.production import providers_line, refuse_if_half_configured
@@ -33,6 +34,7 @@ from keepflow.runtime.registry import discover, load_catalog, sample_activity, t
 from keepflow.runtime.schedules import sync_schedules
 from keepflow.runtime.search_attributes import ensure_registered
 from keepflow.runtime.shutdown import stop_on_signals
+from keepflow.runtime.telemetry import export_sdk_metrics
 from keepflow.sending.providers import email_provider, sms_provider
 from keepflow.settings import Settings, get_settings
 from keepflow.store import Database, upgrade
@@ -98,8 +100,15 @@ def build_worker(client: Client, settings: Settings, db: Database, send_deps: Se
     )
 
 
-async def run_worker(settings: Settings, address: str | None = None, stop: asyncio.Event | None = None) -> None:
-    """Load the live sequences, migrate the database, and serve until `stop` is set (or SIGINT/SIGTERM)."""
+async def run_worker(settings: Settings, address: str | None = None, stop: asyncio.Event | None = None,
+                     metrics_at: tuple[str, int] | None = None) -> None:
+    """Load the live sequences, migrate the database, and serve until `stop` is set (or SIGINT/SIGTERM).
+    `metrics_at`: (host, port) to serve Keepflow's and the Temporal SDK's metrics on."""
+    stop_metrics = None
+    if metrics_at is not None:
+        export_sdk_metrics()  # before the client connects: the SDK's runtime is chosen then
+        stop_metrics = metrics.serve(*metrics_at)
+        log.info("metrics on http://%s:%d/metrics", *metrics_at)
     upgrade(settings.resolved_database_url)
     db = Database(settings.resolved_database_url)
     # Refuses to run on an invalid file (when it is the one to deploy) or a version it cannot load.
@@ -134,6 +143,8 @@ async def run_worker(settings: Settings, address: str | None = None, stop: async
         with contextlib.suppress(asyncio.CancelledError):
             await follower
         db.dispose()
+        if stop_metrics is not None:
+            stop_metrics()
 
 
 def main() -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -56,6 +58,17 @@ def _refuse_half_configured(settings, process) -> None:
         print("refusing to start: fix the problems above (`keepflow validate` checks again)", file=sys.stderr)
         raise typer.Exit(1) from None
     refuse_if_half_configured(settings, process, catalog)
+
+
+def _run_sync(call: Callable[[], object]) -> None:
+    """`call`, with a busy port ended in one line, as `_run` does."""
+    from keepflow.http.serving import CannotListen
+
+    try:
+        call()
+    except CannotListen as busy:
+        print(f"refusing to start: {busy}", file=sys.stderr)
+        raise typer.Exit(1) from None
 
 
 def _run(coroutine) -> None:
@@ -125,15 +138,24 @@ def dev(
     _run(run_dev(settings, temporal_port, ui_port or None, http_port, admin_port))
 
 
+# Both long-running commands take these: Prometheus' scrape of the process, on a private address.
+MetricsPort = Annotated[Optional[int], typer.Option(
+    help="serve Prometheus metrics at /metrics on this port (default: none)")]
+MetricsHost = Annotated[str, typer.Option(help="address for --metrics-port; keep it private")]
+
+
 @app.command()
 def serve(
     host: Annotated[Optional[str], typer.Option(help="address to listen on (default: $KEEPFLOW_HTTP_HOST)")] = None,
     port: Annotated[Optional[int], typer.Option(help="port (default: $KEEPFLOW_HTTP_PORT or 8000)")] = None,
     workers: Annotated[int, typer.Option(min=1, help="processes sharing the port, one core each (default 1)")] = 1,
+    metrics_port: MetricsPort = None,
+    metrics_host: MetricsHost = "127.0.0.1",
 ) -> None:
     """Serve the webhook endpoints against TEMPORAL_ADDRESS (run as many as you like behind a load balancer)."""
     from keepflow.http.app import create_app
-    from keepflow.http.serving import CannotListen, serve_http, serve_processes
+    from keepflow import metrics
+    from keepflow.http.serving import refuse_ports_in_use, serve_http, serve_processes
     from keepflow.production import webhooks_line
     from keepflow.runtime.shutdown import stop_on_signals
 
@@ -142,18 +164,28 @@ def serve(
     _logging()
     logging.getLogger("keepflow.serve").info(webhooks_line(settings))
     host, port = host or settings.http_host, port or settings.http_port
+    if metrics_port is not None:
+        _run_sync(lambda: refuse_ports_in_use([(metrics_host, metrics_port, "--metrics-port")]))
     if workers > 1:
         # Each process builds its app from the same environment; dedupe and routing go through the
         # database and Temporal, so an event is stored and routed once whichever process takes it.
-        try:
-            serve_processes("keepflow.http.app:app_from_environment", host, port, workers)
-        except CannotListen as busy:
-            print(f"refusing to start: {busy}", file=sys.stderr)
-            raise typer.Exit(1) from None
+        with contextlib.ExitStack() as cleanup:
+            if metrics_port is not None:
+                # Each process counts into files in a directory of this run's own, and this one, the
+                # supervisor, serves their sum: one scrape target however many processes there are.
+                os.environ["PROMETHEUS_MULTIPROC_DIR"] = cleanup.enter_context(
+                    tempfile.TemporaryDirectory(prefix="keepflow-metrics-"))
+                cleanup.callback(metrics.serve(metrics_host, metrics_port, metrics.of_processes()))
+            _run_sync(lambda: serve_processes("keepflow.http.app:app_from_environment", host, port, workers))
         return
 
     async def main() -> None:
-        await serve_http(create_app(settings), host, port, stop_on_signals())
+        stop_metrics = metrics.serve(metrics_host, metrics_port) if metrics_port is not None else None
+        try:
+            await serve_http(create_app(settings), host, port, stop_on_signals())
+        finally:
+            if stop_metrics is not None:
+                stop_metrics()
 
     _run(main())
 
@@ -415,14 +447,22 @@ def events(
 
 
 @app.command()
-def worker() -> None:
+def worker(
+    metrics_port: MetricsPort = None,
+    metrics_host: MetricsHost = "127.0.0.1",
+) -> None:
     """Run a worker against TEMPORAL_ADDRESS (run more of them to scale out)."""
+    from keepflow.http.serving import refuse_ports_in_use
     from worker import run_worker
 
     settings = get_settings()
     _refuse_half_configured(settings, "worker")
     _logging()
-    _run(run_worker(settings))
+    metrics_at = None
+    if metrics_port is not None:
+        metrics_at = (metrics_host, metrics_port)
+        _run_sync(lambda: refuse_ports_in_use([(metrics_host, metrics_port, "--metrics-port")]))
+    _run(run_worker(settings, metrics_at=metrics_at))
 
 
 @app.command()

@@ -20,6 +20,7 @@ from sqlalchemy import and_, inspect, or_, select
 from temporalio import activity
 from temporalio.client import Client
 
+from keepflow import metrics
 from keepflow.language.catalog import Catalog
 from keepflow.language.dsl import InactivityTrigger, Sequence
 from keepflow.runtime.deployments import LiveCatalog
@@ -61,6 +62,7 @@ class InactivityScanner:
         last = customers[-1] if customers else None
         next_cursor = (ScanCursor(last_seen_at=utc(last.last_seen_at), customer_id=last.id)
                        if last is not None and len(customers) == page.limit else None)
+        metrics.scan_page(len(customers), started, skipped, last=next_cursor is None)
         return ScanPageResult(scanned=len(customers), started=started,
                               skipped={k: v for k, v in skipped.items() if v}, next=next_cursor)
 

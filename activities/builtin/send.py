@@ -69,6 +69,7 @@ from sqlalchemy.exc import IntegrityError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from keepflow import metrics
 from keepflow.language.rendering import Rendered, Renderer, TemplateError
 from keepflow.runtime import send_rules
 from keepflow.runtime.payloads import SendRequest, SendResult
@@ -178,7 +179,9 @@ class MessageSender:
     @activity.defn(name="send_message")
     def send_message(self, request: SendRequest) -> SendResult:
         with _heartbeating():
-            return self._attempt(request, _Clock())
+            result = self._attempt(request, _Clock())
+        metrics.message_settled(request.channel, result.status, result.reason)
+        return result
 
     def _attempt(self, request: SendRequest, clock: _Clock) -> SendResult:
         key = f"{request.workflow_id}:{request.step}"

@@ -3,6 +3,7 @@
     GET  /                    the dashboard (keepflow/http/dashboard/routes.py), signed in
     GET  /docs                the public endpoints' API, from the public app's OpenAPI schema
     GET  /openapi.json        that schema, for tools (Prism, code generators)
+    GET  /metrics             Prometheus' scrape of this process (keepflow/metrics.py), no sign-in
     /signin, /signout         keepflow/http/dashboard/signin.py
 
 `keepflow dashboard` serves it on KEEPFLOW_ADMIN_HOST:KEEPFLOW_ADMIN_PORT (127.0.0.1:8001): bind it
@@ -27,6 +28,7 @@ from keepflow.http.app import create_app
 from keepflow.http.dashboard import pages, signin
 from keepflow.http.dashboard.routes import router as dashboard_router
 from keepflow.http.codec import bearer_token, codec_app
+from keepflow.http.observe import metrics_router
 from keepflow.http.dashboard.sessions import ROLE, USER, CsrfRefused, SignInRequired, viewer
 from keepflow.http.services import Services, follow_deployments, live_catalog, open_db
 from keepflow.language.catalog import Catalog
@@ -89,6 +91,8 @@ def create_admin_app(settings: Settings, *, catalog: Catalog | None = None, db: 
         return pages.problem(request, 403, "Form refused", "This form has expired or did not come from this "
                                                            "dashboard: reload the page and try again.")
 
+    # Before the dashboard's routes, none of which needs a session: Prometheus does not sign in.
+    app.include_router(metrics_router())
     app.include_router(signin.router)
     app.include_router(dashboard_router)
     app.include_router(_api_docs(settings))

@@ -40,6 +40,7 @@ from keepflow.http import sendgrid as sendgrid_webhook
 from keepflow.http import intake, shopify, signing
 from keepflow.http import twilio as twilio_webhook
 from keepflow.http import unsubscribe_pages as unsubscribe_link
+from keepflow.http.observe import CountEvents
 from keepflow.http.services import Services, follow_deployments, live_catalog, open_db, read_body, unprocessable
 from keepflow.language.catalog import Catalog
 from keepflow.runtime import routing
@@ -150,6 +151,7 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, db: Databa
         return JSONResponse({"detail": "the database is busy or unreachable; nothing was recorded, retry later"},
                             status_code=503, headers={"Retry-After": DATABASE_RETRY_AFTER})
 
+    app.add_middleware(CountEvents)
     app.include_router(sendgrid_webhook.router)
     app.include_router(unsubscribe_link.router)
     app.include_router(twilio_webhook.router)

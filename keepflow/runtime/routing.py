@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from keepflow import metrics
 from keepflow.insights import rfm
 from keepflow.language import expressions
 from keepflow.language.catalog import Catalog
@@ -280,7 +281,9 @@ def mark_converted(db: Database, run_id: str, event: EventIn) -> None:
 
 
 def _mark_routed(session: Session, event_id: str, runs: int) -> None:
-    session.execute(update(Event).where(Event.id == event_id).values(routed_at=_now(), runs=runs))
+    routed_at = _now()
+    metrics.routed(session.scalar(update(Event).where(Event.id == event_id).values(routed_at=routed_at, runs=runs)
+                                  .returning(Event.received_at)), routed_at)
 
 
 # -- routing ----------------------------------------------------------------------------------

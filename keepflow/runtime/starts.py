@@ -27,6 +27,7 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from keepflow import metrics
 from keepflow.runtime.payloads import RunInput
 from keepflow.store import Database, Run
 
@@ -62,6 +63,7 @@ async def start_run(client: Client, run: RunInput, task_queue: str, *, db: Datab
         )
     except WorkflowAlreadyStartedError:
         return None
+    metrics.RUNS_STARTED.labels(run.snapshot.root).inc()
     if db is not None and not claimed:
         # The row was an earlier run's under the same id: this run replaces it.
         await asyncio.to_thread(record_run, db, workflow_id, run.context, started_at, run.snapshot.hash)

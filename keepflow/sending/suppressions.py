@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from sqlalchemy import Connection, bindparam, or_, select
 from sqlalchemy.orm import Session
 
+from keepflow import metrics
 from keepflow.sending.contacts import normalize_address
 from keepflow.store import Suppression
 from keepflow.store.suppressions import hashed_address
@@ -45,9 +46,11 @@ def suppress(session: Session, *, channel: str, address: str, scope: str, reason
                           detail=detail, customer_id=customer_id, created_at=now, lifted_at=None)
         session.add(row)
         session.flush()
+        metrics.suppressed(channel, source)
     elif row.lifted_at is not None or row.reason != reason:
         row.reason, row.source, row.detail, row.created_at, row.lifted_at = reason, source, detail, now, None
         row.customer_id = row.customer_id or customer_id
+        metrics.suppressed(channel, source)
     return row
 
 
