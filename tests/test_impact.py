@@ -110,6 +110,8 @@ async def test_runs_listed_by_visibility_on_the_dev_server(tmp_path, settings, d
     from worker import build_worker
 
     old, new = catalog(BEFORE), catalog(AFTER)
+    # The client keeps definitions and contexts in the store the worker reads (PostgreSQL under .ci/postgres).
+    settings = settings.model_copy(update={"database_url": db.url})
     server = DevServer(tmp_path / "temporal", port=free_port(), ui_port=None)
     server.start()
     try:
