@@ -102,7 +102,8 @@ class PartsCodec(PayloadCodec):
     @property
     def db(self) -> Database:
         if isinstance(self._db, str):
-            self._db = Database(self._db)
+            # Opened only for the parts this process meets first: no pool kept open beside its own.
+            self._db = Database(self._db, pooled=False)
         return self._db
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:

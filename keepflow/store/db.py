@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from keepflow.settings import private_dir
 
@@ -25,16 +26,17 @@ MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 LOCK_TIMEOUT = timedelta(seconds=30)
 
 
-def make_engine(url: str, lock_timeout: timedelta = LOCK_TIMEOUT) -> Engine:
+def make_engine(url: str, lock_timeout: timedelta = LOCK_TIMEOUT, pooled: bool = True) -> Engine:
     parsed = make_url(url)
+    pool = {} if pooled else {"poolclass": NullPool}
     wait_ms = int(lock_timeout.total_seconds() * 1000)
     if parsed.get_backend_name() != "sqlite":
         if parsed.get_backend_name() == "postgresql":
-            return create_engine(url, pool_pre_ping=True, connect_args={"options": f"-c lock_timeout={wait_ms}"})
-        return create_engine(url, pool_pre_ping=True)
+            return create_engine(url, pool_pre_ping=True, connect_args={"options": f"-c lock_timeout={wait_ms}"}, **pool)
+        return create_engine(url, pool_pre_ping=True, **pool)
     if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
         _private_file(Path(parsed.database))
-    engine = create_engine(url, connect_args={"timeout": lock_timeout.total_seconds()})
+    engine = create_engine(url, connect_args={"timeout": lock_timeout.total_seconds()}, **pool)
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection, _record):  # pragma: no cover - exercised by every test
@@ -84,9 +86,12 @@ def upgrade(url: str) -> None:
 
 
 class Database:
-    def __init__(self, url: str, lock_timeout: timedelta = LOCK_TIMEOUT):
+    """`pooled=False`: a connection per use, closed after it, for a process's rare side uses of a
+    store it has no Database of its own for (nothing left open to close)."""
+
+    def __init__(self, url: str, lock_timeout: timedelta = LOCK_TIMEOUT, *, pooled: bool = True):
         self.url = url
-        self.engine = make_engine(url, lock_timeout)
+        self.engine = make_engine(url, lock_timeout, pooled)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
