@@ -51,13 +51,12 @@ def setup(service_name: str, environ: Mapping[str, str] = os.environ) -> bool:
     unless OTEL_SERVICE_NAME names the service. Call once, before the first client connects."""
     if _on or not wanted(environ):
         return _on
-    from opentelemetry.sdk.resources import OTELResourceDetector, Resource
+    from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
-    resource = Resource.create({"service.name": environ.get("OTEL_SERVICE_NAME") or service_name})
-    resource = resource.merge(OTELResourceDetector().detect())
-    provider = TracerProvider(resource=resource)
+    # Resource.create also reads OTEL_RESOURCE_ATTRIBUTES.
+    provider = TracerProvider(resource=Resource.create({"service.name": environ.get("OTEL_SERVICE_NAME") or service_name}))
     exporter: SpanExporter
     if environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "console":
         exporter = ConsoleSpanExporter()

@@ -26,11 +26,22 @@ from tests.test_webhooks import SECRET, event, signed
 EXPORTER = InMemorySpanExporter()
 
 
+class _WhileOn(SimpleSpanProcessor):
+    """Keeps spans only while a test has tracing on: the provider stays for the session, and
+    libraries that trace on their own (FastAPI) would otherwise fill the exporter in later tests."""
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if tracing.on():
+            super().on_end(span)
+
+
 @pytest.fixture
 def traced(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
+    # Recorded first, so tracing is off again after the test whatever `use` sets.
+    monkeypatch.setattr(tracing, "_on", False)
     if not isinstance(trace.get_tracer_provider(), TracerProvider):
         provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
+        provider.add_span_processor(_WhileOn(EXPORTER))
         tracing.use(provider)
     monkeypatch.setattr(tracing, "_on", True)
     EXPORTER.clear()
@@ -49,7 +60,7 @@ def test_tracing_is_on_only_when_an_exporter_is_named():
 
 
 def test_off_makes_nothing():
-    assert not tracing.on()
+    assert not tracing.on()  # also after a traced test (this file runs it again last)
     assert tracing.span("keepflow.route") is tracing.span("keepflow.intake")  # one shared empty context
     assert tracing.interceptors() == [] and tracing.worker_interceptors([]) == []
 
@@ -101,3 +112,6 @@ async def test_one_event_is_one_trace_from_the_request_to_sendgrid(env, settings
     said = " ".join(f"{s.name} {dict(s.attributes or {})} {[dict(e.attributes or {}) for e in s.events]}" for s in same)
     for private in (customer["email"], customer["phone"]):
         assert private not in said
+
+
+test_still_off_after_a_traced_test = test_off_makes_nothing
