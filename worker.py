@@ -22,7 +22,7 @@ from activities.builtin.inactivity import InactivityScanner
 from activities.builtin.scores import ScoresRefresher
 from activities.builtin.send import MessageSender, SendDeps
 from activities.builtin.start import SequenceStarter
-from keepflow import metrics
+from keepflow import logs, metrics, tracing
 from keepflow.language.catalog import Catalog
 from keepflow.language.rendering import Renderer
 from keepflow.production import providers_line, refuse_if_half_configured
@@ -82,6 +82,8 @@ def build_worker(client: Client, settings: Settings, db: Database, send_deps: Se
         task_queue=task_queue or settings.task_queue,
         workflows=workflows,
         workflow_runner=SANDBOX,
+        # Unless the client brings it (`connect` does): a test's or an embedded server's client.
+        interceptors=tracing.worker_interceptors(client.config()["interceptors"]),
         activities=[
             MessageSender(send_deps).send_message,
             SequenceStarter(client, db).start_sequence,
@@ -150,7 +152,8 @@ async def run_worker(settings: Settings, address: str | None = None, stop: async
 def main() -> None:
     settings = get_settings()
     refuse_if_half_configured(settings, "worker", load_catalog(settings.sequences_path, settings.templates_dir))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_style())
+    tracing.setup("keepflow-worker")
     asyncio.run(run_worker(settings))
 
 

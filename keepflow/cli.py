@@ -40,9 +40,12 @@ SequencesArg = Annotated[Optional[Path], typer.Argument(help="sequences file (de
 TemplatesOpt = Annotated[Optional[Path], typer.Option("--templates", help="templates folder (default: templates/ beside the sequences file)")]
 
 
-def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+def _observed(process: str, *, dev: bool = False) -> None:
+    """Logs in the process' style (keepflow/logs.py), and traces if OTEL_* asks (keepflow/tracing.py)."""
+    from keepflow import logs, tracing
+
+    logs.configure(get_settings().log_style(dev))
+    tracing.setup(f"keepflow-{process}")
 
 
 def _refuse_half_configured(settings, process) -> None:
@@ -131,7 +134,7 @@ def dev(
     """Run everything locally: Temporal's dev server (unless TEMPORAL_ADDRESS is set), the worker, the webhooks and the dashboard."""
     from keepflow.tools.dev_stack import run_dev
 
-    _logging()
+    _observed("dev", dev=True)
     settings = get_settings()
     if data_dir:
         settings = settings.model_copy(update={"data_dir": data_dir})
@@ -161,7 +164,7 @@ def serve(
 
     settings = get_settings()
     _refuse_half_configured(settings, "serve")
-    _logging()
+    _observed("serve")
     logging.getLogger("keepflow.serve").info(webhooks_line(settings))
     host, port = host or settings.http_host, port or settings.http_port
     if metrics_port is not None:
@@ -176,7 +179,8 @@ def serve(
                 os.environ["PROMETHEUS_MULTIPROC_DIR"] = cleanup.enter_context(
                     tempfile.TemporaryDirectory(prefix="keepflow-metrics-"))
                 cleanup.callback(metrics.serve(metrics_host, metrics_port, metrics.of_processes()))
-            _run_sync(lambda: serve_processes("keepflow.http.app:app_from_environment", host, port, workers))
+            _run_sync(lambda: serve_processes("keepflow.http.app:app_from_environment", host, port, workers,
+                                              settings.log_style()))
         return
 
     async def main() -> None:
@@ -200,7 +204,7 @@ def dashboard(
     from keepflow.http.serving import serve_http
     from keepflow.runtime.shutdown import stop_on_signals
 
-    _logging()
+    _observed("dashboard")
     settings = get_settings()
     try:
         admin = create_admin_app(settings)
@@ -457,7 +461,7 @@ def worker(
 
     settings = get_settings()
     _refuse_half_configured(settings, "worker")
-    _logging()
+    _observed("worker")
     metrics_at = None
     if metrics_port is not None:
         metrics_at = (metrics_host, metrics_port)

@@ -119,6 +119,12 @@ class Settings(BaseSettings):
     # A production process without a real provider refuses to start unless this says the outbox is meant.
     allow_outbox: bool = Field(False, validation_alias="KEEPFLOW_ALLOW_OUTBOX")
     max_body_bytes: int = Field(1024 * 1024, validation_alias="KEEPFLOW_MAX_BODY_BYTES")
+    # How processes log (keepflow/logs.py). None: readable lines under `keepflow dev`, JSON lines
+    # from every other long-running command, as a log collector reads them.
+    log_format: Literal["json", "text"] | None = Field(None, validation_alias="KEEPFLOW_LOG_FORMAT")
+
+    def log_style(self, dev: bool = False) -> Literal["json", "text"]:
+        return self.log_format or ("text" if dev else "json")
 
     @property
     def webhook_secrets(self) -> list[str]:

@@ -69,7 +69,7 @@ from sqlalchemy.exc import IntegrityError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from keepflow import metrics
+from keepflow import logs, metrics, tracing
 from keepflow.language.rendering import Rendered, Renderer, TemplateError
 from keepflow.runtime import send_rules
 from keepflow.runtime.payloads import SendRequest, SendResult
@@ -178,22 +178,27 @@ class MessageSender:
 
     @activity.defn(name="send_message")
     def send_message(self, request: SendRequest) -> SendResult:
-        with _heartbeating():
+        # Its workflow and run come from activity.info() (keepflow/logs.py); the key names the message.
+        with logs.about(message_key=f"{request.workflow_id}:{request.step}"), _heartbeating():
             result = self._attempt(request, _Clock())
         metrics.message_settled(request.channel, result.status, result.reason)
+        tracing.note(**{"keepflow.message.status": result.status})
         return result
 
     def _attempt(self, request: SendRequest, clock: _Clock) -> SendResult:
         key = f"{request.workflow_id}:{request.step}"
-        claim = self._claim(key, request)
-        row = claim.row
-        if row.status in FINAL:
-            return _result(row)
-        if request.channel == "sms" and row.status == "sending":
-            # Before any rule may skip or defer it: the row may still be another attempt's.
-            self._wait_for_lease(key, row, clock)
-        now = _run_clock(request)
-        decision = send_rules.decide(request, claim.facts, now)
+        with tracing.span("keepflow.send.checks", {"keepflow.message.key": key, "keepflow.channel": request.channel}):
+            claim = self._claim(key, request)
+            row = claim.row
+            if row.status in FINAL:
+                tracing.note(**{"keepflow.send.decision": "settled"})
+                return _result(row)
+            if request.channel == "sms" and row.status == "sending":
+                # Before any rule may skip or defer it: the row may still be another attempt's.
+                self._wait_for_lease(key, row, clock)
+            now = _run_clock(request)
+            decision = send_rules.decide(request, claim.facts, now)
+            tracing.note(**{"keepflow.send.decision": type(decision).__name__.lower()})
         match decision:  # a Send goes on below
             case Skip(reason):
                 return self._finish(row.id, "skipped", error=reason)
@@ -463,6 +468,9 @@ class MessageSender:
             row = _Row(*connection.execute(_ROW_BY_ID, {"row_id": row_id}).one())
         if status != "sent":
             log.warning("message %s %s: %s", row.key, row.status, row.error)
+        elif accepted is not None:
+            # What became of each message, by its key: never its recipient (keepflow/logs.py).
+            log.info("message %s sent by %s", row.key, accepted.provider)
         return _result(row)
 
 

@@ -36,6 +36,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from temporalio.client import Client
 
+from keepflow import tracing
 from keepflow.http import sendgrid as sendgrid_webhook
 from keepflow.http import intake, shopify, signing
 from keepflow.http import twilio as twilio_webhook
@@ -67,7 +68,8 @@ class Ignored(BaseModel):
 
 def app_from_environment() -> FastAPI:
     """The public app from the environment's settings: what each process of `keepflow serve
-    --workers N` serves."""
+    --workers N` serves. Each process exports its own spans when OTEL_* asks for them."""
+    tracing.setup("keepflow-serve")
     return create_app(get_settings())
 
 

@@ -25,6 +25,7 @@ from sqlalchemy.exc import OperationalError
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from keepflow import logs, tracing
 from keepflow.http.services import Services
 from keepflow.runtime import routing
 from keepflow.runtime.client import why_unreachable
@@ -111,6 +112,16 @@ class Routings:
 
 async def ingest(services: Services, routings: Routings, event: EventIn, delivery: tuple[str, str],
                  connect: Callable[[], Awaitable[Client]]) -> JSONResponse:
+    # Routing runs in a task started inside: it inherits both, and its spans and lines are the event's.
+    with logs.about(event_id=event.id), tracing.span("keepflow.intake", {
+            "keepflow.event.id": event.id, "keepflow.event.type": event.type, "keepflow.event.source": delivery[0]}):
+        answer = await _ingest(services, routings, event, delivery, connect)
+        tracing.note(**{"http.response.status_code": answer.status_code})
+        return answer
+
+
+async def _ingest(services: Services, routings: Routings, event: EventIn, delivery: tuple[str, str],
+                  connect: Callable[[], Awaitable[Client]]) -> JSONResponse:
     began = time.monotonic()
     # One catalog for both: the runs `accept` claims are the ones routing starts, even across a deploy.
     catalog = services.catalog

@@ -1,4 +1,5 @@
-"""What the HTTP side tells Prometheus: event requests counted by their answer, and /metrics.
+"""What the HTTP side tells Prometheus and tracing: event requests counted by their answer (each
+the root span of its trace when tracing is on), and /metrics.
 
 Counted by the answer's status in one middleware, so every refusal (a bad signature, a body that
 does not parse, a busy database) is counted the same way whichever route or helper refused it.
@@ -9,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from keepflow import metrics
+from keepflow import metrics, tracing
 
 
 class CountEvents:
@@ -32,7 +33,15 @@ class CountEvents:
             await send(message)
 
         try:
-            await self.app(scope, receive, noting)
+            if tracing.on():
+                headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]}
+                with tracing.server_span(scope["method"], scope["path"], headers) as answered:
+                    try:
+                        await self.app(scope, receive, noting)
+                    finally:
+                        answered(status)
+            else:
+                await self.app(scope, receive, noting)
         finally:
             metrics.count_request(source, status)
 

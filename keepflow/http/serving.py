@@ -73,20 +73,19 @@ async def serve_http(app: FastAPI, host: str, port: int, stop: asyncio.Event, op
         raise RuntimeError(f"the HTTP server did not start on {host}:{port} (see the log above)")
 
 
-def serve_processes(factory: str, host: str, port: int, processes: int) -> None:
+def serve_processes(factory: str, host: str, port: int, processes: int, log_style: str = "json") -> None:
     """`factory` (module:function returning the app) served by `processes` processes on one port,
     under uvicorn's supervisor, which restarts a process that dies and stops them all on SIGTERM."""
     refuse_ports_in_use([(host, port, "--port")])
     uvicorn.run(factory, factory=True, host=host, port=port, workers=processes, log_level="info", access_log=False,
-                log_config=_process_logging())
+                log_config=_process_logging(log_style))
 
 
-def _process_logging() -> dict:
-    """uvicorn's own logging, plus Keepflow's lines at INFO in the format the other commands use:
-    each process is started afresh and configures its logging from this."""
+def _process_logging(style: str) -> dict:
+    """uvicorn's own logging, plus Keepflow's lines at INFO as the other commands log them
+    (keepflow/logs.py): each process is started afresh and configures its logging from this."""
     config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
-    config["formatters"]["keepflow"] = {"format": "%(asctime)s %(levelname)-7s %(name)s: %(message)s"}
-    config["handlers"]["keepflow"] = {"class": "logging.StreamHandler", "formatter": "keepflow", "stream": "ext://sys.stderr"}
+    config["handlers"]["keepflow"] = {"()": "keepflow.logs.handler", "style": style}
     config["loggers"]["keepflow"] = {"handlers": ["keepflow"], "level": "INFO", "propagate": False}
     config["loggers"]["alembic"] = {"level": "WARNING"}
     return config

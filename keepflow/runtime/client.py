@@ -22,6 +22,7 @@ from temporalio.client import Client
 from temporalio.converter import DataConverter
 from temporalio.envconfig import ClientConfigProfile
 
+from keepflow import tracing
 from keepflow.runtime.codec import data_converter
 from keepflow.runtime.payload_keys import PayloadKey, parse_payload_keys
 from keepflow.runtime.payload_parts import PartsCodec
@@ -70,7 +71,8 @@ async def connect(settings: Settings, *, address: str | None = None) -> Client:
     config.setdefault("target_host", DEFAULT_ADDRESS)
     config.setdefault("namespace", "default")
     try:
-        return await Client.connect(**config, data_converter=converter(settings))
+        # The worker built on this client takes its interceptors too: one place for both.
+        return await Client.connect(**config, data_converter=converter(settings), interceptors=tracing.interceptors())
     except RuntimeError as err:
         raise TemporalUnreachable(config["target_host"], config["namespace"], why_unreachable(err, tls=bool(config.get("tls")))) from err
 

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from keepflow import metrics
+from keepflow import logs, metrics, tracing
 from keepflow.insights import rfm
 from keepflow.language import expressions
 from keepflow.language.catalog import Catalog
@@ -113,6 +113,13 @@ def accept(db: Database, catalog: Catalog, event: EventIn, delivery: tuple[str, 
     """`store`, and for a new event in the same transaction: the customer rescored (an order,
     review or referral), their scores read for the runs it starts, and those runs' rows claimed
     (see `starts.claim_run`). After the commit: which runs that hear the event have a row."""
+    with tracing.span("keepflow.accept", {"keepflow.event.id": event.id, "keepflow.event.type": event.type}):
+        stored = _accept(db, catalog, event, delivery)
+        tracing.note(**{"keepflow.event.new": stored.new is True})
+        return stored
+
+
+def _accept(db: Database, catalog: Catalog, event: EventIn, delivery: tuple[str, str] | None) -> Stored:
     context = _context(catalog, event)
     heard = [run_id for _, run_id in _heard(catalog, event, context)]
     triggered = catalog.triggered_by(event.type)
@@ -448,8 +455,11 @@ async def route_stored(client: Client, catalog: Catalog, db: Database, event: Ev
     unrouted: the sender's retry or the reconciler routes it again, and what the first try did
     has no second effect. `duplicate`: the event was stored before (a retry, the reconciler).
     """
-    routed = await route(client, catalog, db, event, task_queue, rerouting=duplicate,
-                         stored=stored if stored is not None and stored.new is True else None)
+    with logs.about(event_id=event.id), tracing.span("keepflow.route", {"keepflow.event.id": event.id, "keepflow.event.type": event.type,
+                                         "keepflow.rerouting": duplicate}):
+        routed = await route(client, catalog, db, event, task_queue, rerouting=duplicate,
+                             stored=stored if stored is not None and stored.new is True else None)
+        tracing.note(**{"keepflow.runs.started": len(routed.started), "keepflow.runs.signalled": len(routed.signalled)})
     routed.duplicate = duplicate
     return routed
 

@@ -14,7 +14,7 @@ from sendgrid import SendGridAPIClient
 from sendgrid.helpers.mail import Asm, Category, CustomArg, From, GroupId, Header, Mail, To
 from sendgrid.helpers.mail.exceptions import SendGridException
 
-from keepflow import metrics
+from keepflow import metrics, tracing
 from keepflow.sending.providers.base import (
     Accepted,
     OutgoingEmail,
@@ -79,6 +79,7 @@ class SendGridEmail:
         except SendGridException as exc:  # e.g. an API key pasted into the content
             raise PermanentError(NAME, f"invalid message: {exc}") from exc
 
+    @tracing.provider_call(NAME, "send")
     @metrics.provider_call(NAME, "send")
     def send_email(self, msg: OutgoingEmail) -> Accepted:
         body = self._mail(msg)

@@ -18,7 +18,7 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
-from keepflow import metrics
+from keepflow import metrics, tracing
 from keepflow.sending.providers.base import (
     Accepted,
     OutgoingSms,
@@ -145,6 +145,7 @@ class TwilioSms:
         if self._http.session is not None:
             self._http.session.close()
 
+    @tracing.provider_call(NAME, "send")
     @metrics.provider_call(NAME, "send")
     def send_sms(self, msg: OutgoingSms) -> Accepted:
         # Exactly one sender: a fixed number if configured, else the Messaging Service (which
@@ -161,6 +162,7 @@ class TwilioSms:
             raise _transport_error(exc) from exc
         return Accepted(NAME, message.sid)
 
+    @tracing.provider_call(NAME, "lookup")
     @metrics.provider_call(NAME, "lookup")
     def find_sent(self, msg: OutgoingSms, since: datetime) -> Accepted | None:
         """The message Twilio accepted for `msg` at or after `since`, if any.
