@@ -359,7 +359,9 @@ class Stack:
     # -- workers -------------------------------------------------------------------------------
 
     def settings(self) -> Settings:
-        return Settings(payload_keys=SecretStr(PAYLOAD_KEYS))
+        # The stack's store: the client writes the definitions and contexts of the runs it starts
+        # there, and the worker processes read them back (keepflow/runtime/payload_parts.py).
+        return Settings(payload_keys=SecretStr(PAYLOAD_KEYS), database_url=self.database_url)
 
     def worker_env(self) -> dict[str, str]:
         return worker_env(self.folder, self.database_url, self.server.address, self.task_queue, self.fake.url,
