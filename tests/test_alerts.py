@@ -10,32 +10,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import temporalio.bridge
-from prometheus_client.metrics import MetricWrapperBase
 from ruamel.yaml import YAML
 
-from keepflow import metrics
+from tests.metric_names import exported, metrics_in
 
 RULES = Path(__file__).parent.parent / "deploy" / "prometheus" / "keepflow-alerts.yml"
-# What each kind of metric is scraped as.
-SERIES = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
-
-
-def keepflow_series() -> set[str]:
-    names = set()
-    for value in vars(metrics).values():
-        if isinstance(value, MetricWrapperBase):
-            family = value.describe()[0]
-            names |= {family.name + suffix for suffix in SERIES[family.type]}
-    return names
-
-
-def sdk_exports(name: str) -> bool:
-    """The SDK's metrics are named in its Rust core: the name (less the `temporal_` prefix and the
-    Prometheus suffixes) is in the bridge library, or the SDK does not export it."""
-    base = re.sub(r"_(total|bucket|sum|count)$", "", name.removeprefix("temporal_"))
-    library = next(Path(temporalio.bridge.__file__).parent.glob("temporal_sdk_bridge*"))
-    return base.encode() in library.read_bytes()
 
 
 def rules() -> list[dict]:
@@ -65,11 +44,10 @@ def test_each_rule_has_the_shape_prometheus_reads():
 
 
 def test_every_metric_a_rule_reads_is_exported():
-    ours = keepflow_series()
-    used = {name for rule in rules() for name in re.findall(r"\b(?:keepflow|temporal)_[a-z0-9_]+\b", rule["expr"])}
+    used = {name for rule in rules() for name in metrics_in(rule["expr"])}
     assert used
     for name in used:
-        assert name in ours if name.startswith("keepflow_") else sdk_exports(name), name
+        assert exported(name), name
 
 
 def test_the_rules_cover_what_operations_watch():
