@@ -81,10 +81,15 @@ class _About(logging.Filter):
         return True
 
 
+def mask(text: str) -> str:
+    """`text` with anything shaped like an email address or a phone number replaced."""
+    return _PHONE.sub("<phone>", _EMAIL.sub("<email>", text))
+
+
 class _Masked(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        masked = _PHONE.sub("<phone>", _EMAIL.sub("<email>", message))
+        masked = mask(message)
         if masked != message:
             record.msg, record.args = masked, None
         return True

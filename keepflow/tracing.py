@@ -7,7 +7,7 @@ turns it off again. Everything else (headers, protocol details, sampling, OTEL_S
 OTEL_RESOURCE_ATTRIBUTES) is read by the OpenTelemetry SDK itself. Off, `span` hands back one shared
 empty context and no interceptor is added: nothing is created per request, event or send.
 
-Imports nothing of Keepflow's, as keepflow/metrics.py does, so every layer may use it. Workflow
+Imports nothing of Keepflow's but keepflow/logs.py's `mask`, as keepflow/metrics.py imports nothing, so every layer may use it. Workflow
 code never does: a span opened there would open again on each replay; Temporal's interceptor makes
 the workflow's spans outside the sandbox, once.
 
@@ -25,6 +25,8 @@ from typing import Any, ParamSpec, TypeVar
 
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from keepflow.logs import mask
 
 _tracer = trace.get_tracer("keepflow")
 _on = False
@@ -65,9 +67,43 @@ def setup(service_name: str, environ: Mapping[str, str] = os.environ) -> bool:
 
         exporter = OTLPSpanExporter()
     # Batched off the hot path; the SDK flushes what is left when the process exits.
-    provider.add_span_processor(BatchSpanProcessor(exporter))
+    provider.add_span_processor(BatchSpanProcessor(masking(exporter)))
     use(provider)
     return True
+
+
+def masking(exporter: Any) -> Any:
+    """`exporter`, sent spans whose texts are masked (keepflow/logs.py `mask`): Temporal's
+    interceptor puts a failed activity's error text on its span, as status and as an exception
+    event, and a provider's error can quote the recipient."""
+    from opentelemetry.sdk.trace import Event, ReadableSpan
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+    def masked_values(values: Any) -> dict[str, Any]:
+        return {k: mask(v) if isinstance(v, str) else v for k, v in (values or {}).items()}
+
+    def masked(span: ReadableSpan) -> ReadableSpan:
+        status = span.status
+        if status.description:
+            status = Status(status.status_code, mask(status.description))
+        events = [Event(e.name, masked_values(e.attributes), e.timestamp) for e in span.events]
+        return ReadableSpan(
+            name=span.name, context=span.context, parent=span.parent, resource=span.resource,
+            attributes=masked_values(span.attributes), events=events, links=span.links, kind=span.kind,
+            status=status, start_time=span.start_time, end_time=span.end_time,
+            instrumentation_scope=span.instrumentation_scope)
+
+    class _Masking(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> Any:
+            return exporter.export([masked(s) for s in spans])
+
+        def shutdown(self) -> None:
+            exporter.shutdown()
+
+        def force_flush(self, timeout_millis: int = 30_000) -> bool:
+            return exporter.force_flush(timeout_millis)
+
+    return _Masking()
 
 
 def use(provider: Any) -> None:

@@ -115,3 +115,30 @@ async def test_one_event_is_one_trace_from_the_request_to_sendgrid(env, settings
 
 
 test_still_off_after_a_traced_test = test_off_makes_nothing
+
+
+def test_an_exported_span_carries_no_address_even_where_an_error_quoted_one():
+    """Temporal's interceptor puts a failed activity's error text on its span (status and exception
+    event), and a provider's error can quote the recipient: the exporter masks it, as the logs do."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import Status, StatusCode
+
+    from keepflow.tracing import masking
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(masking(memory)))
+    with provider.get_tracer("test").start_as_current_span(
+            "RunActivity:send_message", record_exception=False, set_status_on_exception=False,
+            attributes={"keepflow.note": "to nok@example.com"}) as span:
+        span.set_status(Status(StatusCode.ERROR, "ProviderRejected: nok@example.com does not exist"))
+        span.record_exception(ValueError("no such number +66 81 234 5678"))
+    [exported] = memory.get_finished_spans()
+    text = repr((exported.status.description, dict(exported.attributes or {}),
+                 [dict(e.attributes or {}) for e in exported.events]))
+    assert "nok@example.com" not in text and "234 5678" not in text, text
+    assert exported.status.description == "ProviderRejected: <email> does not exist"
+    assert exported.events[0].attributes["exception.type"] == "ValueError"
+    assert exported.context == span.get_span_context()  # the same span, only its text masked
