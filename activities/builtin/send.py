@@ -418,7 +418,7 @@ class MessageSender:
                 })
                 new_key = inserted.inserted_primary_key
                 assert new_key is not None  # an INSERT of one row always has it
-                row = _Row(new_key[0], key, "pending", None, None, None, 0, None)
+                row = _Row(new_key[0], key, "pending", None, None, 0, None)
             return _Claim(row, facts)
 
     def _mark_sending(self, row: _Row, provider: str, recipient: str, locale: str, subject: str | None,
@@ -480,7 +480,7 @@ _messages = Message.__table__
 _customers = Customer.__table__
 _FINAL_ORDERED = sorted(FINAL)
 _ROW = select(_messages.c.id, _messages.c.key, _messages.c.status, _messages.c.error,
-              _messages.c.provider_message_id, _messages.c.sending_at, _messages.c.attempts, _messages.c.lease_until)
+              _messages.c.sending_at, _messages.c.attempts, _messages.c.lease_until)
 _ROW_BY_KEY = _ROW.where(_messages.c.key == bindparam("key"))
 _ROW_BY_ID = _ROW.where(_messages.c.id == bindparam("row_id"))
 _PROFILE = select(_customers.c.email, _customers.c.phone, _customers.c.consents, _customers.c.timezone,
@@ -517,7 +517,6 @@ class _Row:
     key: str
     status: str
     error: str | None
-    provider_message_id: str | None
     sending_at: datetime | None
     attempts: int
     lease_until: datetime | None

@@ -350,7 +350,7 @@ async def route(client: Client, catalog: Catalog, db: Database, event: EventIn, 
             entry = await reentry.entry(client, db, run_id, sequence.reentry.after, event.id, event.occurred_at)
         if entry != "wait" and (stored is None or run_id not in stored.rows):
             # Its row before its start (see the module docstring); noted in full by _settle below.
-            await asyncio.to_thread(_claim, db, run_id, context, run.snapshot.hash)
+            await asyncio.to_thread(starts.claim, db, run_id, context, None, run.snapshot.hash)
         if entry != "wait" and await starts.start_run(client, run, task_queue, db=None, trigger=event.id,
                                                       allow_rerun=entry == "again") is not None:
             routed.started.append(run_id)
@@ -371,11 +371,6 @@ async def route(client: Client, catalog: Catalog, db: Database, event: EventIn, 
             await _catch_up(client, sequence, run_id, missed)
         await asyncio.to_thread(_settle, db, event, context, hashes, runs)
     return routed
-
-
-def _claim(db: Database, run_id: str, context: dict[str, Any], definition_hash: str) -> None:
-    with db.session() as session:
-        starts.claim_run(session, run_id, context, definition_hash=definition_hash)
 
 
 def _settle_unless_missed(db: Database, trigger: EventIn, context: dict[str, Any], started: list[tuple[Sequence, str]],

@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timezone
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import insert
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 from temporalio.client import Client
 from temporalio.common import WorkflowIDReusePolicy
@@ -29,7 +26,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from keepflow import metrics
 from keepflow.runtime.payloads import RunInput
-from keepflow.store import Database, Run
+from keepflow.store import Database, Run, insert_new
 
 
 def run_id(sequence_id: str, key: Any) -> str:
@@ -54,7 +51,7 @@ async def start_run(client: Client, run: RunInput, task_queue: str, *, db: Datab
     run = run.model_copy(update={"step_attribute": False})
     claimed = False
     if db is not None:
-        claimed = await asyncio.to_thread(_claim, db, workflow_id, run.context, started_at, run.snapshot.hash)
+        claimed = await asyncio.to_thread(claim, db, workflow_id, run.context, started_at, run.snapshot.hash)
     try:
         await client.start_workflow(
             "sequence", run, id=workflow_id, task_queue=task_queue,
@@ -70,8 +67,9 @@ async def start_run(client: Client, run: RunInput, task_queue: str, *, db: Datab
     return workflow_id
 
 
-def _claim(db: Database, workflow_id: str, context: dict[str, Any], started_at: datetime | None,
-           definition_hash: str) -> bool:
+def claim(db: Database, workflow_id: str, context: dict[str, Any], started_at: datetime | None = None,
+          definition_hash: str | None = None) -> bool:
+    """`claim_run` in a transaction of its own."""
     with db.session() as session:
         return claim_run(session, workflow_id, context, started_at, definition_hash)
 
@@ -108,16 +106,8 @@ def claim_run(session: Session, workflow_id: str, context: dict[str, Any], start
     under the id); True when this wrote it. Before the start, so that no run exists without a row.
     An insert that yields to a concurrent one, not a read then a write: two starters of the same
     run claim it at once, and neither fails."""
-    values = _row(workflow_id, context, started_at, definition_hash)
-    dialect = session.get_bind().dialect.name
-    if dialect in ("sqlite", "postgresql"):
-        statement = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(Run.__table__)
-        result = session.execute(statement.values(values).on_conflict_do_nothing(index_elements=["id"]))
-        return cast(CursorResult, result).rowcount == 1
-    if session.get(Run, workflow_id) is not None:  # pragma: no cover - other databases
-        return False
-    session.execute(insert(Run.__table__).values(values))  # pragma: no cover
-    return True  # pragma: no cover
+    row = _row(workflow_id, context, started_at, definition_hash)
+    return insert_new(session.connection(), Run.__table__, [row], ["id"]) == 1
 
 
 def note_run(session: Session, workflow_id: str, context: dict[str, Any], started_at: datetime | None = None,

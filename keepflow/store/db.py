@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
@@ -109,6 +110,17 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def insert_new(connection: Connection, table: Table, rows: Sequence[dict[str, Any]], key: list[str]) -> int:
+    """Insert the `rows` whose `key` the table does not hold yet, the others left as they are; how
+    many it inserted. One statement that yields to a concurrent insert of the same key, where a
+    read and then a write would fail on it."""
+    if not rows:
+        return 0
+    insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+    result = connection.execute(insert(table).values(list(rows)).on_conflict_do_nothing(index_elements=key))
+    return result.rowcount
 
 
 def utc(value: datetime) -> datetime:

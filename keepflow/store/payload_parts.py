@@ -12,10 +12,9 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 
 from sqlalchemy import Connection, String, Text, select
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, mapped_column
 
+from keepflow.store.db import insert_new
 from keepflow.store.models import Base
 
 
@@ -31,12 +30,9 @@ class PayloadPart(Base):
 
 def put(connection: Connection, parts: Iterable[tuple[str, str, str | None]]) -> None:
     """Add (hash, body, customer id) rows; one already there is left as it is (its bytes are the same)."""
-    rows = [{"hash": h, "body": body, "customer_id": customer, "created_at": datetime.now(timezone.utc)}
-            for h, body, customer in parts]
-    if not rows:
-        return
-    insert = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
-    connection.execute(insert(PayloadPart).values(rows).on_conflict_do_nothing(index_elements=["hash"]))
+    insert_new(connection, PayloadPart.__table__, [
+        {"hash": h, "body": body, "customer_id": customer, "created_at": datetime.now(timezone.utc)}
+        for h, body, customer in parts], ["hash"])
 
 
 def get(connection: Connection, hashes: Iterable[str]) -> dict[str, str]:
