@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
@@ -32,6 +33,8 @@ async def chain_lengths(client: Client, workflow_id: str, first_run_id: str) -> 
     return lengths
 
 
+# Well past its time alone: `make faults` runs it beside three other stacks.
+@pytest.mark.timeout(180)
 async def test_twenty_thousand_signals_none_lost(tmp_path, fake, db):
     settings = make_settings(tmp_path, fake, templates=TEST_TEMPLATES)
     async with await time_skipping_server() as env, running_worker(env, settings, db) as tq:

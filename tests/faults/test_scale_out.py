@@ -12,6 +12,7 @@ import uuid
 from datetime import datetime, timezone
 
 import httpx
+import pytest
 from sqlalchemy import func, select
 
 from keepflow.http.signing import sign
@@ -37,6 +38,8 @@ async def deliver_twice(url: str, event: dict) -> list[dict]:
     return list(await asyncio.gather(once(), once()))
 
 
+# Well past its time alone: `make faults` runs it beside three other stacks.
+@pytest.mark.timeout(180)
 async def test_two_http_processes_and_two_workers_route_each_event_once(tmp_path):
     async with Stack(tmp_path, wait="1s", shipment=True) as stack:
         await stack.start_worker()
