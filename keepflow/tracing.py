@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 
-from opentelemetry import propagate, trace
+from opentelemetry import context, propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from keepflow.logs import mask
@@ -136,6 +136,29 @@ def _span(name: str, attributes: Mapping[str, str | int | bool] | None, kind: Sp
         except BaseException as err:
             current.set_status(Status(StatusCode.ERROR, type(err).__name__))
             raise
+
+
+def traceparent() -> str | None:
+    """The current span as a W3C `traceparent`, to store with work done later; None when off."""
+    if not _on:
+        return None
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get("traceparent")
+
+
+@contextlib.contextmanager
+def resumed(parent: str | None) -> Iterator[None]:
+    """Spans opened inside are children of `parent` (a stored `traceparent`), whose own span
+    ended long ago: work picked up later stays in the trace that asked for it."""
+    if not _on or not parent:
+        yield
+        return
+    token = context.attach(propagate.extract({"traceparent": parent}))
+    try:
+        yield
+    finally:
+        context.detach(token)
 
 
 def note(**attributes: str | int | bool) -> None:

@@ -1,6 +1,6 @@
 """Traces: one event posted to the public app is one trace, from the request to SendGrid, through
-routing, Temporal's server and the worker; no customer's address in any span. Off, nothing is
-made at all.
+routing, Temporal's server and the worker, also when Temporal was down and the reconciler routes it
+later; no customer's address in any span. Off, nothing is made at all.
 
 The process' tracer provider can be set once: the spans go to one in-memory exporter for the
 session, and tracing is on only inside the tests that ask for it (`traced`).
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from opentelemetry import trace
@@ -19,8 +20,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from temporalio.client import Client
 
 from keepflow import tracing
+from keepflow.runtime import routing
+from keepflow.tools.temporal_dev_server import free_port
 from tests import helpers
-from tests.engine import running_worker
+from tests.engine import CATALOG, running_worker
 from tests.test_webhooks import SECRET, event, signed
 
 EXPORTER = InMemorySpanExporter()
@@ -112,6 +115,32 @@ async def test_one_event_is_one_trace_from_the_request_to_sendgrid(env, settings
     said = " ".join(f"{s.name} {dict(s.attributes or {})} {[dict(e.attributes or {}) for e in s.events]}" for s in same)
     for private in (customer["email"], customer["phone"]):
         assert private not in said
+
+
+async def test_an_event_routed_later_stays_in_its_requests_trace(env, settings, db, fake, traced):
+    """Temporal was unreachable when the event came: the request stored it and answered 503. The
+    reconciler routes it later, and what that sets off joins the request's trace."""
+    client = Client(**{**env.client.config(), "interceptors": tracing.interceptors()})
+    dead = settings.model_copy(update={"temporal_address": f"127.0.0.1:{free_port()}"})
+    raw, headers = signed(event())
+    async with running_worker(env, settings, db, client=client) as tq:
+        async with helpers.serving(dead.model_copy(update={"task_queue": tq}), db, client=None, secrets=(SECRET,)) as http:
+            assert (await http.post("/events", content=raw, headers=headers)).status_code == 503
+        request = next(s for s in traced.get_finished_spans() if s.name == "keepflow.intake")
+        assert await routing.reconcile(db, client, CATALOG, tq, older_than=timedelta(0)) == 1
+        for _ in range(200):
+            if any(s.name == "sendgrid send" for s in traced.get_finished_spans()):
+                break
+            await asyncio.sleep(0.05)
+    spans = traced.get_finished_spans()
+    call = next(s for s in spans if s.name == "sendgrid send")
+    assert call.context is not None and request.context is not None
+    assert call.context.trace_id == request.context.trace_id
+    by_id = {s.context.span_id: s for s in spans if s.context is not None and s.context.trace_id == request.context.trace_id}
+    chain = [n for n in _chain(call, by_id) if not n.startswith("fastapi.")]
+    assert chain[-4:] == ["StartWorkflow:sequence", "keepflow.route", "keepflow.intake", "POST /events"], chain
+    route = by_id[next(s for s in by_id.values() if s.name == "keepflow.route").context.span_id]
+    assert route.attributes is not None and route.attributes["keepflow.rerouting"] is True
 
 
 test_still_off_after_a_traced_test = test_off_makes_nothing

@@ -113,13 +113,16 @@ def accept(db: Database, catalog: Catalog, event: EventIn, delivery: tuple[str, 
     """`store`, and for a new event in the same transaction: the customer rescored (an order,
     review or referral), their scores read for the runs it starts, and those runs' rows claimed
     (see `starts.claim_run`). After the commit: which runs that hear the event have a row."""
+    # The request's span, not accept's own: routed later, the event continues where routing now would.
+    trace_parent = tracing.traceparent()
     with tracing.span("keepflow.accept", {"keepflow.event.id": event.id, "keepflow.event.type": event.type}):
-        stored = _accept(db, catalog, event, delivery)
+        stored = _accept(db, catalog, event, delivery, trace_parent)
         tracing.note(**{"keepflow.event.new": stored.new is True})
         return stored
 
 
-def _accept(db: Database, catalog: Catalog, event: EventIn, delivery: tuple[str, str] | None) -> Stored:
+def _accept(db: Database, catalog: Catalog, event: EventIn, delivery: tuple[str, str] | None,
+            trace_parent: str | None) -> Stored:
     context = _context(catalog, event)
     heard = [run_id for _, run_id in _heard(catalog, event, context)]
     triggered = catalog.triggered_by(event.type)
@@ -128,7 +131,7 @@ def _accept(db: Database, catalog: Catalog, event: EventIn, delivery: tuple[str,
             # Its reads before any write: SQLite takes the write lock at the first write, so the
             # lock is held from the flush below to the commit, not while the store reads.
             with session.no_autoflush:
-                new = _store(session, event, delivery, catalog.file.rules.default_region)
+                new = _store(session, event, delivery, catalog.file.rules.default_region, trace_parent)
             if new is not True:
                 return Stored(new)
             # The event's own rows first: a concurrent copy fails here, as the IntegrityError below.
@@ -160,7 +163,8 @@ def _accept(db: Database, catalog: Catalog, event: EventIn, delivery: tuple[str,
     return Stored(True, scores, frozenset(rows), _noted(db, heard))
 
 
-def _store(session: Session, event: EventIn, delivery: tuple[str, str] | None, default_region: str | None) -> bool | None:
+def _store(session: Session, event: EventIn, delivery: tuple[str, str] | None, default_region: str | None,
+           trace_parent: str | None = None) -> bool | None:
     # SQLite keeps a timestamp's clock time and drops its offset: store UTC, always.
     occurred_at = event.occurred_at.astimezone(timezone.utc)
     if delivery is not None:
@@ -182,7 +186,7 @@ def _store(session: Session, event: EventIn, delivery: tuple[str, str] | None, d
     session.add(Event(
         id=event.id, type=event.type, customer_id=event.customer.id if event.customer else None,
         order_id=event.order.id if event.order else None, occurred_at=occurred_at,
-        received_at=_now(), payload=event.model_dump(mode="json"),
+        received_at=_now(), payload=event.model_dump(mode="json"), trace_parent=trace_parent,
     ))
     if event.order is not None and event.type == "order.created":
         _redeem_coupons(session, event, event.order)
@@ -464,18 +468,19 @@ async def reconcile(db: Database, client: Client, catalog: Catalog, task_queue: 
                     busy: Collection[str] = ()) -> int:
     """Route events stored but never routed (Temporal was down when they came, routing was cut
     short); forget old delivery ids. `busy`: events this process is routing right now."""
-    def pending() -> list[EventIn]:
+    def pending() -> list[tuple[EventIn, str | None]]:
         with db.session() as session:
             session.execute(delete(Delivery).where(Delivery.received_at < _now() - DELIVERY_RETENTION))
-            rows = session.scalars(
-                select(Event.payload).where(Event.routed_at.is_(None), Event.received_at < _now() - older_than)
+            rows = session.execute(
+                select(Event.payload, Event.trace_parent).where(Event.routed_at.is_(None), Event.received_at < _now() - older_than)
                 .order_by(Event.occurred_at).limit(limit)
             ).all()
-        return [EventIn.model_validate(p) for p in rows]
+        return [(EventIn.model_validate(payload), parent) for payload, parent in rows]
 
-    events = [e for e in await asyncio.to_thread(pending) if e.id not in busy]
-    for event in events:
-        await route_stored(client, catalog, db, event, task_queue, duplicate=True)
+    events = [(e, parent) for e, parent in await asyncio.to_thread(pending) if e.id not in busy]
+    for event, parent in events:
+        with tracing.resumed(parent):
+            await route_stored(client, catalog, db, event, task_queue, duplicate=True)
     return len(events)
 
 

@@ -56,6 +56,9 @@ class Event(Base):
     # (the reconciler, or the sender's retry, does it). `runs` counts them: 0 = reached no sequence.
     routed_at: Mapped[datetime | None] = mapped_column(index=True)
     runs: Mapped[int | None]
+    # The W3C traceparent of the request that stored it, when tracing is on: routed later by the
+    # reconciler, the event's runs and sends still join that request's trace.
+    trace_parent: Mapped[str | None] = mapped_column(String(64))
 
 
 class EventMessageId(ColumnElement[str]):
