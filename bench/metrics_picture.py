@@ -251,12 +251,12 @@ class Query:
         if " / " in expr:
             top, bottom = (self.at(part, i) for part in expr.split(" / "))
             return {k: v / bottom[k] for k, v in top.items() if bottom.get(k)}
-        if m := re.fullmatch(r"sum(?: by \(([^)]*)\))? ?\((.+)\)", expr):
-            by = [name.strip() for name in (m[1] or "").split(",") if name.strip()]
+        if m := re.fullmatch(r"(sum|max)(?: by \(([^)]*)\))? ?\((.+)\)", expr):
+            by = [name.strip() for name in (m[2] or "").split(",") if name.strip()]
             out: dict[frozenset, float] = {}
-            for labels, value in self.at(m[2], i).items():
+            for labels, value in self.at(m[3], i).items():
                 key = frozenset((k, v) for k, v in labels if k in by)
-                out[key] = out.get(key, 0.0) + value
+                out[key] = out.get(key, 0.0) + value if m[1] == "sum" else max(out.get(key, value), value)
             return out
         if m := re.fullmatch(r"(rate|increase)\((\w+)(?:\{([^}]*)\})?\[([^\]]+)\]\)", expr):
             fn, name, matchers, window = m.groups()

@@ -64,6 +64,22 @@ ROUTING_LAG = Histogram(
 RUNS_STARTED = Counter("keepflow_runs_started", "Runs started (by an event, a start step or the scan)", ["sequence"])
 
 
+# Counted from the store by each public app's reconciler, every round, also while Temporal is
+# away: a backlog shows while it builds, where ROUTING_LAG sees an event only once it is routed.
+# Every process reads the same table, so `keepflow serve --workers N` reports the largest, not a sum.
+EVENTS_UNROUTED = Gauge("keepflow_events_unrouted", "Events stored and not yet routed", multiprocess_mode="livemax")
+EVENTS_UNROUTED_AGE = Gauge("keepflow_events_unrouted_oldest_seconds",
+                            "How long the oldest event not yet routed has waited (0: none waits)",
+                            multiprocess_mode="livemax")
+
+
+def unrouted(waiting: int, oldest: datetime | None) -> None:
+    EVENTS_UNROUTED.set(waiting)
+    if oldest is not None and oldest.tzinfo is None:  # SQLite keeps the clock time of a UTC timestamp
+        oldest = oldest.replace(tzinfo=timezone.utc)
+    EVENTS_UNROUTED_AGE.set(0.0 if oldest is None else max((datetime.now(timezone.utc) - oldest).total_seconds(), 0.0))
+
+
 def routed(received_at: datetime | None, routed_at: datetime) -> None:
     if received_at is None:
         return

@@ -124,12 +124,12 @@ class serving:
     settings' sequences file, as a real process does, instead of the frozen shop's catalog."""
 
     def __init__(self, settings, db, *, client=None, secrets: tuple[str, ...] | None = None, catalog=None,
-                 live: bool = False):
+                 live: bool = False, reconcile_every: float = 3600):
         from keepflow.http.app import create_app
         from tests.engine import CATALOG
 
         self.app = create_app(settings, catalog=None if live else catalog or CATALOG, db=db, client=client,
-                              webhook_secrets=list(secrets or (new_secret(),)), reconcile_every=3600)
+                              webhook_secrets=list(secrets or (new_secret(),)), reconcile_every=reconcile_every)
         self.port, self.stop = free_port(), asyncio.Event()
 
     async def __aenter__(self) -> httpx.AsyncClient:

@@ -52,7 +52,7 @@ def test_every_metric_a_rule_reads_is_exported():
 
 def test_the_rules_cover_what_operations_watch():
     used = " ".join(rule["expr"] for rule in rules())
-    for metric in ("keepflow_provider_errors_total", "keepflow_events_rejected_total", "keepflow_routing_lag_seconds_bucket",
+    for metric in ("keepflow_provider_errors_total", "keepflow_events_rejected_total", "keepflow_routing_lag_seconds_bucket", "keepflow_events_unrouted_oldest_seconds",
                    'outcome="unknown"', "keepflow_scan_last_finished_timestamp_seconds",
                    "temporal_workflow_task_execution_failed_total"):
         assert metric in used

@@ -58,7 +58,7 @@ def test_the_panels_show_what_on_call_watches():
     """A provider outage, an intake backlog, a stalled scan, and the SDK's view of the worker."""
     used = " ".join(target["expr"] for panel in panels() for target in panel["targets"])
     for metric in ("keepflow_events_received_total", "keepflow_events_accepted_total", "keepflow_events_rejected_total",
-                   "keepflow_routing_lag_seconds_bucket", "keepflow_messages_total", 'outcome="unknown"',
+                   "keepflow_routing_lag_seconds_bucket", "keepflow_events_unrouted_oldest_seconds", "max(keepflow_events_unrouted)", "keepflow_messages_total", 'outcome="unknown"',
                    "keepflow_provider_request_seconds_bucket", "keepflow_provider_errors_total",
                    "keepflow_suppressions_added_total", "keepflow_runs_started_total",
                    "keepflow_scan_last_finished_timestamp_seconds", "keepflow_scan_last_page_timestamp_seconds",

@@ -7,6 +7,7 @@ between a scrape before and one after.
 
 from __future__ import annotations
 
+import asyncio
 import urllib.request
 import uuid
 
@@ -19,7 +20,7 @@ from keepflow.runtime.telemetry import sdk_runtime
 from tests.engine import CONVERTER
 from tests.helpers import free_port, serving, serving_admin
 from tests.test_journey import CHAIN, customer_in_offer_arm, play_journey
-from tests.test_webhooks import event, signed
+from tests.test_webhooks import SECRET, event, signed
 
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:
@@ -97,6 +98,24 @@ async def test_a_body_that_does_not_parse_counts_as_invalid(settings, db):
 
     assert moved(before, after, "keepflow_events_rejected_total", source="api", reason="invalid") == 1
     assert moved(before, after, "keepflow_events_rejected_total", source="api", reason="signature") == 0
+
+
+async def test_a_backlog_shows_while_it_builds(settings, db):
+    """Temporal is unreachable: events are stored, answered 503 and wait. The reconciler's rounds
+    count them from the store, so the backlog and its age show before any of them is routed."""
+    dead = settings.model_copy(update={"temporal_address": f"127.0.0.1:{free_port()}"})
+    async with serving(dead, db, secrets=(SECRET,), reconcile_every=0.2) as http, \
+            serving_admin(settings, db, role=None) as admin:
+        for _ in range(3):
+            body, headers = signed(event())
+            assert (await http.post("/events", content=body, headers=headers)).status_code == 503
+        for _ in range(100):
+            after = await scrape(admin)
+            if after.get(("keepflow_events_unrouted", frozenset())) == 3:
+                break
+            await asyncio.sleep(0.1)
+    assert after[("keepflow_events_unrouted", frozenset())] == 3
+    assert after[("keepflow_events_unrouted_oldest_seconds", frozenset())] > 0
 
 
 def test_send_reasons_map_to_a_small_fixed_set():

@@ -36,7 +36,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from temporalio.client import Client
 
-from keepflow import tracing
+from keepflow import metrics, tracing
 from keepflow.http import sendgrid as sendgrid_webhook
 from keepflow.http import intake, shopify, signing
 from keepflow.http import twilio as twilio_webhook
@@ -228,6 +228,7 @@ async def _reconcile_forever(services: Services, routings: intake.Routings, ever
     while True:
         await asyncio.sleep(every)
         try:
+            metrics.unrouted(*await asyncio.to_thread(routing.backlog, services.db))
             if services.client is None:
                 services.client = await asyncio.wait_for(_connect(services.settings), CONNECT_TIMEOUT)
             routed = await routing.reconcile(services.db, services.client, services.catalog,

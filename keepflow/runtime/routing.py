@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 from temporalio.client import Client
@@ -461,6 +461,14 @@ async def route_stored(client: Client, catalog: Catalog, db: Database, event: Ev
         tracing.note(**{"keepflow.runs.started": len(routed.started), "keepflow.runs.signalled": len(routed.signalled)})
     routed.duplicate = duplicate
     return routed
+
+
+def backlog(db: Database) -> tuple[int, datetime | None]:
+    """How many stored events wait to be routed, and when the oldest came."""
+    with db.session() as session:
+        waiting, oldest = session.execute(
+            select(func.count(), func.min(Event.received_at)).where(Event.routed_at.is_(None))).one()
+    return waiting, oldest
 
 
 async def reconcile(db: Database, client: Client, catalog: Catalog, task_queue: str,
