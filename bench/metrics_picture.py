@@ -20,9 +20,13 @@ in phases while it scrapes the registry every second:
    (the recipient replied STOP), which suppresses those numbers;
 2. burst (20-30 s): three orders a second;
 3. SendGrid outage (30-50 s): the fake answers every mail send 503, sends retry with backoff;
-4. recovery (50-80 s): the fake answers again, the retried sends drain; at 55 s a second scan,
-   which passes over the customers the first one started;
-5. quiet (80-90 s): no more events.
+4. recovery (50-65 s): the fake answers again, the retried sends drain;
+5. Temporal down (65-80 s): the Temporal server is stopped and started again on the same port and
+   state; the app stores each event and answers 503, and the events wait;
+6. catch-up (80-95 s): the reconciler routes what waited, orders keep coming;
+7. scan stalled (95-115 s): no orders; 40 more customers go quiet and at 100 s a scan starts; once
+   its first page is done, another process holds the SQLite file's write lock (a bulk job) until
+   the end, so the next page cannot start its runs and the scan stops moving.
 
 Everything listens on 127.0.0.1 only; every wait is bounded; everything started here is stopped
 and the folder removed, also on error or Ctrl-C.
@@ -32,12 +36,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
 import math
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -60,10 +66,12 @@ PICTURE = ROOT / "docs" / "images" / "operations-dashboard.png"
 RATE_WINDOW = 10.0  # seconds: `$__rate_interval` at a 1 s scrape, wide enough to smooth one-a-second events
 SCRAPE_EVERY = 1.0
 # (name, start, end) in seconds from the first scrape; the run ends with the last.
-PHASES = [("steady", 0, 20), ("burst", 20, 30), ("SendGrid outage", 30, 50), ("recovery", 50, 80), ("quiet", 80, 90)]
-ORDERS_PER_S = {"steady": 1, "burst": 3, "SendGrid outage": 1, "recovery": 1, "quiet": 0}
+PHASES = [("steady", 0, 20), ("burst", 20, 30), ("SendGrid outage", 30, 50), ("recovery", 50, 65),
+          ("Temporal down", 65, 80), ("catch-up", 80, 95), ("scan stalled", 95, 115)]
+ORDERS_PER_S = {"steady": 1, "burst": 3, "SendGrid outage": 1, "recovery": 1, "Temporal down": 1, "catch-up": 1,
+                "scan stalled": 0}
 SHIPPED_AFTER = 3.0
-SCANS_AT = (5.0, 55.0)
+SCANS_AT = (5.0, 100.0)
 STOP_REPLIES_AT = 10.0
 INACTIVE_CUSTOMERS = 40
 SCAN_PAGE = 10
@@ -93,17 +101,40 @@ async def scrape_every(scrapes: list[tuple[float, Samples]], started: float, end
     from prometheus_client.parser import text_string_to_metric_families
 
     n = 0
-    while (at := started + n * SCRAPE_EVERY) <= end:
-        await asyncio.sleep(max(0.0, at - time.time()))
-        # The SDK's part is read over loopback inside the collection: off the event loop.
-        text = (await asyncio.to_thread(generate_latest, REGISTRY)).decode()
-        scrapes.append((time.time(), {(s.name, frozenset(s.labels.items())): s.value
-                                      for family in text_string_to_metric_families(text) for s in family.samples
-                                      if s.name.startswith(("keepflow_", "temporal_"))}))
-        n += 1
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="scrape") as reader:
+        while (at := started + n * SCRAPE_EVERY) <= end:
+            await asyncio.sleep(max(0.0, at - time.time()))
+            # The SDK's part is read over loopback inside the collection: off the event loop, on a
+            # thread of its own, as a real scrape is served: the loop's shared threads can all be
+            # waiting on the database while the scan stalls.
+            text = (await asyncio.get_running_loop().run_in_executor(reader, generate_latest, REGISTRY)).decode()
+            scrapes.append((time.time(), {(s.name, frozenset(s.labels.items())): s.value
+                                          for family in text_string_to_metric_families(text) for s in family.samples
+                                          if s.name.startswith(("keepflow_", "temporal_"))}))
+            n += 1
 
 
-async def traffic(url: str, secret: str, fake, client, task_queue: str, tag: str, started: float) -> dict[str, int]:
+def inactive_customers(db, tag: str, first: int) -> None:
+    """INACTIVE_CUSTOMERS customers last seen 61 days ago, numbered from `first`."""
+    from keepflow.store import Customer
+
+    gone = datetime.now(timezone.utc) - timedelta(days=61)
+    with db.session() as session:
+        for n in range(first, first + INACTIVE_CUSTOMERS):
+            session.add(Customer(id=f"wb-{tag}-{n}", email=f"wb-{n}.{tag}@example.com", phone=f"+6682{n:07d}",
+                                 first_name="Mali", locale="en", timezone="Asia/Bangkok",
+                                 consents={"email": True, "sms": n % 4 != 0}, attributes={}, last_seen_at=gone))
+
+
+def hold_write_lock(database_file: Path, seconds: float) -> subprocess.Popen:
+    """Another process holding the SQLite file's write lock for `seconds`, as a bulk job would."""
+    from tests.faults.stack import LOCK_HOLDER
+
+    return subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(database_file), str(seconds), str(seconds), "0"])
+
+
+async def traffic(url: str, secret: str, fake, client, task_queue: str, tag: str, started: float,
+                  server, db, database_file: Path) -> dict[str, int]:
     import httpx
 
     from keepflow.http.signing import sign
@@ -133,8 +164,16 @@ async def traffic(url: str, secret: str, fake, client, task_queue: str, tag: str
         pending.add(task)
         task.add_done_callback(pending.discard)
 
+    from prometheus_client import REGISTRY
+
+    def pages_done() -> float:
+        return REGISTRY.get_sample_value("keepflow_scan_pages_total") or 0.0
+
+    lock: subprocess.Popen | None = None
     async with httpx.AsyncClient(base_url=url, timeout=30) as http:
         i, scans, stops, outage, last_end, credit, tick = 0, 0, False, False, PHASES[-1][2], 0.0, 0
+        temporal_down = more_customers = False
+        pages_before_stall = 0.0
         while (now := time.time() - started) < last_end:
             phase = phase_at(now)
             if phase == "SendGrid outage" and not outage:
@@ -143,10 +182,22 @@ async def traffic(url: str, secret: str, fake, client, task_queue: str, tag: str
             elif phase != "SendGrid outage" and outage:
                 fake.reset()  # drops the scripted answers: SendGrid is back
                 outage = False
+            if phase == "Temporal down" and not temporal_down:
+                await asyncio.to_thread(server.stop)
+                temporal_down = True
+            elif phase == "catch-up" and temporal_down:
+                await asyncio.to_thread(server.start)  # same port, same state: clients reconnect by themselves
+                temporal_down = False
+            if phase == "scan stalled" and not more_customers:
+                await asyncio.to_thread(inactive_customers, db, tag, INACTIVE_CUSTOMERS)
+                more_customers = True
+            if scans == len(SCANS_AT) and lock is None and pages_done() > pages_before_stall:
+                lock = hold_write_lock(database_file, last_end - now + 5)
             if not stops and now >= STOP_REPLIES_AT:
                 fake.fail_next("twilio", 400, times=3, twilio_code=21610)
                 stops = True
             if scans < len(SCANS_AT) and now >= SCANS_AT[scans]:
+                pages_before_stall = pages_done()
                 await client.start_workflow(InactivityScan.run, ScanInput(page_size=SCAN_PAGE),
                                             id=f"picture-scan-{tag}-{scans}", task_queue=task_queue)
                 scans += 1
@@ -157,13 +208,16 @@ async def traffic(url: str, secret: str, fake, client, task_queue: str, tag: str
                 spawn(ship_later(http, shipped))
                 credit -= 1
                 i += 1
-            if tick % 40 == 17 and phase != "quiet":  # a stray request every 4 s or so
+            if tick % 40 == 17 and ORDERS_PER_S[phase]:  # a stray request every 4 s or so
                 created, _ = order_events(10**6 + tick, tag)
                 spawn(post(http, created, stranger))
             tick += 1
             await asyncio.sleep(max(0.0, started + tick * 0.1 - time.time()))
         if pending:
             await asyncio.wait(pending, timeout=30)
+    if lock is not None:
+        lock.kill()
+        lock.wait()
     return answers
 
 
@@ -173,7 +227,9 @@ async def run() -> list[tuple[float, Samples]]:
     from keepflow.runtime.registry import load_catalog
     from keepflow.runtime.telemetry import export_sdk_metrics
     from keepflow.settings import new_secret
-    from keepflow.store import Customer, Database, upgrade
+    from sqlalchemy.engine import make_url
+
+    from keepflow.store import Database, upgrade
     from keepflow.tools.temporal_dev_server import DevServer, free_port
     from tests.fakes.provider_server import FakeProviders
     from worker import build_worker
@@ -196,12 +252,7 @@ async def run() -> list[tuple[float, Samples]]:
         upgrade(settings.resolved_database_url)
         db = Database(settings.resolved_database_url)
         catalog = compressed(load_catalog(settings.sequences_path, settings.templates_dir), 1 / 86400)
-        gone = datetime.now(timezone.utc) - timedelta(days=61)
-        with db.session() as session:
-            for n in range(INACTIVE_CUSTOMERS):
-                session.add(Customer(id=f"wb-{tag}-{n}", email=f"wb-{n}.{tag}@example.com", phone=f"+6682{n:07d}",
-                                     first_name="Mali", locale="en", timezone="Asia/Bangkok",
-                                     consents={"email": True, "sms": n % 4 != 0}, attributes={}, last_seen_at=gone))
+        inactive_customers(db, tag, 0)
         secret, port = new_secret(), free_port()
         url = f"http://127.0.0.1:{port}"
         app = create_app(settings, catalog=catalog, db=db, client=client, webhook_secrets=[secret])
@@ -214,7 +265,8 @@ async def run() -> list[tuple[float, Samples]]:
                 scrapes: list[tuple[float, Samples]] = []
                 started = time.time()
                 answers, _ = await asyncio.gather(
-                    traffic(url, secret, fake, client, settings.task_queue, tag, started),
+                    traffic(url, secret, fake, client, settings.task_queue, tag, started, server, db,
+                            Path(make_url(settings.resolved_database_url).database or "")),
                     scrape_every(scrapes, started, started + PHASES[-1][2]))
                 print(f"answers: {answers}; messages at the fake: sendgrid {len(fake.accepted('sendgrid'))} "
                       f"(since the outage), twilio {len(fake.accepted('twilio'))}; {len(scrapes)} scrapes", flush=True)
@@ -333,11 +385,11 @@ def draw(scrapes: list[tuple[float, Samples]], out: Path) -> None:
     total = rows + header
     fig.text(0.006, 1 - 0.6 / total, f"{board['title']}: deploy/grafana/keepflow-dashboard.json", color="#e0e0e0",
              fontsize=12, weight="bold", va="center")
-    fig.text(0.006, 1 - 1.5 / total, "Not a Grafana screenshot: each panel's PromQL evaluated by "
-             "bench/metrics_picture.py over a real run's scrapes, one a second (rates over 10 s). Phases: "
-             + ", ".join(f"{name} {start}-{end} s" for name, start, end in PHASES), color="#9fa7b3", fontsize=8.5,
+    fig.text(0.006, 1 - 1.5 / total, "Not a Grafana screenshot: each panel's PromQL over a real run's scrapes, "
+             "one a second, rates over 10 s (bench/metrics_picture.py). Phases (s): "
+             + ", ".join(f"{name} {start}-{end}" for name, start, end in PHASES), color="#9fa7b3", fontsize=8,
              va="center")
-    shades = {"burst": "#e0b400", "SendGrid outage": "#f2495c"}
+    shades = {"burst": "#e0b400", "SendGrid outage": "#f2495c", "Temporal down": "#b877d9", "scan stalled": "#5794f2"}
     palette = ["#73bf69", "#f2cc0c", "#5794f2", "#ff9830", "#f2495c", "#b877d9", "#8ab8ff", "#ff780a", "#96d98d",
                "#ca95e5", "#fade2a", "#ffa6b0"]
 
@@ -430,12 +482,21 @@ def _fewer_colours(path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=PICTURE, help="where to write the PNG (default: docs/images/operations-dashboard.png)")
+    parser.add_argument("--scrapes", type=Path,
+                        help="a JSON file: drawn from, when it exists, instead of a new run; else the new run's scrapes are kept there")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Every send refused in the outage is an activity attempt failed, which the SDK logs with its
     # traceback: the outage is the point here, the panels show it.
     logging.getLogger("temporalio.activity").setLevel(logging.ERROR)
-    scrapes = asyncio.run(run())
+    if args.scrapes and args.scrapes.exists():
+        scrapes = [(at, {(name, frozenset(labels.items())): value for name, labels, value in samples})
+                   for at, samples in json.loads(args.scrapes.read_text())]
+    else:
+        scrapes = asyncio.run(run())
+        if args.scrapes:
+            args.scrapes.write_text(json.dumps([(at, [(name, dict(labels), value) for (name, labels), value in samples.items()])
+                                                for at, samples in scrapes]))
     draw(scrapes, args.out.resolve())
     return 0
 
