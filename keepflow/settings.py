@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     twilio_from: str | None = Field(None, validation_alias="TWILIO_FROM_NUMBER")
     twilio_messaging_service_sid: str | None = Field(None, validation_alias="TWILIO_MESSAGING_SERVICE_SID")
     twilio_base_url: str | None = Field(None, validation_alias="TWILIO_BASE_URL")
+    # A LINE Messaging API channel (LINE Developers console): the token pushes messages, the secret
+    # verifies the signature of LINE's webhooks.
+    line_channel_access_token: SecretStr | None = Field(None, validation_alias="LINE_CHANNEL_ACCESS_TOKEN")
+    line_channel_secret: SecretStr | None = Field(None, validation_alias="LINE_CHANNEL_SECRET")
+    # Only for tests and proxies, like SENDGRID_HOST.
+    line_api_base: str = Field("https://api.line.me", validation_alias="LINE_API_BASE")
     # Seconds a provider HTTP call may take; kept well under the send activity's timeout.
     provider_timeout: float = Field(10.0, validation_alias="KEEPFLOW_PROVIDER_TIMEOUT")
 

@@ -1,14 +1,17 @@
-"""A local fake of the two provider APIs Keepflow talks to, for tests with the real SDKs.
+"""A local fake of the provider APIs Keepflow talks to, for tests with the real SDKs.
 
 * SendGrid v3 `POST /v3/mail/send`
 * Twilio 2010-04-01 `POST|GET /2010-04-01/Accounts/{AccountSid}/Messages.json`
+* LINE Messaging API `POST /v2/bot/message/push`, with its retry key (`X-Line-Retry-Key`)
 
-Answers follow the real APIs closely enough for `sendgrid` and `twilio` (9.x) to parse them,
-including their error shapes. Failures can be scripted per API (`fail_next`, `accept_then_drop`,
-`accept_then_stall`); `on_accept` sees each accepted send before its answer goes out. Twilio's
-quirks can be switched on: a list that shows a new message only some seconds after its creation
-(`twilio_list_lag`), and bodies rewritten as Twilio stores them (`twilio_rewrites`: Smart Encoding,
-an appended opt-out line). Timestamps come from `clock`, which a test on the time-skipping
+Answers follow the real APIs closely enough for `sendgrid`, `twilio` (9.x) and `line-bot-sdk` (v3)
+to parse them, including their error shapes. Failures can be scripted per API (`fail_next`,
+`accept_then_drop`, `accept_then_stall`); `on_accept` sees each accepted send before its answer
+goes out. The fake LINE executes a retry key once, as LINE does: a push repeating one answers 409,
+naming the request accepted earlier (`line_deliveries` counts pushes per key). Twilio's quirks can
+be switched on: a list that shows a new message only some seconds after its creation
+(`twilio_list_lag`), and bodies rewritten as Twilio stores them (`twilio_rewrites`: Smart
+Encoding, an appended opt-out line). Timestamps come from `clock`, which a test on the time-skipping
 Temporal server points at that server's time. Everything listens on 127.0.0.1 only.
 
     with FakeProviders() as fake:
@@ -25,7 +28,8 @@ import re
 import secrets
 import socket
 import threading
-from collections import deque
+import uuid
+from collections import Counter, deque
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from email.utils import format_datetime
@@ -37,12 +41,13 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 from jsonschema import Draft202012Validator, FormatChecker
 
-Api = Literal["sendgrid", "twilio"]
+Api = Literal["sendgrid", "twilio", "line"]
 
 # The credentials the fake accepts by default (tests/engine.make_settings uses these).
 FAKE_SENDGRID_API_KEY = "SG.test-key"
 FAKE_TWILIO_ACCOUNT_SID = "AC" + "0" * 32
 FAKE_TWILIO_AUTH_TOKEN = "test-token"
+FAKE_LINE_CHANNEL_ACCESS_TOKEN = "line-test-token"
 
 _TWILIO_MESSAGES = re.compile(r"^/2010-04-01/Accounts/([^/]+)/Messages\.json$")
 _TWILIO_DEFAULT_CODES = {401: 20003, 404: 20404, 405: 20004, 429: 20429, 500: 20500, 503: 20503}
@@ -133,18 +138,20 @@ class FakeProviders:
         twilio_account_sid: str = FAKE_TWILIO_ACCOUNT_SID,
         twilio_auth_token: str = FAKE_TWILIO_AUTH_TOKEN,
         twilio_sent_on_accept: bool = True,
+        line_channel_access_token: str = FAKE_LINE_CHANNEL_ACCESS_TOKEN,
     ) -> None:
         self.sendgrid_api_key = sendgrid_api_key
         self.twilio_account_sid = twilio_account_sid
         self.twilio_auth_token = twilio_auth_token
+        self.line_channel_access_token = line_channel_access_token
         # True: list output shows accepted messages as sent at acceptance (date_sent =
         # date_created, status "sent"). False: they stay queued, date_sent null, so Twilio's
         # DateSent filters skip them, as for a real message still in Twilio's queue.
         self.twilio_sent_on_accept = twilio_sent_on_accept
         self._lock = threading.Lock()
         self._requests: list[dict[str, Any]] = []
-        self._accepted: dict[str, list[dict[str, Any]]] = {"sendgrid": [], "twilio": []}
-        self._scripts: dict[str, deque[_Script]] = {"sendgrid": deque(), "twilio": deque()}
+        self._accepted: dict[str, list[dict[str, Any]]] = {"sendgrid": [], "twilio": [], "line": []}
+        self._scripts: dict[str, deque[_Script]] = {"sendgrid": deque(), "twilio": deque(), "line": deque()}
         self._stopping = threading.Event()
         # Optional: on_accept(api, record) runs in the request's thread once a send is accepted and
         # recorded (the record as `accepted` returns it), before the answer is written. It may
@@ -267,6 +274,12 @@ class FakeProviders:
         with self._lock:
             return [dict(m) for m in self._accepted[api]]
 
+    def line_deliveries(self) -> Counter[str | None]:
+        """How many pushes LINE accepted per retry key (None: pushes without one). A step sent
+        once has one key counted once; a retry under a new key would show as a second key."""
+        with self._lock:
+            return Counter(m["retry_key"] for m in self._accepted["line"])
+
     # -- request handling --------------------------------------------------------------------
 
     def _handle(self, h: _Handler) -> None:
@@ -282,10 +295,12 @@ class FakeProviders:
             api = "sendgrid"
         elif path.startswith("/2010-04-01/"):
             api = "twilio"
+        elif path.startswith("/v2/bot/"):
+            api = "line"
         else:
             api = None
         body: Any = raw.decode("utf-8", "replace")
-        if api == "sendgrid" and raw:
+        if api in ("sendgrid", "line") and raw:
             try:
                 body = json.loads(raw)
             except ValueError:
@@ -308,6 +323,8 @@ class FakeProviders:
             return
         if api == "sendgrid":
             reply = self._sendgrid(h, path, body)
+        elif api == "line":
+            reply = self._line(h, path, body)
         else:
             reply = self._twilio(h, path, query, body, query_values if h.command == "GET" else form)
         hook, record = self.on_accept, getattr(self._accepted_here, "record", None)
@@ -345,6 +362,9 @@ class FakeProviders:
             payload = script.body
         elif api == "sendgrid":
             payload = {"errors": [{"message": phrase.lower(), "field": None, "help": None}]}
+        elif api == "line":
+            payload = {"message": phrase}
+            headers["x-line-request-id"] = str(uuid.uuid4())
         else:
             code = script.twilio_code or _TWILIO_DEFAULT_CODES.get(status, status)
             payload = {
@@ -441,6 +461,59 @@ class FakeProviders:
             self._accepted["sendgrid"].append(record)
         self._accepted_here.record = record
         return _Reply(202, {"X-Message-Id": message_id}, b"")
+
+    # -- LINE --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _line_reply(status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> _Reply:
+        # LINE names every answer, error or not, with a request id of its own.
+        return _json_reply(status, payload, {"x-line-request-id": str(uuid.uuid4()), **(headers or {})})
+
+    def _line(self, h: _Handler, path: str, body: Any) -> _Reply:
+        if path != LINE_PUSH:
+            return self._line_reply(404, {"message": "Not found"})
+        if h.command != "POST":
+            return self._line_reply(405, {"message": "Method not allowed"})
+        if h.headers.get("Authorization") != f"Bearer {self.line_channel_access_token}":
+            return self._line_reply(401, {"message": "Authentication failed. Confirm that the access token in the "
+                                                     "authorization header is valid."})
+        retry_key = h.headers.get("X-Line-Retry-Key")
+        if retry_key is not None and not _is_uuid(retry_key):
+            return self._line_reply(400, {"message": "The value of the X-Line-Retry-Key header is invalid"})
+        if not isinstance(body, dict):
+            return self._line_reply(400, {"message": "The request body has 1 error(s)",
+                                          "details": [{"message": "must be a JSON object", "property": ""}]})
+        errors = _against_line_spec(body)
+        if errors:
+            return self._line_reply(400, {"message": f"The request body has {len(errors)} error(s)", "details": errors})
+
+        request_id = str(uuid.uuid4())
+        # Only a message that can be quoted gets a quote token (SentMessage in messaging-api.yml).
+        sent = [{"id": str(secrets.randbelow(10**18) + 10**17),
+                 **({"quoteToken": secrets.token_urlsafe(64)} if m["type"] == "text" else {})}
+                for m in body["messages"]]
+        record = {
+            "request_id": request_id,
+            "retry_key": retry_key,
+            "to": body["to"],
+            "messages": body["messages"],
+            "sent_messages": sent,
+            "payload": body,
+            "accepted_at": datetime.now(timezone.utc).timestamp(),
+        }
+        with self._lock:  # one lock for look and insert: two attempts racing still deliver once
+            earlier = next((m for m in self._accepted["line"] if retry_key and m["retry_key"] == retry_key), None)
+            if earlier is None:
+                self._accepted["line"].append(record)
+        if earlier is not None:
+            # LINE: "Once the request is accepted, subsequent retried requests are blocked and you'll
+            # get the status code 409", naming the accepted request; its body is an ErrorResponse,
+            # which for a push also lists the messages sent then.
+            return self._line_reply(409, {"message": "The retry key is already accepted",
+                                          "sentMessages": earlier["sent_messages"]},
+                                    {"x-line-accepted-request-id": earlier["request_id"]})
+        self._accepted_here.record = record
+        return _json_reply(200, {"sentMessages": sent}, {"x-line-request-id": request_id})
 
     # -- Twilio ------------------------------------------------------------------------------
 
@@ -617,6 +690,26 @@ _MAIL_SEND = Draft202012Validator(
 def _against_the_spec(body: dict[str, Any]) -> list[tuple[str, str | None]]:
     return [(error.message, ".".join(str(part) for part in error.absolute_path) or None)
             for error in _MAIL_SEND.iter_errors(body)]
+
+
+# LINE's push, checked against PushMessageRequest of LINE's published OpenAPI document
+# (tests/contracts/README.md). A push that breaks it gets LINE's 400, one detail per violation.
+LINE_PUSH = "/v2/bot/message/push"
+_LINE_PUSH_SPEC = Draft202012Validator(
+    json.loads((Path(__file__).parent.parent / "contracts" / "line_push_message.schema.json").read_text()))
+
+
+def _against_line_spec(body: dict[str, Any]) -> list[dict[str, str]]:
+    # LINE names a property the way its own errors do: messages[0].text
+    def where(path: Any) -> str:
+        return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+    return [{"message": error.message, "property": where(error.absolute_path)}
+            for error in _LINE_PUSH_SPEC.iter_errors(body)]
+
+
+def _is_uuid(value: str) -> bool:
+    # The header's schema is a string of format uuid: 8-4-4-4-12 hexadecimal digits.
+    return bool(re.fullmatch(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}", value))
 
 
 # Twilio's create and list, checked against the request schemas extracted from its published
