@@ -1,9 +1,11 @@
 """What the sequence language knows of each channel: its name, its templates, and the customer
 fields it reads.
 
-The language checks and renders templates and the store erases addresses, and both sit below
+keepflow.sending.channels holds the channels themselves (addresses, providers, lost answers). The
+language checks and renders templates and the store erases addresses, and both sit below
 keepflow.sending in pyproject's import layers: so the plain facts they need of a channel live here,
-as data, and the sending code reads them from here too.
+as data, and each channel of keepflow.sending.channels is built on its entry. A new channel adds
+one entry here, one module there, and its templates under templates/<name>/.
 """
 
 from __future__ import annotations
