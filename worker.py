@@ -55,7 +55,7 @@ HEARTBEAT_THROTTLE = timedelta(seconds=2)
 # whose restrictions catch its I/O, instead of being handed over unchecked.
 # tests/test_determinism.py keeps this list equal to those imports.
 PASSTHROUGH = (
-    "keepflow.runtime.payloads", "keepflow.language.dsl", "keepflow.language.durations",
+    "keepflow.runtime.payloads", "keepflow.language.dsl", "keepflow.language.channels", "keepflow.language.durations",
     "keepflow.language.expressions", "keepflow.language.syntax_messages", "keepflow.runtime.search_attributes",
     "jinja2", "markupsafe", "pydantic",
 )

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from keepflow.language.catalog import Catalog
+from keepflow.language.channels import CHANNEL_FACTS
 from keepflow.settings import Settings, reveal
 
 Process = Literal["worker", "serve"]
@@ -61,9 +62,9 @@ def problems(settings: Settings, process: Process, catalog: Catalog | None = Non
 
 
 def sending_channels(catalog: Catalog | None) -> set[str]:
-    """The channels the sequences send on; both when they are not known."""
+    """The channels the sequences send on; all of them when they are not known."""
     if catalog is None:
-        return {"email", "sms"}
+        return set(CHANNEL_FACTS)
     return {channel for sequence in catalog.sequences.values() for channel in sequence.channels()}
 
 

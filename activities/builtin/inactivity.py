@@ -26,6 +26,7 @@ from keepflow.language.dsl import InactivityTrigger, Sequence
 from keepflow.runtime.deployments import LiveCatalog
 from keepflow.runtime.payloads import RunInput, ScanCursor, ScanPage, ScanPageResult
 from keepflow.runtime.starts import start_run
+from keepflow.sending.channels import CHANNELS
 from keepflow.store import Customer, Database, Run, utc
 
 # Starts in flight at once: enough to hide round trips, few enough not to swamp the server.
@@ -126,8 +127,8 @@ def _skip_reason(sequence: Sequence, trigger: InactivityTrigger, customer: Custo
         return "cool-down"
     if sequence.category == "marketing":
         consents = customer.consents or {}
-        reachable = {"email": customer.email, "sms": customer.phone}
-        if not any(consents.get(ch) and reachable.get(ch) for ch in sequence.channels()):
+        if not any(consents.get(CHANNELS[ch].consent_key) and getattr(customer, CHANNELS[ch].address_field)
+                   for ch in sequence.channels()):
             return "no marketing consent"
     if trigger.segment is not None and (score or {}).get("segment") not in trigger.segment:
         return "segment"

@@ -59,10 +59,11 @@ import contextvars
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -70,33 +71,20 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from keepflow import logs, metrics, tracing
-from keepflow.language.rendering import Rendered, Renderer, TemplateError
+from keepflow.language.channels import CHANNEL_FACTS
+from keepflow.language.rendering import Renderer, TemplateError
 from keepflow.runtime import send_rules
 from keepflow.runtime.payloads import SendRequest, SendResult
 from keepflow.runtime.send_rules import Defer, Send, Skip
-from keepflow.sending import frequency_cap, sms_opt_out, suppressions, unsubscribe_links
-from keepflow.sending.providers import (
-    Accepted,
-    EmailProvider,
-    OutgoingEmail,
-    OutgoingSms,
-    PermanentError,
-    RetryableError,
-    SmsProvider,
-    named_sender,
-)
-from keepflow.sending.providers.twilio import status_callback_url
+from keepflow.sending import channels, frequency_cap, suppressions, unsubscribe_links
+from keepflow.sending.channels import Channel, Draft, Outgoing
+from keepflow.sending.providers import Accepted, EmailProvider, PermanentError, RetryableError, SmsProvider
 from keepflow.settings import Settings
 from keepflow.store import Coupon, Customer, Database, Message, utc
 
 log = logging.getLogger("keepflow.send")
 
 FINAL = {"sent", "failed", "skipped", "unknown"}
-
-# Twilio errors that mean the number must not be texted again (twilio.com/docs/api/errors):
-# 21610 the recipient replied STOP; 21211 invalid 'To' number; 21614 'To' is not a mobile number.
-PROVIDER_SUPPRESSIONS: dict[tuple[str | None, str], str] = {
-    ("twilio", "21610"): "sms_stop", ("twilio", "21211"): "invalid", ("twilio", "21614"): "invalid"}
 
 
 # The lease an attempt takes on a row when it marks it `sending`: room for the provider call (a
@@ -168,8 +156,12 @@ class SendDeps:
     settings: Settings
     db: Database
     renderer: Renderer
+    # One provider per channel, by the channel's name: a new channel adds its own here.
     email: EmailProvider
     sms: SmsProvider
+
+    def provider(self, name: str) -> object:
+        return {"email": self.email, "sms": self.sms}[name]
 
 
 class MessageSender:
@@ -187,13 +179,14 @@ class MessageSender:
 
     def _attempt(self, request: SendRequest, clock: _Clock) -> SendResult:
         key = f"{request.workflow_id}:{request.step}"
+        sending_on = channels.channel(request.channel)
         with tracing.span("keepflow.send.checks", {"keepflow.message.key": key, "keepflow.channel": request.channel}):
             claim = self._claim(key, request)
             row = claim.row
             if row.status in FINAL:
                 tracing.note(**{"keepflow.send.decision": "settled"})
                 return _result(row)
-            if request.channel == "sms" and row.status == "sending":
+            if sending_on.finds_earlier_attempts and row.status == "sending":
                 # Before any rule may skip or defer it: the row may still be another attempt's.
                 self._wait_for_lease(key, row, clock)
             now = _run_clock(request)
@@ -204,10 +197,11 @@ class MessageSender:
                 return self._finish(row.id, "skipped", error=reason)
             case Defer(until, reason):
                 return self._defer(row.id, until, reason)
-        if request.channel == "email" and row.status == "sending":
-            # At-most-once (above): never a second provider call for an email that may have gone.
+        if not sending_on.finds_earlier_attempts and row.status == "sending":
+            # At-most-once (above): never a second provider call for a message that may have gone
+            # and cannot be looked up (email).
             return self._finish(row.id, "unknown", error=(
-                "an earlier attempt stopped during the provider call; not resent (email is at-most-once)"))
+                f"an earlier attempt stopped during the provider call; not resent ({request.channel} is at-most-once)"))
         if decision.cap is not None:
             held = self._take_slot(row.id, request, decision, now)
             if held is not None:
@@ -236,7 +230,7 @@ class MessageSender:
                 return self._defer(row_id, until, reason)
 
     def _render(self, key: str, request: SendRequest, row: _Row, recipient: str, decision: Send,
-                now: datetime) -> _Outgoing | SendResult:
+                now: datetime) -> Outgoing | SendResult:
         """The message as the provider will get it, or the result of a message that cannot go."""
         customer = request.context.get("customer") or {}
         context = dict(request.context)
@@ -248,49 +242,44 @@ class MessageSender:
         unsubscribe_url = None
         if decision.unsubscribe:
             unsubscribe_url = unsubscribe_links.link_for(self.deps.settings, customer_id=str(customer.get("id", "")),
-                                                   channel="email", address=recipient, scope="marketing")
+                                                   channel=request.channel, address=recipient, scope="marketing")
             context["unsubscribe_url"] = unsubscribe_url
         try:
             rendered = self.deps.renderer.render(request.channel, request.template, customer.get("locale"), context)
         except TemplateError as err:
             return self._finish(row.id, "failed", error=f"template: {err}")
+        sending_on = channels.channel(request.channel)
+        draft = Draft(
+            key=key, recipient=recipient, rendered=rendered, brand_name=(context.get("brand") or {}).get("name"),
+            unsubscribe_url=unsubscribe_url,
+            unsubscribe_headers=unsubscribe_links.headers_for(self.deps.settings, unsubscribe_url) if unsubscribe_url else {},
+            categories=(request.sequence_id, request.template),
+            custom_args={"keepflow_message_id": str(row.id), "keepflow_customer_id": str(customer.get("id", ""))},
+            unsubscribe_group_id=send_rules.sendgrid_group_id(request, self.deps.settings.sendgrid_asm_group_id),
+            first_marketing=(request.category == "marketing"
+                             and sending_on.first_marketing_says_how_to_stop(self.deps.settings)
+                             and not self._had_marketing_message(request.channel, str(customer.get("id", "")),
+                                                                 recipient, row.id)),
+        )
+        return sending_on.outgoing(self.deps.provider(request.channel), self.deps.settings, draft)
 
-        if request.channel == "email":
-            # The address also alone on the last line: text-only clients make a bare URL clickable.
-            text = f"{rendered.text}\n\n{unsubscribe_url}" if unsubscribe_url else rendered.text
-            email = OutgoingEmail(
-                to=recipient, subject=rendered.subject or "", html=rendered.body, text=text,
-                from_=named_sender(self.deps.settings.email_from, (context.get("brand") or {}).get("name")), key=key,
-                headers=unsubscribe_links.headers_for(self.deps.settings, unsubscribe_url) if unsubscribe_url else {},
-                categories=(request.sequence_id, request.template),
-                custom_args={"keepflow_message_id": str(row.id), "keepflow_customer_id": str(customer.get("id", ""))},
-                asm_group_id=send_rules.sendgrid_group_id(request, self.deps.settings.sendgrid_asm_group_id),
-            )
-            return _Outgoing(self.deps.email.name, recipient, rendered, lambda: self.deps.email.send_email(email))
-        if (request.category == "marketing" and self.deps.settings.sms_opt_out_line
-                and not self._had_marketing_text(str(customer.get("id", "")), recipient, row.id)):
-            body = sms_opt_out.with_line(rendered.body, rendered.locale)
-            # The row keeps the body as sent: a retry's lookup at Twilio matches on it.
-            rendered = replace(rendered, body=body, text=body)
-        sms = OutgoingSms(to=recipient, body=rendered.body, key=key, status_callback=status_callback_url(self.deps.settings.public_url))
-        return _Outgoing(self.deps.sms.name, recipient, rendered, lambda: self.deps.sms.send_sms(sms), sms=sms)
-
-    def _had_marketing_text(self, customer_id: str, recipient: str, row_id: int) -> bool:
-        """Whether the customer's number already got a marketing text (sms_opt_out says why only
-        `sent` counts). This row is left out, so a retry of the first text still carries the line."""
+    def _had_marketing_message(self, channel_name: str, customer_id: str, recipient: str, row_id: int) -> bool:
+        """Whether the customer's address already got a marketing message on this channel
+        (sms_opt_out says why only `sent` counts). This row is left out, so a retry of the first
+        message still carries the opt-out line."""
         with self.deps.db.transaction() as connection:
-            found = connection.execute(_EARLIER_MARKETING_TEXT, {"customer_id": customer_id, "recipient": recipient,
-                                                                 "row_id": row_id}).first()
+            found = connection.execute(_EARLIER_MARKETING_MESSAGE, {
+                "channel": channel_name, "customer_id": customer_id, "recipient": recipient, "row_id": row_id}).first()
         return found is not None
 
-    def _send(self, key: str, request: SendRequest, row: _Row, message: _Outgoing, clock: _Clock) -> SendResult:
+    def _send(self, key: str, request: SendRequest, row: _Row, message: Outgoing, clock: _Clock) -> SendResult:
         """The one provider call, by the attempt that owns the row; then the row says what came of it."""
-        if row.status == "sending" and message.sms is not None:
+        if row.status == "sending" and message.find_sent is not None:
             # An earlier attempt died in the provider call, and its lease and Twilio's catch-up time
             # are over (_wait_for_lease): Twilio lists what it took, so look first.
             assert row.sending_at is not None  # _MARK_SENDING sets both at once
             try:
-                found = self.deps.sms.find_sent(message.sms, since=utc(row.sending_at))
+                found = message.find_sent(utc(row.sending_at))
             except PermanentError as err:
                 return self._finish(row.id, "unknown", error=(
                     f"an earlier attempt may have sent it and the lookup could not tell ({_describe(err)}); not resent"))
@@ -317,7 +306,7 @@ class MessageSender:
             accepted = message.call()
         except PermanentError as err:
             customer = request.context.get("customer") or {}
-            self._suppress_for(err, request.channel, message.recipient, customer.get("id"))
+            self._suppress_for(err, channels.channel(request.channel), message.recipient, customer.get("id"))
             return self._finish(row.id, "failed", error=_describe(err))
         except RetryableError as err:
             delay = timedelta(seconds=err.retry_after) if err.retry_after else None
@@ -326,7 +315,7 @@ class MessageSender:
                 self._set_owned(row.id, attempt, status="pending", error=_describe(err))
             else:
                 self._set_owned(row.id, attempt, error=f"outcome unknown: {_describe(err)}")
-                if message.sms is not None:
+                if message.find_sent is not None:
                     # The retry can only look the text up once Twilio's list has caught up.
                     delay = max(lease + LIST_CATCH_UP - clock.now(), delay or timedelta(0))
             raise ApplicationError(_describe(err), type="ProviderUnavailable", next_retry_delay=delay) from err
@@ -377,13 +366,13 @@ class MessageSender:
                 coupon.expires_at = now + timedelta(seconds=coupon.valid_for_seconds)
             return {**offered, "expires_at": utc(coupon.expires_at).isoformat()}
 
-    def _suppress_for(self, err: PermanentError, channel: str, address: str, customer_id: str | None) -> None:
+    def _suppress_for(self, err: PermanentError, sending_on: Channel, address: str, customer_id: str | None) -> None:
         """Provider answers that say "never again": remember them, so no later send tries."""
-        reason = PROVIDER_SUPPRESSIONS.get((getattr(err, "provider", None), str(getattr(err, "code", None))))
+        reason = sending_on.suppression_reason(err)
         if reason is None:
             return
         with self.deps.db.session() as session:
-            suppressions.suppress(session, channel=channel, address=address, scope=suppressions.ALL, reason=reason,
+            suppressions.suppress(session, channel=sending_on.name, address=address, scope=suppressions.ALL, reason=reason,
                                   source=err.provider, detail=_describe(err), customer_id=customer_id)
 
     # -- the message row ---------------------------------------------------------------------------
@@ -483,16 +472,19 @@ _ROW = select(_messages.c.id, _messages.c.key, _messages.c.status, _messages.c.e
               _messages.c.sending_at, _messages.c.attempts, _messages.c.lease_until)
 _ROW_BY_KEY = _ROW.where(_messages.c.key == bindparam("key"))
 _ROW_BY_ID = _ROW.where(_messages.c.id == bindparam("row_id"))
-_PROFILE = select(_customers.c.email, _customers.c.phone, _customers.c.consents, _customers.c.timezone,
-                  _customers.c.email_problem, _customers.c.phone_problem).where(_customers.c.id == bindparam("id"))
+# Each channel's address, and why it cannot be used (its `<field>_problem` column).
+_ADDRESS_FIELDS = sorted({c.address_field for c in CHANNEL_FACTS.values()})
+_PROFILE = select(_customers.c.consents, _customers.c.timezone,
+                  *(_customers.c[f] for f in _ADDRESS_FIELDS),
+                  *(_customers.c[f"{f}_problem"] for f in _ADDRESS_FIELDS)).where(_customers.c.id == bindparam("id"))
 _coupons = Coupon.__table__
 _COUPON = select(_coupons.c.code, _coupons.c.redeemed_at, _coupons.c.activated_at, _coupons.c.valid_for_seconds,
                  _coupons.c.expires_at).where(_coupons.c.code == bindparam("code"))
 # Without .values(): the columns to set are the keys of the parameters given with each call.
 # By customer first: ix_messages_customer_sent finds their sent rows, and recipient has no index.
-_EARLIER_MARKETING_TEXT = select(_messages.c.id).where(
+_EARLIER_MARKETING_MESSAGE = select(_messages.c.id).where(
     _messages.c.customer_id == bindparam("customer_id"), _messages.c.status == "sent",
-    _messages.c.channel == "sms", _messages.c.category == "marketing",
+    _messages.c.channel == bindparam("channel"), _messages.c.category == "marketing",
     _messages.c.recipient == bindparam("recipient"), _messages.c.id != bindparam("row_id")).limit(1)
 _SET = update(_messages).where(_messages.c.id == bindparam("row_id"))
 _FINISH = _SET.where(_messages.c.status.not_in(_FINAL_ORDERED))
@@ -528,23 +520,13 @@ class _Claim:
     facts: send_rules.Facts
 
 
-@dataclass(frozen=True)
-class _Outgoing:
-    """A rendered message and the one call that hands it to its provider."""
-    provider: str
-    recipient: str
-    rendered: Rendered
-    call: Callable[[], Accepted]
-    sms: OutgoingSms | None = None  # a text can be looked up at Twilio before any resend
-
-
 def _read_facts(connection, request: SendRequest, *, resumed: bool) -> send_rules.Facts:
     """What the rules need of the store. The stored profile is newer than the run's context
     (consent changes mid-run), so it wins; the context fills what the store does not have."""
     customer = request.context.get("customer") or {}
     channel = request.channel
     stored = _stored_profile(connection, customer.get("id")) or {}
-    recipient = stored.get(channel) or customer.get("email" if channel == "email" else "phone")
+    recipient = stored.get(channel) or customer.get(CHANNEL_FACTS[channel].address_field)
     problem = stored.get(f"{channel}_problem")
     suppression = None
     if recipient and not problem:
@@ -570,8 +552,11 @@ def _stored_profile(connection, customer_id: str | None) -> dict | None:
     found = connection.execute(_PROFILE, {"id": str(customer_id)}).first()
     if found is None:
         return None
-    return {"email": found.email, "sms": found.phone, "consents": dict(found.consents or {}),
-            "timezone": found.timezone, "email_problem": found.email_problem, "sms_problem": found.phone_problem}
+    profile: dict[str, Any] = {"consents": dict(found.consents or {}), "timezone": found.timezone}
+    for name, facts in CHANNEL_FACTS.items():
+        profile[name] = found._mapping[facts.address_field]
+        profile[f"{name}_problem"] = found._mapping[f"{facts.address_field}_problem"]
+    return profile
 
 
 def _offered(code: str, redeemed_at: datetime | None, activated_at: datetime | None, valid_for_seconds: int | None,

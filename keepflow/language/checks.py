@@ -16,6 +16,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from keepflow.language import context_flow, key_checks, sendgrid_groups, template_checks
 from keepflow.language.as_names import as_shapes
+from keepflow.language.channels import CHANNEL_FACTS
 from keepflow.language.dsl import (
     ActivityOptions,
     DoStep,
@@ -244,7 +245,7 @@ class Semantics:
             if relative in self.templates_checked:
                 continue
             self.templates_checked.add(relative)
-            for problem in self.compile(relative, subject_required=step.send == "email"):
+            for problem in self.compile(relative, subject_required=CHANNEL_FACTS[step.send].html):
                 self.add(pos, problem)
 
     def compile(self, relative: str, subject_required: bool = False) -> list[str]:

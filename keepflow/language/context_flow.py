@@ -22,6 +22,7 @@ from typing import Any, Protocol, assert_never
 
 from jinja2 import TemplateError, meta, nodes
 
+from keepflow.language.channels import CHANNEL_FACTS
 from keepflow.language.dsl import (
     DoStep,
     ExitStep,
@@ -173,9 +174,10 @@ class Checker:
     def send(self, seq: Sequence, step: SendStep, at: StepAt, state: _State) -> None:
         marketing = (step.category or seq.category) == "marketing"
         quiet = seq.quiet_hours or self.rules.quiet_hours
-        if marketing and step.send == "sms" and "sms" not in quiet.channels:
-            self.sem.add(at.pos("send"), "a marketing text in a sequence without quiet hours for sms: it may "
-                         "arrive at night; add sms to quiet_hours channels", "warning")
+        facts = CHANNEL_FACTS[step.send]
+        if marketing and facts.interrupts and step.send not in quiet.channels:
+            self.sem.add(at.pos("send"), f"a marketing {facts.noun} in a sequence without quiet hours for {step.send}: "
+                         f"it may arrive at night; add {step.send} to quiet_hours channels", "warning")
         if "review" in step.template and state.since_delivered is not None and state.since_delivered < REVIEW_AFTER:
             when = (f"{format_duration(state.since_delivered)} after" if state.since_delivered
                     else "as soon as")
@@ -184,7 +186,7 @@ class Checker:
                          "after at least 7 days, once the customer has used the product", "warning")
         known = set(state.names)
         optional = set()
-        if marketing and step.send == "email":
+        if marketing and facts.unsubscribe_link:
             known.add("unsubscribe_url")
         else:
             # Left out of transactional mail on purpose; a template may show it when present.

@@ -17,10 +17,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, field_validator
 
+from keepflow.language.channels import ChannelName
 from keepflow.language.durations import Duration
 
 Category = Literal["transactional", "marketing"]
-Channel = Literal["email", "sms"]
 
 _NAME = r"^[a-z][a-z0-9_]*$"
 _EVENT_TYPE = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$"
@@ -44,7 +44,7 @@ class _Step(_Model):
 
 class SendStep(_Step):
     kind: ClassVar[str] = "send"
-    send: Channel
+    send: ChannelName
     template: str = Field(pattern=r"^[a-z0-9_][a-z0-9_/-]*$")
     category: Category | None = None
     # A message held back (quiet hours, the cap, a provider outage) longer than this after it was
@@ -173,7 +173,7 @@ Trigger = Annotated[
 ]
 
 
-def _sms_only() -> list[Channel]:
+def _sms_only() -> list[ChannelName]:
     return ["sms"]
 
 
@@ -182,7 +182,7 @@ class QuietHours(_Model):
 
     start: time = time(21, 0)
     end: time = time(8, 0)
-    channels: list[Channel] = Field(default_factory=_sms_only)
+    channels: list[ChannelName] = Field(default_factory=_sms_only)
 
 
 class Cap(_Model):
@@ -206,7 +206,7 @@ def _known_region(code: str) -> str:
     return code.upper()
 
 
-def _default_caps() -> dict[Channel, Cap]:
+def _default_caps() -> dict[ChannelName, Cap]:
     return {"email": Cap(max=2, per=timedelta(hours=24)), "sms": Cap(max=1, per=timedelta(hours=24))}
 
 
@@ -223,7 +223,7 @@ class Rules(_Model):
     # The shop's own time zone: what the dashboard shows times in. None: UTC.
     timezone: Annotated[str, AfterValidator(_known_zone)] | None = None
     # Marketing messages per customer per rolling window, across all sequences.
-    frequency_cap: dict[Channel, Cap] = Field(default_factory=_default_caps)
+    frequency_cap: dict[ChannelName, Cap] = Field(default_factory=_default_caps)
     # The SendGrid unsubscribe group (asm.group_id) of each unsubscribe group's marketing email
     # (a sequence's `group:`, else its id), so unsubscribing from one offer list leaves the others;
     # a group not named here goes in KEEPFLOW_SENDGRID_ASM_GROUP_ID's.

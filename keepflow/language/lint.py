@@ -27,8 +27,8 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from keepflow.language import template_checks
+from keepflow.language.channels import CHANNEL_FACTS, ChannelName
 from keepflow.language.dsl import (
-    Channel,
     DoStep,
     ExitStep,
     IfStep,
@@ -81,7 +81,7 @@ class LintResult:
 
 
 # A path is the marketing sends it makes: (time from the run's start, channel).
-Path_ = tuple[tuple[timedelta, Channel], ...]
+Path_ = tuple[tuple[timedelta, ChannelName], ...]
 
 
 def lint(file: SequencesFile, templates_dir: Path) -> LintResult:
@@ -107,11 +107,12 @@ def lint(file: SequencesFile, templates_dir: Path) -> LintResult:
             marketing = (step.category or seq.category) == "marketing"
             for problem in template_checks.marketing_email_problems(seq, step, templates_dir):
                 findings.append(Finding("error", f"{seq.id} step {path}", problem))
-            if marketing and step.send == "sms" and "sms" not in quiet.channels:
+            facts = CHANNEL_FACTS[step.send]
+            if marketing and facts.interrupts and step.send not in quiet.channels:
                 findings.append(Finding(
                     "warning", f"{seq.id} step {path}",
-                    f"marketing text {step.template!r} can go out at night: the quiet hours of this sequence "
-                    "do not include sms; add sms to quiet_hours channels"))
+                    f"marketing {facts.noun} {step.template!r} can go out at night: the quiet hours of this sequence "
+                    f"do not include {step.send}; add {step.send} to quiet_hours channels"))
     started = {s.start for seq in file.sequences for _, s in seq.walk()
                if isinstance(s, StartStep) and s.start != seq.id}
     for seq in file.sequences:
@@ -219,7 +220,7 @@ def _step(step: Step, seq: Sequence, sequences: dict[str, Sequence], partials: l
 
 
 def _noun(channel: str, n: int) -> str:
-    word = "email" if channel == "email" else "text"
+    word = CHANNEL_FACTS[channel].noun
     return word if n == 1 else f"{word}s"
 
 

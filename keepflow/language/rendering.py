@@ -3,6 +3,7 @@
 Layout under `templates/`:
     email/<name>.<locale>.html   one file per email: `{% block subject %}` and `{% block body %}`
     sms/<name>.<locale>.txt      the text of the SMS
+(each channel's extension and kind of template: keepflow/language/channels.py)
 
 A locale falls back from most to least specific and finally to English, so `th-TH` tries
 `th-TH`, then `th`, then `en`; Chinese regions map to their script (`zh-TW` -> `zh-Hant`).
@@ -26,19 +27,19 @@ from inscriptis.model.config import ParserConfig
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFound, pass_context, select_autoescape
 from markupsafe import Markup
 
+from keepflow.language.channels import CHANNEL_FACTS
 from keepflow.language.expressions import Sandbox
 
 FALLBACK_LOCALE = "en"
 _CHINESE_SCRIPT = {"tw": "zh-Hant", "hk": "zh-Hant", "mo": "zh-Hant", "cn": "zh-Hans", "sg": "zh-Hans"}
-_EXTENSIONS = {"email": "html", "sms": "txt"}
 
 
 @dataclass(frozen=True)
 class Rendered:
     locale: str
     subject: str | None
-    body: str  # HTML for email, text for SMS
-    text: str  # plain-text version (same as body for SMS)
+    body: str  # HTML for an HTML channel (email), else the text
+    text: str  # plain-text version (the body itself for a text channel)
 
 
 def locale_candidates(locale: str | None, default: str = FALLBACK_LOCALE) -> list[str]:
@@ -61,7 +62,7 @@ def locale_candidates(locale: str | None, default: str = FALLBACK_LOCALE) -> lis
 
 
 def template_path(channel: str, name: str, locale: str) -> str:
-    return f"{channel}/{name}.{locale}.{_EXTENSIONS[channel]}"
+    return f"{channel}/{name}.{locale}.{CHANNEL_FACTS[channel].template_extension}"
 
 
 def _babel_locale(context) -> str:
@@ -121,7 +122,7 @@ class Renderer:
         try:
             template = self.env.get_template(path)
             variables = {**context, "locale": used_locale}
-            if channel == "sms":
+            if not CHANNEL_FACTS[channel].html:
                 body = template.render(variables).strip()
                 return Rendered(used_locale, None, body, body)
             html = template.render(variables)

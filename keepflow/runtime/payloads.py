@@ -7,7 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from keepflow.language.dsl import Cap, Category, Channel, QuietHours, Rules, Snapshot
+from keepflow.language.channels import ChannelName
+from keepflow.language.dsl import Cap, Category, QuietHours, Rules, Snapshot
 
 
 def _none(value: Any) -> bool:
@@ -99,7 +100,7 @@ class SendRequest(BaseModel):
     workflow_id: str
     sequence_id: str
     step: str
-    channel: Channel
+    channel: ChannelName
     template: str
     category: Category
     context: dict[str, Any]

@@ -30,7 +30,7 @@ from typing import Literal
 
 from keepflow.language.dsl import Cap
 from keepflow.runtime.payloads import SendPolicy, SendRequest
-from keepflow.sending import contacts, frequency_cap, quiet_hours
+from keepflow.sending import channels, contacts, frequency_cap, quiet_hours
 
 
 @dataclass(frozen=True)
@@ -94,14 +94,14 @@ def decide(request: SendRequest, facts: Facts, now: datetime) -> Decision:
     if facts.suppression is not None:
         reason, source = facts.suppression
         return Skip(f"suppressed: {reason} ({source})")
-    if request.category == "marketing" and not facts.consents.get(channel):
+    if request.category == "marketing" and not facts.consents.get(channels.channel(channel).consent_key):
         return Skip(f"no {channel} marketing consent")
     if request.coupon:
         gone = coupon_refusal(request.coupon, facts.coupon, now)
         if gone:
             return Skip(gone)
     rules = policy(request)
-    unsubscribe = request.category == "marketing" and channel == "email" and rules is not None
+    unsubscribe = request.category == "marketing" and channels.channel(channel).facts.unsubscribe_link and rules is not None
     if rules is None or facts.resumed:
         return Send(unsubscribe=unsubscribe)
     if rules.quiet_hours is not None and channel in rules.quiet_hours.channels:
@@ -169,7 +169,7 @@ def sendgrid_group_id(request: SendRequest, default: int | None) -> int | None:
 
 def _invalid(channel: str, address: str) -> str | None:
     try:
-        contacts.normalize_email(address) if channel == "email" else contacts.normalize_phone(address)
+        channels.channel(channel).normalize(address)
     except contacts.InvalidContact as err:
         return str(err)
     return None

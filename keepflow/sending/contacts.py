@@ -34,11 +34,3 @@ def normalize_phone(value: str, region: str | None = None) -> str:
     if not phonenumbers.is_valid_number(number):
         raise InvalidContact(f"{value!r} is not a valid phone number")
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-
-
-def normalize_address(channel: str, value: str) -> str:
-    """Best-effort normal form for lookups; an unparseable value is compared as given (trimmed)."""
-    try:
-        return normalize_email(value) if channel == "email" else normalize_phone(value)
-    except InvalidContact:
-        return value.strip().lower()

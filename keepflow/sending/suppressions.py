@@ -16,7 +16,7 @@ from sqlalchemy import Connection, bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from keepflow import metrics
-from keepflow.sending.contacts import normalize_address
+from keepflow.sending.channels import normalize_address
 from keepflow.store import Suppression
 from keepflow.store.suppressions import hashed_address
 

@@ -31,7 +31,6 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
 
 from cryptography.fernet import Fernet, MultiFernet
 from cryptography.fernet import InvalidToken as FernetInvalid
@@ -39,7 +38,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from keepflow.sending.contacts import normalize_address
+from keepflow.language.channels import ChannelName
+from keepflow.sending.channels import normalize_address
 from keepflow.settings import Settings, dev_secret
 
 LIFETIME = timedelta(days=365)
@@ -65,7 +65,7 @@ class UnsubscribeToken(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     customer_id: str = Field(min_length=1, max_length=128)
-    channel: Literal["email", "sms"]
+    channel: ChannelName
     address: str = Field(min_length=1, max_length=320)
     scope: str = Field(pattern=_SCOPE, max_length=140)
 

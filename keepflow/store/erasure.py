@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import String, cast, delete, or_, select, update
 from sqlalchemy.orm import Session
 
+from keepflow.language.channels import CHANNEL_FACTS
 from keepflow.store.models import Customer, Event, Message, Order
 from keepflow.store.payload_parts import PayloadPart
 from keepflow.store.scores import CustomerScore
@@ -44,8 +45,9 @@ def erase(session: Session, customer_ids: list[str], addresses: list[tuple[str, 
     found = list(session.scalars(select(Customer).where(Customer.id.in_(customer_ids)))) if customer_ids else []
     contacts = set(addresses)
     for customer in found:
-        contacts |= {("email", customer.email)} if customer.email else set()
-        contacts |= {("sms", customer.phone)} if customer.phone else set()
+        for channel in CHANNEL_FACTS.values():
+            address = getattr(customer, channel.address_field)
+            contacts |= {(channel.name, address)} if address else set()
     done.addresses = sorted(contacts)
     plain = [address for _, address in contacts]
 

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 from rich.console import Console
 from sqlalchemy import select
 
+from keepflow.language.channels import CHANNEL_FACTS
 from keepflow.runtime.events import EventIn
 from keepflow.runtime.registry import load_catalog
 from keepflow.runtime.routing import ingest
@@ -71,7 +72,7 @@ def printed(line: Line, began: datetime, rows: dict[int, Message]) -> str:
     if result.status == "deferred":
         return f"{what}[yellow]held: {result.reason}[/yellow]"
     # A skipped message was never rendered: show which template it was.
-    headline = (m and (m.subject if request.channel == "email" else (m.body or "").partition("\n")[0])) or request.template
+    headline = (m and (m.subject if CHANNEL_FACTS[request.channel].html else (m.body or "").partition("\n")[0])) or request.template
     note = "" if result.status == "sent" else f"  [red]({result.status}: {result.reason})[/red]"
     return f"{what}{headline}{note}"
 

@@ -14,7 +14,8 @@ from sqlalchemy import or_, select
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from keepflow.sending.contacts import InvalidContact, normalize_email, normalize_phone
+from keepflow.sending.channels import CHANNELS
+from keepflow.sending.contacts import InvalidContact
 from keepflow.store import Customer, Database, Run
 from keepflow.store.erasure import Erased, erase
 
@@ -31,18 +32,15 @@ class Forgotten:
 def whom(db: Database, who: str) -> tuple[list[str], list[tuple[str, str]]]:
     """The customers `who` names (an id, an email or a phone number) and the addresses it is."""
     addresses: list[tuple[str, str]] = []
-    for channel, normalize in (("email", normalize_email), ("sms", normalize_phone)):
-        if channel == "email" and "@" not in who:
-            continue
+    for name, channel in CHANNELS.items():
         try:
-            addresses.append((channel, normalize(who)))
+            addresses.append((name, channel.normalize(who)))
         except InvalidContact:
             pass
     with db.session() as session:
         ids = set(session.scalars(select(Customer.id).where(or_(
             Customer.id == who,
-            Customer.email.in_([a for c, a in addresses if c == "email"]),
-            Customer.phone.in_([a for c, a in addresses if c == "sms"])))))
+            *(getattr(Customer, CHANNELS[name].address_field) == address for name, address in addresses)))))
     return sorted(ids), addresses
 
 

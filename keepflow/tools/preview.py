@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from keepflow.insights import rfm
 from keepflow.language import expressions
 from keepflow.language.catalog import Catalog
+from keepflow.language.channels import CHANNEL_FACTS
 from keepflow.language.dsl import (
     DoStep,
     ExitStep,
@@ -292,7 +293,7 @@ class _Walker:
                           channel=step.send, template=step.template, category=category, when=when,
                           branch=list(branch))
         variables = dict(context)
-        if category == "marketing" and step.send == "email":
+        if category == "marketing" and CHANNEL_FACTS[step.send].unsubscribe_link:
             variables["unsubscribe_url"] = self.unsubscribe_url
         customer = context.get("customer") or {}
         try:
@@ -303,7 +304,7 @@ class _Walker:
             message.locale, message.subject = rendered.locale, rendered.subject
             # An email's text is its plain-text part, as it goes out: links written with their address.
             message.text = rendered.text
-            message.html = rendered.body if step.send == "email" else None
+            message.html = rendered.body if CHANNEL_FACTS[step.send].html else None
         self.preview.entries.append(message)
 
 

@@ -25,7 +25,7 @@ from keepflow.language.dsl import InactivityTrigger, SendStep, Sequence
 from keepflow.language.durations import format_duration
 from keepflow.runtime import deployments
 from keepflow.sending import suppressions
-from keepflow.sending.contacts import normalize_address
+from keepflow.sending.channels import CHANNELS, normalize_address
 from keepflow.store import Customer, Database, Event, Message, Order, Run, Suppression, utc
 from keepflow.store.scores import CustomerScore
 
@@ -391,7 +391,7 @@ def customer_timeline(db: Database, customer: Customer) -> Timeline:
 def _consents_now(session: Session, customer: Customer) -> dict[str, str]:
     """The consent a customer gave, per channel, as it stands with the suppressions of their
     address in force: an unsubscribe does not change `consents`, so alone it would still say yes."""
-    addresses = {"email": customer.email, "sms": customer.phone}
+    addresses = {name: getattr(customer, channel.address_field) for name, channel in CHANNELS.items()}
     given = {channel: "yes" if yes else "no" for channel, yes in (customer.consents or {}).items()}
     for channel, address in addresses.items():
         if not address:
