@@ -17,7 +17,6 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from keepflow.language.catalog import Catalog
-from keepflow.language.channels import CHANNEL_FACTS
 from keepflow.settings import Settings, reveal
 
 Process = Literal["worker", "serve"]
@@ -40,6 +39,9 @@ def problems(settings: Settings, process: Process, catalog: Catalog | None = Non
         if "sms" in channels and not settings.use_twilio:
             found.append(f"no SMS provider: texts would be written to {outbox}, not sent; set TWILIO_ACCOUNT_SID and "
                          "TWILIO_AUTH_TOKEN (or KEEPFLOW_ALLOW_OUTBOX=true if a local file is what you want)")
+        if "line" in channels and not settings.use_line:
+            found.append(f"no LINE provider: LINE messages would be written to {outbox}, not sent; set "
+                         "LINE_CHANNEL_ACCESS_TOKEN (or KEEPFLOW_ALLOW_OUTBOX=true if a local file is what you want)")
     if settings.use_sendgrid or settings.use_twilio or not settings.allow_outbox:
         if not settings.public_url:
             found.append("KEEPFLOW_PUBLIC_URL is not set: unsubscribe links and Twilio callbacks would point at "
@@ -61,10 +63,15 @@ def problems(settings: Settings, process: Process, catalog: Catalog | None = Non
     return found
 
 
+# When the sequences are not known: email and texts, which nearly every shop sends. LINE needs an
+# official account most shops do not have: it is asked for only where a sequence sends on it.
+UNLESS_KNOWN = ("email", "sms")
+
+
 def sending_channels(catalog: Catalog | None) -> set[str]:
-    """The channels the sequences send on; all of them when they are not known."""
+    """The channels the sequences send on; email and SMS when they are not known."""
     if catalog is None:
-        return set(CHANNEL_FACTS)
+        return set(UNLESS_KNOWN)
     return {channel for sequence in catalog.sequences.values() for channel in sequence.channels()}
 
 

@@ -175,6 +175,10 @@ class Settings(BaseSettings):
         return self.email_provider == "sendgrid"
 
     @property
+    def use_line(self) -> bool:
+        return bool(reveal(self.line_channel_access_token))
+
+    @property
     def use_twilio(self) -> bool:
         if self.sms_provider == "auto":
             return bool(self.twilio_account_sid and reveal(self.twilio_auth_token))

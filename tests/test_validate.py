@@ -102,7 +102,7 @@ def test_missing_field_points_at_the_step(tmp_path):
 
 def test_wrong_channel(tmp_path):
     problem = only(problems_of(tmp_path, HEAD + "      - send: emial\n        template: x\n"))
-    assert_problem(problem, 6, 15, "send: expected email or sms, got 'emial'")
+    assert_problem(problem, 6, 15, "send: expected email, sms or line, got 'emial'")
 
 
 def test_bad_duration_at_the_durations_column(tmp_path):
@@ -290,7 +290,7 @@ def test_load_raises_with_positions(tmp_path):
         load_catalog(path)
     assert len(caught.value.problems) == 2
     lines = str(caught.value).splitlines()
-    assert lines[0].startswith(f"{path}:6:15: send: expected email or sms")
+    assert lines[0].startswith(f"{path}:6:15: send: expected email, sms or line")
     assert lines[1].startswith(f"{path}:8:15: wait: '3x' is not a duration")
 
 

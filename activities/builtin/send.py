@@ -78,7 +78,8 @@ from keepflow.runtime.payloads import SendRequest, SendResult
 from keepflow.runtime.send_rules import Defer, Send, Skip
 from keepflow.sending import channels, frequency_cap, suppressions, unsubscribe_links
 from keepflow.sending.channels import Channel, Draft, Outgoing
-from keepflow.sending.providers import Accepted, EmailProvider, PermanentError, RetryableError, SmsProvider
+from keepflow.sending.providers import (Accepted, EmailProvider, LineSender, PermanentError, RetryableError, SmsProvider,
+                                        line_provider)
 from keepflow.settings import Settings
 from keepflow.store import Coupon, Customer, Database, Message, utc
 
@@ -159,9 +160,15 @@ class SendDeps:
     # One provider per channel, by the channel's name: a new channel adds its own here.
     email: EmailProvider
     sms: SmsProvider
+    # None: picked from the settings (LINE's API with a channel access token, else the outbox).
+    line: LineSender | None = None
+
+    def __post_init__(self) -> None:
+        if self.line is None:
+            self.line = line_provider(self.settings)
 
     def provider(self, name: str) -> object:
-        return {"email": self.email, "sms": self.sms}[name]
+        return {"email": self.email, "sms": self.sms, "line": self.line}[name]
 
 
 class MessageSender:

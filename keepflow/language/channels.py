@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 # A Literal, not a str: `send:` accepts exactly these, and the JSON schema lists them for editors.
-ChannelName = Literal["email", "sms"]
+ChannelName = Literal["email", "sms", "line"]
 
 
 @dataclass(frozen=True)
@@ -42,5 +42,8 @@ CHANNEL_FACTS: dict[str, ChannelFacts] = {facts.name: facts for facts in (
                  unsubscribe_link=True, interrupts=False, noun="email"),
     ChannelFacts(name="sms", address_field="phone", consent_key="sms", template_extension="txt", html=False,
                  unsubscribe_link=False, interrupts=True, noun="text"),
+    # A push to the customer's LINE account (the official account's chat), by LINE user id.
+    ChannelFacts(name="line", address_field="line_user_id", consent_key="line", template_extension="txt", html=False,
+                 unsubscribe_link=False, interrupts=True, noun="LINE message"),
 )}
 assert set(CHANNEL_FACTS) == set(get_args(ChannelName)), "every channel name has its facts, and no more"

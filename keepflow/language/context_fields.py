@@ -43,7 +43,7 @@ VALUES: dict[tuple[str, ...], tuple[str, ...]] = {
 RFM: dict[str, Shape] = dict.fromkeys(
     ("recency_days", "frequency", "monetary", "r", "f", "m", "segment", "level", "fit"))
 CUSTOMER: dict[str, Shape] = {
-    **dict.fromkeys(("id", "email", "phone", "first_name", "locale", "timezone", "consents")),
+    **dict.fromkeys(("id", "email", "phone", "line_user_id", "first_name", "locale", "timezone", "consents")),
     "rfm": RFM,
 }
 LINE_ITEM: dict[str, Shape] = dict.fromkeys(("sku", "title", "quantity", "price"))

@@ -21,10 +21,12 @@ class CustomerIn(_Edge):
     id: str = Field(min_length=1, max_length=128)
     email: str | None = Field(None, max_length=320)
     phone: str | None = Field(None, max_length=32, description="E.164, e.g. +66812345678")
+    line_user_id: str | None = Field(None, max_length=64,
+                                     description="the customer's LINE user id with the shop's official account (U + 32 hex digits)")
     first_name: str | None = Field(None, max_length=128)
     locale: str | None = Field(None, max_length=35, description="BCP 47, e.g. th-TH, zh-TW, en")
     timezone: str | None = Field(None, max_length=64, description="IANA name, e.g. Asia/Bangkok")
-    consents: dict[str, bool] = Field(default_factory=dict, description="per channel: email, sms")
+    consents: dict[str, bool] = Field(default_factory=dict, description="per channel: email, sms, line")
 
 
 class OrderItem(_Edge):

@@ -265,6 +265,8 @@ def _upsert_customer(session: Session, event: EventIn, incoming: CustomerIn, def
     if incoming.phone is not None:
         region = _region(customer.locale) or default_region
         customer.phone, customer.phone_problem = _checked(incoming.phone, lambda v: contacts.normalize_phone(v, region))
+    if incoming.line_user_id is not None:
+        customer.line_user_id, customer.line_user_id_problem = _checked(incoming.line_user_id, contacts.normalize_line_user_id)
     customer.consents = {**(customer.consents or {}), **incoming.consents}
     seen = event.occurred_at.astimezone(timezone.utc)
     if event.type in ACTIVITY_TYPES and (customer.last_seen_at is None or utc(customer.last_seen_at) < seen):

@@ -4,6 +4,8 @@ it) but flagged, and nothing is ever sent to it."""
 
 from __future__ import annotations
 
+import re
+
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
@@ -19,6 +21,20 @@ def normalize_email(value: str) -> str:
     except EmailNotValidError as err:
         raise InvalidContact(str(err)) from err
     return checked.normalized.lower()
+
+
+# "The LINE Platform issues a user ID as a string, formatted as U[0-9a-f]{32}" (LINE Developers,
+# Messaging API, "Get user IDs"). It is per provider: one shop's id for a customer means nothing to another's.
+_LINE_USER_ID = re.compile(r"U[0-9a-f]{32}")
+
+
+def normalize_line_user_id(value: str) -> str:
+    """A LINE user id as LINE issues it (a webhook's `source.userId`), surrounding spaces dropped."""
+    value = value.strip()
+    if not _LINE_USER_ID.fullmatch(value):
+        raise InvalidContact(f"{value[:40]!r} is not a LINE user id (U and 32 hex digits, from a LINE webhook; "
+                             "not the LINE ID a customer searches by)")
+    return value
 
 
 def normalize_phone(value: str, region: str | None = None) -> str:

@@ -32,8 +32,11 @@ class Customer(Base):
     locale: Mapped[str | None] = mapped_column(String(35))
     timezone: Mapped[str | None] = mapped_column(String(64))
     # Why a stored contact point cannot be used (failed validation); None when it is fine.
+    # The customer's LINE user id with the shop's official account (U + 32 hex digits).
+    line_user_id: Mapped[str | None] = mapped_column(String(64), index=True)
     email_problem: Mapped[str | None] = mapped_column(String(255))
     phone_problem: Mapped[str | None] = mapped_column(String(255))
+    line_user_id_problem: Mapped[str | None] = mapped_column(String(255))
     consents: Mapped[dict[str, Any]] = mapped_column(default=dict)
     attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
     last_seen_at: Mapped[datetime | None] = mapped_column(index=True)

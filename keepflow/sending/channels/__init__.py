@@ -10,12 +10,13 @@ from typing import Any
 from keepflow.language.channels import ChannelName
 from keepflow.sending.channels.base import Channel, Draft, Outgoing
 from keepflow.sending.channels.email import Email
+from keepflow.sending.channels.line import Line
 from keepflow.sending.channels.sms import Sms
 from keepflow.sending.contacts import InvalidContact
 
 __all__ = ["CHANNELS", "Channel", "ChannelName", "Draft", "Outgoing", "channel", "normalize_address"]
 
-CHANNELS: dict[str, Channel[Any]] = {c.name: c for c in (Email(), Sms())}
+CHANNELS: dict[str, Channel[Any]] = {c.name: c for c in (Email(), Sms(), Line())}
 
 
 def channel(name: str) -> Channel[Any]:

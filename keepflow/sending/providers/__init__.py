@@ -1,8 +1,9 @@
-"""Email and SMS providers: SendGrid, Twilio, and a local outbox file for development.
+"""Email, SMS and LINE providers: SendGrid, Twilio, LINE's Messaging API, and a local outbox file
+for development.
 
-`email_provider(settings)` / `sms_provider(settings)` pick one from the settings: the real
-provider when `settings.use_sendgrid` / `settings.use_twilio`, else the outbox under
-`settings.data_dir`.
+`email_provider(settings)` / `sms_provider(settings)` / `line_provider(settings)` pick one from the
+settings: the real provider when `settings.use_sendgrid` / `settings.use_twilio` /
+`settings.use_line`, else the outbox under `settings.data_dir`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ from typing import TYPE_CHECKING
 from keepflow.sending.providers.base import (
     Accepted,
     EmailProvider,
+    LineFlex,
+    LineSender,
+    LineText,
     OutgoingEmail,
+    OutgoingLine,
     OutgoingSms,
     PermanentError,
     ProviderError,
@@ -29,13 +34,18 @@ if TYPE_CHECKING:
 __all__ = [
     "Accepted",
     "EmailProvider",
+    "LineFlex",
+    "LineSender",
+    "LineText",
     "OutgoingEmail",
+    "OutgoingLine",
     "OutgoingSms",
     "PermanentError",
     "ProviderError",
     "RetryableError",
     "SmsProvider",
     "email_provider",
+    "line_provider",
     "named_sender",
     "parse_retry_after",
     "sms_provider",
@@ -101,3 +111,14 @@ def sms_provider(settings: Settings) -> SmsProvider:
     from keepflow.sending.providers.outbox import OutboxSms
 
     return OutboxSms(settings.data_dir)
+
+
+def line_provider(settings: Settings) -> LineSender:
+    """LINE's Messaging API with LINE_CHANNEL_ACCESS_TOKEN set, else the outbox."""
+    if settings.use_line:
+        from keepflow.sending.providers.line import LineProvider
+
+        return LineProvider.from_settings(settings)
+    from keepflow.sending.providers.outbox import OutboxLine
+
+    return OutboxLine(settings.data_dir)

@@ -15,6 +15,7 @@ Errors are split by what the caller should do next:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parseaddr, parsedate_to_datetime, quote
@@ -53,6 +54,26 @@ class OutgoingEmail:
     # SendGrid's unsubscribe group (asm.group_id) of marketing mail: a recipient's spam report or
     # unsubscribe at SendGrid then stops that group only, never order and shipping mail.
     asm_group_id: int | None = None
+
+
+@dataclass(frozen=True)
+class LineText:
+    text: str
+
+
+@dataclass(frozen=True)
+class LineFlex:
+    # What notifications and the chat list show, where the bubble cannot be drawn.
+    alt_text: str
+    # A Flex bubble as LINE's JSON has it ({"type": "bubble", "body": {...}, ...}).
+    bubble: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class OutgoingLine:
+    to: str  # a LINE user id, as LINE's webhooks give it (never logged)
+    message: LineText | LineFlex
+    key: str  # idempotency key of the send (one per workflow step): its retry key derives from it
 
 
 @dataclass(frozen=True)
@@ -172,6 +193,15 @@ class EmailProvider(Protocol):
     name: str
 
     def send_email(self, msg: OutgoingEmail) -> Accepted: ...
+
+
+@runtime_checkable
+class LineSender(Protocol):
+    """Pushes LINE messages. A second push of one message (same key) is the first one's acceptance,
+    never a second message: LINE's retry key, the outbox's lookup."""
+    name: str
+
+    def send_line(self, msg: OutgoingLine) -> Accepted: ...
 
 
 @runtime_checkable

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import urllib3.exceptions
@@ -41,6 +39,9 @@ from linebot.v3.messaging import (
 from keepflow import metrics, tracing
 from keepflow.sending.providers.base import (
     Accepted,
+    LineFlex,
+    LineText,
+    OutgoingLine,
     PermanentError,
     ProviderError,
     RetryableError,
@@ -62,26 +63,6 @@ RETRY_KEY_NAMESPACE = uuid.UUID("6f1e3a52-0c4b-5d8e-9a27-4b1c8d0e2f63")
 def retry_key(key: str) -> str:
     """The X-Line-Retry-Key of the send whose key is `key`: the same for each of its attempts."""
     return str(uuid.uuid5(RETRY_KEY_NAMESPACE, key))
-
-
-@dataclass(frozen=True)
-class LineText:
-    text: str
-
-
-@dataclass(frozen=True)
-class LineFlex:
-    # What notifications and the chat list show, where the bubble cannot be drawn.
-    alt_text: str
-    # A Flex bubble as LINE's JSON has it ({"type": "bubble", "body": {...}, ...}).
-    bubble: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class OutgoingLine:
-    to: str  # a LINE user id, as LINE's webhooks give it (never logged)
-    message: LineText | LineFlex
-    key: str  # idempotency key of the send (one per workflow step): its retry key derives from it
 
 
 class LineProvider:

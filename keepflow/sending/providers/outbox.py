@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from keepflow.sending.providers.base import Accepted, OutgoingEmail, OutgoingSms
+from keepflow.sending.providers.base import Accepted, LineText, OutgoingEmail, OutgoingLine, OutgoingSms
 from keepflow.settings import private_dir
 
 NAME = "outbox"
@@ -82,6 +82,35 @@ class OutboxEmail(_Outbox):
         accepted = self._append("email", fields)
         log.info("email to %s: %r (%s) -> %s", msg.to, msg.subject, accepted.provider_message_id, self.path)
         return accepted
+
+
+class OutboxLine(_Outbox):
+    """A LINE provider that writes to the outbox file. Like LINE with its retry key, a second
+    attempt of one message is the first one's acceptance, not a second line."""
+
+    name = NAME
+
+    def send_line(self, msg: OutgoingLine) -> Accepted:
+        with self._lock:
+            earlier = self._find(msg.key)
+        if earlier is not None:
+            return earlier
+        message = msg.message
+        fields = {"to": msg.to, "key": msg.key,
+                  **({"text": message.text} if isinstance(message, LineText)
+                     else {"alt_text": message.alt_text, "flex": dict(message.bubble)})}
+        accepted = self._append("line", fields)
+        log.info("LINE message to %s (%s) -> %s", msg.to, accepted.provider_message_id, self.path)
+        return accepted
+
+    def _find(self, key: str) -> Accepted | None:
+        if not self.path.exists():
+            return None
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            if record.get("channel") == "line" and record.get("key") == key:
+                return Accepted(NAME, record.get("provider_message_id"))
+        return None
 
 
 class OutboxSms(_Outbox):
