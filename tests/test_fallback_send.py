@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 from temporalio.exceptions import ApplicationError
@@ -16,8 +17,9 @@ from keepflow.insights.report import build_report
 from keepflow.language.rendering import Renderer
 from keepflow.runtime.payloads import SendRequest
 from keepflow.sending.providers import email_provider, sms_provider
-from tests.engine import TEST_TEMPLATES, running_worker
-from tests.helpers import messages, snapshot, start
+from keepflow.store import Customer
+from tests.engine import TEST_TEMPLATES, running_worker, time_skipping_server
+from tests.helpers import messages, sends, snapshot, start, to_local_hour
 from tests.test_line_send import NOK, line_settings
 
 TIP = snapshot("""
@@ -30,9 +32,17 @@ sequences:
         fallback: sms
 """)
 PHONE = "+66812345678"
+BANGKOK = ZoneInfo("Asia/Bangkok")
 # Nok without a LINE account linked: she has a phone and agreed to texts.
 NOK_WITHOUT_LINE = {**{k: v for k, v in NOK.items() if k != "line_user_id"}, "phone": PHONE,
                     "consents": {"line": True, "sms": True}}
+
+
+@pytest.fixture
+async def own_env():
+    """A server of the test's own, for tests that move its clock."""
+    async with await time_skipping_server() as env:
+        yield env
 
 
 async def test_a_customer_without_a_line_account_gets_the_step_by_sms(env, tmp_path, db, fake):
@@ -108,3 +118,40 @@ def test_a_retry_finishes_the_text_an_earlier_attempt_started_and_never_sends_it
     assert fake.accepted("line") == [] and len(fake.accepted("twilio")) == 1
     [row] = messages(db)
     assert (row.channel, row.status, row.provider_message_id) == ("sms", "sent", fake.accepted("twilio")[0]["sid"])
+
+
+async def test_a_line_consent_withdrawn_after_the_run_started_sends_the_text(env, tmp_path, db, fake):
+    """The run's context says LINE consent; the stored profile, read at send time, no longer does."""
+    customer = {**NOK, "phone": PHONE, "consents": {"line": True, "sms": True}}
+    with db.session() as session:
+        session.add(Customer(id=customer["id"], phone=PHONE, line_user_id=NOK["line_user_id"], first_name="Nok",
+                             timezone="Asia/Bangkok", consents={"line": False, "sms": True}, attributes={}))
+    async with running_worker(env, line_settings(tmp_path, fake), db) as tq:
+        result = await (await start(env.client, tq, TIP, {"customer": customer})).result()
+    [row] = messages(db)
+    assert (row.channel, row.status) == ("sms", "sent") and fake.accepted("line") == []
+    assert result.steps_done[0].outcome == "sent: on sms (fallback: no LINE marketing consent)"
+
+
+async def test_the_fallback_text_keeps_the_quiet_hours_of_sms(own_env, tmp_path, db, fake):
+    held_tip = snapshot("""
+rules:
+  quiet_hours: {start: "21:00", end: "08:00", channels: [sms]}
+  fallback_timezones: [Asia/Bangkok]
+sequences:
+  - id: t
+    category: marketing
+    steps:
+      - send: line
+        template: tip
+        fallback: sms
+""")
+    await to_local_hour(own_env, 23)
+    async with running_worker(own_env, line_settings(tmp_path, fake), db) as tq:
+        handle = await start(own_env.client, tq, held_tip, {"customer": NOK_WITHOUT_LINE})
+        result = await handle.result()
+    [row] = messages(db)
+    assert (row.channel, row.status) == ("sms", "sent")
+    [held, sent] = await sends(own_env.client, handle.id)
+    assert held.at.astimezone(BANGKOK).hour == 23 and sent.at.astimezone(BANGKOK).hour == 8
+    assert result.steps_done[0].outcome == "sent: on sms (fallback: no LINE account)"
