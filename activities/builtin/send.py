@@ -17,6 +17,13 @@ keepflow/runtime/send_rules.py decides from those alone whether the message may 
 rules are asked, and why not; then a message that counts takes a slot under the frequency cap
 (one atomic step, see keepflow/sending/frequency_cap.py) before it is rendered and sent.
 
+A step with `fallback:` is still one message and one row. The claim reads the facts of both
+channels, `send_rules.choose` picks the one it goes on, and the row moves to that channel before
+it takes a cap slot, so the cap, the report and the dashboard count it where it went. Each attempt
+chooses again while nothing has gone (the profile may change while a message is held), but a row
+an earlier attempt marked `sending` stays on its channel: a retry finishes that send, and never
+starts one on the other channel.
+
 A retry that finds `sent`, `failed`, `skipped` or `unknown` sends nothing and returns the record.
 A retry that finds `sending` means an earlier attempt died, stalled or lost its answer during the
 provider call, so the provider may or may not have the message:
