@@ -288,7 +288,9 @@ class Sequence(_Model):
         return self.group or self.id
 
     def channels(self) -> set[str]:
-        return {s.send for _, s in self.walk() if isinstance(s, SendStep)}
+        """Every channel it may send on: each send step's own, and its `fallback:`."""
+        sends = [s for _, s in self.walk() if isinstance(s, SendStep)]
+        return {s.send for s in sends} | {s.fallback for s in sends if s.fallback}
 
     @property
     def inactivity(self) -> InactivityTrigger | None:
