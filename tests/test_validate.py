@@ -417,3 +417,8 @@ def test_a_marketing_email_fallback_must_show_the_unsubscribe_link_too(tmp_path)
     (tmp_path / "templates" / "email" / "y.en.html").write_text("{% block subject %}s{% endblock %}hello")
     problem = only(check_catalog(path)[1])
     assert_problem(problem, 7, 19, "template email/y.en.html is sent as marketing but never shows")
+
+
+def test_a_misspelt_fallback_is_named_with_the_fix(tmp_path):
+    problem = only(problems_of(tmp_path, HEAD + "      - send: email\n        template: x\n        fallback: smss\n"))
+    assert_problem(problem, 8, 19, "fallback: expected email, sms or line, got 'smss'; did you mean 'sms'?")
