@@ -18,7 +18,7 @@ from keepflow.language.rendering import Renderer
 from keepflow.runtime.payloads import SendRequest
 from keepflow.sending.providers import email_provider, sms_provider
 from keepflow.store import Customer
-from tests.engine import TEST_TEMPLATES, running_worker, time_skipping_server
+from tests.engine import TEST_TEMPLATES, running_worker, temporal_clock, time_skipping_server
 from tests.helpers import messages, sends, snapshot, start, to_local_hour
 from tests.test_line_send import NOK, line_settings
 
@@ -155,3 +155,16 @@ sequences:
     [held, sent] = await sends(own_env.client, handle.id)
     assert held.at.astimezone(BANGKOK).hour == 23 and sent.at.astimezone(BANGKOK).hour == 8
     assert result.steps_done[0].outcome == "sent: on sms (fallback: no LINE account)"
+
+
+async def test_a_lost_answer_for_the_fallback_text_is_found_not_resent_on_either_channel(env, tmp_path, db, fake):
+    fake.clock = temporal_clock(env)  # Twilio's list catches up on the server's skipped clock
+    fake.accept_then_drop("twilio")
+    async with running_worker(env, line_settings(tmp_path, fake), db) as tq:
+        result = await (await start(env.client, tq, TIP, {"customer": NOK_WITHOUT_LINE})).result()
+    twilio_posts = [r for r in fake.requests if r["api"] == "twilio" and r["method"] == "POST"]
+    assert len(twilio_posts) == 1 and fake.accepted("line") == []
+    [row] = messages(db)
+    assert (row.channel, row.status, row.attempts) == ("sms", "sent", 1)
+    assert row.provider_message_id == fake.accepted("twilio")[0]["sid"]
+    assert result.steps_done[0].outcome == "sent: on sms"
