@@ -474,6 +474,9 @@ def demo(
     locale: Annotated[str, typer.Option(help="the demo customer's language: en, th or zh-Hant")] = "en",
     path: Annotated[Optional[Path], typer.Option(
         "--sequences", help="sequences file (default: $KEEPFLOW_SEQUENCES or ./sequences.yaml)")] = None,
+    line: Annotated[bool, typer.Option(
+        "--line/--no-line", help="whether the customer has linked the shop's LINE account "
+        "(without it, a LINE step goes on its fallback)")] = True,
 ) -> None:
     """Play one order through the whole post-purchase journey on a time-skipping server, and exit."""
     from keepflow.language.problems import InvalidSequences
@@ -485,7 +488,7 @@ def demo(
     settings = get_settings()
     code = 1
     try:
-        code = asyncio.run(run_demo(path or settings.sequences_path, settings.templates_dir, locale))
+        code = asyncio.run(run_demo(path or settings.sequences_path, settings.templates_dir, locale, line))
     except InvalidSequences as invalid:
         print(f"{invalid}\nfix the problems above first (`keepflow validate` checks again)", file=sys.stderr)
     except KeyboardInterrupt:

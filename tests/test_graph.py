@@ -138,3 +138,11 @@ def test_cli_graph_prints_svg_and_refuses_unknown_ids_and_formats():
     assert "choose mermaid or svg" in result.output
     result = runner.invoke(app, ["graph", "winback"])
     assert result.exit_code == 0 and result.stdout.startswith("flowchart TD\n")
+
+
+def test_a_send_with_a_fallback_names_both_channels():
+    from keepflow.insights.graph import label_of
+    from keepflow.language.dsl import SendStep
+
+    step = SendStep(send="line", template="education_lighting", fallback="sms")
+    assert label_of(step) == "line, else sms: education_lighting"

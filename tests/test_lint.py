@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ruamel.yaml import YAML
+
+from keepflow.language.dsl import SequencesFile
 from keepflow.language.lint import lint, read_file, run_lint, worst_case
 from tests.engine import SHOP_SEQUENCES, SHOP_TEMPLATES
 from tests.helpers import write_project
@@ -223,3 +226,40 @@ def test_the_shops_worst_case(capsys):
     out = flat(capsys.readouterr().out)
     assert "up to 3 marketing emails in a day; the cap of 2 will hold back 1" in out
     assert "0 error(s), 1 warning(s)" in out
+
+
+def test_a_step_with_a_fallback_counts_once_on_either_channel_never_on_both():
+    text = """\
+sequences:
+  - id: tips
+    category: marketing
+    trigger: customer.created
+    steps:
+      - send: line
+        template: ping
+        fallback: sms
+      - wait: 2d
+      - send: sms
+        template: ping
+"""
+    file = SequencesFile.model_validate(YAML(typ="safe").load(text))
+    by_channel = {v.channel: (v.per_day, v.per_week) for v in worst_case(file)}
+    # Each path sends the first message on one channel: LINE, or SMS (then two texts in a week).
+    assert by_channel["line"] == (1, 1) and by_channel["sms"] == (1, 2)
+
+
+def test_a_marketing_fallback_text_without_quiet_hours_for_it_is_warned_about(tmp_path):
+    text = """\
+rules:
+  quiet_hours: {start: "21:00", end: "08:00", channels: [line]}
+sequences:
+  - id: tips
+    category: marketing
+    trigger: customer.created
+    steps:
+      - send: line
+        template: ping
+        fallback: sms
+"""
+    result = lint_of(tmp_path, text, {"line/ping.en.txt": "ping"})
+    assert any("can go out at night" in f.message and "do not include sms" in f.message for f in result.findings)

@@ -149,3 +149,19 @@ def test_env_example_as_is_changes_nothing(tmp_path):
     # Copied to .env unedited, it must not quietly configure anything: every line is a comment.
     lines = [line for line in (ROOT / ".env.example").read_text().splitlines() if line.strip()]
     assert all(line.startswith("#") for line in lines)
+
+
+def test_a_texts_fallback_needs_the_sms_provider_too(tmp_path):
+    line_then_sms = load_catalog(write_project(tmp_path, """\
+sequences:
+  - id: tips
+    category: marketing
+    trigger: customer.created
+    steps:
+      - send: line
+        template: tip
+        fallback: sms
+""", {"line/tip.en.txt": "tip", "sms/tip.en.txt": "tip"}))
+    env = {k: v for k, v in READY.items() if not k.startswith("TWILIO")}
+    found = problems(settings(tmp_path, **env, LINE_CHANNEL_ACCESS_TOKEN="token"), "worker", line_then_sms)
+    assert any("no SMS provider" in line for line in found), found

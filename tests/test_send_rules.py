@@ -197,3 +197,54 @@ def test_the_policy_is_resolved_from_the_runs_definition():
                                    cap=RULES.frequency_cap["sms"], on_cap="skip")
     assert send_rules.policy(request(category="transactional")) is None
     assert send_rules.unsubscribe_group(request()) == "news"
+
+
+# -- `fallback:` a channel the customer cannot be reached on gives way to the step's fallback ------
+
+LINE_ID = "U" + "0123456789abcdef" * 2
+ON_LINE = Facts(recipient=LINE_ID, recipient_checked=True, consents={"line": True, "sms": True},
+                timezone="Asia/Bangkok")
+NO_LINE = {"line": facts(recipient=None), "sms": GOOD}
+
+
+def test_a_customer_reachable_on_the_steps_channel_gets_it_there():
+    chosen = send_rules.choose(request("line", fallback="sms"), {"line": ON_LINE, "sms": GOOD}, AFTERNOON)
+    assert (chosen.channel, chosen.fallback_because) == ("line", None)
+    assert isinstance(chosen.decision, Send)
+
+
+@pytest.mark.parametrize(("line", "because"), [
+    (facts(recipient=None), "no LINE account"),
+    (replace(ON_LINE, address_problem="not a LINE user id"), "invalid LINE account"),
+    (replace(ON_LINE, suppression=("unfollowed", "line")), "LINE account suppressed"),
+    (replace(ON_LINE, consents={"sms": True}), "no LINE marketing consent"),
+])
+def test_no_way_to_reach_the_customer_on_the_steps_channel_sends_on_the_fallback(line, because):
+    chosen = send_rules.choose(request("line", fallback="sms"), {"line": line, "sms": GOOD}, AFTERNOON)
+    assert (chosen.channel, chosen.fallback_because) == ("sms", because)
+    # The fallback's own cap: the message is counted on the channel it goes out on.
+    assert chosen.decision == Send(cap=RULES.frequency_cap["sms"], on_cap="defer")
+
+
+def test_quiet_hours_hold_the_fallback_when_it_is_a_channel_they_cover():
+    chosen = send_rules.choose(request("line", fallback="sms"), NO_LINE, NIGHT)
+    assert chosen.channel == "sms" and chosen.decision == Defer(MORNING, "quiet hours until 2027-01-06 01:00 UTC")
+
+
+@pytest.mark.parametrize("changes", [
+    {"drop": "superseded by order.delivered"}, {"expires_at": AFTERNOON - timedelta(hours=1)}, {"coupon": "coupon"}])
+def test_a_message_dropped_for_any_other_reason_does_not_fall_back(changes):
+    chosen = send_rules.choose(request("line", fallback="sms", **changes), NO_LINE, AFTERNOON)
+    assert chosen.channel == "line" and isinstance(chosen.decision, Skip)
+
+
+def test_a_customer_reachable_on_neither_channel_is_skipped_with_both_reasons():
+    chosen = send_rules.choose(request("line", fallback="sms"), {"line": facts(recipient=None),
+                                                                 "sms": facts(consents={})}, AFTERNOON)
+    assert chosen.channel == "line"
+    assert chosen.decision == Skip("customer has no line address; fallback sms: no sms marketing consent")
+
+
+def test_a_step_without_a_fallback_is_decided_as_before():
+    chosen = send_rules.choose(request("line"), {"line": facts(recipient=None)}, AFTERNOON)
+    assert (chosen.channel, chosen.decision) == ("line", Skip("customer has no line address"))

@@ -128,3 +128,22 @@ async def test_a_customer_keyed_sequence_started_by_an_order_event_needs_the_ord
     # Its runs always have the order its trigger is about, and its templates may use it.
     with pytest.raises(sim.SimulationError, match="starts on order.delivered.*pass --order"):
         await sim.simulate(KEYS, "thanks", NOK, None, [])
+
+
+async def test_simulate_shows_the_channel_a_fallback_step_went_on(tmp_path):
+    from tests.helpers import write_project
+
+    path = write_project(tmp_path, """\
+sequences:
+  - id: tips
+    category: marketing
+    trigger: customer.created
+    steps:
+      - send: line
+        template: tip
+        fallback: sms
+""", {"line/tip.en.txt": "LINE tip", "sms/tip.en.txt": "SMS tip"})
+    catalog = load_catalog(path, tmp_path / "templates")
+    lines = await sim.simulate(catalog, "tips", NOK, None, [], start_at=datetime(2027, 1, 5, 3, 0, tzinfo=timezone.utc))
+    [sent] = [t for t in texts(lines) if "tip" in t and "sent" in t]
+    assert sent.endswith("line tip (marketing, step 0): sent on sms (fallback: no LINE account)"), sent

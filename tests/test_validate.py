@@ -378,3 +378,47 @@ def test_a_huge_file_is_refused_by_its_size(tmp_path):
     path.write_text("# padding\n" * 200_000)
     _, found = check_catalog(path)
     assert ["at most 1 MB" in p.message for p in found] == [True]
+
+
+# --- fallback: ---------------------------------------------------------------------------------
+
+
+def test_a_fallback_on_the_steps_own_channel_is_refused(tmp_path):
+    problem = only(problems_of(tmp_path, HEAD + "      - send: sms\n        template: y\n        fallback: sms\n"))
+    assert_problem(problem, 8, 19, "fallback: sms is this step's own channel")
+    assert "name another channel" in problem.message
+
+
+def test_a_fallback_needs_its_own_english_template(tmp_path):
+    # `y` exists only as a text.
+    problem = only(problems_of(tmp_path, HEAD + "      - send: sms\n        template: y\n        fallback: email\n"))
+    assert_problem(problem, 8, 19, "no template email/y.en.html in ")
+    assert "fallback: email sends templates/email/y.<locale>.html" in problem.message
+
+
+def test_a_fallback_needs_every_locale_the_steps_own_template_has(tmp_path):
+    path = project(tmp_path, HEAD + "      - send: sms\n        template: x\n        fallback: email\n")
+    (tmp_path / "templates" / "sms" / "x.en.txt").write_text("hello")
+    (tmp_path / "templates" / "sms" / "x.th.txt").write_text("สวัสดี")
+    problem = only(check_catalog(path)[1])
+    assert_problem(problem, 8, 19, "no template email/x.th.html")
+    assert "add email/x.th.html" in problem.message
+
+
+def test_a_fallback_template_is_checked_like_the_steps_own(tmp_path):
+    path = project(tmp_path, HEAD + "      - send: email\n        template: x\n        fallback: sms\n")
+    (tmp_path / "templates" / "sms" / "x.en.txt").write_text("hello {{ coupon.code }}")
+    problem = only(check_catalog(path)[1])
+    assert_problem(problem, 7, 19, "template sms/x.en.txt uses 'coupon'")
+
+
+def test_a_marketing_email_fallback_must_show_the_unsubscribe_link_too(tmp_path):
+    path = project(tmp_path, HEAD + "      - send: sms\n        template: y\n        fallback: email\n")
+    (tmp_path / "templates" / "email" / "y.en.html").write_text("{% block subject %}s{% endblock %}hello")
+    problem = only(check_catalog(path)[1])
+    assert_problem(problem, 7, 19, "template email/y.en.html is sent as marketing but never shows")
+
+
+def test_a_misspelt_fallback_is_named_with_the_fix(tmp_path):
+    problem = only(problems_of(tmp_path, HEAD + "      - send: email\n        template: x\n        fallback: smss\n"))
+    assert_problem(problem, 8, 19, "fallback: expected email, sms or line, got 'smss'; did you mean 'sms'?")

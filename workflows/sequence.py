@@ -229,7 +229,8 @@ class SequenceWorkflow:
             superseding = self._superseding(step)
             request = SendRequest(
                 workflow_id=workflow.info().workflow_id, sequence_id=self.sequence.id, step=path,
-                channel=step.send, template=step.template, category=category, context=self.context,
+                channel=step.send, fallback=step.fallback, template=step.template, category=category,
+                context=self.context,
                 now=workflow.now(), terms=self._terms(),
                 expires_at=expires_at, drop=f"superseded by {superseding}" if superseding else None,
                 coupon=step.coupon,

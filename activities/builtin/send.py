@@ -17,6 +17,13 @@ keepflow/runtime/send_rules.py decides from those alone whether the message may 
 rules are asked, and why not; then a message that counts takes a slot under the frequency cap
 (one atomic step, see keepflow/sending/frequency_cap.py) before it is rendered and sent.
 
+A step with `fallback:` is still one message and one row. The claim reads the facts of both
+channels, `send_rules.choose` picks the one it goes on, and the row moves to that channel before
+it takes a cap slot, so the cap, the report and the dashboard count it where it went. Each attempt
+chooses again while nothing has gone (the profile may change while a message is held), but a row
+an earlier attempt marked `sending` stays on its channel: a retry finishes that send, and never
+starts one on the other channel.
+
 A retry that finds `sent`, `failed`, `skipped` or `unknown` sends nothing and returns the record.
 A retry that finds `sending` means an earlier attempt died, stalled or lost its answer during the
 provider call, so the provider may or may not have the message:
@@ -56,10 +63,11 @@ a lookup with more messages to read than its budget leaves the row `unknown`. be
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -71,7 +79,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from keepflow import logs, metrics, tracing
-from keepflow.language.channels import CHANNEL_FACTS
+from keepflow.language.channels import CHANNEL_FACTS, ChannelName
 from keepflow.language.rendering import Renderer, TemplateError
 from keepflow.runtime import send_rules
 from keepflow.runtime.payloads import SendRequest, SendResult
@@ -180,31 +188,50 @@ class MessageSender:
         # Its workflow and run come from activity.info() (keepflow/logs.py); the key names the message.
         with logs.about(message_key=f"{request.workflow_id}:{request.step}"), _heartbeating():
             result = self._attempt(request, _Clock())
-        metrics.message_settled(request.channel, result.status, result.reason)
+        metrics.message_settled(result.channel or request.channel, result.status, result.reason)
         tracing.note(**{"keepflow.message.status": result.status})
         return result
 
     def _attempt(self, request: SendRequest, clock: _Clock) -> SendResult:
         key = f"{request.workflow_id}:{request.step}"
-        sending_on = channels.channel(request.channel)
+        step_channel = request.channel
         with tracing.span("keepflow.send.checks", {"keepflow.message.key": key, "keepflow.channel": request.channel}):
             claim = self._claim(key, request)
             row = claim.row
             if row.status in FINAL:
                 tracing.note(**{"keepflow.send.decision": "settled"})
-                return _result(row)
-            if sending_on.finds_earlier_attempts and row.status == "sending":
+                return _result(row, request)
+            if row.status == "sending":
+                # An earlier attempt got as far as the provider on the row's channel: this one
+                # finishes it there, never on the other channel of a `fallback:`.
+                request = send_rules.on_channel(request, _channel_name(row.channel))
+            if channels.channel(request.channel).finds_earlier_attempts and row.status == "sending":
                 # Before any rule may skip or defer it: the row may still be another attempt's.
                 self._wait_for_lease(key, row, clock)
             now = _run_clock(request)
-            decision = send_rules.decide(request, claim.facts, now)
-            tracing.note(**{"keepflow.send.decision": type(decision).__name__.lower()})
+            chosen = send_rules.choose(request, claim.facts, now)
+            tracing.note(**{"keepflow.send.decision": type(chosen.decision).__name__.lower(),
+                            "keepflow.channel.used": chosen.channel})
+        if chosen.channel != row.channel:
+            # One message whichever channel it takes: its row says which, so the cap counts it
+            # there and the report and dashboard show it there.
+            row = self._move_to(row, chosen.channel)
+        result = self._go(key, send_rules.on_channel(request, chosen.channel), row, claim.facts[chosen.channel],
+                          chosen.decision, now, clock)
+        if chosen.channel == step_channel:
+            return result
+        why = f"on {chosen.channel}" + (f" (fallback: {chosen.fallback_because})" if chosen.fallback_because else "")
+        return result.model_copy(update={"channel": chosen.channel, "reason": result.reason or why})
+
+    def _go(self, key: str, request: SendRequest, row: _Row, facts: send_rules.Facts, decision: send_rules.Decision,
+            now: datetime, clock: _Clock) -> SendResult:
+        """The rest of the attempt on the channel chosen: skip, hold, or take a slot, render and send."""
         match decision:  # a Send goes on below
             case Skip(reason):
                 return self._finish(row.id, "skipped", error=reason)
             case Defer(until, reason):
                 return self._defer(row.id, until, reason)
-        if not sending_on.finds_earlier_attempts and row.status == "sending":
+        if not channels.channel(request.channel).finds_earlier_attempts and row.status == "sending":
             # At-most-once (above): never a second provider call for a message that may have gone
             # and cannot be looked up (email).
             return self._finish(row.id, "unknown", error=(
@@ -213,7 +240,7 @@ class MessageSender:
             held = self._take_slot(row.id, request, decision, now)
             if held is not None:
                 return held
-        recipient = claim.facts.recipient
+        recipient = facts.recipient
         assert recipient is not None  # decide() skips a message with no address
         message = self._render(key, request, row, recipient, decision, now)
         if isinstance(message, SendResult):
@@ -384,6 +411,13 @@ class MessageSender:
 
     # -- the message row ---------------------------------------------------------------------------
 
+    def _move_to(self, row: _Row, channel: str) -> _Row:
+        """The row on another channel. Only a row no attempt is sending (`pending`, `deferred`)
+        moves: a `sending` one stays on its channel (_attempt)."""
+        with self.deps.db.transaction() as connection:
+            connection.execute(_MOVE, {"row_id": row.id, "channel": channel})
+        return dataclasses.replace(row, channel=channel)
+
     def _claim(self, key: str, request: SendRequest) -> _Claim:
         """The message row (made `pending` if this is the first attempt) and, unless it is final,
         the facts the rules read. One transaction: a send is a handful of indexed reads, so each
@@ -403,8 +437,13 @@ class MessageSender:
                 raise LookupError(f"message {key} is neither stored nor claimable")
             row = _Row(*found) if found is not None else None
             if row is not None and row.status in FINAL:
-                return _Claim(row, send_rules.Facts())
-            facts = _read_facts(connection, request, resumed=row is not None and row.status == "sending")
+                return _Claim(row, {})
+            resumed = row is not None and row.status == "sending"
+            asked = [row.channel] if row is not None and resumed else [
+                c for c in (request.channel, request.fallback) if c is not None]
+            stored = _stored_profile(connection, (request.context.get("customer") or {}).get("id")) or {}
+            facts = {c: _read_facts(connection, send_rules.on_channel(request, _channel_name(c)), stored, resumed=resumed)
+                     for c in asked}
             if row is None:
                 inserted = connection.execute(insert(_messages), {
                     "key": key, "workflow_id": request.workflow_id, "sequence_id": request.sequence_id,
@@ -414,7 +453,7 @@ class MessageSender:
                 })
                 new_key = inserted.inserted_primary_key
                 assert new_key is not None  # an INSERT of one row always has it
-                row = _Row(new_key[0], key, "pending", None, None, 0, None)
+                row = _Row(new_key[0], key, "pending", None, None, 0, None, request.channel)
             return _Claim(row, facts)
 
     def _mark_sending(self, row: _Row, provider: str, recipient: str, locale: str, subject: str | None,
@@ -476,7 +515,7 @@ _messages = Message.__table__
 _customers = Customer.__table__
 _FINAL_ORDERED = sorted(FINAL)
 _ROW = select(_messages.c.id, _messages.c.key, _messages.c.status, _messages.c.error,
-              _messages.c.sending_at, _messages.c.attempts, _messages.c.lease_until)
+              _messages.c.sending_at, _messages.c.attempts, _messages.c.lease_until, _messages.c.channel)
 _ROW_BY_KEY = _ROW.where(_messages.c.key == bindparam("key"))
 _ROW_BY_ID = _ROW.where(_messages.c.id == bindparam("row_id"))
 # Each channel's address, and why it cannot be used (its `<field>_problem` column).
@@ -495,6 +534,7 @@ _EARLIER_MARKETING_MESSAGE = select(_messages.c.id).where(
     _messages.c.recipient == bindparam("recipient"), _messages.c.id != bindparam("row_id")).limit(1)
 _SET = update(_messages).where(_messages.c.id == bindparam("row_id"))
 _FINISH = _SET.where(_messages.c.status.not_in(_FINAL_ORDERED))
+_MOVE = _SET.where(_messages.c.status.in_(["pending", "deferred"]))
 # Still `sending` too: SendGrid's event webhook may have settled the row as sent meanwhile.
 _SET_OWNED = _SET.where(_messages.c.attempts == bindparam("owner_attempts"), _messages.c.status == "sending")
 _HOLDER = select(_messages.c.status, _messages.c.attempts).where(_messages.c.id == bindparam("row_id"))
@@ -519,20 +559,23 @@ class _Row:
     sending_at: datetime | None
     attempts: int
     lease_until: datetime | None
+    channel: str
 
 
 @dataclass(frozen=True)
 class _Claim:
     row: _Row
-    facts: send_rules.Facts
+    # Each channel's facts: the step's, and its `fallback:`'s when it has one (a row an earlier
+    # attempt is sending: that row's channel only).
+    facts: Mapping[str, send_rules.Facts]
 
 
-def _read_facts(connection, request: SendRequest, *, resumed: bool) -> send_rules.Facts:
-    """What the rules need of the store. The stored profile is newer than the run's context
-    (consent changes mid-run), so it wins; the context fills what the store does not have."""
+def _read_facts(connection, request: SendRequest, stored: dict[str, Any], *, resumed: bool) -> send_rules.Facts:
+    """What the rules need of the store for the request's channel. The stored profile is newer
+    than the run's context (consent changes mid-run), so it wins; the context fills what the
+    store does not have."""
     customer = request.context.get("customer") or {}
     channel = request.channel
-    stored = _stored_profile(connection, customer.get("id")) or {}
     recipient = stored.get(channel) or customer.get(CHANNEL_FACTS[channel].address_field)
     problem = stored.get(f"{channel}_problem")
     suppression = None
@@ -574,9 +617,18 @@ def _offered(code: str, redeemed_at: datetime | None, activated_at: datetime | N
                                     expires_at=None if pending else utc(expires_at))
 
 
-def _result(row: _Row) -> SendResult:
-    return SendResult(status=row.status, message_id=row.id,
-                      reason=row.error if row.status != "sent" else None)
+def _result(row: _Row, request: SendRequest | None = None) -> SendResult:
+    result = SendResult(status=row.status, message_id=row.id, reason=row.error if row.status != "sent" else None)
+    if request is not None and row.channel != request.channel:
+        # Settled by an earlier attempt on the step's `fallback:`.
+        return result.model_copy(update={"channel": row.channel, "reason": result.reason or f"on {row.channel}"})
+    return result
+
+
+def _channel_name(name: str) -> ChannelName:
+    if name not in CHANNEL_FACTS:
+        raise ValueError(f"message row on an unknown channel {name!r}")
+    return CHANNEL_FACTS[name].name
 
 
 def _describe(err: Exception) -> str:

@@ -128,7 +128,8 @@ class _Builder:
 def label_of(step: Step) -> str:
     match step:
         case SendStep():
-            return f"{step.send}: {step.template}"
+            channels = f"{step.send}, else {step.fallback}" if step.fallback else step.send
+            return f"{channels}: {step.template}"
         case WaitStep():
             return f"wait {format_duration(step.wait)}"
         case WaitForStep():

@@ -35,15 +35,22 @@ class ChannelFacts:
     interrupts: bool
     # What one message is called in findings ("2 marketing texts a day").
     noun: str
+    # The channel and its address as a marketer reads them: why a message went on a step's
+    # `fallback:` ("no LINE account"), in preview, simulate and the message row.
+    label: str
+    address_noun: str
 
 
 CHANNEL_FACTS: dict[str, ChannelFacts] = {facts.name: facts for facts in (
     ChannelFacts(name="email", address_field="email", consent_key="email", template_extension="html", html=True,
-                 unsubscribe_link=True, interrupts=False, noun="email"),
+                 unsubscribe_link=True, interrupts=False, noun="email", label="email",
+                 address_noun="email address"),
     ChannelFacts(name="sms", address_field="phone", consent_key="sms", template_extension="txt", html=False,
-                 unsubscribe_link=False, interrupts=True, noun="text"),
+                 unsubscribe_link=False, interrupts=True, noun="text", label="SMS",
+                 address_noun="phone number"),
     # A push to the customer's LINE account (the official account's chat), by LINE user id.
     ChannelFacts(name="line", address_field="line_user_id", consent_key="line", template_extension="txt", html=False,
-                 unsubscribe_link=False, interrupts=True, noun="LINE message"),
+                 unsubscribe_link=False, interrupts=True, noun="LINE message", label="LINE",
+                 address_noun="LINE account"),
 )}
 assert set(CHANNEL_FACTS) == set(get_args(ChannelName)), "every channel name has its facts, and no more"

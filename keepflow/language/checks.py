@@ -235,17 +235,39 @@ class Semantics:
     # templates
 
     def send(self, at: StepAt, step: SendStep) -> None:
-        english = template_path(step.send, step.template, FALLBACK_LOCALE)
-        pos = at.pos("template")
+        self.templates(at.pos("template"), step.send, step.template)
+        if step.fallback is None:
+            return
+        pos = at.pos("fallback")
+        if step.fallback == step.send:
+            others = " or ".join(c for c in CHANNEL_FACTS if c != step.send)
+            self.add(pos, f"fallback: {step.fallback} is this step's own channel; name another channel ({others}) "
+                          "for customers who cannot get it there, or remove fallback")
+            return
+        ext = CHANNEL_FACTS[step.fallback].template_extension
+        self.templates(pos, step.fallback, step.template,
+                       why=f"; fallback: {step.fallback} sends templates/{step.fallback}/{step.template}.<locale>.{ext}")
+        # A Thai customer who gets the step's own channel in Thai gets the fallback in Thai too.
+        have = locale_files(self.templates_dir, step.fallback, step.template)
+        for locale in locale_files(self.templates_dir, step.send, step.template):
+            if locale != FALLBACK_LOCALE and locale not in have:
+                missing = template_path(step.fallback, step.template, locale)
+                self.add(pos, f"no template {missing} in {self.templates_dir}: the step has "
+                              f"{template_path(step.send, step.template, locale)}, so a customer reading {locale} "
+                              f"who gets it on {step.fallback} would read English; add {missing}")
+
+    def templates(self, pos: tuple[int, int], channel: str, template: str, why: str = "") -> None:
+        """A channel's templates of one name: the English one there, and every locale compiling."""
+        english = template_path(channel, template, FALLBACK_LOCALE)
         if not (self.templates_dir / english).is_file():
             self.add(pos, f"no template {english} in {self.templates_dir} "
-                          "(every locale falls back to English, so the English one is required)")
-        for locale in locale_files(self.templates_dir, step.send, step.template):
-            relative = template_path(step.send, step.template, locale)
+                          f"(every locale falls back to English, so the English one is required{why})")
+        for locale in locale_files(self.templates_dir, channel, template):
+            relative = template_path(channel, template, locale)
             if relative in self.templates_checked:
                 continue
             self.templates_checked.add(relative)
-            for problem in self.compile(relative, subject_required=CHANNEL_FACTS[step.send].html):
+            for problem in self.compile(relative, subject_required=CHANNEL_FACTS[channel].html):
                 self.add(pos, problem)
 
     def compile(self, relative: str, subject_required: bool = False) -> list[str]:

@@ -174,28 +174,37 @@ class Checker:
     def send(self, seq: Sequence, step: SendStep, at: StepAt, state: _State) -> None:
         marketing = (step.category or seq.category) == "marketing"
         quiet = seq.quiet_hours or self.rules.quiet_hours
-        facts = CHANNEL_FACTS[step.send]
-        if marketing and facts.interrupts and step.send not in quiet.channels:
-            self.sem.add(at.pos("send"), f"a marketing {facts.noun} in a sequence without quiet hours for {step.send}: "
-                         f"it may arrive at night; add {step.send} to quiet_hours channels", "warning")
+        # The step's own channel and its `fallback:`: the message may go on either.
+        channels = [(step.send, "send"), *([(step.fallback, "fallback")] if step.fallback else [])]
+        for channel, field in channels:
+            facts = CHANNEL_FACTS[channel]
+            if marketing and facts.interrupts and channel not in quiet.channels:
+                self.sem.add(at.pos(field), f"a marketing {facts.noun} in a sequence without quiet hours for {channel}: "
+                             f"it may arrive at night; add {channel} to quiet_hours channels", "warning")
         if "review" in step.template and state.since_delivered is not None and state.since_delivered < REVIEW_AFTER:
             when = (f"{format_duration(state.since_delivered)} after" if state.since_delivered
                     else "as soon as")
             self.sem.add(at.pos("template"),
                          f"{step.template} may go out {when} the order is delivered; ask for a review "
                          "after at least 7 days, once the customer has used the product", "warning")
+        reported: set[str] = set()
+        for channel, _ in channels:
+            self.template_names(step, channel, marketing, at, state, reported)
+
+    def template_names(self, step: SendStep, channel: str, marketing: bool, at: StepAt, state: _State,
+                       reported: set[str]) -> None:
+        """Each name a channel's templates of this step read that the run's context lacks there."""
         known = set(state.names)
         optional = set()
-        if marketing and facts.unsubscribe_link:
+        if marketing and CHANNEL_FACTS[channel].unsubscribe_link:
             known.add("unsubscribe_url")
         else:
             # Left out of transactional mail on purpose; a template may show it when present.
             optional.add("unsubscribe_url")
         if step.coupon:
             known.add(step.coupon)
-        reported: set[str] = set()
-        for locale in locale_files(self.sem.templates_dir, step.send, step.template):
-            relative = template_path(step.send, step.template, locale)
+        for locale in locale_files(self.sem.templates_dir, channel, step.template):
+            relative = template_path(channel, step.template, locale)
             found = self.variables(relative)
             if found is None:
                 continue

@@ -46,6 +46,12 @@ class SendStep(_Step):
     kind: ClassVar[str] = "send"
     send: ChannelName
     template: str = Field(pattern=r"^[a-z0-9_][a-z0-9_/-]*$")
+    # Where the message goes instead when the customer cannot be reached on `send` (no address on
+    # it, no consent, suppressed): still one message. Left out of the snapshot when unset, so the
+    # hash of every definition without one stays what it was.
+    fallback: ChannelName | None = Field(None, exclude_if=lambda v: v is None, description=(
+        "Channel to send on instead when the customer has no address, no consent or a suppressed "
+        "address on `send`'s channel."))
     category: Category | None = None
     # A message held back (quiet hours, the cap, a provider outage) longer than this after it was
     # due is dropped, not sent late.
@@ -282,7 +288,9 @@ class Sequence(_Model):
         return self.group or self.id
 
     def channels(self) -> set[str]:
-        return {s.send for _, s in self.walk() if isinstance(s, SendStep)}
+        """Every channel it may send on: each send step's own, and its `fallback:`."""
+        sends = [s for _, s in self.walk() if isinstance(s, SendStep)]
+        return {s.send for s in sends} | {s.fallback for s in sends if s.fallback}
 
     @property
     def inactivity(self) -> InactivityTrigger | None:

@@ -9,7 +9,8 @@
 How the worst case is counted, so a marketer can trust (and argue with) the numbers: each entry
 point (a sequence with a `trigger:`) is followed along every path, with `start:` followed into the
 started sequence at that moment; `wait:` adds its time, a `wait_for:` event is taken to arrive at
-once (or at its timeout, for the `on_timeout:` steps), and `if:`/`split:` try every branch. The
+once (or at its timeout, for the `on_timeout:` steps), `if:`/`split:` try every branch, and a send
+with `fallback:` tries each of its two channels (one message, on one or the other). The
 busiest path of each entry point counts, and the entry points are added up, as a customer may be
 in all of them at the same time. A started sequence is counted inside the one that starts it, not
 again on its own.
@@ -107,12 +108,13 @@ def lint(file: SequencesFile, templates_dir: Path) -> LintResult:
             marketing = (step.category or seq.category) == "marketing"
             for problem in template_checks.marketing_email_problems(seq, step, templates_dir):
                 findings.append(Finding("error", f"{seq.id} step {path}", problem))
-            facts = CHANNEL_FACTS[step.send]
-            if marketing and facts.interrupts and step.send not in quiet.channels:
-                findings.append(Finding(
-                    "warning", f"{seq.id} step {path}",
-                    f"marketing {facts.noun} {step.template!r} can go out at night: the quiet hours of this sequence "
-                    f"do not include {step.send}; add {step.send} to quiet_hours channels"))
+            for channel in _channels(step):
+                facts = CHANNEL_FACTS[channel]
+                if marketing and facts.interrupts and channel not in quiet.channels:
+                    findings.append(Finding(
+                        "warning", f"{seq.id} step {path}",
+                        f"marketing {facts.noun} {step.template!r} can go out at night: the quiet hours of this "
+                        f"sequence do not include {channel}; add {channel} to quiet_hours channels"))
     started = {s.start for seq in file.sequences for _, s in seq.walk()
                if isinstance(s, StartStep) and s.start != seq.id}
     for seq in file.sequences:
@@ -188,7 +190,9 @@ def _step(step: Step, seq: Sequence, sequences: dict[str, Sequence], partials: l
         case SendStep():
             if (step.category or seq.category) != "marketing":
                 return partials
-            return [((*sends, (clock, step.send)), clock, False) for sends, clock, _ in partials]
+            # One message, on its channel or its fallback: a path for each, never both on one.
+            return [((*sends, (clock, channel)), clock, False) for sends, clock, _ in partials
+                    for channel in _channels(step)]
         case WaitStep():
             return [(sends, clock + step.wait, False) for sends, clock, _ in partials]
         case WaitForStep():
@@ -217,6 +221,11 @@ def _step(step: Step, seq: Sequence, sequences: dict[str, Sequence], partials: l
             return partials
         case _:
             assert_never(step)
+
+
+def _channels(step: SendStep) -> list[ChannelName]:
+    """Where a send step's message may go: its channel, and its `fallback:` if it has one."""
+    return [step.send, *([step.fallback] if step.fallback else [])]
 
 
 def _noun(channel: str, n: int) -> str:

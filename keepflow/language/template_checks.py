@@ -28,8 +28,10 @@ REQUIRED = (UNSUBSCRIBE, POSTAL_ADDRESS)
 
 
 def marketing_email_problems(sequence: Sequence, step: Step, templates_dir: Path) -> list[str]:
-    """What keeps `step` (in `sequence`) from being a lawful marketing email; [] for any other step."""
-    if not isinstance(step, SendStep) or step.send != "email" or (step.category or sequence.category) != "marketing":
+    """What keeps `step` (in `sequence`) from being a lawful marketing email, on its own channel or
+    its `fallback:`; [] for any other step."""
+    if (not isinstance(step, SendStep) or "email" not in (step.send, step.fallback)
+            or (step.category or sequence.category) != "marketing"):
         return []
     problems = []
     env = Renderer(templates_dir).env

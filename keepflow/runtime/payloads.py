@@ -104,6 +104,9 @@ class SendRequest(BaseModel):
     template: str
     category: Category
     context: dict[str, Any]
+    # The step's `fallback:`: where the message goes when the customer cannot be reached on
+    # `channel` (keepflow/runtime/send_rules.py decides, at send time).
+    fallback: ChannelName | None = Field(**OPTIONAL)
     # The run's clock (workflow time) when this attempt was asked for; None in runs from before
     # the compliance rules, which fall back to the activity's clock.
     now: datetime | None = Field(**OPTIONAL)
@@ -130,6 +133,9 @@ class SendResult(BaseModel):
     reason: str | None = Field(**OPTIONAL)
     # For `deferred`: ask again at this time on the run's clock (quiet hours end, a cap slot frees).
     retry_at: datetime | None = Field(**OPTIONAL)
+    # The channel the message went on (or was held on), when it is the step's `fallback:`, not its
+    # own; `reason` then says why ("on sms (fallback: no LINE account)").
+    channel: ChannelName | None = Field(**OPTIONAL)
 
 
 class DoRequest(BaseModel):

@@ -13,6 +13,12 @@ the order they are asked; the first that refuses says why:
 6. the coupon the message offers is not redeemed or expired;
 7. quiet hours in the customer's time zone (or every fallback zone), where they apply.
 
+A step with `fallback:` is asked about twice when it must: `choose` asks the rules for the step's
+own channel, and when they refuse because the customer cannot be reached there (rules 3 to 5: no
+address, an invalid or suppressed one, no consent), asks them again for the fallback, whose own
+quiet hours and cap then apply. A refusal for any other reason (superseded, expired, the coupon)
+would be the same on any channel, so it does not fall back.
+
 Then the message goes, after taking a slot under the frequency cap if it counts (`over_cap` says
 what happens when there is none: taking the slot is atomic, so the activity does it).
 
@@ -28,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
+from keepflow.language.channels import ChannelName
 from keepflow.language.dsl import Cap
 from keepflow.runtime.payloads import SendPolicy, SendRequest
 from keepflow.sending import channels, contacts, frequency_cap, quiet_hours
@@ -68,6 +75,9 @@ class Send:
 @dataclass(frozen=True)
 class Skip:
     reason: str
+    # Why the customer cannot be reached on this channel, in a marketer's words ("no LINE
+    # account"), when that is the refusal: only such a skip gives way to a step's `fallback:`.
+    unreachable: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -79,23 +89,55 @@ class Defer:
 Decision = Send | Skip | Defer
 
 
+@dataclass(frozen=True)
+class Chosen:
+    """The channel a message goes on, and what the rules say there."""
+
+    channel: ChannelName
+    decision: Decision
+    # Set when it goes on the step's `fallback:`: why not on the step's own channel.
+    fallback_because: str | None = None
+
+
+def choose(request: SendRequest, facts: Mapping[str, Facts], now: datetime) -> Chosen:
+    """The step's channel, or its `fallback:` when the customer cannot be reached on the step's.
+    `facts` holds each channel's (the step's, and the fallback's when it has one)."""
+    decision = decide(request, facts[request.channel], now)
+    if request.fallback is None or not isinstance(decision, Skip) or decision.unreachable is None:
+        return Chosen(request.channel, decision)
+    second = decide(on_channel(request, request.fallback), facts[request.fallback], now)
+    if isinstance(second, Skip):
+        # Reachable on neither: the message stays the step's, and says why not on either.
+        return Chosen(request.channel, Skip(f"{decision.reason}; fallback {request.fallback}: {second.reason}"))
+    return Chosen(request.fallback, second, fallback_because=decision.unreachable)
+
+
+def on_channel(request: SendRequest, channel: ChannelName) -> SendRequest:
+    """The request as it is sent on `channel`, with no fallback left: the rules, the cap,
+    rendering and the provider read the channel from it."""
+    if channel == request.channel and request.fallback is None:
+        return request
+    return request.model_copy(update={"channel": channel, "fallback": None})
+
+
 def decide(request: SendRequest, facts: Facts, now: datetime) -> Decision:
     """May this message go at `now` (the run's clock), and on what terms."""
     channel = request.channel
+    on = channels.channel(channel).facts
     if request.drop:
         return Skip(request.drop)
     if request.expires_at is not None and now > request.expires_at:
         return Skip(f"expired: not sent by {request.expires_at:%Y-%m-%d %H:%M} UTC")
     if not facts.recipient:
-        return Skip(f"customer has no {channel} address")
+        return Skip(f"customer has no {channel} address", unreachable=f"no {on.address_noun}")
     problem = facts.address_problem or (None if facts.recipient_checked else _invalid(channel, facts.recipient))
     if problem:
-        return Skip(f"invalid {channel} address: {problem}")
+        return Skip(f"invalid {channel} address: {problem}", unreachable=f"invalid {on.address_noun}")
     if facts.suppression is not None:
         reason, source = facts.suppression
-        return Skip(f"suppressed: {reason} ({source})")
-    if request.category == "marketing" and not facts.consents.get(channels.channel(channel).consent_key):
-        return Skip(f"no {channel} marketing consent")
+        return Skip(f"suppressed: {reason} ({source})", unreachable=f"{on.address_noun} suppressed")
+    if request.category == "marketing" and not facts.consents.get(on.consent_key):
+        return Skip(f"no {channel} marketing consent", unreachable=f"no {on.label} marketing consent")
     if request.coupon:
         gone = coupon_refusal(request.coupon, facts.coupon, now)
         if gone:

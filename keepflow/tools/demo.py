@@ -4,7 +4,8 @@ It plays the store's events through the router to the production workflow and se
 Temporal's time-skipping server (`keepflow simulate`'s Stage: a throwaway SQLite store, the outbox
 provider), then prints every message with the day and the customer's local time it went out.
 Quiet hours, the frequency cap and expiry apply as they do in production: the shipping text the
-store reports at 22:00 is held until 08:00.
+store reports at 22:00 is held until 08:00. The customer has linked the shop's LINE account, so
+the lighting tip goes on LINE; without one (`--no-line`) it goes by SMS, the step's `fallback:`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ STORE_EVENTS = [(0.0, "order.created", {}),
                                         "tracking_url": "https://track.example.com/KEX0012345"}),
                 (3.0, "order.delivered", {})]
 
+# The customer's LINE user id, as the shop's LINE webhook links it (a demo value, never pushed to:
+# the demo sends through the outbox).
+LINE_USER_ID = "U" + "de30" * 8
+
 CUSTOMERS = {
     "en": {"first_name": "Nok", "locale": "en"},
     "th": {"first_name": "นก", "locale": "th-TH"},
@@ -41,12 +46,14 @@ CUSTOMERS = {
 }
 
 
-def event(event_type: str, order_id: str, locale: str, data: dict, at: datetime) -> EventIn:
+def event(event_type: str, order_id: str, locale: str, data: dict, at: datetime, on_line: bool = True) -> EventIn:
     person = CUSTOMERS[locale]
+    linked = {"line_user_id": LINE_USER_ID} if on_line else {}
     return EventIn.model_validate({
         "id": f"{event_type}:{order_id}", "type": event_type, "occurred_at": at.isoformat(),
         "customer": {"id": f"cust-{order_id}", "email": "customer@example.com", "phone": "+66812345678",
-                     "timezone": TIMEZONE, "consents": {"email": True, "sms": True}, **person},
+                     "timezone": TIMEZONE, "consents": {"email": True, "sms": True, "line": True}, **linked,
+                     **person},
         "order": {"id": order_id, "number": f"#{order_id}", "currency": "THB", "total": "25900.00", "items": [
             {"sku": "DSLR-200", "title": "Lumen D200 DSLR camera", "quantity": 1, "price": "24900.00"},
             {"sku": "SD-64", "title": "64 GB SD card", "quantity": 1, "price": "1000.00"}]},
@@ -68,20 +75,29 @@ def printed(line: Line, began: datetime, rows: dict[int, Message]) -> str:
     if request is None or result is None:
         return when + line.text
     m = rows.get(result.message_id) if result.message_id is not None else None
-    what = f"{when}{request.sequence_id:<15} {request.step:<16} {request.channel:<5} {(m and m.recipient) or '-':<22} "
+    # The channel it went on: a step's `fallback:` when the customer could not get the step's own.
+    channel = result.channel or request.channel
+    what = f"{when}{request.sequence_id:<15} {request.step:<16} {channel:<5} {(m and m.recipient) or '-':<22} "
     if result.status == "deferred":
         return f"{what}[yellow]held: {result.reason}[/yellow]"
     # A skipped message was never rendered: show which template it was.
-    headline = (m and (m.subject if CHANNEL_FACTS[request.channel].html else (m.body or "").partition("\n")[0])) or request.template
-    note = "" if result.status == "sent" else f"  [red]({result.status}: {result.reason})[/red]"
+    headline = (m and (m.subject if CHANNEL_FACTS[channel].html else (m.body or "").partition("\n")[0])) or request.template
+    if result.status != "sent":
+        note = f"  [red]({result.status}: {result.reason})[/red]"
+    elif result.channel is not None:
+        # "on sms (fallback: no LINE account)": the channel is in its column already.
+        note = f"  [yellow]{(result.reason or '').removeprefix(f'on {channel} ')}[/yellow]"
+    else:
+        note = ""
     return f"{what}{headline}{note}"
 
 
-async def run_demo(sequences: Path, templates: Path | None, locale: str = "en") -> int:
+async def run_demo(sequences: Path, templates: Path | None, locale: str = "en", on_line: bool = True) -> int:
     console = Console(highlight=False, soft_wrap=True)
     catalog = load_catalog(sequences, templates)
     order_id = f"D{uuid.uuid4().hex[:6].upper()}"
-    console.print(f"[bold]Keepflow demo[/bold]: order {order_id}, customer locale {locale}, in {TIMEZONE}; "
+    console.print(f"[bold]Keepflow demo[/bold]: order {order_id}, customer locale {locale}, in {TIMEZONE}, "
+                  f"{'on LINE' if on_line else 'no LINE account'}; "
                   "Temporal's time-skipping server plays the weeks in seconds ...")
     started = time.monotonic()
     async with stage(catalog) as on:
@@ -91,7 +107,7 @@ async def run_demo(sequences: Path, templates: Path | None, locale: str = "en") 
             at = began + timedelta(days=at_day)
             await on.sleep_until(at)
             lines.append(Line(at, "store", f"[cyan]store event {event_type}[/cyan]"))
-            await ingest(on.db, on.client, catalog, event(event_type, order_id, locale, data, at), on.settings.task_queue)
+            await ingest(on.db, on.client, catalog, event(event_type, order_id, locale, data, at, on_line), on.settings.task_queue)
         # Every run, those the journey's `start:` steps began too, to its end (a failed one raises here).
         lines += await on.finish()
         with on.db.session() as session:

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from keepflow.insights import rfm
 from keepflow.language import expressions
 from keepflow.language.catalog import Catalog
-from keepflow.language.channels import CHANNEL_FACTS
+from keepflow.language.channels import CHANNEL_FACTS, ChannelName
 from keepflow.language.dsl import (
     DoStep,
     ExitStep,
@@ -37,7 +37,9 @@ from keepflow.language.dsl import (
 )
 from keepflow.language.durations import format_duration, parse_duration
 from keepflow.language.rendering import Renderer, TemplateError
+from keepflow.runtime import send_rules
 from keepflow.runtime.events import CustomerIn, OrderIn
+from keepflow.runtime.payloads import SendRequest
 from keepflow.runtime.registry import Registered, discover, load_catalog
 
 SAMPLE_UNSUBSCRIBE_URL = "https://keepflow.example.com/unsubscribe/preview-sample-link"
@@ -85,6 +87,13 @@ class Message:
     text: str | None = None
     html: str | None = None
     error: str | None = None
+    # A step with `fallback:`: set when this customer would get it on the fallback, and why not
+    # on the step's own channel ("no LINE account").
+    fallback_because: str | None = None
+
+    @property
+    def channel_text(self) -> str:
+        return f"{self.channel} (fallback: {self.fallback_because})" if self.fallback_because else self.channel
 
 
 @dataclass
@@ -289,23 +298,42 @@ class _Walker:
     def send(self, sequence: Sequence, step: SendStep, path: str, context: dict[str, Any], when: When,
              branch: list[str]) -> None:
         category = step.category or sequence.category
-        message = Message(number=len(self.preview.messages) + 1, sequence_id=sequence.id, path=path,
-                          channel=step.send, template=step.template, category=category, when=when,
-                          branch=list(branch))
-        variables = dict(context)
-        if category == "marketing" and CHANNEL_FACTS[step.send].unsubscribe_link:
-            variables["unsubscribe_url"] = self.unsubscribe_url
         customer = context.get("customer") or {}
+        channel, because = _channel_for(sequence, step, path, category, customer, self.now)
+        message = Message(number=len(self.preview.messages) + 1, sequence_id=sequence.id, path=path,
+                          channel=channel, template=step.template, category=category, when=when,
+                          branch=list(branch), fallback_because=because)
+        variables = dict(context)
+        if category == "marketing" and CHANNEL_FACTS[channel].unsubscribe_link:
+            variables["unsubscribe_url"] = self.unsubscribe_url
         try:
-            rendered = self.renderer.render(step.send, step.template, self.locale or customer.get("locale"), variables)
+            rendered = self.renderer.render(channel, step.template, self.locale or customer.get("locale"), variables)
         except TemplateError as err:
             message.error = str(err)
         else:
             message.locale, message.subject = rendered.locale, rendered.subject
             # An email's text is its plain-text part, as it goes out: links written with their address.
             message.text = rendered.text
-            message.html = rendered.body if CHANNEL_FACTS[step.send].html else None
+            message.html = rendered.body if CHANNEL_FACTS[channel].html else None
         self.preview.entries.append(message)
+
+
+def _channel_for(sequence: Sequence, step: SendStep, path: str, category: str, customer: dict[str, Any],
+                 now: datetime) -> tuple[ChannelName, str | None]:
+    """The channel this customer would get the step on, and why the fallback if it is that: the
+    sending rules' own choice, from the customer as given (addresses and consents; the store's
+    suppressions and the clock's quiet hours are the run's to know)."""
+    if step.fallback is None:
+        return step.send, None
+    request = SendRequest(workflow_id="preview", sequence_id=sequence.id, step=path, channel=step.send,
+                          fallback=step.fallback, template=step.template, category=category,
+                          context={"customer": customer})
+    facts: dict[str, send_rules.Facts] = {
+        channel: send_rules.Facts(recipient=customer.get(CHANNEL_FACTS[channel].address_field),
+                                  consents=customer.get("consents") or {})
+        for channel in (step.send, step.fallback)}
+    chosen = send_rules.choose(request, facts, now)
+    return chosen.channel, chosen.fallback_because
 
 
 def build_preview(catalog: Catalog, sequence: Sequence, customer: dict[str, Any], order: dict[str, Any] | None = None,
@@ -354,7 +382,7 @@ def print_preview(preview: Preview, console=None) -> None:
             console.print(Text(f"  · {entry.text}" + (f"   [{where}]" if where else ""), style="dim"))
             continue
         m = entry
-        title = f"#{m.number:02d} {m.when.describe()} · {m.channel} · {m.sequence_id}/{m.template} ({m.category})"
+        title = f"#{m.number:02d} {m.when.describe()} · {m.channel_text} · {m.sequence_id}/{m.template} ({m.category})"
         if m.error:
             body = Text(f"could not render: {m.error}", style="bold red")
         else:

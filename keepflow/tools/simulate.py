@@ -394,9 +394,10 @@ async def _history_lines(client: Client, run_id: str, samples: Mapping[str, Any]
 def _describe(request: SendRequest, result: SendResult) -> str:
     what = f"{request.channel} {request.template} ({request.category}, step {request.step})"
     if result.status == "sent":
-        return f"{what}: sent"
+        # On the step's `fallback:`, the reason says so: "on sms (fallback: no LINE account)".
+        return f"{what}: sent{f' {result.reason}' if result.channel else ''}"
     if result.status == "deferred":
-        return f"{what}: held, {result.reason}"
+        return f"{what}: held{f' on {result.channel}' if result.channel else ''}, {result.reason}"
     return f"{what}: {result.status}{f', {result.reason}' if result.reason else ''}"
 
 

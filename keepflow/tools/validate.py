@@ -36,7 +36,8 @@ def _plural(n: int, word: str) -> str:
 
 
 def _template_stats(catalog: Catalog) -> tuple[int, int]:
-    used = {(s.send, s.template) for seq in catalog.file.sequences for _, s in seq.walk() if isinstance(s, SendStep)}
+    sends = [s for seq in catalog.file.sequences for _, s in seq.walk() if isinstance(s, SendStep)]
+    used = {(s.send, s.template) for s in sends} | {(s.fallback, s.template) for s in sends if s.fallback}
     locales: set[str] = set()
     for channel, name in used:
         locales.update(locale_files(catalog.templates_dir, channel, name))

@@ -72,3 +72,18 @@ def test_transactional_mail_has_no_link_and_needs_no_url():
     rendered = Renderer(TEMPLATES).render("email", "order_confirmed", "en", {**CONTEXT, "order": order})
     assert "/unsubscribe/" not in rendered.body and "Unsubscribe" not in rendered.body
     assert BRAND["postal_address"] in rendered.body
+
+
+# --- the LINE tip, and its fallback ------------------------------------------------------------------
+
+async def test_the_demo_customer_gets_the_lighting_tip_on_line(capsys):
+    assert await run_demo(SEQUENCES, None, "en") == 0
+    [tip] = [line for line in capsys.readouterr().out.splitlines() if " education " in line and " 5 " in line]
+    assert " line " in tip and "3 lighting tips" in tip and "fallback" not in tip
+
+
+async def test_without_a_line_account_the_demo_sends_the_tip_by_sms(capsys):
+    assert await run_demo(SEQUENCES, None, "en", on_line=False) == 0
+    [tip] = [line for line in capsys.readouterr().out.splitlines() if " education " in line and " 5 " in line]
+    assert " sms " in tip and "+66812345678" in tip and "3 light tips" in tip
+    assert "(fallback: no LINE account)" in tip

@@ -30,7 +30,6 @@ EMAILS: dict[str, tuple[str, ...]] = {
     "order_delivered": ("order", "shipment"),
     "education_basics": ("order",),
     "education_manual": ("order",),
-    "education_lighting": ("order",),
     "cross_sell_tripod": ("order", "profile"),
     "cross_sell_tripod_offer": ("order", "profile", "coupon"),
     "review_request": ("order",),
@@ -42,10 +41,13 @@ EMAILS: dict[str, tuple[str, ...]] = {
 SMS: dict[str, tuple[str, ...]] = {
     "order_shipped": ("order", "shipment"),
     "winback_offer": ("coupon",),
+    "education_lighting": ("order",),  # the LINE tip's `fallback: sms`
 }
-CASES = [("email", name, locale) for name in EMAILS for locale in LOCALES] + [
-    ("sms", name, locale) for name in SMS for locale in LOCALES
-]
+LINE: dict[str, tuple[str, ...]] = {
+    "education_lighting": ("order",),
+}
+BY_CHANNEL = {"email": EMAILS, "sms": SMS, "line": LINE}
+CASES = [(channel, name, locale) for channel, names in BY_CHANNEL.items() for name in names for locale in LOCALES]
 COUPON_TEMPLATES = {"cross_sell_tripod_offer", "winback_offer", "winback_reminder", "winback_last_chance"}
 
 THAI = re.compile(r"[\u0e00-\u0e7f]")
@@ -93,7 +95,7 @@ EVENT = {"id": "evt_1", "type": "order.created", "occurred_at": "2026-11-01T08:0
 
 
 def context(name: str, channel: str = "email", **overrides) -> dict:
-    needs = (EMAILS if channel == "email" else SMS)[name]
+    needs = BY_CHANNEL[channel][name]
     values = {
         "order": ORDER,
         "shipment": SHIPMENT,
@@ -169,8 +171,13 @@ def test_renders(renderer, channel, name, locale):
         assert rendered.subject is None
         assert rendered.body == rendered.text
         assert "<" not in rendered.body and "&amp;" not in rendered.body
+    if channel == "sms":
         assert "\n" not in rendered.body
         assert len(rendered.body) <= 160
+    if channel == "line":
+        # A chat message: a few short lines, greeting the customer by name, well under LINE's 5,000.
+        assert CUSTOMER["first_name"] in rendered.body
+        assert len(rendered.body) <= 500
 
 
 @pytest.mark.parametrize("locale", LOCALES)
