@@ -9,12 +9,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Protocol, assert_never
 
-from jinja2 import TemplateSyntaxError, meta
+from jinja2 import ChainableUndefined, TemplateSyntaxError, meta
 from jinja2 import nodes as jinja_nodes
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from keepflow.language import context_flow, key_checks, sendgrid_groups, template_checks
+from keepflow.language import context_flow, flex, key_checks, sample_values, sendgrid_groups, template_checks
 from keepflow.language.as_names import as_shapes
 from keepflow.language.channels import CHANNEL_FACTS
 from keepflow.language.dsl import (
@@ -35,7 +35,16 @@ from keepflow.language.durations import format_duration
 from keepflow.language.events import BUILTIN_EVENTS
 from keepflow.language.expressions import ExpressionError, check_syntax, parse, refusal, refused
 from keepflow.language.problems import Report, Severity
-from keepflow.language.rendering import FALLBACK_LOCALE, Renderer, locale_files, template_path, template_source
+from keepflow.language.rendering import (
+    FALLBACK_LOCALE,
+    Renderer,
+    both_kinds,
+    is_flex,
+    locale_files,
+    relative_template,
+    template_path,
+    template_source,
+)
 from keepflow.language.schema_errors import aliases, did_you_mean, friendly
 from keepflow.language.syntax_messages import jinja_message
 from keepflow.language.yaml_source import StepAt, has_key, key_pos, locate, point, steps_at, value_pos
@@ -237,22 +246,43 @@ class Semantics:
     def send(self, at: StepAt, step: SendStep) -> None:
         english = template_path(step.send, step.template, FALLBACK_LOCALE)
         pos = at.pos("template")
-        if not (self.templates_dir / english).is_file():
-            self.add(pos, f"no template {english} in {self.templates_dir} "
+        files = locale_files(self.templates_dir, step.send, step.template)
+        if FALLBACK_LOCALE not in files:
+            flex_extension = CHANNEL_FACTS[step.send].flex_extension
+            also = (f" or, for a Flex message, {template_path(step.send, step.template, FALLBACK_LOCALE, flex_extension)}"
+                    if flex_extension else "")
+            self.add(pos, f"no template {english}{also} in {self.templates_dir} "
                           "(every locale falls back to English, so the English one is required)")
-        for locale in locale_files(self.templates_dir, step.send, step.template):
-            relative = template_path(step.send, step.template, locale)
+        for flex_file, text_file in both_kinds(self.templates_dir, step.send, step.template):
+            self.add(pos, f"templates {flex_file} and {text_file} are both there and only {flex_file} would be "
+                          "sent; delete the one you do not mean")
+        for file in files.values():
+            relative = relative_template(self.templates_dir, file)
             if relative in self.templates_checked:
                 continue
             self.templates_checked.add(relative)
-            for problem in self.compile(relative, subject_required=CHANNEL_FACTS[step.send].html):
+            problems = self.compile(relative, subject_required=CHANNEL_FACTS[step.send].html)
+            if not problems and is_flex(relative):
+                problems = self.flex(relative)
+            for problem in problems:
                 self.add(pos, problem)
+
+    def flex(self, relative: str) -> list[str]:
+        """What LINE would refuse of a Flex template, rendered with sample values."""
+        assert self.renderer is not None  # compile() made it
+        env = self.renderer.flex_env.overlay(undefined=ChainableUndefined)
+        try:
+            text = env.get_template(relative).render(sample_values.sample(self.shapes, self.file.brand))
+        except Exception as exc:  # a filter given a sample it cannot take: nothing else to check
+            return [f"template {relative}: not checked against LINE's limits, as it did not render with "
+                    f"sample values: {exc}"]
+        return [f"template {relative}:{finding}" for finding in flex.problems(text)]
 
     def compile(self, relative: str, subject_required: bool = False) -> list[str]:
         """Jinja syntax errors in a template and in what it extends, includes or imports."""
         if self.renderer is None:
             self.renderer = Renderer(self.templates_dir)
-        env = self.renderer.env
+        env = self.renderer.flex_env if is_flex(relative) else self.renderer.env
         try:
             source = template_source(env, relative)
             ast = env.parse(source, relative)

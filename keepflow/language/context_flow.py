@@ -39,7 +39,7 @@ from keepflow.language.dsl import (
 )
 from keepflow.language.durations import format_duration
 from keepflow.language.problems import Severity
-from keepflow.language.rendering import Renderer, locale_files, template_path, template_source
+from keepflow.language.rendering import Renderer, locale_files, relative_template, template_source
 from keepflow.language.yaml_source import StepAt
 
 
@@ -194,8 +194,8 @@ class Checker:
         if step.coupon:
             known.add(step.coupon)
         reported: set[str] = set()
-        for locale in locale_files(self.sem.templates_dir, step.send, step.template):
-            relative = template_path(step.send, step.template, locale)
+        for file in locale_files(self.sem.templates_dir, step.send, step.template).values():
+            relative = relative_template(self.sem.templates_dir, file)
             found = self.variables(relative)
             if found is None:
                 continue
