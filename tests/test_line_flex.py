@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from keepflow.cli import app
+from keepflow.language import flex
 from keepflow.language.rendering import Renderer, TemplateError
 from tests.engine import ROOT, TEST_TEMPLATES
 
@@ -67,3 +68,20 @@ def test_preview_shows_a_flex_message_as_its_alt_text_and_the_words_in_it(tmp_pa
     assert "A little something from Lumen Camera Co.: 10% off your next order." in result.output
     assert "[Shop now](https://shop.example.com/?c=" in result.output
     assert '"type"' not in result.output
+
+
+EXAMPLE = ROOT / "examples" / "templates" / "line" / "order_confirmed.en.json"
+
+
+def test_the_example_flex_template_renders_within_lines_limits_and_is_the_one_the_guide_shows():
+    context = {"brand": {"name": "Lumen Camera Co.", "url": "https://shop.example.com"},
+               "customer": json.loads((ROOT / "examples" / "customer.json").read_text(encoding="utf-8")),
+               "order": json.loads((ROOT / "examples" / "order.json").read_text(encoding="utf-8"))}
+    renderer = Renderer(EXAMPLE.parents[1])
+    assert flex.problems(renderer.render_flex_text("line/order_confirmed.en.json", {**context, "locale": "en"})) == []
+    rendered = renderer.render("line", "order_confirmed", "en", context)
+    assert rendered.text.splitlines()[0] == "Lumen Camera Co.: order #1001 is confirmed, THB25,900.00"
+    assert "1 × Lumen D200 DSLR camera" in rendered.text
+    assert "[See your order](https://shop.example.com/orders/1001)" in rendered.text
+    guide = (ROOT / "docs" / "templates.md").read_text(encoding="utf-8")
+    assert EXAMPLE.read_text(encoding="utf-8") in guide
