@@ -85,3 +85,11 @@ def test_the_example_flex_template_renders_within_lines_limits_and_is_the_one_th
     assert "[See your order](https://shop.example.com/orders/1001)" in rendered.text
     guide = (ROOT / "docs" / "templates.md").read_text(encoding="utf-8")
     assert EXAMPLE.read_text(encoding="utf-8") in guide
+
+
+def test_a_message_a_customers_data_makes_too_big_for_line_fails_before_it_is_sent(tmp_path: Path):
+    (tmp_path / "line").mkdir()
+    (tmp_path / "line" / "x.en.json").write_text(
+        '{"altText": "Hi {{ customer.first_name }}", "contents": {"type": "bubble"}}', encoding="utf-8")
+    with pytest.raises(TemplateError, match=r"line/x.en.json:1:2: altText: 1503 characters, and LINE takes at most 1500"):
+        Renderer(tmp_path).render("line", "x", "en", {"customer": {"first_name": "N" * 1500}})

@@ -131,3 +131,9 @@ def test_a_flex_template_satisfies_the_english_one_required(tmp_path):
     assert findings(tmp_path, None, card_th_json=GOOD) != []
     problem = only(findings(tmp_path / "b", None))
     assert "no template line/card.en.txt or, for a Flex message, line/card.en.json" in problem.message
+
+
+def test_a_template_the_sample_values_cannot_render_is_a_warning_not_an_error(tmp_path):
+    [problem] = findings(tmp_path, GOOD.replace("{{ brand.name }}", "{{ brand.name | date }}"))
+    assert problem.severity == "warning"
+    assert "template line/card.en.json was not checked against LINE's limits" in problem.message

@@ -262,21 +262,23 @@ class Semantics:
                 continue
             self.templates_checked.add(relative)
             problems = self.compile(relative, subject_required=CHANNEL_FACTS[step.send].html)
-            if not problems and is_flex(relative):
-                problems = self.flex(relative)
             for problem in problems:
                 self.add(pos, problem)
+            if not problems and is_flex(relative):
+                self.flex(pos, relative)
 
-    def flex(self, relative: str) -> list[str]:
+    def flex(self, pos: tuple[int, int], relative: str) -> None:
         """What LINE would refuse of a Flex template, rendered with sample values."""
         assert self.renderer is not None  # compile() made it
         env = self.renderer.flex_env.overlay(undefined=ChainableUndefined)
         try:
             text = env.get_template(relative).render(sample_values.sample(self.shapes, self.file.brand))
-        except Exception as exc:  # a filter given a sample it cannot take: nothing else to check
-            return [f"template {relative}: not checked against LINE's limits, as it did not render with "
-                    f"sample values: {exc}"]
-        return [f"template {relative}:{finding}" for finding in flex.problems(text)]
+        except Exception as exc:  # a filter given a sample it cannot take: the template may be right
+            self.add(pos, f"template {relative} was not checked against LINE's limits: it did not render with "
+                          f"sample values ({exc}); `keepflow preview` renders it with a customer's", "warning")
+            return
+        for finding in flex.problems(text):
+            self.add(pos, f"template {relative}:{finding}")
 
     def compile(self, relative: str, subject_required: bool = False) -> list[str]:
         """Jinja syntax errors in a template and in what it extends, includes or imports."""
