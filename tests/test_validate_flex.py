@@ -137,3 +137,12 @@ def test_a_template_the_sample_values_cannot_render_is_a_warning_not_an_error(tm
     [problem] = findings(tmp_path, GOOD.replace("{{ brand.name }}", "{{ brand.name | date }}"))
     assert problem.severity == "warning"
     assert "template line/card.en.json was not checked against LINE's limits" in problem.message
+
+
+def test_a_finding_inside_a_loop_is_placed_on_the_templates_own_line(tmp_path):
+    example = (Path(__file__).resolve().parents[1] / "examples" / "templates" / "line" / "order_confirmed.en.json")
+    card = example.read_text(encoding="utf-8").replace('"flex": 2, "align": "end"', '"flex": 2, "align": "ending"')
+    # The step's context has no order here (validate says so too); the sample values still render it.
+    [problem] = [p for p in findings(tmp_path, card) if "uses 'order'" not in p.message]
+    assert problem.message.startswith("template line/card.en.json:22:91: contents.body.contents[1].contents[1].align: "
+                                      "'ending' is not one LINE knows; did you mean 'end'?"), problem.message

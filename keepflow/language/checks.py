@@ -277,7 +277,7 @@ class Semantics:
             self.add(pos, f"template {relative} was not checked against LINE's limits: it did not render with "
                           f"sample values ({exc}); `keepflow preview` renders it with a customer's", "warning")
             return
-        for finding in flex.problems(text):
+        for finding in flex.problems(text, template_source(env, relative)):
             self.add(pos, f"template {relative}:{finding}")
 
     def compile(self, relative: str, subject_required: bool = False) -> list[str]:

@@ -52,8 +52,10 @@ def json_string_content(value: Any) -> str:
 
 @dataclass(frozen=True)
 class Finding:
-    """Something LINE would refuse, at a (1-based) line and column of the rendered JSON, which are
-    the template's: an escaped value never adds a line, and Flex templates keep each tag's line."""
+    """Something LINE would refuse, at a (1-based) line and column of the rendered JSON. Those are
+    the template's: an escaped value never adds a line, Flex templates keep each tag's line, and
+    validate's sample lists hold one item, so a loop's body renders once, where it is written. Only
+    an `{% if %}` not taken moves what follows it up by its lines."""
     line: int
     column: int
     message: str
@@ -79,15 +81,16 @@ def parse(text: str) -> dict[str, Any]:
     return message
 
 
-def problems(text: str) -> list[Finding]:
-    """What LINE would refuse of this rendered Flex template, each where it is."""
+def problems(text: str, source: str | None = None) -> list[Finding]:
+    """What LINE would refuse of this rendered Flex template, each where it is; with the template's
+    `source`, at the template's column too (a value rendered earlier on the line moves the rest)."""
     try:
         message = json.loads(text)
     except json.JSONDecodeError as exc:
         return [Finding(exc.lineno, exc.colno, f"not valid JSON: {exc.msg}. A {{{{ value }}}} belongs inside "
                                                "quotes (\"text\": \"Hi {{ customer.first_name }}\"); check commas "
                                                "and brackets near here")]
-    places = _Places(text)
+    places = _Places(text, source)
     found = [Finding(*places.at(list(error.absolute_path)), _schema_message(error))
              for error in _leaf_errors(_validator().iter_errors(message))]
     if found or not isinstance(message, dict):
@@ -210,21 +213,28 @@ class _Places:
     """Line and column of each part of the rendered JSON, found by reading it again as YAML (JSON
     is YAML, and ruamel keeps where each node is). A part it cannot place is put at its parent."""
 
-    def __init__(self, text: str):
+    def __init__(self, text: str, source: str | None = None):
         try:
             # A tab may separate JSON tokens but not YAML ones; one space keeps every column.
             self.root: Any = YAML(typ="rt").load(text.replace("\t", " "))
         except YAMLError:
             self.root = None
+        self.source_lines = source.splitlines() if source is not None else []
 
     def at(self, path: list[Any]) -> tuple[int, int]:
-        node, where = self.root, (0, 0)
+        node, where, key = self.root, (0, 0), None
         for part in path:
             if isinstance(node, CommentedMap) and part in node:
-                line, column = node.lc.key(part)
+                (line, column), key = node.lc.key(part), part
             elif isinstance(node, CommentedSeq) and isinstance(part, int) and part < len(node):
-                line, column = node.lc.item(part)
+                (line, column), key = node.lc.item(part), None
             else:
                 break
             where, node = (line, column), node[part]
-        return where[0] + 1, where[1] + 1
+        line, column = where
+        # The template's column of a key is where its line spells it, if it does so once.
+        if key is not None and line < len(self.source_lines):
+            spelt = self.source_lines[line].split(json.dumps(key))
+            if len(spelt) == 2:
+                column = len(spelt[0])
+        return line + 1, column + 1
