@@ -9,7 +9,8 @@ Layout under `templates/`:
 
 A locale falls back from most to least specific and finally to English, so `th-TH` tries
 `th-TH`, then `th`, then `en`; Chinese regions map to their script (`zh-TW` -> `zh-Hant`).
-HTML is autoescaped, every value in a Flex template is JSON-escaped, and a variable the context does not provide is an error, never a blank.
+HTML is autoescaped, every value in a Flex template is JSON-escaped, and a variable the context
+does not provide is an error, never a blank.
 """
 
 from __future__ import annotations
@@ -172,7 +173,8 @@ class Renderer:
             message = flex.parse(self.render_flex_text(path, variables))
         except flex.FlexError as exc:
             raise TemplateError(f"{path}:{exc}") from exc
-        return Rendered(locale, None, json.dumps(message, ensure_ascii=False), flex.readable(message), message)
+        # Indented: the row keeps it as the message's body, which the dashboard shows as it is.
+        return Rendered(locale, None, json.dumps(message, ensure_ascii=False, indent=2), flex.readable(message), message)
 
 
 # Link targets spelled out ("[Track your parcel](https://...)"): a text-only reader must still
