@@ -634,11 +634,18 @@ def report(
         attribution_window = parse_duration(window)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--window") from None
+    from keepflow.language.lint import read_file
+
     settings = _local_settings()
+    # LINE's quota, where sequences.yaml sets one; a file that cannot be read leaves it out.
+    file, _ = read_file(settings.sequences_path)
+    rules = file.rules if file is not None else None
+    line_quota = rules.line.monthly_quota if rules is not None and rules.line is not None else None
     upgrade(settings.resolved_database_url)
     db = Database(settings.resolved_database_url)
     try:
-        result = build_report(db, start, sequence_id=sequence, window=attribution_window)
+        result = build_report(db, start, sequence_id=sequence, window=attribution_window, line_quota=line_quota,
+                              zone=(rules.timezone if rules is not None else None) or "UTC")
     finally:
         db.dispose()
     if format == "json":
@@ -735,14 +742,42 @@ def simulate(
 
 
 @app.command()
-def lint(path: SequencesArg = None, templates: TemplatesOpt = None) -> None:
-    """Look at all sequences together: worst-case messages per customer against the cap, unsubscribe links, quiet hours, unreachable sequences."""
+def lint(
+    path: SequencesArg = None,
+    templates: TemplatesOpt = None,
+    customers: Annotated[Optional[int], typer.Option(
+        "--customers", min=0, help="customers with a LINE user id, for rules.line.monthly_quota "
+                                   "(default: counted in the store, where there is one)")] = None,
+) -> None:
+    """Look at all sequences together: worst-case messages per customer against the cap and LINE's monthly quota, unsubscribe links, quiet hours, unreachable sequences."""
     from keepflow.language.catalog import default_templates_dir
     from keepflow.language.lint import run_lint
 
     settings = get_settings()
     sequences = path or settings.sequences_path
-    raise typer.Exit(run_lint(sequences, templates or settings.templates_dir or default_templates_dir(sequences)))
+    counted = (lambda: customers) if customers is not None else _stored_line_customers
+    raise typer.Exit(run_lint(sequences, templates or settings.templates_dir or default_templates_dir(sequences),
+                              counted))
+
+
+def _stored_line_customers() -> int | None:
+    """Customers with a LINE user id in the local stack's store; None where there is no store to read."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from keepflow.insights.line_quota import line_customers
+    from keepflow.store import Database
+    from keepflow.tools.dev_state import locate, no_database_line
+
+    stack = locate(get_settings())
+    if no_database_line(stack):
+        return None
+    db = Database(stack.settings.resolved_database_url)
+    try:
+        return line_customers(db)
+    except SQLAlchemyError:  # a store from before LINE, or not reachable: lint goes on without it
+        return None
+    finally:
+        db.dispose()
 
 
 @app.command()

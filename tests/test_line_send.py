@@ -58,3 +58,30 @@ async def test_without_line_consent_a_marketing_line_message_is_skipped(env, tmp
     [row] = messages(db)
     assert row.status == "skipped"
     assert fake.accepted("line") == []
+
+
+LINE_OFFER = snapshot("""
+brand: {name: Lumen Camera Co.}
+sequences:
+  - id: t
+    category: marketing
+    steps:
+      - send: line
+        template: offer
+""")
+
+
+async def test_a_flex_template_is_pushed_once_as_a_flex_message_the_contract_accepts(env, tmp_path, db, fake):
+    # The fake checks every push against LINE's published schema and answers a violation with 400.
+    customer = {**NOK, "first_name": 'Nok "N"\nS.'}
+    async with running_worker(env, line_settings(tmp_path, fake), db) as tq:
+        handle = await start(env.client, tq, LINE_OFFER, {"customer": customer})
+        await handle.result()
+    [row] = messages(db)
+    assert (row.channel, row.status) == ("line", "sent")
+    [push] = fake.accepted("line")
+    [message] = push["messages"]
+    assert message["type"] == "flex"
+    assert message["altText"] == 'Lumen Camera Co.: Nok "N"\nS., your offer is inside'
+    assert message["contents"]["body"]["contents"][0]["text"] == 'Hello Nok "N"\nS.'
+    assert fake.line_deliveries() == {retry_key(f"{handle.id}:0"): 1}

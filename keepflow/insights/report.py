@@ -81,6 +81,7 @@ from sqlalchemy.sql import column, table
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import Interval
 
+from keepflow.insights.line_quota import line_sent_in_month
 from keepflow.language.durations import Duration
 from keepflow.store import Database, Event, Message, Order, Run, utc
 from keepflow.store.models import EventMessageId
@@ -169,6 +170,15 @@ class Kpis(BaseModel):
     clv_by_segment: list[SegmentValue]
 
 
+class LineMonth(BaseModel):
+    """LINE messages sent in this calendar month (keepflow/insights/line_quota.py) against the quota."""
+    month: str  # "2026-12"
+    timezone: str  # the shop's, whose calendar the month follows
+    sent: int
+    quota: int
+    share: float  # sent / quota
+
+
 class Report(BaseModel):
     since: datetime
     until: datetime
@@ -178,6 +188,8 @@ class Report(BaseModel):
     steps: list[StepReport]
     kpis: Kpis
     needs_decision: int = 0
+    # Only where sequences.yaml sets rules.line.monthly_quota.
+    line_month: LineMonth | None = None
 
 
 # -- attribution ------------------------------------------------------------------------------
@@ -257,10 +269,11 @@ def attribute(db: Database, since: datetime, window: timedelta = WINDOW) -> list
 
 def build_report(
     db: Database, since: datetime, sequence_id: str | None = None, window: timedelta = WINDOW,
-    now: datetime | None = None, clv: bool = True,
+    now: datetime | None = None, clv: bool = True, line_quota: int | None = None, zone: str = "UTC",
 ) -> Report:
     """The report; `clv=False` leaves `kpis.clv_by_segment` empty (it reads every order ever
-    stored, so a caller that does not show it need not pay for it)."""
+    stored, so a caller that does not show it need not pay for it). `line_quota`: LINE's monthly
+    quota, to set `line_month` against (this calendar month in `zone`)."""
     since = _since(since)
     attributed = attribute(db, since, window)
     attributions = [a for a in attributed if sequence_id in (None, a.sequence_id)]
@@ -357,7 +370,13 @@ def build_report(
         actions_per_engagement=_rate(total("opened") + total("clicked"), sent),
         orders=len(attributions), revenue=_sorted(revenue), clv_by_segment=clv_rows,
     )
+    line_month = None
+    if line_quota is not None:
+        month, line_sent = line_sent_in_month(db, now or datetime.now(timezone.utc), zone)
+        line_month = LineMonth(month=month, timezone=zone, sent=line_sent, quota=line_quota,
+                               share=round(line_sent / line_quota, 4))
     return Report(
+        line_month=line_month,
         since=since, until=utc(now or datetime.now(timezone.utc)), window=window, sequence_id=sequence_id,
         sequences=[sequences[k].model_copy(update={"revenue": _sorted(sequences[k].revenue)}) for k in sorted(sequences)],
         steps=[r.model_copy(update={"revenue": _sorted(r.revenue)}) for r in step_rows],
@@ -499,6 +518,10 @@ def print_report(report: Report, console=None) -> None:
                       str(r.unsubscribed), str(r.orders), format_money(r.revenue))
         reasons.extend((r.sequence_id, r.step, why, n) for why, n in Counter(r.skipped_reasons).most_common())
     console.print(steps)
+    if (line := report.line_month) is not None:
+        full = "; the quota is used up: LINE refuses pushes until the month ends" if line.sent >= line.quota else ""
+        console.print(f"LINE messages sent in {line.month} ({line.timezone}): {line.sent:,} of the monthly quota of "
+                      f"{line.quota:,} ({line.share:.0%}){full}", highlight=False)
     if report.needs_decision:
         console.print(f"[bold]{report.needs_decision} message(s) have an unknown outcome and need a decision[/bold] "
                       f"(whenever created): `{LIST_UNKNOWN}` lists them, with how to settle each.")

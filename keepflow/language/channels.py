@@ -39,6 +39,9 @@ class ChannelFacts:
     # `fallback:` ("no LINE account"), in preview, simulate and the message row.
     label: str
     address_noun: str
+    # A rich message template beside the text one (LINE's Flex JSON, keepflow/language/flex.py):
+    # for a locale that has both, the rich one is used and validate refuses the pair.
+    flex_extension: str | None = None
 
 
 CHANNEL_FACTS: dict[str, ChannelFacts] = {facts.name: facts for facts in (
@@ -51,6 +54,6 @@ CHANNEL_FACTS: dict[str, ChannelFacts] = {facts.name: facts for facts in (
     # A push to the customer's LINE account (the official account's chat), by LINE user id.
     ChannelFacts(name="line", address_field="line_user_id", consent_key="line", template_extension="txt", html=False,
                  unsubscribe_link=False, interrupts=True, noun="LINE message", label="LINE",
-                 address_noun="LINE account"),
+                 address_noun="LINE account", flex_extension="json"),
 )}
 assert set(CHANNEL_FACTS) == set(get_args(ChannelName)), "every channel name has its facts, and no more"

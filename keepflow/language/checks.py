@@ -9,12 +9,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Protocol, assert_never
 
-from jinja2 import TemplateSyntaxError, meta
+from jinja2 import ChainableUndefined, TemplateSyntaxError, meta
 from jinja2 import nodes as jinja_nodes
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from keepflow.language import context_flow, key_checks, sendgrid_groups, template_checks
+from keepflow.language import context_flow, flex, key_checks, sample_values, sendgrid_groups, template_checks
 from keepflow.language.as_names import as_shapes
 from keepflow.language.channels import CHANNEL_FACTS
 from keepflow.language.dsl import (
@@ -35,7 +35,16 @@ from keepflow.language.durations import format_duration
 from keepflow.language.events import BUILTIN_EVENTS
 from keepflow.language.expressions import ExpressionError, check_syntax, parse, refusal, refused
 from keepflow.language.problems import Report, Severity
-from keepflow.language.rendering import FALLBACK_LOCALE, Renderer, locale_files, template_path, template_source
+from keepflow.language.rendering import (
+    FALLBACK_LOCALE,
+    Renderer,
+    both_kinds,
+    is_flex,
+    locale_files,
+    relative_template,
+    template_path,
+    template_source,
+)
 from keepflow.language.schema_errors import aliases, did_you_mean, friendly
 from keepflow.language.syntax_messages import jinja_message
 from keepflow.language.yaml_source import StepAt, has_key, key_pos, locate, point, steps_at, value_pos
@@ -259,22 +268,45 @@ class Semantics:
     def templates(self, pos: tuple[int, int], channel: str, template: str, why: str = "") -> None:
         """A channel's templates of one name: the English one there, and every locale compiling."""
         english = template_path(channel, template, FALLBACK_LOCALE)
-        if not (self.templates_dir / english).is_file():
-            self.add(pos, f"no template {english} in {self.templates_dir} "
+        files = locale_files(self.templates_dir, channel, template)
+        if FALLBACK_LOCALE not in files:
+            flex_extension = CHANNEL_FACTS[channel].flex_extension
+            also = (f" or, for a Flex message, {template_path(channel, template, FALLBACK_LOCALE, flex_extension)}"
+                    if flex_extension else "")
+            self.add(pos, f"no template {english}{also} in {self.templates_dir} "
                           f"(every locale falls back to English, so the English one is required{why})")
-        for locale in locale_files(self.templates_dir, channel, template):
-            relative = template_path(channel, template, locale)
+        for flex_file, text_file in both_kinds(self.templates_dir, channel, template):
+            self.add(pos, f"templates {flex_file} and {text_file} are both there and only {flex_file} would be "
+                          "sent; delete the one you do not mean")
+        for file in files.values():
+            relative = relative_template(self.templates_dir, file)
             if relative in self.templates_checked:
                 continue
             self.templates_checked.add(relative)
-            for problem in self.compile(relative, subject_required=CHANNEL_FACTS[channel].html):
+            problems = self.compile(relative, subject_required=CHANNEL_FACTS[channel].html)
+            for problem in problems:
                 self.add(pos, problem)
+            if not problems and is_flex(relative):
+                self.flex(pos, relative)
+
+    def flex(self, pos: tuple[int, int], relative: str) -> None:
+        """What LINE would refuse of a Flex template, rendered with sample values."""
+        assert self.renderer is not None  # compile() made it
+        env = self.renderer.flex_env.overlay(undefined=ChainableUndefined)
+        try:
+            text = env.get_template(relative).render(sample_values.sample(self.shapes, self.file.brand))
+        except Exception as exc:  # a filter given a sample it cannot take: the template may be right
+            self.add(pos, f"template {relative} was not checked against LINE's limits: it did not render with "
+                          f"sample values ({exc}); `keepflow preview` renders it with a customer's", "warning")
+            return
+        for finding in flex.problems(text, template_source(env, relative)):
+            self.add(pos, f"template {relative}:{finding}")
 
     def compile(self, relative: str, subject_required: bool = False) -> list[str]:
         """Jinja syntax errors in a template and in what it extends, includes or imports."""
         if self.renderer is None:
             self.renderer = Renderer(self.templates_dir)
-        env = self.renderer.env
+        env = self.renderer.flex_env if is_flex(relative) else self.renderer.env
         try:
             source = template_source(env, relative)
             ast = env.parse(source, relative)

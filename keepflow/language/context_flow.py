@@ -39,7 +39,7 @@ from keepflow.language.dsl import (
 )
 from keepflow.language.durations import format_duration
 from keepflow.language.problems import Severity
-from keepflow.language.rendering import Renderer, locale_files, template_path, template_source
+from keepflow.language.rendering import Renderer, locale_files, relative_template, template_source
 from keepflow.language.yaml_source import StepAt
 
 
@@ -203,8 +203,8 @@ class Checker:
             optional.add("unsubscribe_url")
         if step.coupon:
             known.add(step.coupon)
-        for locale in locale_files(self.sem.templates_dir, channel, step.template):
-            relative = template_path(channel, step.template, locale)
+        for file in locale_files(self.sem.templates_dir, channel, step.template).values():
+            relative = relative_template(self.sem.templates_dir, file)
             found = self.variables(relative)
             if found is None:
                 continue

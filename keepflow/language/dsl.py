@@ -216,6 +216,15 @@ def _default_caps() -> dict[ChannelName, Cap]:
     return {"email": Cap(max=2, per=timedelta(hours=24)), "sms": Cap(max=1, per=timedelta(hours=24))}
 
 
+class LineRules(_Model):
+    """What the shop's LINE official account allows (`rules: {line: {monthly_quota: 5000}}`)."""
+
+    # LINE counts every push (marketing or not) against the plan's messages a month; past it, pushes
+    # are refused with 429 until the month ends. `keepflow lint` warns when the sequences can
+    # exceed it and `keepflow report` shows this month's use. Nothing holds a message back for it.
+    monthly_quota: int = Field(ge=1, description="messages the LINE plan allows a calendar month (every push counts)")
+
+
 class Rules(_Model):
     """Shop-wide sending rules (`rules:` in sequences.yaml)."""
 
@@ -235,6 +244,8 @@ class Rules(_Model):
     # a group not named here goes in KEEPFLOW_SENDGRID_ASM_GROUP_ID's.
     sendgrid_unsubscribe_groups: dict[Annotated[str, Field(pattern=_NAME)], Annotated[int, Field(gt=0)]] = Field(
         default_factory=dict)
+    # Left out of a run's snapshot when unset, so every definition hash from before it stays the same.
+    line: LineRules | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class Reentry(_Model):

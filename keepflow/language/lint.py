@@ -5,6 +5,8 @@
 - Marketing emails without an unsubscribe link or postal address (the rules of `template_rules`).
 - Marketing texts in a sequence whose quiet hours do not cover SMS.
 - Sequences nobody can enter.
+- With `rules.line.monthly_quota`: the most LINE messages one customer can get in a month, times the
+  customers with a LINE user id, against the quota.
 
 How the worst case is counted, so a marketer can trust (and argue with) the numbers: each entry
 point (a sequence with a `trigger:`) is followed along every path, with `start:` followed into the
@@ -14,10 +16,17 @@ with `fallback:` tries each of its two channels (one message, on one or the othe
 busiest path of each entry point counts, and the entry points are added up, as a customer may be
 in all of them at the same time. A started sequence is counted inside the one that starts it, not
 again on its own.
+
+LINE's quota counts every push, transactional ones too, in a calendar month: so a month is taken as
+31 days, and transactional LINE messages count beside the marketing ones. Where the frequency cap
+limits LINE (max per window), marketing ones in a month are at most max × the windows that fit in
+31 days (rounded up). Each sequence is taken to be entered once in the month.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -47,6 +56,8 @@ from keepflow.language.durations import format_duration
 Severity = Literal["error", "warning", "info"]
 DAY = timedelta(days=1)
 WEEK = timedelta(days=7)
+# The longest calendar month, as LINE's quota counts.
+MONTH = timedelta(days=31)
 # Paths multiply at every branch; past this many the busiest found so far is reported.
 MAX_PATHS = 5000
 
@@ -72,22 +83,45 @@ class Volume:
 
 
 @dataclass(frozen=True)
+class LineQuota:
+    """The worst month of LINE messages against `rules.line.monthly_quota`."""
+
+    quota: int
+    marketing: int  # per customer, after the frequency cap
+    transactional: int  # per customer
+    customers: int | None  # with a LINE user id; None: not known
+
+    @property
+    def per_customer(self) -> int:
+        return self.marketing + self.transactional
+
+    @property
+    def worst_month(self) -> int | None:
+        return None if self.customers is None else self.per_customer * self.customers
+
+
+@dataclass(frozen=True)
 class LintResult:
     findings: list[Finding]
     volumes: list[Volume]
+    line_quota: LineQuota | None = None
 
     @property
     def errors(self) -> int:
         return sum(f.severity == "error" for f in self.findings)
 
 
-# A path is the marketing sends it makes: (time from the run's start, channel).
-Path_ = tuple[tuple[timedelta, ChannelName], ...]
+# A path is the sends it makes: (time from the run's start, channel, whether it is marketing).
+Path_ = tuple[tuple[timedelta, ChannelName, bool], ...]
 
 
-def lint(file: SequencesFile, templates_dir: Path) -> LintResult:
+def lint(file: SequencesFile, templates_dir: Path, line_customers: int | None = None) -> LintResult:
+    """`line_customers`: how many customers have a LINE user id, for the quota; None if not known."""
     findings: list[Finding] = []
     volumes = worst_case(file)
+    quota = line_quota(file, line_customers)
+    if quota is not None:
+        findings += _quota_findings(quota)
     for volume in volumes:
         if volume.cap_max is not None and volume.in_cap_window > volume.cap_max:
             held = volume.in_cap_window - volume.cap_max
@@ -122,14 +156,45 @@ def lint(file: SequencesFile, templates_dir: Path) -> LintResult:
             findings.append(Finding("warning", seq.id,
                                     "no customer can ever enter this sequence: it has no trigger and no "
                                     "other sequence starts it"))
-    return LintResult(findings, volumes)
+    return LintResult(findings, volumes, quota)
+
+
+def line_quota(file: SequencesFile, customers: int | None) -> LineQuota | None:
+    if file.rules.line is None:
+        return None
+    paths_by_entry = _entry_paths(file)
+    marketing = sum(max((_busiest(p, "line", MONTH) for p in paths), default=0) for paths in paths_by_entry.values())
+    transactional = sum(max((_busiest(p, "line", MONTH, marketing=False) for p in paths), default=0)
+                        for paths in paths_by_entry.values())
+    cap = file.rules.frequency_cap.get("line")
+    if cap is not None:
+        marketing = min(marketing, cap.max * math.ceil(MONTH / cap.per))
+    return LineQuota(file.rules.line.monthly_quota, marketing, transactional, customers)
+
+
+def _quota_findings(quota: LineQuota) -> list[Finding]:
+    per = (f"up to {quota.per_customer} LINE {'message' if quota.per_customer == 1 else 'messages'} per customer "
+           f"in a month ({quota.marketing} marketing, {quota.transactional} transactional)")
+    if quota.worst_month is None:
+        return [Finding("info", "line quota",
+                        f"{per}; how many customers have a LINE user id is not known here, so the quota of "
+                        f"{quota.quota} is not compared: give --customers N, or run it where the store is")]
+    if quota.worst_month <= quota.quota:
+        return []
+    return [Finding("warning", "line quota",
+                    f"{per} to {quota.customers} customers with a LINE user id: {quota.worst_month} a month, over "
+                    f"the plan's monthly_quota of {quota.quota}; LINE refuses pushes past it until the month ends. "
+                    "Send fewer LINE messages, move some to email, or raise the plan")]
+
+
+def _entry_paths(file: SequencesFile) -> dict[str, list[Path_]]:
+    sequences = file.by_id()
+    return {s.id: _paths(s, sequences) for s in file.sequences if s.trigger is not None}
 
 
 def worst_case(file: SequencesFile) -> list[Volume]:
-    sequences = file.by_id()
-    entries = [s for s in file.sequences if s.trigger is not None]
-    paths_by_entry = {s.id: _paths(s, sequences) for s in entries}
-    channels = sorted({ch for paths in paths_by_entry.values() for p in paths for _, ch in p}
+    paths_by_entry = _entry_paths(file)
+    channels = sorted({ch for paths in paths_by_entry.values() for p in paths for _, ch, marketing in p if marketing}
                       | set(file.rules.frequency_cap))
     volumes = []
     for channel in channels:
@@ -151,9 +216,10 @@ def worst_case(file: SequencesFile) -> list[Volume]:
     return volumes
 
 
-def _busiest(path: Path_, channel: str, window: timedelta) -> int:
-    """The most sends on `channel` within any `window` (a rolling window, as the cap counts)."""
-    times = sorted(t for t, ch in path if ch == channel)
+def _busiest(path: Path_, channel: str, window: timedelta, marketing: bool = True) -> int:
+    """The most marketing (or transactional) sends on `channel` within any `window` (a rolling
+    window, as the cap counts)."""
+    times = sorted(t for t, ch, is_marketing in path if ch == channel and is_marketing == marketing)
     best, first = 0, 0
     for last, t in enumerate(times):
         while t - times[first] >= window:
@@ -188,10 +254,9 @@ def _step(step: Step, seq: Sequence, sequences: dict[str, Sequence], partials: l
           active: set[str]) -> list[_Partial]:
     match step:
         case SendStep():
-            if (step.category or seq.category) != "marketing":
-                return partials
+            marketing = (step.category or seq.category) == "marketing"
             # One message, on its channel or its fallback: a path for each, never both on one.
-            return [((*sends, (clock, channel)), clock, False) for sends, clock, _ in partials
+            return [((*sends, (clock, channel, marketing)), clock, False) for sends, clock, _ in partials
                     for channel in _channels(step)]
         case WaitStep():
             return [(sends, clock + step.wait, False) for sends, clock, _ in partials]
@@ -213,7 +278,7 @@ def _step(step: Step, seq: Sequence, sequences: dict[str, Sequence], partials: l
             child = _walk(target.steps, target, sequences, [((), timedelta(0), False)], active | {target.id})
             # The started run goes on by itself: its sends join this path from now on, whatever
             # this run does next.
-            return [(sends + tuple((clock + t, ch) for t, ch in child_sends), clock, False)
+            return [(sends + tuple((clock + t, ch, m) for t, ch, m in child_sends), clock, False)
                     for sends, clock, _ in partials for child_sends, _, _ in child]
         case ExitStep():
             return [(sends, clock, True) for sends, clock, _ in partials]
@@ -255,7 +320,8 @@ def read_file(path: Path) -> tuple[SequencesFile | None, list[str]]:
         return None, [f"{path} cannot be read ({first}); run `keepflow validate` to see where"]
 
 
-def run_lint(path: Path, templates_dir: Path) -> int:
+def run_lint(path: Path, templates_dir: Path, line_customers: Callable[[], int | None] | None = None) -> int:
+    """`line_customers` counts the customers with a LINE user id (asked only where a LINE quota is set)."""
     from rich.console import Console
     from rich.table import Column, Table
 
@@ -265,7 +331,8 @@ def run_lint(path: Path, templates_dir: Path) -> int:
         for problem in problems:
             console.print(f"[red]error[/red]: {problem}", highlight=False)
         return 1
-    result = lint(file, templates_dir)
+    customers = line_customers() if line_customers is not None and file.rules.line is not None else None
+    result = lint(file, templates_dir, customers)
     table = Table("channel", Column("worst day", justify="right"), Column("worst week", justify="right"), "frequency cap",
                   "from (day/week)", title="Marketing messages one customer can get if every sequence runs at once")
     for v in result.volumes:
@@ -274,6 +341,11 @@ def run_lint(path: Path, templates_dir: Path) -> int:
         sources = ", ".join(f"{s} {d}/{w}" for s, (d, w) in v.by_sequence.items()) or "-"
         table.add_row(v.channel, str(v.per_day), str(v.per_week), cap, sources)
     console.print(table)
+    if (quota := result.line_quota) is not None:
+        reach = "(customers unknown)" if quota.customers is None else (
+            f"× {quota.customers:,} customers = {quota.worst_month:,}")
+        console.print(f"LINE: up to {quota.per_customer} a customer a month {reach} of the monthly quota of "
+                      f"{quota.quota:,}", highlight=False)
     colours = {"error": "red", "warning": "yellow", "info": "blue"}
     for f in result.findings:
         console.print(f"[{colours[f.severity]}]{f.severity}[/]: {f.where}: {f.message}", highlight=False)

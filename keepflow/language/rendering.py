@@ -3,17 +3,22 @@
 Layout under `templates/`:
     email/<name>.<locale>.html   one file per email: `{% block subject %}` and `{% block body %}`
     sms/<name>.<locale>.txt      the text of the SMS
-(each channel's extension and kind of template: keepflow/language/channels.py)
+    line/<name>.<locale>.txt     the text of a LINE message, or
+    line/<name>.<locale>.json    a LINE Flex message (keepflow/language/flex.py), used where both exist
+(each channel's extensions and kind of template: keepflow/language/channels.py)
 
 A locale falls back from most to least specific and finally to English, so `th-TH` tries
 `th-TH`, then `th`, then `en`; Chinese regions map to their script (`zh-TW` -> `zh-Hant`).
-HTML is autoescaped, and a variable the context does not provide is an error, never a blank.
+HTML is autoescaped, every value in a Flex template is JSON-escaped, and a variable the context
+does not provide is an error, never a blank.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import textwrap
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -27,6 +32,7 @@ from inscriptis.model.config import ParserConfig
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFound, pass_context, select_autoescape
 from markupsafe import Markup
 
+from keepflow.language import flex
 from keepflow.language.channels import CHANNEL_FACTS
 from keepflow.language.expressions import Sandbox
 
@@ -40,6 +46,8 @@ class Rendered:
     subject: str | None
     body: str  # HTML for an HTML channel (email), else the text
     text: str  # plain-text version (the body itself for a text channel)
+    # A LINE Flex message ({"altText": ..., "contents": ...}); body is then its JSON, text its words.
+    flex: Mapping[str, Any] | None = None
 
 
 def locale_candidates(locale: str | None, default: str = FALLBACK_LOCALE) -> list[str]:
@@ -61,8 +69,20 @@ def locale_candidates(locale: str | None, default: str = FALLBACK_LOCALE) -> lis
     return list(dict.fromkeys(out))
 
 
-def template_path(channel: str, name: str, locale: str) -> str:
-    return f"{channel}/{name}.{locale}.{CHANNEL_FACTS[channel].template_extension}"
+def template_path(channel: str, name: str, locale: str, extension: str | None = None) -> str:
+    return f"{channel}/{name}.{locale}.{extension or CHANNEL_FACTS[channel].template_extension}"
+
+
+def template_extensions(channel: str) -> tuple[str, ...]:
+    """The extensions a channel's templates may have, the one used first where a locale has both."""
+    facts = CHANNEL_FACTS[channel]
+    return (facts.flex_extension, facts.template_extension) if facts.flex_extension else (facts.template_extension,)
+
+
+def is_flex(relative: str) -> bool:
+    channel, _, rest = relative.partition("/")
+    facts = CHANNEL_FACTS.get(channel)
+    return bool(facts and facts.flex_extension and rest.endswith(f".{facts.flex_extension}"))
 
 
 def _babel_locale(context) -> str:
@@ -108,20 +128,27 @@ class Renderer:
         )
         self.env.filters["money"] = _money
         self.env.filters["date"] = _date
+        # Flex templates: each value JSON-escaped (flex.json_string_content), and every tag keeps
+        # its line, so a line of the rendered JSON is the template's line (validate's positions).
+        self.flex_env = self.env.overlay(finalize=flex.json_string_content, autoescape=False,
+                                         trim_blocks=False, lstrip_blocks=False)
 
     def resolve(self, channel: str, name: str, locale: str | None) -> tuple[str, str]:
         """The (locale, template path) that will be used, after fallback."""
         for candidate in locale_candidates(locale, self.default_locale):
-            path = template_path(channel, name, candidate)
-            if (self.templates_dir / path).is_file():
-                return candidate, path
+            for extension in template_extensions(channel):
+                path = template_path(channel, name, candidate, extension)
+                if (self.templates_dir / path).is_file():
+                    return candidate, path
         raise TemplateError(f"no template {template_path(channel, name, FALLBACK_LOCALE)} in {self.templates_dir}")
 
     def render(self, channel: str, name: str, locale: str | None, context: dict[str, Any]) -> Rendered:
         used_locale, path = self.resolve(channel, name, locale)
         try:
-            template = self.env.get_template(path)
             variables = {**context, "locale": used_locale}
+            if is_flex(path):
+                return self._render_flex(path, used_locale, variables)
+            template = self.env.get_template(path)
             if not CHANNEL_FACTS[channel].html:
                 body = template.render(variables).strip()
                 return Rendered(used_locale, None, body, body)
@@ -137,6 +164,18 @@ class Renderer:
         except Exception as exc:  # undefined variable, bad filter, syntax: all content mistakes
             raise TemplateError(f"{path}: {exc}") from exc
 
+    def render_flex_text(self, path: str, variables: dict[str, Any]) -> str:
+        """A Flex template rendered, before it is read as JSON."""
+        return self.flex_env.get_template(path).render(variables)
+
+    def _render_flex(self, path: str, locale: str, variables: dict[str, Any]) -> Rendered:
+        try:
+            message = flex.parse(self.render_flex_text(path, variables))
+        except flex.FlexError as exc:
+            raise TemplateError(f"{path}:{exc}") from exc
+        # Indented: the row keeps it as the message's body, which the dashboard shows as it is.
+        return Rendered(locale, None, json.dumps(message, ensure_ascii=False, indent=2), flex.readable(message), message)
+
 
 # Link targets spelled out ("[Track your parcel](https://...)"): a text-only reader must still
 # reach the tracking page or the order, and a text part without the HTML's links looks like spam.
@@ -151,8 +190,30 @@ def text_of_html(html: str) -> str:
 
 
 def locale_files(templates_dir: Path, channel: str, name: str) -> dict[str, Path]:
-    """{locale: file} of every variant of a template that exists."""
-    english = templates_dir / template_path(channel, name, FALLBACK_LOCALE)
+    """{locale: file} of every variant of a template that exists (the one rendering uses, where a
+    locale has two)."""
+    found: dict[str, Path] = {}
+    for extension in reversed(template_extensions(channel)):
+        found.update(_files_with(templates_dir, channel, name, extension))
+    return dict(sorted(found.items()))
+
+
+def both_kinds(templates_dir: Path, channel: str, name: str) -> list[tuple[str, str]]:
+    """(Flex template, text template) pairs of one locale: validate refuses them, as only one is sent."""
+    facts = CHANNEL_FACTS[channel]
+    if not facts.flex_extension:
+        return []
+    texts = _files_with(templates_dir, channel, name, facts.template_extension)
+    return [(template_path(channel, name, locale, facts.flex_extension), template_path(channel, name, locale))
+            for locale in _files_with(templates_dir, channel, name, facts.flex_extension) if locale in texts]
+
+
+def relative_template(templates_dir: Path, file: Path) -> str:
+    return file.relative_to(templates_dir).as_posix()
+
+
+def _files_with(templates_dir: Path, channel: str, name: str, extension: str) -> dict[str, Path]:
+    english = templates_dir / template_path(channel, name, FALLBACK_LOCALE, extension)
     folder, base, ext = english.parent, name.rsplit("/", 1)[-1], english.suffix
     pattern = re.compile(rf"^{re.escape(base)}\.([^./\\]+){re.escape(ext)}$")
     if not folder.is_dir():

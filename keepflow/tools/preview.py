@@ -19,7 +19,7 @@ from typing import Any, assert_never
 from pydantic import ValidationError
 
 from keepflow.insights import rfm
-from keepflow.language import expressions
+from keepflow.language import expressions, flex
 from keepflow.language.catalog import Catalog
 from keepflow.language.channels import CHANNEL_FACTS, ChannelName
 from keepflow.language.dsl import (
@@ -90,6 +90,7 @@ class Message:
     # A step with `fallback:`: set when this customer would get it on the fallback, and why not
     # on the step's own channel ("no LINE account").
     fallback_because: str | None = None
+    alt_text: str | None = None  # a LINE Flex message's; its text is then the words in its bubbles
 
     @property
     def channel_text(self) -> str:
@@ -315,6 +316,9 @@ class _Walker:
             # An email's text is its plain-text part, as it goes out: links written with their address.
             message.text = rendered.text
             message.html = rendered.body if CHANNEL_FACTS[channel].html else None
+            if rendered.flex is not None:
+                message.alt_text = str(rendered.flex.get("altText"))
+                message.text = "\n".join(flex.texts(rendered.flex.get("contents")))
         self.preview.entries.append(message)
 
 
@@ -389,6 +393,8 @@ def print_preview(preview: Preview, console=None) -> None:
             body = Text()
             if m.subject is not None:
                 body.append(f"Subject: {m.subject}\n\n", style="bold")
+            if m.alt_text is not None:
+                body.append(f"Flex message · alt text: {m.alt_text}\n\n", style="bold")
             body.append(m.text or "")
         # Text, not str: an expression such as profile['x'] in a label is not rich markup.
         console.print(Panel(body, title=Text(title), title_align="left", subtitle=Text(where) if where else None,

@@ -65,8 +65,9 @@ class LineText:
 class LineFlex:
     # What notifications and the chat list show, where the bubble cannot be drawn.
     alt_text: str
-    # A Flex bubble as LINE's JSON has it ({"type": "bubble", "body": {...}, ...}).
-    bubble: Mapping[str, Any]
+    # A Flex container as LINE's JSON has it: a bubble ({"type": "bubble", "body": {...}, ...}) or
+    # a carousel of them.
+    contents: Mapping[str, Any]
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,7 @@ def _message(message: LineText | LineFlex) -> Message:
     if isinstance(message, LineText):
         return TextMessage(text=message.text)
     try:
-        contents = FlexContainer.from_dict(dict(message.bubble))
+        contents = FlexContainer.from_dict(dict(message.contents))
     except ValueError as exc:  # the SDK's models refuse it (pydantic's ValidationError is a ValueError)
         raise PermanentError(NAME, f"invalid Flex bubble: {exc}") from exc
     return FlexMessage(alt_text=message.alt_text, contents=contents)

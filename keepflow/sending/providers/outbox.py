@@ -98,7 +98,7 @@ class OutboxLine(_Outbox):
         message = msg.message
         fields = {"to": msg.to, "key": msg.key,
                   **({"text": message.text} if isinstance(message, LineText)
-                     else {"alt_text": message.alt_text, "flex": dict(message.bubble)})}
+                     else {"alt_text": message.alt_text, "flex": dict(message.contents)})}
         accepted = self._append("line", fields)
         log.info("LINE message to %s (%s) -> %s", msg.to, accepted.provider_message_id, self.path)
         return accepted
