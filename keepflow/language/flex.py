@@ -39,6 +39,8 @@ SCHEMA_FILE = Path(__file__).with_name("line_flex_message.schema.json")
 # LINE's Messaging API reference (developers.line.biz/en/reference/messaging-api/): "Flex Message"
 # altText max 1500 characters; "Bubble": the JSON data that defines a bubble may be 30 KB at most;
 # "Carousel": at most 12 bubbles, and 50 KB of JSON. Kilobytes read as 1,000 bytes, the stricter.
+# LINE's Node.js SDK states the bubble count too (line-bot-sdk-nodejs lib/types.ts, FlexCarousel:
+# "(Max: 12 bubbles)"). LINE WORKS, a different product, has lower limits: do not mix them up.
 MAX_ALT_TEXT = 1500
 MAX_BUBBLE_BYTES = 30_000
 MAX_CAROUSEL_BYTES = 50_000
