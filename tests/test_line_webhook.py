@@ -300,3 +300,36 @@ async def test_deliveries_are_counted_under_the_source_line(http, db, customer):
     after = (value("keepflow_events_received_total"), value("keepflow_events_accepted_total"),
              value("keepflow_events_rejected_total", reason="signature"))
     assert [b - a for a, b in zip(before, after, strict=True)] == [2, 1, 1]
+
+
+# -- a customer linked to their LINE id after the follow -------------------------------------------
+
+
+def link(db, customer_id: str, user: str = USER, **fields: Any) -> None:
+    from keepflow.runtime.events import EventIn
+    from keepflow.runtime.routing import store
+
+    store(db, EventIn.model_validate({"id": uuid.uuid4().hex, "type": "customer.updated",
+                                      "occurred_at": "2026-12-07T10:00:00+07:00",
+                                      "customer": {"id": customer_id, "line_user_id": user, **fields}}))
+
+
+async def test_a_customer_linked_later_to_a_friend_gets_line_consent(http, db):
+    await send(http, line_event("follow"))
+    link(db, "c-later", f"  {USER} ")
+    assert consent(db, "c-later") is True
+
+
+async def test_a_customer_linked_later_keeps_the_shops_no(http, db):
+    await send(http, line_event("follow"))
+    link(db, "c-later", consents={"line": False})
+    assert consent(db, "c-later") is False
+
+
+async def test_a_customer_linked_to_someone_who_is_not_a_friend_gets_no_consent(http, db):
+    await send(http, line_event("follow", T0, user=OTHER_USER))
+    await send(http, line_event("follow", T0), line_event("unfollow", T0 + 1000))
+    link(db, "c-blocked")
+    link(db, "c-stranger", "U" + "1" * 32)
+    assert (consent(db, "c-blocked"), consent(db, "c-stranger")) == (None, None)
+    assert blocked(db)  # the unfollow's suppression holds for the address, whoever it is linked to

@@ -61,9 +61,9 @@ def apply(session: Session, change: Change, user_id: str, at: datetime, detail: 
 
 
 def grant(customer: Customer) -> None:
-    """LINE consent from a follow, unless the shop said no."""
+    """LINE consent from a follow, where the shop has said nothing (its no, or its yes, stands)."""
     consents = customer.consents or {}
-    if consents.get("line") is not False and consents.get("line") is not True:
+    if not isinstance(consents.get("line"), bool):
         customer.consents = {**consents, "line": True}  # a new dict: the JSON column sees the change
 
 
