@@ -7,7 +7,7 @@ marketing: it sets `consents.line` of every customer with that LINE user id (and
 linked to it later, keepflow/runtime/routing.py). The shop's word still wins: a `consents.line`
 of false that the shop sent is never overridden, and Keepflow itself only ever writes true, so a
 false is always the shop's. An unfollow revokes through the suppressions, as an SMS STOP does: the
-address is suppressed for everything (LINE drops pushes to a user who blocked the account), and a
+address is suppressed for everything (LINE delivers nothing to a user who blocked the account), and a
 later follow lifts it, as START does. `consents.line` is left as it was, so the refollow restores
 exactly what the shop and the first follow had said.
 
