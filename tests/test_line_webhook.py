@@ -197,6 +197,19 @@ async def test_an_older_follow_arriving_after_a_newer_unfollow_is_outdated(http,
     assert followed_at is None and unfollowed_at is not None
 
 
+async def test_a_follow_and_an_unfollow_at_the_same_millisecond_end_unfollowed(http, db, customer):
+    await send(http, line_event("follow", T0))
+    await send(http, line_event("unfollow", T0))
+    assert (await send(http, line_event("follow", T0)))["outdated"] == 1
+    assert blocked(db)
+
+
+async def test_standby_events_count_too(http, db, customer):
+    # Standby: another channel (a chat module) holds the conversation; the friendship is still ours to know.
+    await send(http, line_event("unfollow", mode="standby"))
+    assert blocked(db)
+
+
 async def test_one_body_is_applied_in_time_order(http, db, customer):
     answer = await send(http, line_event("follow", T0 + 2000), line_event("unfollow", T0 + 1000))
     assert answer["recorded"] == 2
@@ -293,13 +306,18 @@ async def test_deliveries_are_counted_under_the_source_line(http, db, customer):
     def value(name: str, **labels: str) -> float:
         return REGISTRY.get_sample_value(name, {"source": "line", **labels}) or 0.0
 
+    def suppressed() -> float:
+        return REGISTRY.get_sample_value("keepflow_suppressions_added_total",
+                                         {"channel": "line", "source": "line_unfollow"}) or 0.0
+
     before = (value("keepflow_events_received_total"), value("keepflow_events_accepted_total"),
-              value("keepflow_events_rejected_total", reason="signature"))
-    await send(http, line_event("follow"))
-    await post(http, body_of(line_event("unfollow")), secret="another-secret")
+              value("keepflow_events_rejected_total", reason="signature"), suppressed())
+    await send(http, line_event("follow", T0))
+    await post(http, body_of(line_event("unfollow", T0 + 1000)), secret="another-secret")
+    await send(http, line_event("unfollow", T0 + 2000))
     after = (value("keepflow_events_received_total"), value("keepflow_events_accepted_total"),
-             value("keepflow_events_rejected_total", reason="signature"))
-    assert [b - a for a, b in zip(before, after, strict=True)] == [2, 1, 1]
+             value("keepflow_events_rejected_total", reason="signature"), suppressed())
+    assert [b - a for a, b in zip(before, after, strict=True)] == [3, 2, 1, 1]
 
 
 # -- a customer linked to their LINE id after the follow -------------------------------------------

@@ -8,6 +8,8 @@ LINE_CHANNEL_SECRET, is 401 and changes nothing. A signed body the parser cannot
 follow or unfollow without a LINE user id, is 422, also changing nothing. `follow` and `unfollow`
 change who may get LINE messages (keepflow/sending/line_friends.py says how); every other event
 (messages, postbacks, joins, types newer than the SDK) is acknowledged with 200 and not kept.
+Events in standby mode (another channel, such as a chat module, holds the conversation) count as
+well: they still say who follows the account.
 LINE's "Verify" button posts a body with no events: 200.
 
 One POST is one transaction, its events applied in the order they happened. Each event's
