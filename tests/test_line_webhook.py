@@ -285,6 +285,8 @@ async def test_without_a_channel_secret_everything_is_refused(settings, db, cust
     b'{"events": [{"type": "follow"}]}',                              # none of an event's fields
     json.dumps({"events": [line_event("unfollow", source={"type": "user", "userId": "not-a-line-id"})]}).encode(),
     json.dumps({"events": [line_event("follow", source={"type": "group", "groupId": "C" + "0" * 32})]}).encode(),
+    # Read by the SDK as an unknown event: a follow without its replyToken and follow detail.
+    json.dumps({"events": [{k: v for k, v in line_event("follow").items() if k not in ("replyToken", "follow")}]}).encode(),
 ])
 async def test_a_body_not_shaped_as_lines_is_422_and_changes_nothing(http, db, customer, body):
     before = counts(db)

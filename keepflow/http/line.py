@@ -116,6 +116,10 @@ def friendships(events: list[Any]) -> list[Friendship]:
     """The follows and unfollows among `events`, checked, oldest first; 422 if one is not LINE's shape."""
     found = []
     for event in events:
+        if getattr(event, "type", None) in ("follow", "unfollow") and not isinstance(event, FollowEvent | UnfollowEvent):
+            # The SDK keeps a follow or unfollow it could not read as an unknown event: ignoring
+            # it would lose an unfollow, so it is refused as any body that is not LINE's.
+            raise unprocessable(ValueError(f"a {event.type} event without the fields LINE sends with it"))
         if not isinstance(event, FollowEvent | UnfollowEvent):
             continue
         source = event.source
