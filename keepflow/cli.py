@@ -498,7 +498,7 @@ def demo(
 
 @customers_app.command("forget")
 def customers_forget(
-    who: Annotated[str, typer.Argument(help="a customer id, an email address or a phone number")],
+    who: Annotated[str, typer.Argument(help="a customer id, an email address, a phone number or a LINE user id")],
     yes: Annotated[bool, typer.Option("--yes", help="do not ask first")] = False,
 ) -> None:
     """Erase a customer (profile, events, messages' personal fields, order lines) and terminate their
@@ -526,7 +526,8 @@ def customers_forget(
             print(f"forgot {erased.customers} customer(s) {', '.join(done.customer_ids)}: terminated "
                   f"{len(done.terminated)} open run(s), deleted {erased.events_deleted} event(s), cleared "
                   f"{erased.messages} message(s) and {erased.orders} order(s), kept {erased.suppressions_hashed} "
-                  "opt-out(s) as a hash")
+                  "opt-out(s) as a hash"
+                  + (f", deleted {erased.line_friends} LINE friendship(s)" if erased.line_friends else ""))
             print("Temporal keeps these customers' run histories until the namespace's retention period ends "
                   "(see README, Forgetting a customer)")
 

@@ -33,6 +33,7 @@ SOURCES = {
     "/webhooks/sendgrid": "sendgrid",
     "/webhooks/twilio/inbound": "twilio_inbound",
     "/webhooks/twilio/status": "twilio_status",
+    "/webhooks/line": "line",
 }
 # Why a request was refused, by its answer's status; any other status is "other".
 REJECTIONS = {
@@ -146,7 +147,7 @@ def provider_call(provider: str, operation: str) -> Iterator[None]:
 
 SUPPRESSIONS = Counter("keepflow_suppressions_added", "Suppressions added or re-armed, by channel and source",
                        ["channel", "source"])
-SUPPRESSION_SOURCES = {"unsubscribe_link", "sendgrid", "twilio", "twilio-inbound", "outbox"}
+SUPPRESSION_SOURCES = {"unsubscribe_link", "sendgrid", "twilio", "twilio-inbound", "outbox", "line_unfollow"}
 
 
 def suppressed(channel: str, source: str) -> None:

@@ -42,6 +42,12 @@ def problems(settings: Settings, process: Process, catalog: Catalog | None = Non
         if "line" in channels and not settings.use_line:
             found.append(f"no LINE provider: LINE messages would be written to {outbox}, not sent; set "
                          "LINE_CHANNEL_ACCESS_TOKEN (or KEEPFLOW_ALLOW_OUTBOX=true if a local file is what you want)")
+    if "line" in channels and not reveal(settings.line_channel_secret):
+        # Only LINE's webhook says who blocked the account (an unfollow): without it every later
+        # push to them is still made, and marketing consent never follows a friend's follow.
+        found.append("LINE_CHANNEL_SECRET is not set: LINE's webhook (follows and unfollows) cannot be verified, so "
+                     "customers who blocked the shop's LINE account would still be pushed to; set it from the "
+                     "LINE Developers console (Basic settings, Channel secret)")
     if settings.use_sendgrid or settings.use_twilio or not settings.allow_outbox:
         if not settings.public_url:
             found.append("KEEPFLOW_PUBLIC_URL is not set: unsubscribe links and Twilio callbacks would point at "
@@ -106,6 +112,7 @@ def webhooks_line(settings: Settings) -> str:
     accepted.append("SendGrid events" if settings.sendgrid_webhook_public_key else
                     "no SendGrid events (SENDGRID_WEBHOOK_PUBLIC_KEY unset)")
     accepted.append("Twilio" if reveal(settings.twilio_auth_token) else "no Twilio (TWILIO_AUTH_TOKEN unset)")
+    accepted.append("LINE" if reveal(settings.line_channel_secret) else "no LINE (LINE_CHANNEL_SECRET unset)")
     return "webhooks: " + ", ".join(accepted)
 
 

@@ -1,14 +1,17 @@
 """`send: line` on the real worker, through the real LINE SDK to the fake Messaging API: a push
-whose answer is lost is retried with the same retry key, and LINE delivers it once."""
+whose answer is lost is retried with the same retry key, and LINE delivers it once; LINE's own
+webhook (follow, unfollow) decides whether a marketing message may go."""
 
 from __future__ import annotations
 
 from pydantic import SecretStr
 
 from keepflow.sending.providers.line import retry_key
+from keepflow.store import Customer
 from tests.engine import TEST_TEMPLATES, make_settings, running_worker
 from tests.fakes.provider_server import FAKE_LINE_CHANNEL_ACCESS_TOKEN
-from tests.helpers import messages, snapshot, start
+from tests.helpers import messages, serving, snapshot, start
+from tests.test_line_webhook import SECRET, T0, line_event, send
 
 LINE_TIP = snapshot("""
 sequences:
@@ -24,7 +27,8 @@ NOK = {"id": "c-line", "first_name": "Nok", "line_user_id": "U" + "0123456789abc
 
 def line_settings(tmp_path, fake):
     return make_settings(tmp_path, fake, templates=TEST_TEMPLATES).model_copy(update={
-        "line_channel_access_token": SecretStr(FAKE_LINE_CHANNEL_ACCESS_TOKEN), "line_api_base": fake.url})
+        "line_channel_access_token": SecretStr(FAKE_LINE_CHANNEL_ACCESS_TOKEN), "line_api_base": fake.url,
+        "line_channel_secret": SecretStr(SECRET)})
 
 
 async def test_a_line_step_pushes_its_template_to_the_customers_line_account(env, tmp_path, db, fake):
@@ -85,3 +89,20 @@ async def test_a_flex_template_is_pushed_once_as_a_flex_message_the_contract_acc
     assert message["altText"] == 'Lumen Camera Co.: Nok "N"\nS., your offer is inside'
     assert message["contents"]["body"]["contents"][0]["text"] == 'Hello Nok "N"\nS.'
     assert fake.line_deliveries() == {retry_key(f"{handle.id}:0"): 1}
+
+
+async def test_a_follow_lets_marketing_go_and_an_unfollow_stops_it(env, tmp_path, db, fake):
+    settings = line_settings(tmp_path, fake)
+    # Known to the shop by their LINE id, with no word on LINE consent: the follow is it.
+    customer = {key: value for key, value in NOK.items() if key != "consents"}
+    with db.session() as session:
+        session.add(Customer(id=NOK["id"], line_user_id=NOK["line_user_id"], consents={}, attributes={}))
+    async with serving(settings, db) as http, running_worker(env, settings, db) as tq:
+        await send(http, line_event("follow", T0, user=NOK["line_user_id"]))
+        await (await start(env.client, tq, LINE_TIP, {"customer": customer})).result()
+        await send(http, line_event("unfollow", T0 + 1000, user=NOK["line_user_id"]))
+        await (await start(env.client, tq, LINE_TIP, {"customer": customer})).result()
+    followed, unfollowed = messages(db)
+    assert followed.status == "sent"
+    assert (unfollowed.status, unfollowed.error) == ("skipped", "suppressed: line_unfollow (line_unfollow)")
+    assert [push["to"] for push in fake.accepted("line")] == [NOK["line_user_id"]]

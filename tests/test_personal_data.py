@@ -116,3 +116,28 @@ def test_forget_says_so_when_it_names_nobody(tmp_path):
     result = subprocess.run([sys.executable, "-m", "keepflow.cli", "customers", "forget", "nobody-at-all", "--yes"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "no customer has the id 'nobody-at-all'" in result.stderr
+
+
+async def test_forget_erases_a_line_user_id_and_its_friendship_and_keeps_the_block(db):
+    from datetime import datetime, timezone
+
+    from keepflow.sending import line_friends
+
+    line_id = "U" + uuid.uuid4().hex
+    with db.session() as session:
+        session.add(Customer(id="c-line", line_user_id=line_id, line_user_id_problem=None, consents={"line": True},
+                             attributes={}))
+        session.flush()
+        line_friends.apply(session, "follow", line_id, datetime(2026, 12, 1, tzinfo=timezone.utc))
+        line_friends.apply(session, "unfollow", line_id, datetime(2026, 12, 2, tzinfo=timezone.utc))
+    assert line_id in everything_stored(db)
+
+    done = await forget(db, None, line_id)  # type: ignore[arg-type]  # no runs: Temporal is not asked
+
+    assert done.customer_ids == ["c-line"]
+    assert line_id not in everything_stored(db)
+    with db.session() as session:
+        assert session.get(Customer, "c-line").line_user_id is None
+    with db.transaction() as connection:
+        assert suppressions.blocking_reason(connection, channel="line", address=line_id, category="marketing",
+                                            group="t") is not None

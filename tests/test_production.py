@@ -82,6 +82,25 @@ def test_a_shop_that_sends_no_texts_needs_no_sms_provider(tmp_path):
     assert problems(settings(tmp_path, **env), "worker", shop) == [line]
 
 
+LINE_SEQUENCES = SEQUENCES.replace("send: email", "send: line").replace("template: note", "template: tip")
+
+
+@pytest.mark.parametrize(("missing", "words"), [
+    ("LINE_CHANNEL_ACCESS_TOKEN", "no LINE provider"),
+    ("LINE_CHANNEL_SECRET", "LINE_CHANNEL_SECRET is not set"),
+])
+def test_a_shop_that_sends_on_line_needs_its_token_and_secret(tmp_path, missing, words):
+    line_only = load_catalog(write_project(tmp_path, LINE_SEQUENCES, {"line/tip.en.txt": "{{ brand.name }}: a tip"}))
+    line = {"LINE_CHANNEL_ACCESS_TOKEN": "a-line-token", "LINE_CHANNEL_SECRET": "a-line-secret"}
+    env = {**READY, **{k: v for k, v in line.items() if k != missing}}
+    for process in ("worker", "serve"):
+        [found] = problems(settings(tmp_path, **env), process, line_only)  # type: ignore[arg-type]
+        assert words in found and missing in found
+    assert problems(settings(tmp_path, **READY, **line), "serve", line_only) == []
+    # A shop whose sequences do not send on LINE is asked for neither.
+    assert problems(settings(tmp_path, **READY), "serve") == []
+
+
 def test_the_outbox_when_meant(tmp_path):
     env = {k: v for k, v in READY.items() if not k.startswith(("SENDGRID", "TWILIO"))}
     assert problems(settings(tmp_path, **env, KEEPFLOW_ALLOW_OUTBOX="true"), "worker") == []

@@ -5,6 +5,7 @@
     POST /webhooks/sendgrid  SendGrid's event webhook (delivered, open, bounce, spam, ...), ECDSA-signed
     POST /webhooks/twilio/inbound   texts to our number: STOP/START/HELP (X-Twilio-Signature)
     POST /webhooks/twilio/status    Twilio delivery status callbacks (X-Twilio-Signature)
+    POST /webhooks/line      LINE follows and unfollows (blocks) of the shop's account (X-Line-Signature)
     GET|POST /unsubscribe/{token}   one-click unsubscribe (RFC 8058); GET only shows the page
     GET  /healthz            200 when the database and Temporal answer, else 503
 
@@ -39,6 +40,7 @@ from temporalio.client import Client
 from keepflow import metrics, tracing
 from keepflow.http import sendgrid as sendgrid_webhook
 from keepflow.http import intake, shopify, signing
+from keepflow.http import line as line_webhook
 from keepflow.http import twilio as twilio_webhook
 from keepflow.http import unsubscribe_pages as unsubscribe_link
 from keepflow.http.observe import CountEvents
@@ -157,6 +159,7 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, db: Databa
     app.include_router(sendgrid_webhook.router)
     app.include_router(unsubscribe_link.router)
     app.include_router(twilio_webhook.router)
+    app.include_router(line_webhook.router)
 
     @app.get("/healthz")
     async def healthz(request: Request) -> JSONResponse:

@@ -44,7 +44,7 @@ from keepflow.language.dsl import Sequence
 from keepflow.runtime import payload_parts, reentry, starts
 from keepflow.runtime.events import CustomerIn, EventIn, OrderIn
 from keepflow.runtime.payloads import EventSignal, RunInput
-from keepflow.sending import contacts
+from keepflow.sending import contacts, line_friends
 from keepflow.store import Coupon, Customer, Database, Delivery, Event, Order, Run, utc
 from keepflow.store import payload_parts as parts
 
@@ -268,6 +268,10 @@ def _upsert_customer(session: Session, event: EventIn, incoming: CustomerIn, def
     if incoming.line_user_id is not None:
         customer.line_user_id, customer.line_user_id_problem = _checked(incoming.line_user_id, contacts.normalize_line_user_id)
     customer.consents = {**(customer.consents or {}), **incoming.consents}
+    linked = customer.line_user_id if incoming.line_user_id is not None and not customer.line_user_id_problem else None
+    if linked and line_friends.is_friend(session, linked):
+        # Followed before the shop told us whose LINE id it is: the follow was their consent.
+        line_friends.grant(customer)
     seen = event.occurred_at.astimezone(timezone.utc)
     if event.type in ACTIVITY_TYPES and (customer.last_seen_at is None or utc(customer.last_seen_at) < seen):
         customer.last_seen_at = seen

@@ -1,7 +1,7 @@
 """Erasing a customer from the store (`keepflow customers forget`), keeping what must stay.
 
-What goes: the profile (email, phone, name, locale, time zone, consents, attributes, scores),
-every event about them, their runs' contexts (which Temporal's histories reference by hash), the
+What goes: the profile (email, phone, LINE user id, name, locale, time zone, consents, attributes,
+scores), whether their LINE id follows the shop's account (`line_friends`), every event about them, their runs' contexts (which Temporal's histories reference by hash), the
 recipient, subject, body and provider text of every message to them, and the line items of their
 orders. What stays, without anything that names or reaches the person:
 - the customer id, as a row with nothing else, because orders, messages and runs point at it;
@@ -21,6 +21,7 @@ from sqlalchemy import String, cast, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from keepflow.language.channels import CHANNEL_FACTS
+from keepflow.store.line_friends import LineFriend
 from keepflow.store.models import Customer, Event, Message, Order
 from keepflow.store.payload_parts import PayloadPart
 from keepflow.store.scores import CustomerScore
@@ -35,6 +36,7 @@ class Erased:
     messages: int = 0
     orders: int = 0
     suppressions_hashed: int = 0
+    line_friends: int = 0
     contexts: int = 0
     addresses: list[tuple[str, str]] = field(default_factory=list)
 
@@ -52,8 +54,10 @@ def erase(session: Session, customer_ids: list[str], addresses: list[tuple[str, 
     plain = [address for _, address in contacts]
 
     for customer in found:
-        customer.email = customer.phone = customer.first_name = customer.locale = customer.timezone = None
-        customer.email_problem = customer.phone_problem = None
+        customer.first_name = customer.locale = customer.timezone = None
+        for channel in CHANNEL_FACTS.values():
+            setattr(customer, channel.address_field, None)
+            setattr(customer, f"{channel.address_field}_problem", None)
         customer.consents, customer.attributes, customer.last_seen_at = {}, {}, None
     done.customers = len(found)
     if customer_ids:
@@ -72,6 +76,13 @@ def erase(session: Session, customer_ids: list[str], addresses: list[tuple[str, 
         done.events_scrubbed += 1
     done.events_deleted = _count(session.execute(
         delete(Event).where(about, ~Event.type.like("message.%")).execution_options(synchronize_session=False)))
+
+    # An unfollow that blocked them stays in force as a hashed suppression (below). LINE's
+    # redeliveries are still known by their webhookEventId (deliveries hold nothing personal); only
+    # a follow older than that unfollow and first delivered after this would be taken as new.
+    line_ids = [address for channel, address in contacts if channel == "line"]
+    if line_ids:
+        done.line_friends = _count(session.execute(delete(LineFriend).where(LineFriend.user_id.in_(line_ids))))
 
     to_them = or_(Message.customer_id.in_(customer_ids), Message.recipient.in_(plain))
     done.messages = _count(session.execute(update(Message).where(to_them).values(

@@ -30,7 +30,7 @@ class Forgotten:
 
 
 def whom(db: Database, who: str) -> tuple[list[str], list[tuple[str, str]]]:
-    """The customers `who` names (an id, an email or a phone number) and the addresses it is."""
+    """The customers `who` names (an id, an email, a phone number or a LINE user id) and the addresses it is."""
     addresses: list[tuple[str, str]] = []
     for name, channel in CHANNELS.items():
         try:

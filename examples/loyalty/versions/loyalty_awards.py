@@ -2,7 +2,7 @@
 """loyalty awards
 
 Revision ID: loyalty_awards
-Revises: 0010
+Revises: 0013
 Create Date: 2026-12-06 07:23:55.386711
 """
 from alembic import op
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 revision = 'loyalty_awards'
-down_revision = '0012'
+down_revision = '0013'
 branch_labels = None
 depends_on = None
 
