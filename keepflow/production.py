@@ -100,9 +100,11 @@ def refuse_if_half_configured(settings: Settings, process: Process, catalog: Cat
 
 def providers_line(settings: Settings) -> str:
     """Which providers this process uses, for its first log lines."""
-    email = "SendGrid" if settings.use_sendgrid else f"the outbox file {settings.data_dir / 'outbox.jsonl'}"
-    sms = "Twilio" if settings.use_twilio else f"the outbox file {settings.data_dir / 'outbox.jsonl'}"
-    return f"email via {email}, SMS via {sms}"
+    outbox = f"the outbox file {settings.data_dir / 'outbox.jsonl'}"
+    email = "SendGrid" if settings.use_sendgrid else outbox
+    sms = "Twilio" if settings.use_twilio else outbox
+    line = "LINE's Messaging API" if settings.use_line else outbox
+    return f"email via {email}, SMS via {sms}, LINE via {line}"
 
 
 def webhooks_line(settings: Settings) -> str:

@@ -18,9 +18,11 @@ from tests.engine import ROOT, SHOP_SEQUENCES, SHOP_TEMPLATES
 from tests.helpers import write_project
 from tests.test_dev_links import NOTE, SEQUENCES
 
-OURS = ("KEEPFLOW_", "TEMPORAL_", "SENDGRID_", "TWILIO_", "SHOPIFY_", "DATABASE_URL")
+OURS = ("KEEPFLOW_", "TEMPORAL_", "SENDGRID_", "TWILIO_", "SHOPIFY_", "LINE_", "DATABASE_URL")
 SENDGRID_KEY = "SG.a-sendgrid-key-nobody-may-see"
 TWILIO_TOKEN = "a-twilio-token-nobody-may-see"
+LINE_TOKEN = "a-line-channel-token-nobody-may-see"
+LINE_SECRET = "a-line-channel-secret-nobody-may-see"
 UNSUBSCRIBE = "an-unsubscribe-secret-nobody-may-see"
 PAYLOAD_KEYS = "k1:" + base64.b64encode(b"\x01" * 32).decode()
 WEBHOOK = "whsec_" + base64.b64encode(b"\x02" * 32).decode()
@@ -30,6 +32,7 @@ READY = {
     "TWILIO_FROM_NUMBER": "+15005550006", "KEEPFLOW_PUBLIC_URL": "https://mail.shop.example",
     "KEEPFLOW_UNSUBSCRIBE_SECRET": UNSUBSCRIBE, "KEEPFLOW_EMAIL_FROM": "Lumen <hello@lumen-camera.co>",
     "KEEPFLOW_PAYLOAD_KEYS": PAYLOAD_KEYS, "KEEPFLOW_WEBHOOK_SECRET": WEBHOOK,
+    "LINE_CHANNEL_ACCESS_TOKEN": LINE_TOKEN, "LINE_CHANNEL_SECRET": LINE_SECRET,
 }
 
 
@@ -40,7 +43,7 @@ def settings(tmp_path: Path, **env: str) -> Settings:
 def test_a_fully_configured_process_has_no_problems(tmp_path):
     ready = settings(tmp_path, **READY)
     assert problems(ready, "worker") == [] and problems(ready, "serve") == []
-    assert providers_line(ready) == "email via SendGrid, SMS via Twilio"
+    assert providers_line(ready) == "email via SendGrid, SMS via Twilio, LINE via LINE's Messaging API"
 
 
 def test_every_half_configured_default_is_one_line_naming_what_to_set(tmp_path):
@@ -92,13 +95,14 @@ LINE_SEQUENCES = SEQUENCES.replace("send: email", "send: line").replace("templat
 def test_a_shop_that_sends_on_line_needs_its_token_and_secret(tmp_path, missing, words):
     line_only = load_catalog(write_project(tmp_path, LINE_SEQUENCES, {"line/tip.en.txt": "{{ brand.name }}: a tip"}))
     line = {"LINE_CHANNEL_ACCESS_TOKEN": "a-line-token", "LINE_CHANNEL_SECRET": "a-line-secret"}
-    env = {**READY, **{k: v for k, v in line.items() if k != missing}}
+    no_line = {k: v for k, v in READY.items() if not k.startswith("LINE_")}
+    env = {**no_line, **{k: v for k, v in line.items() if k != missing}}
     for process in ("worker", "serve"):
         [found] = problems(settings(tmp_path, **env), process, line_only)  # type: ignore[arg-type]
         assert words in found and missing in found
-    assert problems(settings(tmp_path, **READY, **line), "serve", line_only) == []
+    assert problems(settings(tmp_path, **no_line, **line), "serve", line_only) == []
     # A shop whose sequences do not send on LINE is asked for neither.
-    assert problems(settings(tmp_path, **READY), "serve") == []
+    assert problems(settings(tmp_path, **no_line), "serve") == []
 
 
 def test_the_outbox_when_meant(tmp_path):
@@ -137,19 +141,19 @@ def test_config_check_masks_secrets_and_lists_the_problems(tmp_path):
     result = run(tmp_path, *KEEPFLOW, "config", "check", **{**READY, "KEEPFLOW_PUBLIC_URL": "http://x.example"})
     assert result.returncode == 1
     out = result.stdout + result.stderr
-    for secret in (SENDGRID_KEY, TWILIO_TOKEN, UNSUBSCRIBE, PAYLOAD_KEYS, WEBHOOK):
+    for secret in (SENDGRID_KEY, TWILIO_TOKEN, UNSUBSCRIBE, PAYLOAD_KEYS, WEBHOOK, LINE_TOKEN, LINE_SECRET):
         assert secret not in out
     assert "SENDGRID_API_KEY" in out and "(set, hidden)" in out
     assert "KEEPFLOW_PUBLIC_URL" in out and "http://x.example" in out
     assert "https://" in result.stdout and "refuse" in result.stdout
     ready = run(tmp_path, *KEEPFLOW, "config", "check", **READY)
-    assert ready.returncode == 0 and "email via SendGrid, SMS via Twilio" in ready.stdout
+    assert ready.returncode == 0 and "email via SendGrid, SMS via Twilio, LINE via LINE's Messaging API" in ready.stdout
 
 
 def test_settings_never_print_a_secret(tmp_path):
     ready = settings(tmp_path, **READY)
     for shown in (repr(ready), str(ready), ready.model_dump_json()):
-        for secret in (SENDGRID_KEY, TWILIO_TOKEN, UNSUBSCRIBE, PAYLOAD_KEYS, WEBHOOK):
+        for secret in (SENDGRID_KEY, TWILIO_TOKEN, UNSUBSCRIBE, PAYLOAD_KEYS, WEBHOOK, LINE_TOKEN, LINE_SECRET):
             assert secret not in shown
 
 
@@ -182,5 +186,5 @@ sequences:
         fallback: sms
 """, {"line/tip.en.txt": "tip", "sms/tip.en.txt": "tip"}))
     env = {k: v for k, v in READY.items() if not k.startswith("TWILIO")}
-    found = problems(settings(tmp_path, **env, LINE_CHANNEL_ACCESS_TOKEN="token"), "worker", line_then_sms)
+    found = problems(settings(tmp_path, **env), "worker", line_then_sms)
     assert any("no SMS provider" in line for line in found), found
