@@ -5,6 +5,7 @@ which channel it went on; a retry never sends it on both."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -19,7 +20,7 @@ from keepflow.runtime.payloads import SendRequest
 from keepflow.sending.providers import email_provider, sms_provider
 from keepflow.store import Customer
 from tests.engine import TEST_TEMPLATES, running_worker, temporal_clock, time_skipping_server
-from tests.helpers import messages, sends, snapshot, start, to_local_hour
+from tests.helpers import messages, sends, serving_admin, snapshot, start, to_local_hour
 from tests.test_line_send import NOK, line_settings
 
 TIP = snapshot("""
@@ -83,12 +84,20 @@ async def test_reachable_on_neither_it_is_skipped_once_with_both_reasons(env, tm
     assert fake.accepted("line") == [] and fake.accepted("twilio") == []
 
 
-async def test_the_report_counts_a_fallen_back_message_under_sms(env, tmp_path, db, fake):
-    async with running_worker(env, line_settings(tmp_path, fake), db) as tq:
+async def test_the_report_and_the_dashboard_show_a_fallen_back_message_under_sms(env, tmp_path, db, fake):
+    settings = line_settings(tmp_path, fake)
+    async with running_worker(env, settings, db) as tq:
         await (await start(env.client, tq, TIP, {"customer": NOK_WITHOUT_LINE})).result()
     report = build_report(db, since=datetime.now(timezone.utc) - timedelta(days=1))
     [step] = report.steps
     assert (step.step, step.channel, step.template, step.sent) == ("0", "sms", "tip", 1)
+    [row] = messages(db)
+    async with serving_admin(settings, db) as http:
+        listed = (await http.get("/messages")).text
+        page = (await http.get(f"/messages/{row.id}")).text
+    [cells] = re.findall(rf'<tr data-id="{row.id}".*?</tr>', listed, re.S)
+    assert "<td>sms</td>" in cells and "<td>line</td>" not in cells
+    assert f"Message {row.id}: sms tip" in page and 'class="sms" id="sms">Lumen Camera Co.: hello Nok' in page
 
 
 def _attempt(number: int, started: datetime) -> ActivityEnvironment:
