@@ -41,7 +41,8 @@ def problems(settings: Settings, process: Process, catalog: Catalog | None = Non
                          "TWILIO_AUTH_TOKEN (or KEEPFLOW_ALLOW_OUTBOX=true if a local file is what you want)")
         if "line" in channels and not settings.use_line:
             found.append(f"no LINE provider: LINE messages would be written to {outbox}, not sent; set "
-                         "LINE_CHANNEL_ACCESS_TOKEN (or KEEPFLOW_ALLOW_OUTBOX=true if a local file is what you want)")
+                         "LINE_CHANNEL_ACCESS_TOKEN (or KEEPFLOW_ALLOW_OUTBOX=true if a local file is what you want; "
+                         "a shop without a LINE account changes its `send: line` steps to their fallback channel)")
     if "line" in channels and not reveal(settings.line_channel_secret):
         # Only LINE's webhook says who blocked the account (an unfollow): without it every later
         # push to them is still made, and marketing consent never follows a friend's follow.
