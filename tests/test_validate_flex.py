@@ -146,3 +146,24 @@ def test_a_finding_inside_a_loop_is_placed_on_the_templates_own_line(tmp_path):
     [problem] = [p for p in findings(tmp_path, card) if "uses 'order'" not in p.message]
     assert problem.message.startswith("template line/card.en.json:22:91: contents.body.contents[1].contents[1].align: "
                                       "'ending' is not one LINE knows; did you mean 'end'?"), problem.message
+
+
+def test_a_finding_after_an_if_not_taken_is_placed_on_the_templates_own_line(tmp_path):
+    # The sample customer has a first name, so the three lines of the `if` render as nothing: the
+    # finding below them is still on the template's line 10, not three lines higher in the rendered JSON.
+    card = GOOD.replace('      "layout": "vertical",\n', '      {% if not customer.first_name %}\n'
+                                                         '      "spacing": "md",\n'
+                                                         '      {% endif %}\n'
+                                                         '      "layout": "verticle",\n')
+    assert card.splitlines()[9] == '      "layout": "verticle",'
+    [problem] = findings(tmp_path, card)
+    assert problem.message.startswith("template line/card.en.json:10:7: contents.body.layout:"), problem.message
+
+
+def test_a_json_slip_after_an_if_not_taken_is_placed_on_the_templates_own_line(tmp_path):
+    card = GOOD.replace('      "layout": "vertical",\n', '      {% if not customer.first_name %}\n'
+                                                         '      "spacing": "md",\n'
+                                                         '      {% endif %}\n'
+                                                         '      "layout": "vertical"\n')  # its comma lost
+    [problem] = findings(tmp_path, card)
+    assert problem.message.startswith("template line/card.en.json:11:7: not valid JSON"), problem.message

@@ -294,12 +294,13 @@ class Semantics:
         assert self.renderer is not None  # compile() made it
         env = self.renderer.flex_env.overlay(undefined=ChainableUndefined)
         try:
-            text = env.get_template(relative).render(sample_values.sample(self.shapes, self.file.brand))
+            text, lines = flex.render_placed(env.get_template(relative), template_source(env, relative),
+                                             sample_values.sample(self.shapes, self.file.brand))
         except Exception as exc:  # a filter given a sample it cannot take: the template may be right
             self.add(pos, f"template {relative} was not checked against LINE's limits: it did not render with "
                           f"sample values ({exc}); `keepflow preview` renders it with a customer's", "warning")
             return
-        for finding in flex.problems(text, template_source(env, relative)):
+        for finding in flex.problems(text, template_source(env, relative), lines):
             self.add(pos, f"template {relative}:{finding}")
 
     def compile(self, relative: str, subject_required: bool = False) -> list[str]:

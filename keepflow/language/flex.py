@@ -26,6 +26,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, cast
 
+from jinja2 import Template, nodes
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 from ruamel.yaml import YAML
@@ -54,10 +55,9 @@ def json_string_content(value: Any) -> str:
 
 @dataclass(frozen=True)
 class Finding:
-    """Something LINE would refuse, at a (1-based) line and column of the rendered JSON. Those are
-    the template's: an escaped value never adds a line, Flex templates keep each tag's line, and
-    validate's sample lists hold one item, so a loop's body renders once, where it is written. Only
-    an `{% if %}` not taken moves what follows it up by its lines."""
+    """Something LINE would refuse, at a (1-based) line and column of the template: given the
+    template's line of each rendered line (`render_placed`), a branch not taken or a loop does not
+    move it; without it, of the rendered JSON."""
     line: int
     column: int
     message: str
@@ -83,16 +83,50 @@ def parse(text: str) -> dict[str, Any]:
     return message
 
 
-def problems(text: str, source: str | None = None) -> list[Finding]:
-    """What LINE would refuse of this rendered Flex template, each where it is; with the template's
-    `source`, at the template's column too (a value rendered earlier on the line moves the rest)."""
+def render_placed(template: Template, source: str, variables: Mapping[str, Any]) -> tuple[str, list[int]]:
+    """The template rendered, and for each rendered line the template's line it comes from.
+
+    A branch not taken drops its lines and a loop repeats its own, so the rendered JSON's line
+    numbers are not the template's. Only the template's own text can add a line (a value is
+    JSON-escaped, its newlines written `\\n`), and Jinja's parse of the template says on which
+    line each stretch of its text starts: each piece of text the render gives is found there, in
+    order, going back to an earlier one for a loop's next round."""
+    texts = [(node.data, node.lineno) for node in template.environment.parse(source).find_all(nodes.TemplateData)]
+    pieces: list[str] = []
+    lines = [1]
+    line, cursor = 1, 0
+    for piece in template.root_render_func(template.new_context(dict(variables))):
+        found = _find(texts, piece, cursor)
+        if found is not None:
+            cursor = found + 1
+            line = texts[found][1]
+        for _ in range(piece.count("\n")):
+            line += 1
+            lines.append(line)
+        pieces.append(piece)
+    return "".join(pieces), lines
+
+
+def _find(texts: list[tuple[str, int]], piece: str, cursor: int) -> int | None:
+    """Which stretch of the template's text `piece` is: the next one from `cursor`, else the first."""
+    matches = [i for i, (text, _) in enumerate(texts) if text == piece]
+    if not matches:
+        return None
+    return next((i for i in matches if i >= cursor), matches[0])
+
+
+def problems(text: str, source: str | None = None, lines: list[int] | None = None) -> list[Finding]:
+    """What LINE would refuse of this rendered Flex template, each where it is. With `lines` (the
+    template's line of each rendered line, `render_placed`) at the template's line; with the
+    template's `source`, at its column too (a value rendered earlier on the line moves the rest)."""
     try:
         message = json.loads(text)
     except json.JSONDecodeError as exc:
-        return [Finding(exc.lineno, exc.colno, f"not valid JSON: {exc.msg}. A {{{{ value }}}} belongs inside "
-                                               "quotes (\"text\": \"Hi {{ customer.first_name }}\"); check commas "
-                                               "and brackets near here")]
-    places = _Places(text, source)
+        line = lines[exc.lineno - 1] if lines and exc.lineno <= len(lines) else exc.lineno
+        return [Finding(line, exc.colno, f"not valid JSON: {exc.msg}. A {{{{ value }}}} belongs inside "
+                                         "quotes (\"text\": \"Hi {{ customer.first_name }}\"); check commas "
+                                         "and brackets near here")]
+    places = _Places(text, source, lines)
     found = [Finding(*places.at(list(error.absolute_path)), _schema_message(error))
              for error in _leaf_errors(_validator().iter_errors(message))]
     if found or not isinstance(message, dict):
@@ -215,7 +249,9 @@ class _Places:
     """Line and column of each part of the rendered JSON, found by reading it again as YAML (JSON
     is YAML, and ruamel keeps where each node is). A part it cannot place is put at its parent."""
 
-    def __init__(self, text: str, source: str | None = None):
+    def __init__(self, text: str, source: str | None = None, lines: list[int] | None = None):
+        # The template's (1-based) line of each rendered line; none given: the same line.
+        self.lines = lines or []
         try:
             # A tab may separate JSON tokens but not YAML ones; one space keeps every column.
             self.root: Any = YAML(typ="rt").load(text.replace("\t", " "))
@@ -234,6 +270,8 @@ class _Places:
                 break
             where, node = (line, column), node[part]
         line, column = where
+        if line < len(self.lines):
+            line = self.lines[line] - 1
         # The template's column of a key is where its line spells it, if it does so once.
         if key is not None and line < len(self.source_lines):
             spelt = self.source_lines[line].split(json.dumps(key))
