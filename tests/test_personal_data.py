@@ -141,3 +141,16 @@ async def test_forget_erases_a_line_user_id_and_its_friendship_and_keeps_the_blo
     with db.transaction() as connection:
         assert suppressions.blocking_reason(connection, channel="line", address=line_id, category="marketing",
                                             group="t") is not None
+    # A follow from before the unfollow, delivered late (after the erasure): the friendship's row
+    # is gone, but the hashed block is newer than the follow, so the follow changes nothing.
+    with db.session() as session:
+        assert not line_friends.apply(session, "follow", line_id, datetime(2026, 12, 1, 12, tzinfo=timezone.utc))
+    with db.transaction() as connection:
+        assert suppressions.blocking_reason(connection, channel="line", address=line_id, category="marketing",
+                                            group="t") is not None
+    # A follow after the unfollow is the customer's own new act, and lifts it.
+    with db.session() as session:
+        assert line_friends.apply(session, "follow", line_id, datetime(2026, 12, 3, tzinfo=timezone.utc))
+    with db.transaction() as connection:
+        assert suppressions.blocking_reason(connection, channel="line", address=line_id, category="marketing",
+                                            group="t") is None

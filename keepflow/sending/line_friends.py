@@ -39,6 +39,8 @@ Change = Literal["follow", "unfollow"]
 def apply(session: Session, change: Change, user_id: str, at: datetime, detail: str | None = None) -> bool:
     """Record a follow or unfollow that happened at `at`. False if a newer one is recorded already."""
     row = session.get(LineFriend, user_id)
+    if change == "follow" and _blocked_since(session, user_id, at):
+        return False
     if row is None:
         row = LineFriend(user_id=user_id)
         session.add(row)
@@ -80,6 +82,14 @@ def _newer(row: LineFriend, change: Change, at: datetime) -> bool:
     if latest is None or at > latest:
         return True
     return at == latest and change == "unfollow" and row.followed_at is not None and utc(row.followed_at) == at
+
+
+def _blocked_since(session: Session, user_id: str, at: datetime) -> bool:
+    """An unfollow at or after `at` still in force, found by its suppression: that outlives the
+    friend's row, which erasure deletes while it keeps the suppression, hashed. So a follow older
+    than the unfollow, delivered only after the customer was forgotten, still changes nothing."""
+    return any(row.reason == UNFOLLOW and utc(row.created_at) >= at
+               for row in suppressions.active(session, CHANNEL, user_id))
 
 
 def _customers(session: Session, user_id: str) -> list[Customer]:

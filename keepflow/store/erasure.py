@@ -78,8 +78,9 @@ def erase(session: Session, customer_ids: list[str], addresses: list[tuple[str, 
         delete(Event).where(about, ~Event.type.like("message.%")).execution_options(synchronize_session=False)))
 
     # An unfollow that blocked them stays in force as a hashed suppression (below). LINE's
-    # redeliveries are still known by their webhookEventId (deliveries hold nothing personal); only
-    # a follow older than that unfollow and first delivered after this would be taken as new.
+    # redeliveries are still known by their webhookEventId (deliveries hold nothing personal), and a
+    # follow older than that unfollow, first delivered after this, is older than the suppression
+    # and changes nothing (keepflow/sending/line_friends.py).
     line_ids = [address for channel, address in contacts if channel == "line"]
     if line_ids:
         done.line_friends = _count(session.execute(delete(LineFriend).where(LineFriend.user_id.in_(line_ids))))
