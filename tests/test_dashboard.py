@@ -319,7 +319,7 @@ async def test_customer_timeline_in_time_order(settings, db: Database) -> None:
     consents = re.search(r"<dt>consents</dt><dd>(.*?)</dd>", by_email.text, re.S).group(1)
     assert "email: yes" not in consents and "unsubscribed from marketing" in consents, consents
     assert "email: yes" in re.search(r"<dt>consents</dt><dd>(.*?)</dd>", by_id.text, re.S).group(1)
-    assert unknown.status_code == 404 and "No customer has the id or email address" in unknown.text
+    assert unknown.status_code == 404 and "No customer has the id, email address or LINE user id" in unknown.text
     assert empty.status_code == 200 and 'data-customer' not in empty.text
 
 
@@ -451,3 +451,16 @@ async def test_a_split_shows_its_arms_side_by_side(settings, db: Database) -> No
     table = re.search(r'<table class="ab-test"[^>]*>(.*?)</table>', page, re.S).group(1)
     assert re.findall(r'data-variant="(\w+)"', table) == ["plain", "offer"]
     assert "too early to tell" in table
+
+
+async def test_a_customer_is_found_by_their_line_user_id(settings, db: Database) -> None:
+    # A LINE user writes to the shop's account: the operator has their LINE user id, nothing else.
+    line_id = "U" + "0123456789abcdef" * 2
+    with db.session() as s:
+        s.add(Customer(id="c-line", line_user_id=line_id, consents={"line": True}, attributes={}))
+    async with serving_admin(settings, db) as http:
+        found = await http.get("/customers", params={"q": f"  {line_id}  "})
+        unknown = await http.get("/customers", params={"q": "U" + "f" * 32})
+    assert found.status_code == 200 and 'data-customer="c-line"' in found.text
+    assert "line: yes" in re.search(r"<dt>consents</dt><dd>(.*?)</dd>", found.text, re.S).group(1)
+    assert unknown.status_code == 404

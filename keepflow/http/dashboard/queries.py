@@ -324,20 +324,26 @@ class Timeline:
 
 
 def find_customer(db: Database, q: str) -> Customer | None:
-    """By id (the primary key), else by email address, in any case.
+    """By id (the primary key), else by email address in any case, else by LINE user id (what an
+    operator has of a customer who writes to the shop's LINE account).
 
     Addresses are stored in their normal form (keepflow/sending/contacts.py), so the lookup normalises
-    what was typed and compares with `=`, which ix_customers_email answers; an address that
-    failed validation was stored as sent, so that spelling is tried too."""
+    what was typed and compares with `=`, which the column's index answers; an address that
+    failed validation was stored as sent, so that spelling is tried too. Phone numbers have no index,
+    so they are not looked up here."""
     q = q.strip()
     if not q:
         return None
     with db.session() as session:
         customer = session.get(Customer, q)
-        if customer is None and "@" in q:
-            spellings = {normalize_address("email", q), q}
+        for name, column in (("email", Customer.email), ("line", Customer.line_user_id)):
+            if customer is not None:
+                break
+            if name == "email" and "@" not in q:
+                continue
+            spellings = {normalize_address(name, q), q}
             customer = session.scalars(
-                select(Customer).where(Customer.email.in_(sorted(spellings))).order_by(Customer.id).limit(1)).first()
+                select(Customer).where(column.in_(sorted(spellings))).order_by(Customer.id).limit(1)).first()
         return customer
 
 
