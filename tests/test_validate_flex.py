@@ -167,3 +167,10 @@ def test_a_json_slip_after_an_if_not_taken_is_placed_on_the_templates_own_line(t
                                                          '      "layout": "vertical"\n')  # its comma lost
     [problem] = findings(tmp_path, card)
     assert problem.message.startswith("template line/card.en.json:11:7: not valid JSON"), problem.message
+
+
+def test_a_template_that_opens_with_an_if_not_taken_places_its_first_line(tmp_path):
+    # Rendered, the JSON starts on its first line; in the template, on line 3, after the `if`.
+    card = '{% if not customer.first_name %}\n"greeting"\n{% endif %}' + GOOD.replace("{\n", "{,\n", 1)
+    [problem] = findings(tmp_path, card)
+    assert problem.message.startswith("template line/card.en.json:3:2: not valid JSON"), problem.message

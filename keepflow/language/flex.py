@@ -100,6 +100,8 @@ def render_placed(template: Template, source: str, variables: Mapping[str, Any])
         if found is not None:
             cursor = found + 1
             line = texts[found][1]
+            if not any(pieces):  # the first line starts here: what came before rendered as nothing
+                lines[0] = line
         for _ in range(piece.count("\n")):
             line += 1
             lines.append(line)
