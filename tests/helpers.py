@@ -203,6 +203,21 @@ def write_project(directory: Path, text: str, templates: dict[str, str]) -> Path
     return path
 
 
+# A marketing tip on LINE that goes by SMS to a customer LINE cannot reach (`fallback:`), with its
+# templates on both channels: the sequence preview, simulate and production's checks each read.
+LINE_TIP_OR_SMS = """\
+sequences:
+  - id: tips
+    category: marketing
+    trigger: customer.created
+    steps:
+      - send: line
+        template: tip
+        fallback: sms
+"""
+LINE_TIP_TEMPLATES = {"line/tip.en.txt": "LINE tip for {{ customer.first_name }}", "sms/tip.en.txt": "SMS tip"}
+
+
 # A run that waits 30 days for a delivery inside a branch: the continue-as-new tests flood it.
 PATIENT = """
 sequences:

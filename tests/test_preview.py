@@ -12,7 +12,7 @@ from keepflow.cli import app
 from keepflow.runtime.events import CustomerIn, OrderIn
 from keepflow.tools.preview import Note, PreviewError, build_preview, open_sequence, read_json_part
 from tests.engine import SHOP_SEQUENCES, SHOP_TEMPLATES
-from tests.helpers import write_project
+from tests.helpers import LINE_TIP_OR_SMS, LINE_TIP_TEMPLATES, write_project
 
 ROOT = Path(__file__).resolve().parent.parent
 SEQUENCES = SHOP_SEQUENCES
@@ -182,23 +182,12 @@ def test_templates_read_rfm_scores_given_on_the_command_line(tmp_path: Path):
 
 # --- a step with `fallback:` shows the channel this customer would get it on ------------------------
 
-TIP = """\
-sequences:
-  - id: tips
-    category: marketing
-    trigger: customer.created
-    steps:
-      - send: line
-        template: tip
-        fallback: sms
-"""
-TIP_TEMPLATES = {"line/tip.en.txt": "LINE tip for {{ customer.first_name }}", "sms/tip.en.txt": "SMS tip"}
 NOK_ON_LINE = {"id": "c-1", "first_name": "Nok", "phone": "+66812345678", "line_user_id": "U" + "0123456789abcdef" * 2,
                "consents": {"line": True, "sms": True}}
 
 
 def tip_preview(tmp_path: Path, customer: dict):
-    catalog, sequence = open_sequence(write_project(tmp_path, TIP, TIP_TEMPLATES), None, "tips")
+    catalog, sequence = open_sequence(write_project(tmp_path, LINE_TIP_OR_SMS, LINE_TIP_TEMPLATES), None, "tips")
     [message] = build_preview(catalog, sequence, customer, locale="en").messages
     return message
 
@@ -218,7 +207,7 @@ def test_a_customer_who_cannot_get_line_previews_the_fallback(tmp_path: Path, ch
 
 
 def test_the_preview_says_which_channel_and_why(tmp_path: Path):
-    path = write_project(tmp_path, TIP, TIP_TEMPLATES)
+    path = write_project(tmp_path, LINE_TIP_OR_SMS, LINE_TIP_TEMPLATES)
     (tmp_path / "customer.json").write_text('{"id": "c-1", "phone": "+66812345678", "consents": {"sms": true}}')
     result = cli("preview", "tips", "--sequences", str(path), "--templates", str(tmp_path / "templates"),
                  "--customer", str(tmp_path / "customer.json"))

@@ -15,7 +15,7 @@ from keepflow.production import problems, providers_line
 from keepflow.runtime.registry import load_catalog
 from keepflow.settings import Settings
 from tests.engine import ROOT, SHOP_SEQUENCES, SHOP_TEMPLATES
-from tests.helpers import write_project
+from tests.helpers import LINE_TIP_OR_SMS, LINE_TIP_TEMPLATES, write_project
 from tests.test_dev_links import NOTE, SEQUENCES
 
 OURS = ("KEEPFLOW_", "TEMPORAL_", "SENDGRID_", "TWILIO_", "SHOPIFY_", "LINE_", "DATABASE_URL")
@@ -175,16 +175,7 @@ def test_env_example_as_is_changes_nothing(tmp_path):
 
 
 def test_a_texts_fallback_needs_the_sms_provider_too(tmp_path):
-    line_then_sms = load_catalog(write_project(tmp_path, """\
-sequences:
-  - id: tips
-    category: marketing
-    trigger: customer.created
-    steps:
-      - send: line
-        template: tip
-        fallback: sms
-""", {"line/tip.en.txt": "tip", "sms/tip.en.txt": "tip"}))
+    line_then_sms = load_catalog(write_project(tmp_path, LINE_TIP_OR_SMS, LINE_TIP_TEMPLATES))
     env = {k: v for k, v in READY.items() if not k.startswith("TWILIO")}
     found = problems(settings(tmp_path, **env), "worker", line_then_sms)
     assert any("no SMS provider" in line for line in found), found

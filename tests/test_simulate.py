@@ -131,18 +131,9 @@ async def test_a_customer_keyed_sequence_started_by_an_order_event_needs_the_ord
 
 
 async def test_simulate_shows_the_channel_a_fallback_step_went_on(tmp_path):
-    from tests.helpers import write_project
+    from tests.helpers import LINE_TIP_OR_SMS, LINE_TIP_TEMPLATES, write_project
 
-    path = write_project(tmp_path, """\
-sequences:
-  - id: tips
-    category: marketing
-    trigger: customer.created
-    steps:
-      - send: line
-        template: tip
-        fallback: sms
-""", {"line/tip.en.txt": "LINE tip", "sms/tip.en.txt": "SMS tip"})
+    path = write_project(tmp_path, LINE_TIP_OR_SMS, LINE_TIP_TEMPLATES)
     catalog = load_catalog(path, tmp_path / "templates")
     lines = await sim.simulate(catalog, "tips", NOK, None, [], start_at=datetime(2027, 1, 5, 3, 0, tzinfo=timezone.utc))
     [sent] = [t for t in texts(lines) if "tip" in t and "sent" in t]

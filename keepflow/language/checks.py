@@ -293,14 +293,15 @@ class Semantics:
         """What LINE would refuse of a Flex template, rendered with sample values."""
         assert self.renderer is not None  # compile() made it
         env = self.renderer.flex_env.overlay(undefined=ChainableUndefined)
+        source = template_source(env, relative)
         try:
-            text, lines = flex.render_placed(env.get_template(relative), template_source(env, relative),
+            text, lines = flex.render_placed(env.get_template(relative), source,
                                              sample_values.sample(self.shapes, self.file.brand))
         except Exception as exc:  # a filter given a sample it cannot take: the template may be right
             self.add(pos, f"template {relative} was not checked against LINE's limits: it did not render with "
                           f"sample values ({exc}); `keepflow preview` renders it with a customer's", "warning")
             return
-        for finding in flex.problems(text, template_source(env, relative), lines):
+        for finding in flex.problems(text, source, lines):
             self.add(pos, f"template {relative}:{finding}")
 
     def compile(self, relative: str, subject_required: bool = False) -> list[str]:

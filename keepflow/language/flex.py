@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any, cast
 
@@ -76,10 +76,10 @@ class FlexError(ValueError):
 
 def parse(text: str) -> dict[str, Any]:
     """The Flex message a rendered template holds; FlexError with what LINE would refuse."""
-    findings = problems(text)
+    message, findings = _read(text)
     if findings:
         raise FlexError(findings)
-    message: dict[str, Any] = json.loads(text)
+    assert isinstance(message, dict)  # no findings: it parsed, and the schema wants an object
     return message
 
 
@@ -121,19 +121,24 @@ def problems(text: str, source: str | None = None, lines: list[int] | None = Non
     """What LINE would refuse of this rendered Flex template, each where it is. With `lines` (the
     template's line of each rendered line, `render_placed`) at the template's line; with the
     template's `source`, at its column too (a value rendered earlier on the line moves the rest)."""
+    return _read(text, source, lines)[1]
+
+
+def _read(text: str, source: str | None = None, lines: list[int] | None = None) -> tuple[Any, list[Finding]]:
+    """The rendered JSON read once: the message (None if it does not parse), and the findings."""
     try:
         message = json.loads(text)
     except json.JSONDecodeError as exc:
         line = lines[exc.lineno - 1] if lines and exc.lineno <= len(lines) else exc.lineno
-        return [Finding(line, exc.colno, f"not valid JSON: {exc.msg}. A {{{{ value }}}} belongs inside "
-                                         "quotes (\"text\": \"Hi {{ customer.first_name }}\"); check commas "
-                                         "and brackets near here")]
+        return None, [Finding(line, exc.colno, f"not valid JSON: {exc.msg}. A {{{{ value }}}} belongs inside "
+                                               "quotes (\"text\": \"Hi {{ customer.first_name }}\"); check commas "
+                                               "and brackets near here")]
     places = _Places(text, source, lines)
     found = [Finding(*places.at(list(error.absolute_path)), _schema_message(error))
              for error in _leaf_errors(_validator().iter_errors(message))]
     if found or not isinstance(message, dict):
-        return list(dict.fromkeys(found))
-    return _sizes(message, places)
+        return message, list(dict.fromkeys(found))
+    return message, _sizes(message, places)
 
 
 def readable(message: Mapping[str, Any]) -> str:
@@ -252,14 +257,19 @@ class _Places:
     is YAML, and ruamel keeps where each node is). A part it cannot place is put at its parent."""
 
     def __init__(self, text: str, source: str | None = None, lines: list[int] | None = None):
+        self.text = text
         # The template's (1-based) line of each rendered line; none given: the same line.
         self.lines = lines or []
+        self.source_lines = source.splitlines() if source is not None else []
+
+    @cached_property
+    def root(self) -> Any:
+        """Read only when a finding needs placing: every send checks its message, and most pass."""
         try:
             # A tab may separate JSON tokens but not YAML ones; one space keeps every column.
-            self.root: Any = YAML(typ="rt").load(text.replace("\t", " "))
+            return YAML(typ="rt").load(self.text.replace("\t", " "))
         except YAMLError:
-            self.root = None
-        self.source_lines = source.splitlines() if source is not None else []
+            return None
 
     def at(self, path: list[Any]) -> tuple[int, int]:
         node, where, key = self.root, (0, 0), None

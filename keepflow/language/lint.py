@@ -118,8 +118,10 @@ Path_ = tuple[tuple[timedelta, ChannelName, bool], ...]
 def lint(file: SequencesFile, templates_dir: Path, line_customers: int | None = None) -> LintResult:
     """`line_customers`: how many customers have a LINE user id, for the quota; None if not known."""
     findings: list[Finding] = []
-    volumes = worst_case(file)
-    quota = line_quota(file, line_customers)
+    # Every path of every entry point, walked once for both the cap's figures and the quota's.
+    paths = _entry_paths(file)
+    volumes = worst_case(file, paths)
+    quota = line_quota(file, line_customers, paths)
     if quota is not None:
         findings += _quota_findings(quota)
     for volume in volumes:
@@ -159,10 +161,11 @@ def lint(file: SequencesFile, templates_dir: Path, line_customers: int | None = 
     return LintResult(findings, volumes, quota)
 
 
-def line_quota(file: SequencesFile, customers: int | None) -> LineQuota | None:
+def line_quota(file: SequencesFile, customers: int | None,
+               paths_by_entry: dict[str, list[Path_]] | None = None) -> LineQuota | None:
     if file.rules.line is None:
         return None
-    paths_by_entry = _entry_paths(file)
+    paths_by_entry = paths_by_entry if paths_by_entry is not None else _entry_paths(file)
     marketing = sum(max((_busiest(p, "line", MONTH) for p in paths), default=0) for paths in paths_by_entry.values())
     transactional = sum(max((_busiest(p, "line", MONTH, marketing=False) for p in paths), default=0)
                         for paths in paths_by_entry.values())
@@ -192,8 +195,8 @@ def _entry_paths(file: SequencesFile) -> dict[str, list[Path_]]:
     return {s.id: _paths(s, sequences) for s in file.sequences if s.trigger is not None}
 
 
-def worst_case(file: SequencesFile) -> list[Volume]:
-    paths_by_entry = _entry_paths(file)
+def worst_case(file: SequencesFile, paths_by_entry: dict[str, list[Path_]] | None = None) -> list[Volume]:
+    paths_by_entry = paths_by_entry if paths_by_entry is not None else _entry_paths(file)
     channels = sorted({ch for paths in paths_by_entry.values() for p in paths for _, ch, marketing in p if marketing}
                       | set(file.rules.frequency_cap))
     volumes = []

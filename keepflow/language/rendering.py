@@ -128,8 +128,8 @@ class Renderer:
         )
         self.env.filters["money"] = _money
         self.env.filters["date"] = _date
-        # Flex templates: each value JSON-escaped (flex.json_string_content), and every tag keeps
-        # its line, so a line of the rendered JSON is the template's line (validate's positions).
+        # Flex templates: each value JSON-escaped (flex.json_string_content), so a value never adds
+        # a line; validate traces each rendered line back to the template's (flex.render_placed).
         self.flex_env = self.env.overlay(finalize=flex.json_string_content, autoescape=False,
                                          trim_blocks=False, lstrip_blocks=False)
 

@@ -29,8 +29,7 @@ def _value(name: str, shape: Shape) -> Any:
     if isinstance(shape, Mapping):
         return {key: _value(key, inner) for key, inner in shape.items()}
     if isinstance(shape, ListOf):
-        # One item: a `{% for %}` over it renders its body once, on the template's own lines, which
-        # is what lets validate give a Flex template's positions as the template's.
+        # One item: a `{% for %}` over it renders its body once, as short as the template allows.
         return [_value(name, shape.item)]
     if name == "currency":
         return "USD"

@@ -1,9 +1,10 @@
 """Erasing a customer from the store (`keepflow customers forget`), keeping what must stay.
 
 What goes: the profile (email, phone, LINE user id, name, locale, time zone, consents, attributes,
-scores), whether their LINE id follows the shop's account (`line_friends`), every event about them, their runs' contexts (which Temporal's histories reference by hash), the
-recipient, subject, body and provider text of every message to them, and the line items of their
-orders. What stays, without anything that names or reaches the person:
+scores), whether their LINE id follows the shop's account (`line_friends`), every event about
+them, their runs' contexts (which Temporal's histories reference by hash), the recipient,
+subject, body and provider text of every message to them, and the line items of their orders.
+What stays, without anything that names or reaches the person:
 - the customer id, as a row with nothing else, because orders, messages and runs point at it;
 - the message rows (sequence, step, status, times), so reports keep counting what was sent;
 - order totals and currency, so revenue reports stay right (they are the shop's books);
