@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.builtin.inactivity import InactivityScanner
@@ -81,7 +81,7 @@ def build_worker(client: Client, settings: Settings, db: Database, send_deps: Se
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=workflows,
-        workflow_runner=SANDBOX,
+        workflow_runner=SANDBOX if settings.workflow_sandbox else UnsandboxedWorkflowRunner(),
         # Unless the client brings it (`connect` does): a test's or an embedded server's client.
         interceptors=tracing.worker_interceptors(client.config()["interceptors"]),
         activities=[

@@ -1,7 +1,7 @@
 """Sequence throughput: N post-purchase runs through the real worker, against bare Temporal.
 
     python bench/throughput.py [--runs 200] [--start-concurrency 50] [--time-scale 1/86400]
-                               [--timeout S] [--breakdown] [--unsandboxed] [--bare-first] [--write-results]
+                               [--timeout S] [--breakdown] [--sandboxed] [--bare-first] [--write-results]
 
 A benchmark script, not a timed test. In a throwaway folder it starts Temporal's dev server
 (headless, free port on 127.0.0.1) and runs two kinds of phase on that same server, four phases in
@@ -28,7 +28,8 @@ runs/s, activities/s, events per run history, and the CPU seconds of this proces
 worker) and of the dev server during the phase, split for this process into the activity
 threads' CPU and the rest; then the ratio Keepflow / bare. `--breakdown` times send_message's
 steps (timers put on at run time; no file is changed). Diagnostics, not how the worker runs:
-`--unsandboxed` runs Keepflow's workflows without the sandbox, `--bare-first` starts the mirrored
+`--sandboxed` runs Keepflow's workflows in Temporal's sandbox (as tests and `keepflow dev` do; a
+production worker does not, see KEEPFLOW_WORKFLOW_SANDBOX), `--bare-first` starts the mirrored
 order with bare (bare, Keepflow, Keepflow, bare).
 
 Everything listens on 127.0.0.1 only; every wait is bounded; the dev server is stopped and the
@@ -270,7 +271,7 @@ async def read_histories(client, workflow_ids: list[str], EventType, concurrency
 
 
 async def bench(runs: int, concurrency: int, time_scale: float, timeout: float, breakdown: bool = False,
-                unsandboxed: bool = False, bare_first: bool = False) -> dict[str, Any]:
+                sandboxed: bool = False, bare_first: bool = False) -> dict[str, Any]:
     from sqlalchemy import func, select
     from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
@@ -306,17 +307,15 @@ async def bench(runs: int, concurrency: int, time_scale: float, timeout: float, 
             keepflow_queue = f"throughput-keepflow-{tag}"
             key = f"T{tag}{round_no}"
             print("phase: Keepflow ...", flush=True)
-            # `--unsandboxed` is a diagnostic: build_worker reads worker.SANDBOX when called, so swapping
-            # it here (this process only, put back at once) shows what the sandbox costs per run.
-            # The activity pool is swapped the same way for one that counts its threads' CPU time.
-            sandbox, pool = worker.SANDBOX, worker.ThreadPoolExecutor
-            if unsandboxed:
-                worker.SANDBOX = UnsandboxedWorkflowRunner()
+            # build_worker reads worker.ThreadPoolExecutor when called: swapped here (this process only,
+            # put back at once) for a pool that counts its threads' CPU time.
+            pool = worker.ThreadPoolExecutor
             worker.ThreadPoolExecutor = CpuCountingExecutor
             try:
-                kf_worker = build_worker(client, settings, db, task_queue=keepflow_queue, catalog=catalog)
+                kf_worker = build_worker(client, settings.model_copy(update={"workflow_sandbox": sandboxed}), db,
+                                         task_queue=keepflow_queue, catalog=catalog)
             finally:
-                worker.SANDBOX, worker.ThreadPoolExecutor = sandbox, pool
+                worker.ThreadPoolExecutor = pool
             executor = kf_worker.config().get("activity_executor")
             with instrument(breakdown, SEND_STEPS, thread_waits=False) as timings:
                 async with kf_worker:
@@ -364,7 +363,7 @@ async def bench(runs: int, concurrency: int, time_scale: float, timeout: float, 
             run = keepflow_phase if side == "keepflow" else bare_phase
             phases[side].append(await run(round_no))
         kf, bare = merged(phases["keepflow"]), merged(phases["bare"])
-        return {"unsandboxed": unsandboxed, "bare_first": bare_first, "runs": runs, "concurrency": concurrency,
+        return {"sandboxed": sandboxed, "bare_first": bare_first, "runs": runs, "concurrency": concurrency,
                 "time_scale": time_scale, "keepflow": kf, "bare": bare, "activity_threads": ACTIVITY_THREADS}
     finally:
         if db is not None:
@@ -459,14 +458,14 @@ def write_results(raw: dict[str, Any], table: str, note: str, ratio: float | Non
     section = "\n".join([
         SECTION, "",
         *provenance(command := f"python bench/throughput.py --runs {raw['runs']} --start-concurrency "
-                    f"{raw['concurrency']} --time-scale {scale}{' --unsandboxed' if raw['unsandboxed'] else ''}"
+                    f"{raw['concurrency']} --time-scale {scale}{' --sandboxed' if raw.get('sandboxed') else ''}"
                     f"{' --bare-first' if raw['bare_first'] else ''} --write-results", pragmas=True),
         f"- Parameters: {raw['runs']} runs per phase on one dev server, four phases mirrored "
         f"({'bare, Keepflow, Keepflow, bare' if raw['bare_first'] else 'Keepflow, bare, bare, Keepflow'}), "
         "each side's two phases added up; "
         f"{raw['concurrency']} start calls in flight; time scale {scale} (each `wait: 1d` lasts "
         f"{wait_seconds(raw['time_scale']):g} s). Keepflow: the worker from worker.py "
-        f"({'`sequence` UNSANDBOXED (diagnostic)' if raw['unsandboxed'] else 'sandboxed `sequence`'}, "
+        f"({'`sequence` in the sandbox (diagnostic)' if raw.get('sandboxed') else '`sequence` without the sandbox, as production runs it'}, "
         "outbox providers, SQLite store) running a synthetic sequence of `fulfilment`'s shape (its 4 sends and "
         "templates; its 2 `wait_for` as `wait: 1d`; no `start: education`). Bare: an unsandboxed workflow with "
         f"the same 4 activities (no-op, sync, {raw['activity_threads']} threads) and 2 timers, same worker limits.",
@@ -475,7 +474,7 @@ def write_results(raw: dict[str, Any], table: str, note: str, ratio: float | Non
         note, "",
     ])
     write_section(SECTION, section)
-    if ratio is not None and not raw["unsandboxed"]:  # a diagnostic run is not the product's figure
+    if ratio is not None and not raw.get("sandboxed"):  # a diagnostic run is not the product's figure
         kf, bare = rates(raw["keepflow"]), rates(raw["bare"])
         figures = {"throughput.ratio": round(ratio, 3), "throughput.keepflow_runs_per_s": round(kf["runs_per_s"], 2),
                    "throughput.bare_runs_per_s": round(bare["runs_per_s"], 2)}
@@ -528,8 +527,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds a phase may take to finish (default 180)")
     parser.add_argument("--breakdown", action="store_true",
                         help="time send_message's steps (timers put on at run time, never in files)")
-    parser.add_argument("--unsandboxed", action="store_true",
-                        help="diagnostic: run Keepflow's workflows without the sandbox (not how the worker runs)")
+    parser.add_argument("--sandboxed", action="store_true",
+                        help="diagnostic: run Keepflow's workflows in Temporal's sandbox (as tests do; production does not)")
     parser.add_argument("--bare-first", action="store_true", help="mirror the other way: bare, Keepflow, Keepflow, bare")
     parser.add_argument("--write-results", action="store_true", help=f"replace this script's section in {RESULTS.name} and its figures in results.json")
     args = parser.parse_args()
@@ -538,7 +537,7 @@ def main() -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     raw = asyncio.run(bench(args.runs, args.start_concurrency, args.time_scale, args.timeout,
-                            breakdown=args.breakdown, unsandboxed=args.unsandboxed, bare_first=args.bare_first))
+                            breakdown=args.breakdown, sandboxed=args.sandboxed, bare_first=args.bare_first))
     table, ratio = report(raw)
     note = interpretation(raw, ratio)
     print()

@@ -138,6 +138,9 @@ def dev(
     settings = get_settings()
     if data_dir:
         settings = settings.model_copy(update={"data_dir": data_dir})
+    if "workflow_sandbox" not in settings.model_fields_set:
+        # Whoever edits workflows/ in development hears at once of a clock or file read there.
+        settings = settings.model_copy(update={"workflow_sandbox": True})
     _run(run_dev(settings, temporal_port, ui_port or None, http_port, admin_port))
 
 

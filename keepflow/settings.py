@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     line_api_base: str = Field("https://api.line.me", validation_alias="LINE_API_BASE")
     # Seconds a provider HTTP call may take; kept well under the send activity's timeout.
     provider_timeout: float = Field(10.0, validation_alias="KEEPFLOW_PROVIDER_TIMEOUT")
+    # Run workflows in Temporal's Python sandbox, which fails a workflow task that reads the clock,
+    # a file or the environment. A check for whoever edits workflows/: `make test` and `keepflow dev`
+    # run with it; a production worker runs the same, checked code without it, which takes about a
+    # quarter off a run's worker CPU (bench/RESULTS.md, "The workflow sandbox").
+    workflow_sandbox: bool = Field(False, validation_alias="KEEPFLOW_WORKFLOW_SANDBOX")
 
     default_locale: str = Field("en", validation_alias="KEEPFLOW_DEFAULT_LOCALE")
     # How often the inactivity scan runs (a Temporal Schedule, synced when a worker starts).

@@ -3,6 +3,7 @@ The helpers they use live in tests/engine.py."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -14,6 +15,10 @@ from keepflow.store import Database, upgrade
 from tests.databases import SERVER_URL, fresh_database
 from tests.engine import SHOP_SEQUENCES, SHOP_TEMPLATES, make_settings, time_skipping_server
 from tests.fakes.provider_server import FakeProviders
+
+# Every workflow a test runs runs in Temporal's sandbox, which fails a workflow task that reads the
+# clock, a file or the environment: the check on workflows/ that production workers do without.
+os.environ["KEEPFLOW_WORKFLOW_SANDBOX"] = "true"
 
 
 @pytest.fixture(autouse=True)

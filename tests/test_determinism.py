@@ -139,3 +139,20 @@ async def test_a_condition_on_a_field_the_customer_lacks_fails_the_run_visibly(e
         with pytest.raises(WorkflowFailureError) as failed:
             await asyncio.wait_for(handle.result(), 10)
     assert "has no attribute 'vip'" in str(failed.value.cause)
+
+
+async def test_tests_run_workflows_in_the_sandbox_and_a_production_worker_without_it(env, settings, db):
+    """The sandbox is the check on workflows/ that every test runs under; a worker started with the
+    defaults runs the same code without it (keepflow/settings.py, `workflow_sandbox`)."""
+    from temporalio.worker import UnsandboxedWorkflowRunner
+    from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
+
+    from keepflow.settings import Settings
+    from worker import build_worker
+
+    assert settings.workflow_sandbox and Settings().workflow_sandbox
+    tested = build_worker(env.client, settings, db, task_queue="sandboxed")
+    assert isinstance(tested.config()["workflow_runner"], SandboxedWorkflowRunner)
+    assert Settings.model_fields["workflow_sandbox"].default is False
+    production = build_worker(env.client, settings.model_copy(update={"workflow_sandbox": False}), db, task_queue="plain")
+    assert isinstance(production.config()["workflow_runner"], UnsandboxedWorkflowRunner)

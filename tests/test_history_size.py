@@ -103,6 +103,33 @@ async def test_a_part_is_written_once_read_back_by_another_process_and_forgotten
         await PartsCodec(db).decode([encoded[0]])
 
 
+async def test_a_run_input_opens_whole_whether_its_references_are_spliced_in_or_parsed(db):
+    """References as `encode` writes them are put back as text; written any other way (with the
+    spaces of Python's default separators here) the payload is parsed. Either way the run reads
+    the same input."""
+    from temporalio.contrib.pydantic import pydantic_data_converter as plain
+
+    from tests.engine import CATALOG
+
+    context = {"customer": {"id": "c9", "email": "b@example.com", "first_name": "Bé \"B\" \u0e01"},
+               "order": {"id": "o9", "items": [{"sku": f"LUMEN-{n}", "title": "Lumen"} for n in range(4)]}}
+    run = RunInput(snapshot=CATALOG.snapshot("fulfilment").child("education"), key="o9", context=context)
+    [plain_payload] = plain.payload_converter.to_payloads([run])
+    codec = PartsCodec(db)
+    [encoded] = await codec.encode([plain_payload])
+    assert json.loads(encoded.data)["snapshot"] == {REF: json.loads(encoded.data)["snapshot"][REF], "root": "education"}
+    rewritten = Payload(metadata=encoded.metadata, data=json.dumps(json.loads(encoded.data)).encode())
+    assert payload_parts._references(encoded.data) and payload_parts._references(rewritten.data) is None
+
+    payload_parts._KNOWN.clear()
+    opened = await PartsCodec(db).decode([encoded, rewritten, plain_payload])
+    assert opened[2] is plain_payload
+    for payload in opened:
+        assert HOLDS_REF not in payload.data
+        assert json.loads(payload.data) == json.loads(plain_payload.data)
+        assert plain.payload_converter.from_payloads([payload], [RunInput]) == [run]
+
+
 async def test_the_router_stores_a_new_run_s_context_in_the_transaction_that_claims_its_row(db):
     """So the run's start finds the part there and adds no write of its own."""
     from temporalio.contrib.pydantic import pydantic_data_converter as plain

@@ -90,12 +90,12 @@ def crash_at(monkeypatch: pytest.MonkeyPatch, point: str) -> None:
             once()
         monkeypatch.setattr(routing, "_catch_up", catch_up_then_die)
     elif point == "during the last write":
-        real_settle = routing._settle
+        real_settle = routing._note_and_mark
 
         def settle_dies(*args, **kwargs):
             once()
             return real_settle(*args, **kwargs)
-        monkeypatch.setattr(routing, "_settle", settle_dies)
+        monkeypatch.setattr(routing, "_note_and_mark", settle_dies)
     else:
         raise AssertionError(point)
 
@@ -162,7 +162,7 @@ async def test_a_slow_store_answers_in_time_and_routing_finishes_later(env, sett
     await to_local_hour(env, 10)
     created, shipped = order_events()
     order_id = created["order"]["id"]
-    real_settle = routing._settle
+    real_settle = routing._note_and_mark
 
     def slow_settle(*args, **kwargs):
         time.sleep(4)  # a SQLite write waiting on a lock
@@ -172,7 +172,7 @@ async def test_a_slow_store_answers_in_time_and_routing_finishes_later(env, sett
         async with serving(env, settings.model_copy(update={"task_queue": tq}), db) as (http, _app):
             raw, headers = signed(shipped)
             assert (await http.post("/events", content=raw, headers=headers)).status_code == 202
-            monkeypatch.setattr(routing, "_settle", slow_settle)
+            monkeypatch.setattr(routing, "_note_and_mark", slow_settle)
             raw, headers = signed(created)
             began = time.monotonic()
             answer = await http.post("/events", content=raw, headers=headers)
@@ -194,7 +194,7 @@ async def test_waits_for_the_lock_never_add_up_past_the_answer_deadline(env, set
     await to_local_hour(env, 10)
     created, _ = order_events()
     order_id = created["order"]["id"]
-    real_accept, real_settle = routing.accept, routing._settle
+    real_accept, real_settle = routing.accept, routing._note_and_mark
 
     def accept_after_a_wait(*args, **kwargs):
         time.sleep(2.9)  # the other writer let go just before the 3 s lock timeout
@@ -207,7 +207,7 @@ async def test_waits_for_the_lock_never_add_up_past_the_answer_deadline(env, set
     async with running_worker(env, settings, db) as tq:
         async with serving(env, settings.model_copy(update={"task_queue": tq}), db) as (http, _app):
             monkeypatch.setattr(routing, "accept", accept_after_a_wait)
-            monkeypatch.setattr(routing, "_settle", settle_after_a_wait)
+            monkeypatch.setattr(routing, "_note_and_mark", settle_after_a_wait)
             raw, headers = signed(created)
             began = time.monotonic()
             answer = await http.post("/events", content=raw, headers=headers)

@@ -62,13 +62,10 @@ a lookup with more messages to read than its budget leaves the row `unknown`. be
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import logging
-import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -78,6 +75,7 @@ from sqlalchemy.exc import IntegrityError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.builtin.heartbeats import Heartbeats
 from keepflow import logs, metrics, tracing
 from keepflow.language.channels import CHANNEL_FACTS, ChannelName
 from keepflow.language.rendering import Renderer, TemplateError
@@ -124,31 +122,7 @@ class _Clock:
         return self._started + timedelta(seconds=time.monotonic() - self._at)
 
 
-@contextmanager
-def _heartbeating() -> Iterator[None]:
-    """Heartbeat from a side thread while the attempt runs, the provider call included: so a worker
-    that froze or died is noticed within the heartbeat timeout, and one that is merely slow is not
-    retried behind its back. Nothing to do outside an activity."""
-    if not activity.in_activity():
-        yield
-        return
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(HEARTBEAT_EVERY):
-            try:
-                activity.heartbeat()
-            except Exception as err:  # a busy event loop: the next beat may get through
-                log.debug("heartbeat not sent: %r", err)
-
-    # heartbeat() finds its activity through a context variable, which a new thread does not inherit.
-    beater = threading.Thread(target=contextvars.copy_context().run, args=(beat,), name="send-heartbeat", daemon=True)
-    beater.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        beater.join()
+HEARTBEATS = Heartbeats(HEARTBEAT_EVERY)
 
 
 def _run_clock(request: SendRequest) -> datetime:
@@ -186,7 +160,7 @@ class MessageSender:
     @activity.defn(name="send_message")
     def send_message(self, request: SendRequest) -> SendResult:
         # Its workflow and run come from activity.info() (keepflow/logs.py); the key names the message.
-        with logs.about(message_key=f"{request.workflow_id}:{request.step}"), _heartbeating():
+        with logs.about(message_key=f"{request.workflow_id}:{request.step}"), HEARTBEATS.kept():
             result = self._attempt(request, _Clock())
         metrics.message_settled(result.channel or request.channel, result.status, result.reason)
         tracing.note(**{"keepflow.message.status": result.status})

@@ -44,7 +44,10 @@ population of the last full refresh, and every other customer keeps the scores o
 until the next one. The cut points are stored rather than re-derived from `customer_scores`
 because recency days there were counted from different `as_of`s. While fewer than
 `MIN_STORED_POPULATION` customers have orders the cut points are re-taken from the orders on
-every `refresh_customer` (cheap at that size; quintiles of a handful of customers are noise).
+every `refresh_customer` (quintiles of a handful of customers are noise, and a new shop's first
+buyers would otherwise wait a day for a score). That pass reads every buyer, inside the
+transaction that stores an order: at 400 buyers it cost 5.3 ms of CPU per order against 1.5 ms
+with stored cut points, so the threshold stays low (100 buyers, 20 to a quintile).
 
 Segments
 --------
@@ -158,7 +161,7 @@ FITS: tuple[str, ...] = ("retain", "grow", "exit")
 ADVOCACY_EVENTS: tuple[str, ...] = ("review.submitted", "referral.created")
 
 BATCH = 2000
-MIN_STORED_POPULATION = 500
+MIN_STORED_POPULATION = 100
 _CUTOFFS_ID = 1
 _CENT = Decimal("0.01")
 

@@ -27,13 +27,19 @@ class Catalog:
     file: SequencesFile
     # Registered activities' own limits, by name (`@activity(..., timeout=, max_attempts=)`).
     activities: dict[str, ActivityOptions] = field(default_factory=dict)
+    # Snapshots taken, by sequence id: the catalog never changes, and every event that starts a run
+    # would otherwise dump and hash the same definitions again.
+    _snapshots: dict[str, Snapshot] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def sequences(self) -> dict[str, Sequence]:
         return self.file.by_id()
 
     def snapshot(self, sequence_id: str) -> Snapshot:
-        return Snapshot.of(sequence_id, self.sequences, self.file.rules, self.activities)
+        taken = self._snapshots.get(sequence_id)
+        if taken is None:
+            taken = self._snapshots[sequence_id] = Snapshot.of(sequence_id, self.sequences, self.file.rules, self.activities)
+        return taken
 
     def triggered_by(self, event_type: str) -> list[Sequence]:
         return [s for s in self.file.sequences if s.trigger == event_type]

@@ -44,6 +44,9 @@ HOLDS_REF = b'{"' + REF.encode() + b'":'
 # and SendRequest's terms (the shop's rules, the same in every send of a sequence).
 FIELDS = ("snapshot", "context", "terms")
 _MAY_HOLD = re.compile(rb'"(?:snapshot|context|terms)":\s*\{')
+# A reference as `encode` writes it: `"snapshot":{"$part":"<key>","root":"<id>"}`. Groups: the field,
+# the key, the reference object, and the fields kept inline.
+_REFERENCE = re.compile(rb'"(snapshot|context|terms)":(\{"\$part":"([A-Za-z0-9_-]+)"((?:,"[A-Za-z_]+":"[^"\\]*")*)\})')
 # Smaller than this stays inline: a row costs more than the bytes it saves.
 MIN_BYTES = 160
 # 128 bits of sha256 name a part (base64url, 22 characters): no two different parts meet in a
@@ -144,29 +147,48 @@ class PartsCodec(PayloadCodec):
         holding = [p.metadata.get("encoding") == JSON and HOLDS_REF in p.data for p in payloads]
         if not any(holding):
             return list(payloads)
-        opened = [json.loads(p.data) if holds else None for p, holds in zip(payloads, holding)]
-        wanted = {part[REF] for value in opened if value is not None
-                  for part in (value.get(f) for f in FIELDS) if isinstance(part, dict) and REF in part}
+        # Spliced back in as text where `encode` wrote the references (no parse, no dump of the
+        # whole payload: a run's input is mostly its snapshot); parsed where it is written otherwise.
+        found = [_references(p.data) if holds else None for p, holds in zip(payloads, holding)]
+        opened = [json.loads(p.data) if holds and refs is None else None
+                  for p, holds, refs in zip(payloads, holding, found)]
+        wanted = {m[3].decode() for refs in found if refs for m in refs}
+        wanted |= {part[REF] for value in opened if value is not None
+                   for part in (value.get(f) for f in FIELDS) if isinstance(part, dict) and REF in part}
         missing = [key for key in wanted if key not in self._cache]
         if missing:
             for key, body in (await asyncio.to_thread(self._get, missing)).items():
                 self._remember(key, body)
         out: list[Payload] = []
-        for payload, value in zip(payloads, opened):
+        for payload, refs, value in zip(payloads, found, opened):
+            if refs:
+                pieces: list[bytes] = []
+                at = 0
+                for ref in refs:
+                    part = self._body(ref[3].decode(), ref[1].decode()).encode()
+                    # The part's object with the fields kept inline (a snapshot's `root`) at its end.
+                    pieces += [payload.data[at:ref.start(2)], part[:-1], ref[4], b"}"]
+                    at = ref.end(2)
+                pieces.append(payload.data[at:])
+                out.append(Payload(metadata=payload.metadata, data=b"".join(pieces)))
+                continue
             if value is None:
                 out.append(payload)
                 continue
             for field in FIELDS:
                 part = value.get(field)
                 if isinstance(part, dict) and REF in part:
-                    found = self._cache.get(part[REF])
-                    if found is None:
-                        raise PartMissing(f"payload part {part[REF]} ({field}) is not in the store: the customer was "
-                                          "forgotten, or this process reads another database than the one that wrote it")
-                    self._cache.move_to_end(part[REF])
-                    value[field] = {**json.loads(found), **{k: v for k, v in part.items() if k != REF}}
+                    value[field] = {**json.loads(self._body(part[REF], field)), **{k: v for k, v in part.items() if k != REF}}
             out.append(Payload(metadata=payload.metadata, data=json.dumps(value, ensure_ascii=False).encode()))
         return out
+
+    def _body(self, key: str, field: str) -> str:
+        body = self._cache.get(key)
+        if body is None:
+            raise PartMissing(f"payload part {key} ({field}) is not in the store: the customer was "
+                              "forgotten, or this process reads another database than the one that wrote it")
+        self._cache.move_to_end(key)
+        return body
 
     def _remember(self, key: str, body: str) -> None:
         _remember(self._cache, key, body)
@@ -178,6 +200,15 @@ class PartsCodec(PayloadCodec):
     def _get(self, keys: list[str]) -> dict[str, str]:
         with self.db.transaction() as connection:
             return store.get(connection, keys)
+
+
+def _references(data: bytes) -> list[re.Match[bytes]] | None:
+    """Every reference in `data`, when each is written as `encode` writes them; else None.
+
+    `encode` leaves alone any payload that already holds `{"$part":`, so in one it wrote, each
+    occurrence is one of its top-level references."""
+    refs = list(_REFERENCE.finditer(data))
+    return refs if refs and len(refs) == data.count(HOLDS_REF) else None
 
 
 def _object(payload: Payload) -> dict[str, Any] | None:

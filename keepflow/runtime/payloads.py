@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidatorFunctionWrapHandler, field_validator
 
 from keepflow.language.channels import ChannelName
 from keepflow.language.dsl import Cap, Category, QuietHours, Rules, Snapshot
@@ -56,6 +56,14 @@ class Resume(BaseModel):
     continued: int = 0
 
 
+# Snapshots already validated in this process, by (hash, root). A snapshot is frozen and its hash is
+# the sha256 of its definitions, so one validated object serves every run started from it: a new
+# run's first workflow task then skips validating every step of every sequence it may start, the
+# largest part of decoding its input. Bounded: deploys come and go, a process lives long.
+_SNAPSHOTS: dict[tuple[str, str], Snapshot] = {}
+_SNAPSHOTS_KEPT = 64
+
+
 class RunInput(BaseModel):
     # Runs recorded before `keepflow demo` moved to the time-skipping server carry `time_scale`
     # (always 1 outside the demo's throwaway servers): they must still decode, and replay.
@@ -71,6 +79,21 @@ class RunInput(BaseModel):
     # replay as recorded; keepflow/runtime/starts.py sets it False for every new run, which costs
     # no patch marker and no upsert (Actions Temporal Cloud bills). docs/operations.md: retiring it.
     step_attribute: bool = True
+
+    @field_validator("snapshot", mode="wrap")
+    @classmethod
+    def _validated_once(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Snapshot:
+        named = (value.get("hash"), value.get("root")) if isinstance(value, dict) else None
+        if named is None or not isinstance(named[0], str) or not isinstance(named[1], str):
+            return handler(value)
+        key = (named[0], named[1])
+        known = _SNAPSHOTS.get(key)
+        if known is None:
+            known = handler(value)
+            if len(_SNAPSHOTS) >= _SNAPSHOTS_KEPT:
+                _SNAPSHOTS.clear()
+            _SNAPSHOTS[key] = known
+        return known
 
 
 class SendTerms(BaseModel):

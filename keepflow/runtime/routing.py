@@ -83,6 +83,8 @@ class Stored:
     rows: frozenset[str] = frozenset()
     # The runs that hear it and have a row, read after the commit: the ones to signal.
     noted: frozenset[str] = frozenset()
+    # Those of `rows` this event's transaction wrote: noted already, with this event as their trigger.
+    claimed: frozenset[str] = frozenset()
 
 
 def workflow_id(sequence: Sequence, context: dict[str, Any]) -> str | None:
@@ -143,11 +145,12 @@ def _accept(db: Database, catalog: Catalog, event: EventIn, delivery: tuple[str,
                 if triggered:
                     scores = rfm.profile(session, event.customer.id) or rfm.unscored()
                     context["customer"] = {**context["customer"], "rfm": scores}
-            rows = set()
+            rows, claimed = set(), set()
             for sequence in triggered:
                 # A sequence with `reentry` may start nothing: `route` claims its row once it knows.
                 if sequence.reentry is None and (run_id := workflow_id(sequence, context)) is not None:
-                    starts.claim_run(session, run_id, context, definition_hash=catalog.snapshot(sequence.id).hash)
+                    if starts.claim_run(session, run_id, context, definition_hash=catalog.snapshot(sequence.id).hash):
+                        claimed.add(run_id)
                     rows.add(run_id)
             part = None
             if rows:
@@ -160,7 +163,7 @@ def _accept(db: Database, catalog: Catalog, event: EventIn, delivery: tuple[str,
             return Stored(_seen(session, event.id))
     if part is not None:
         payload_parts.known(db.url, *part)
-    return Stored(True, scores, frozenset(rows), _noted(db, heard))
+    return Stored(True, scores, frozenset(rows), _noted(db, heard), frozenset(claimed))
 
 
 def _store(session: Session, event: EventIn, delivery: tuple[str, str] | None, default_region: str | None,
@@ -173,8 +176,8 @@ def _store(session: Session, event: EventIn, delivery: tuple[str, str] | None, d
         if known is not None:
             return _seen(session, known.event_id)
         session.add(Delivery(source=source, id=delivery_id, event_id=event.id, received_at=_now()))
-    if session.get(Event, event.id) is not None:
-        return _seen(session, event.id)
+    # An event stored before (sent again under another delivery id) is not looked up: its insert
+    # fails, the whole transaction with it, and the caller answers as for any copy (IntegrityError).
     if event.customer is not None:
         _upsert_customer(session, event, event.customer, default_region)
     if event.type == "order.created" and event.order is not None and session.get(Order, event.order.id) is None:
@@ -370,52 +373,59 @@ async def route(client: Client, catalog: Catalog, db: Database, event: EventIn, 
         started.append((sequence, run_id))
         hashes[run_id] = run.snapshot.hash
     runs = len(routed.signalled) + len(started)
+    claimed = stored.claimed if stored is not None else frozenset()
     if not started:
-        await asyncio.to_thread(_settle, db, event, context, hashes, runs)
+        await asyncio.to_thread(_settle, db, event, context, hashes, runs, claimed)
         return routed
     # Read after the start: an event stored from here on finds the run's row and signals it. When
-    # nothing was missed, the same trip to the thread settles the event.
-    earlier = await asyncio.to_thread(_settle_unless_missed, db, event, context, started, hashes, runs)
+    # nothing was missed, the same transaction settles the event.
+    earlier = await asyncio.to_thread(_settle_unless_missed, db, event, context, started, hashes, runs, claimed)
     if earlier is not None:
         for (sequence, run_id), missed in zip(started, earlier):
             await _catch_up(client, sequence, run_id, missed)
-        await asyncio.to_thread(_settle, db, event, context, hashes, runs)
+        await asyncio.to_thread(_settle, db, event, context, hashes, runs, claimed)
     return routed
 
 
 def _settle_unless_missed(db: Database, trigger: EventIn, context: dict[str, Any], started: list[tuple[Sequence, str]],
-                          hashes: dict[str, str], runs: int) -> list[list[EventIn]] | None:
+                          hashes: dict[str, str], runs: int, claimed: frozenset[str]) -> list[list[EventIn]] | None:
     """The stored events each new run missed, or, when none did, None and the event settled."""
-    earlier = _earlier_events(db, trigger, [s for s, _ in started])
-    if any(workflow_id(sequence, e.context()) == run_id for (sequence, run_id), missed in zip(started, earlier)
-           for e in missed):
-        return earlier
-    _settle(db, trigger, context, hashes, runs)
-    return None
+    try:
+        with db.session() as session:
+            earlier = [_stored_events(session, wanted, trigger) if (wanted := s.events_heard()) else []
+                       for s, _ in started]
+            if any(workflow_id(sequence, e.context()) == run_id for (sequence, run_id), missed in zip(started, earlier)
+                   for e in missed):
+                return earlier
+            _note_and_mark(session, trigger, context, hashes, runs, claimed)
+            return None
+    except IntegrityError:
+        _settle(db, trigger, context, hashes, runs, claimed)  # see _settle
+        return None
 
 
-def _earlier_events(db: Database, trigger: EventIn, sequences: list[Sequence]) -> list[list[EventIn]]:
-    with db.session() as session:
-        return [_stored_events(session, wanted, trigger) if (wanted := s.events_heard()) else [] for s in sequences]
-
-
-def _settle(db: Database, trigger: EventIn, context: dict[str, Any], started: dict[str, str], runs: int) -> None:
+def _settle(db: Database, trigger: EventIn, context: dict[str, Any], started: dict[str, str], runs: int,
+            claimed: frozenset[str] = frozenset()) -> None:
     """One write for the event's bookkeeping: its new runs (id: definition hash) noted, the event marked routed."""
     try:
-        _note_and_mark(db, trigger, context, started, runs)
+        with db.session() as session:
+            _note_and_mark(session, trigger, context, started, runs, claimed)
     except IntegrityError:
         # Another process noted one of these runs this moment: it routed the same event for a
         # sender's retry that reached it. Once more, that run is found noted and left as it is.
-        _note_and_mark(db, trigger, context, started, runs)
+        with db.session() as session:
+            _note_and_mark(session, trigger, context, started, runs, frozenset())
 
 
-def _note_and_mark(db: Database, trigger: EventIn, context: dict[str, Any], started: dict[str, str], runs: int) -> None:
-    with db.session() as session:
-        for run_id, definition_hash in started.items():
-            noted = session.get(Run, run_id)
-            if noted is None or noted.trigger_event_id != trigger.id:  # else noted by a routing cut short
-                starts.note_run(session, run_id, context, definition_hash=definition_hash)
-        _mark_routed(session, trigger.id, runs)
+def _note_and_mark(session: Session, trigger: EventIn, context: dict[str, Any], started: dict[str, str], runs: int,
+                   claimed: frozenset[str]) -> None:
+    for run_id, definition_hash in started.items():
+        if run_id in claimed:
+            continue  # its row was written with this event as its trigger, when the event was stored
+        noted = session.get(Run, run_id)
+        if noted is None or noted.trigger_event_id != trigger.id:  # else noted by a routing cut short
+            starts.note_run(session, run_id, context, definition_hash=definition_hash)
+    _mark_routed(session, trigger.id, runs)
 
 
 async def _catch_up(client: Client, sequence: Sequence, run_id: str, earlier: list[EventIn]) -> None:

@@ -46,6 +46,7 @@ from keepflow.settings import Settings
 from keepflow.store import Database, Message, upgrade
 from keepflow.tools.temporal_dev_server import DevServer, free_port
 from tests.fakes.provider_server import (
+    FAKE_LINE_CHANNEL_ACCESS_TOKEN,
     FAKE_SENDGRID_API_KEY,
     FAKE_TWILIO_ACCOUNT_SID,
     FAKE_TWILIO_AUTH_TOKEN,
@@ -115,7 +116,7 @@ while time.monotonic() < until:
 PAYLOAD_KEYS = new_payload_key()
 # What the public app verifies signed events with (Standard Webhooks' whsec_<base64>).
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
-_OURS = ("KEEPFLOW_", "TEMPORAL_", "SENDGRID_", "TWILIO_", "DATABASE_URL")
+_OURS = ("KEEPFLOW_", "TEMPORAL_", "SENDGRID_", "TWILIO_", "LINE_", "DATABASE_URL")
 
 
 def write_project(folder: Path, wait: str, shipment: bool = False) -> Path:
@@ -159,6 +160,9 @@ def worker_env(data_dir: Path, database_url: str, temporal_address: str, task_qu
         "KEEPFLOW_SMS_PROVIDER": "twilio", "TWILIO_ACCOUNT_SID": FAKE_TWILIO_ACCOUNT_SID,
         "TWILIO_AUTH_TOKEN": FAKE_TWILIO_AUTH_TOKEN, "TWILIO_FROM_NUMBER": "+15005550006",
         "TWILIO_BASE_URL": fake_url, "KEEPFLOW_PROVIDER_TIMEOUT": str(provider_timeout),
+        # The shipped sequences send on LINE too; the fake answers LINE's push as well.
+        "LINE_CHANNEL_ACCESS_TOKEN": FAKE_LINE_CHANNEL_ACCESS_TOKEN, "LINE_CHANNEL_SECRET": "fault-tests-line-secret",
+        "LINE_API_BASE": fake_url,
         # What production refuses to start without (keepflow/production.py).
         "KEEPFLOW_PUBLIC_URL": "https://mail.shop.example", "KEEPFLOW_EMAIL_FROM": "Shop <hello@shop-fault-tests.com>",
         "KEEPFLOW_UNSUBSCRIBE_SECRET": "fault-tests-unsubscribe-secret",
