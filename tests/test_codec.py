@@ -109,3 +109,22 @@ def test_the_dev_key_is_made_once_and_kept_private(tmp_path):
     assert dev_payload_keys(tmp_path) == keys
     assert parse_payload_keys(keys)
     assert (tmp_path / "payload-keys").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_payload_converter_writes_what_pydantic_s_writes_and_keeps_its_adapters_across_converters():
+    """The SDK makes a payload converter per workflow activation: each must find the adapters built."""
+    from temporalio.contrib.pydantic import pydantic_data_converter
+
+    from keepflow.runtime import converter
+    from keepflow.runtime.payloads import EventSignal, SendResult
+
+    values = [EventSignal(id="e1", type="order.created", occurred_at="2026-12-07T10:00:00+07:00", data={"ก": [1, None]}),
+              SendResult(status="sent", channel="email"), {"plain": "dict"}, None, b"\x00bytes"]
+    ours = converter.PayloadConverter().to_payloads(values)
+    assert ours == pydantic_data_converter.payload_converter.to_payloads(values)
+    hints = [EventSignal, SendResult, dict, type(None), bytes]
+    assert converter.PayloadConverter().from_payloads(ours, hints) == values
+    built = converter._adapter.cache_info().misses
+    for _ in range(3):
+        assert converter.PayloadConverter().from_payloads(ours[:2], hints[:2]) == values[:2]
+    assert converter._adapter.cache_info().misses == built

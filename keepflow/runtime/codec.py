@@ -13,16 +13,15 @@ still replay and read.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes, PayloadCodec
 
+from keepflow.runtime.converter import PayloadConverter
 from keepflow.runtime.payload_keys import PayloadKey
 
 ENCODING = b"binary/encrypted"
@@ -91,5 +90,5 @@ def data_converter(keys: Sequence[PayloadKey], parts: PayloadCodec | None = None
     codec: PayloadCodec = EncryptionCodec(keys)
     if parts is not None:
         codec = Chain(parts, codec)
-    return dataclasses.replace(pydantic_data_converter, payload_codec=codec,
-                               failure_converter_class=DefaultFailureConverterWithEncodedAttributes)
+    return DataConverter(payload_converter_class=PayloadConverter, payload_codec=codec,
+                         failure_converter_class=DefaultFailureConverterWithEncodedAttributes)

@@ -140,10 +140,9 @@ def _accept(db: Database, catalog: Catalog, event: EventIn, delivery: tuple[str,
             session.flush()
             scores = None
             if event.customer is not None:
-                if event.type in RESCORE_TYPES:
-                    _rescore(session, event.customer.id)
+                rescored = _rescore(session, event.customer.id) if event.type in RESCORE_TYPES else None
                 if triggered:
-                    scores = rfm.profile(session, event.customer.id) or rfm.unscored()
+                    scores = rescored or rfm.profile(session, event.customer.id) or rfm.unscored()
                     context["customer"] = {**context["customer"], "rfm": scores}
             rows, claimed = set(), set()
             for sequence in triggered:
@@ -196,13 +195,15 @@ def _store(session: Session, event: EventIn, delivery: tuple[str, str] | None, d
     return True
 
 
-def _rescore(session: Session, customer_id: str) -> None:
+def _rescore(session: Session, customer_id: str) -> dict[str, Any] | None:
+    """The customer's new `rfm` profile, or None when it could not be computed."""
     try:
-        rfm.refresh_customer(session, customer_id, _now())
+        return rfm.refresh_customer(session, customer_id, _now())
     except SQLAlchemyError:
         raise  # the transaction is spoilt: the event is not stored either, and the sender retries
     except Exception:  # scores are advisory; the daily refresh catches up
         log.exception("could not rescore customer %s", customer_id)
+        return None
 
 
 def _noted(db: Database, run_ids: list[str]) -> frozenset[str]:
