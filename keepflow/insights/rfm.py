@@ -127,6 +127,7 @@ after an order or a review. Neither is scheduled here: the worker calls them.
 
 from __future__ import annotations
 
+import functools
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
@@ -137,7 +138,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import exists, func, select
+from sqlalchemy import bindparam, exists, func, select
 from sqlalchemy.orm import Session
 
 from keepflow.store.db import Database
@@ -389,17 +390,21 @@ def _upsert(session: Session, model: type[Base], rows: list[dict[str, Any]], key
         return
     dialect = session.get_bind().dialect.name
     if dialect in ("sqlite", "postgresql"):
-        from sqlalchemy.dialects import postgresql, sqlite
-
-        insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
-        statement = insert(model.__table__)
-        statement = statement.on_conflict_do_update(
-            index_elements=[key], set_={name: statement.excluded[name] for name in rows[0] if name != key},
-        )
-        session.execute(statement, rows)
+        session.execute(_upsert_statement(dialect, model, tuple(rows[0]), key), rows)
         return
     for row in rows:  # pragma: no cover - other databases
         session.merge(model(**row))
+
+
+@functools.lru_cache(maxsize=16)
+def _upsert_statement(dialect: str, model: type[Base], names: tuple[str, ...], key: str):
+    """Built once: every order rescores its customer with the same statement."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
+    statement = insert(model.__table__)
+    return statement.on_conflict_do_update(
+        index_elements=[key], set_={name: statement.excluded[name] for name in names if name != key})
 
 
 def refresh_all(db: Database, as_of: datetime, thresholds: FitThresholds | None = None) -> int:
@@ -436,6 +441,11 @@ def refresh_all(db: Database, as_of: datetime, thresholds: FitThresholds | None 
         after = page[-1]
 
 
+# One customer's orders and advocacy, built once (each order rescores its customer).
+_CUSTOMER_STATS = select(*_stats_columns()).where(Order.customer_id == bindparam("customer_id"))
+_ADVOCATE = select(exists().where(Event.customer_id == bindparam("customer_id"), _advocacy()))
+
+
 def refresh_customer(db: Database | Session, customer_id: str, as_of: datetime,
                      thresholds: FitThresholds | None = None) -> dict[str, Any] | None:
     """Recompute one customer against the stored cut points; their new profile, or None if unknown.
@@ -451,8 +461,8 @@ def refresh_customer(db: Database | Session, customer_id: str, as_of: datetime,
             _save_cutoffs(session, cutoffs, as_of)
         else:
             cutoffs = Cutoffs.from_row(stored)
-        last, count, total = session.execute(select(*_stats_columns()).where(Order.customer_id == customer_id)).one()
-        advocate = session.scalar(select(exists().where(Event.customer_id == customer_id, _advocacy())))
+        last, count, total = session.execute(_CUSTOMER_STATS, {"customer_id": customer_id}).one()
+        advocate = session.scalar(_ADVOCATE, {"customer_id": customer_id})
         scores = score_customer(OrderStats(customer_id, last, count, total), as_of, cutoffs, bool(advocate), thresholds)
         _upsert(session, CustomerScore, [_row(scores, _now())], "customer_id")
     return scores.profile()
