@@ -1,7 +1,8 @@
 """Sequence throughput: N post-purchase runs through the real worker, against bare Temporal.
 
     python bench/throughput.py [--runs 200] [--start-concurrency 50] [--time-scale 1/86400]
-                               [--timeout S] [--breakdown] [--sandboxed] [--bare-first] [--write-results]
+                               [--timeout S] [--breakdown] [--sandboxed] [--bare-first] [--repeat N]
+                               [--write-results]
 
 A benchmark script, not a timed test. In a throwaway folder it starts Temporal's dev server
 (headless, free port on 127.0.0.1) and runs two kinds of phase on that same server, four phases in
@@ -453,13 +454,18 @@ def report(raw: dict[str, Any]) -> tuple[str, float | None]:
     return "\n".join(out), ratio
 
 
-def write_results(raw: dict[str, Any], table: str, note: str, ratio: float | None) -> None:
+def write_results(raw: dict[str, Any], table: str, note: str, ratio: float | None, ratios: list[float]) -> None:
+    """`raw`, `table`, `note`, `ratio`: the median run of `ratios` (one per run, in the order run)."""
     scale = Fraction(raw["time_scale"]).limit_denominator(1_000_000)
+    repeat = f" --repeat {len(ratios)}" if len(ratios) > 1 else ""
     section = "\n".join([
         SECTION, "",
         *provenance(command := f"python bench/throughput.py --runs {raw['runs']} --start-concurrency "
                     f"{raw['concurrency']} --time-scale {scale}{' --sandboxed' if raw.get('sandboxed') else ''}"
-                    f"{' --bare-first' if raw['bare_first'] else ''} --write-results", pragmas=True),
+                    f"{' --bare-first' if raw['bare_first'] else ''}{repeat} --write-results", pragmas=True),
+        *([f"- Repeated: {len(ratios)} whole runs, each on a fresh dev server, gave ratios "
+           f"{', '.join(f'{r:.2f}' for r in ratios)} (in the order run); **median {ratio:.2f}**. The figures below "
+           "are the median run's."] if len(ratios) > 1 and ratio is not None else []),
         f"- Parameters: {raw['runs']} runs per phase on one dev server, four phases mirrored "
         f"({'bare, Keepflow, Keepflow, bare' if raw['bare_first'] else 'Keepflow, bare, bare, Keepflow'}), "
         "each side's two phases added up; "
@@ -477,7 +483,8 @@ def write_results(raw: dict[str, Any], table: str, note: str, ratio: float | Non
     if ratio is not None and not raw.get("sandboxed"):  # a diagnostic run is not the product's figure
         kf, bare = rates(raw["keepflow"]), rates(raw["bare"])
         figures = {"throughput.ratio": round(ratio, 3), "throughput.keepflow_runs_per_s": round(kf["runs_per_s"], 2),
-                   "throughput.bare_runs_per_s": round(bare["runs_per_s"], 2)}
+                   "throughput.bare_runs_per_s": round(bare["runs_per_s"], 2), "throughput.repeats": len(ratios),
+                   "throughput.ratio_min": round(min(ratios), 3), "throughput.ratio_max": round(max(ratios), 3)}
         if kf["cpu_self_s"] is not None and bare["cpu_self_s"] is not None:
             figures["throughput.worker_cpu_ms_per_run"] = round(kf["cpu_self_s"] / max(kf["completed"], 1) * 1000, 1)
             figures["throughput.bare_cpu_ms_per_run"] = round(bare["cpu_self_s"] / max(bare["completed"], 1) * 1000, 1)
@@ -530,23 +537,36 @@ def main() -> int:
     parser.add_argument("--sandboxed", action="store_true",
                         help="diagnostic: run Keepflow's workflows in Temporal's sandbox (as tests do; production does not)")
     parser.add_argument("--bare-first", action="store_true", help="mirror the other way: bare, Keepflow, Keepflow, bare")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="run the whole benchmark N times, each on a fresh dev server, and report the median run "
+                             "(issue 16's target is the median of 3)")
     parser.add_argument("--write-results", action="store_true", help=f"replace this script's section in {RESULTS.name} and its figures in results.json")
     args = parser.parse_args()
-    if args.runs < 1 or args.start_concurrency < 1:
-        parser.error("--runs and --start-concurrency must be at least 1")
+    if args.runs < 1 or args.start_concurrency < 1 or args.repeat < 1:
+        parser.error("--runs, --start-concurrency and --repeat must be at least 1")
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    raw = asyncio.run(bench(args.runs, args.start_concurrency, args.time_scale, args.timeout,
-                            breakdown=args.breakdown, sandboxed=args.sandboxed, bare_first=args.bare_first))
-    table, ratio = report(raw)
-    note = interpretation(raw, ratio)
-    print()
-    print(table)
-    print()
-    print(note)
-    ok = all(raw[side]["completed"] == raw[side]["runs"] == 2 * args.runs for side in ("keepflow", "bare"))
+    done: list[tuple[float, dict[str, Any], str, str]] = []
+    ok = True
+    for number in range(1, args.repeat + 1):
+        raw = asyncio.run(bench(args.runs, args.start_concurrency, args.time_scale, args.timeout,
+                                breakdown=args.breakdown, sandboxed=args.sandboxed, bare_first=args.bare_first))
+        table, ratio = report(raw)
+        note = interpretation(raw, ratio)
+        print()
+        print(table)
+        print()
+        print(note)
+        if args.repeat > 1:
+            print(f"\nrun {number} of {args.repeat}: ratio {'-' if ratio is None else f'{ratio:.2f}'}", flush=True)
+        ok = ok and all(raw[side]["completed"] == raw[side]["runs"] == 2 * args.runs for side in ("keepflow", "bare"))
+        done.append((ratio if ratio is not None else 0.0, raw, table, note))
+    ratios = [r for r, *_ in done]
+    median_ratio, raw, table, note = sorted(done, key=lambda run: run[0])[(len(done) - 1) // 2]
+    if args.repeat > 1:
+        print(f"\nratios {', '.join(f'{r:.2f}' for r in ratios)}: median {median_ratio:.2f}")
     if args.write_results:
-        write_results(raw, table, note, ratio)
+        write_results(raw, table, note, report(raw)[1], ratios)
     return 0 if ok else 1
 
 
