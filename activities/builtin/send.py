@@ -70,7 +70,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -507,8 +507,9 @@ _EARLIER_MARKETING_MESSAGE = select(_messages.c.id).where(
     _messages.c.channel == bindparam("channel"), _messages.c.category == "marketing",
     _messages.c.recipient == bindparam("recipient"), _messages.c.id != bindparam("row_id")).limit(1)
 _SET = update(_messages).where(_messages.c.id == bindparam("row_id"))
-_FINISH = _SET.where(_messages.c.status.not_in(_FINAL_ORDERED))
-_MOVE = _SET.where(_messages.c.status.in_(["pending", "deferred"]))
+# A list of bound values, not one list parameter: SQLAlchemy rewrites an `IN` of a list on each execution.
+_FINISH = _SET.where(_messages.c.status.not_in([literal(s) for s in _FINAL_ORDERED]))
+_MOVE = _SET.where(_messages.c.status.in_([literal("pending"), literal("deferred")]))
 # Still `sending` too: SendGrid's event webhook may have settled the row as sent meanwhile.
 _SET_OWNED = _SET.where(_messages.c.attempts == bindparam("owner_attempts"), _messages.c.status == "sending")
 _HOLDER = select(_messages.c.status, _messages.c.attempts).where(_messages.c.id == bindparam("row_id"))

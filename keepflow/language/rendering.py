@@ -15,6 +15,7 @@ does not provide is an error, never a blank.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import textwrap
@@ -92,7 +93,13 @@ def _babel_locale(context) -> str:
 @pass_context
 def _money(context, amount: Any, currency: str) -> str:
     """`{{ order.total | money(order.currency) }}` -> "฿12,900.00" / "$129.00", per the template's locale."""
-    return format_currency(Decimal(str(amount)), currency, locale=_babel_locale(context))
+    return _formatted_money(str(amount), str(currency), _babel_locale(context))
+
+
+# Kept: a shop's prices repeat from order to order, and Babel's formatting is a pure function of these three.
+@functools.lru_cache(maxsize=4096)
+def _formatted_money(amount: str, currency: str, locale: str) -> str:
+    return format_currency(Decimal(amount), currency, locale=locale)
 
 
 @pass_context

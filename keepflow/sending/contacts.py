@@ -4,6 +4,7 @@ it) but flagged, and nothing is ever sent to it."""
 
 from __future__ import annotations
 
+import functools
 import re
 
 import phonenumbers
@@ -14,6 +15,8 @@ class InvalidContact(ValueError):
     pass
 
 
+# Kept: every send to an address checks it again, and the check is a pure function of the text.
+@functools.lru_cache(maxsize=8192)
 def normalize_email(value: str) -> str:
     """The address as we store and compare it: syntax checked, domain lower-cased (no DNS lookups)."""
     try:

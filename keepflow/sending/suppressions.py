@@ -80,18 +80,20 @@ def blocking_reason(connection: Connection, *, channel: str, address: str, categ
                     group: str) -> tuple[str, str] | None:
     """(reason, source) of the suppression that forbids this send, if any: `all` stops everything;
     `marketing` and the sequence's group stop marketing only."""
-    row = connection.execute(_BLOCKING_REASON, _blocking_params(channel, address, category, group)).first()
+    plain, hashed = forms(channel, address)
+    params = {"channel": channel, "address": plain, "hashed": hashed}
+    if category == "transactional":
+        row = connection.execute(_BLOCKING_TRANSACTIONAL, params).first()
+    else:
+        row = connection.execute(_BLOCKING_MARKETING, {**params, "group": group_scope(group)}).first()
     return None if row is None else (row.reason, row.source)
 
 
-def _blocking_params(channel: str, address: str, category: str, group: str) -> dict:
-    scopes = [ALL] if category == "transactional" else [ALL, MARKETING, group_scope(group)]
-    return {"channel": channel, "addresses": forms(channel, address), "scopes": scopes}
-
-
-# Built once: send_message asks before every send.
-_BLOCKING = select(Suppression).where(
-    Suppression.channel == bindparam("channel"), Suppression.address.in_(bindparam("addresses", expanding=True)),
-    Suppression.scope.in_(bindparam("scopes", expanding=True)), Suppression.lifted_at.is_(None),
+# Built once, with a fixed number of parameters (an `IN` of a list is rewritten for each
+# execution): send_message asks before every send.
+_BLOCKING = select(Suppression.reason, Suppression.source).where(
+    Suppression.channel == bindparam("channel"),
+    Suppression.address.in_([bindparam("address"), bindparam("hashed")]), Suppression.lifted_at.is_(None),
 ).order_by(or_(Suppression.scope == ALL).desc(), Suppression.id)
-_BLOCKING_REASON = _BLOCKING.with_only_columns(Suppression.reason, Suppression.source)
+_BLOCKING_TRANSACTIONAL = _BLOCKING.where(Suppression.scope == ALL)
+_BLOCKING_MARKETING = _BLOCKING.where(Suppression.scope.in_([ALL, MARKETING, bindparam("group")]))
