@@ -154,3 +154,17 @@ async def test_the_router_stores_a_new_run_s_context_in_the_transaction_that_cla
     with db.transaction() as connection:
         assert connection.execute(select(func.count()).select_from(PayloadPart)
                                   .where(PayloadPart.customer_id.is_not(None))).scalar() == 1
+
+
+def test_a_snapshot_is_validated_once_per_process_and_each_root_keeps_its_own():
+    """Every new run decodes its snapshot: the same definitions (hash) and root give the object
+    validated before; another root of the same definitions is its own."""
+    from tests.engine import CATALOG
+
+    fulfilment = CATALOG.snapshot("fulfilment")
+    education = fulfilment.child("education")
+    payloads = [RunInput(snapshot=s, key="k", context={}).model_dump_json() for s in (fulfilment, education)]
+    first, again = (RunInput.model_validate_json(payloads[0]) for _ in range(2))
+    child = RunInput.model_validate_json(payloads[1])
+    assert first.snapshot == fulfilment and first.snapshot is again.snapshot
+    assert child.snapshot == education and child.snapshot.root == "education" and child.snapshot.hash == fulfilment.hash
