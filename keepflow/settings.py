@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     # Run workflows in Temporal's Python sandbox, which fails a workflow task that reads the clock,
     # a file or the environment. A check for whoever edits workflows/: `make test` and `keepflow dev`
     # run with it; a production worker runs the same, checked code without it, which takes about a
-    # quarter off a run's worker CPU (bench/RESULTS.md, "The workflow sandbox").
+    # quarter off a run's worker CPU (bench/RESULTS.md, "Where the CPU went, and what came off").
     workflow_sandbox: bool = Field(False, validation_alias="KEEPFLOW_WORKFLOW_SANDBOX")
 
     default_locale: str = Field("en", validation_alias="KEEPFLOW_DEFAULT_LOCALE")
