@@ -334,6 +334,38 @@ def test_a_send_heartbeats_while_the_provider_call_blocks(settings, db, fake):
         fake.on_accept = None
     assert result.status == "sent"
     assert beats
+    # One thread beats for every send of the process; none goes out for an attempt that returned.
+    after = len(beats)
+    time.sleep(1.5)
+    assert len(beats) == after
+
+
+def test_one_heartbeat_thread_beats_for_every_running_send():
+    """Sends running at once share one thread, which beats each of them every interval."""
+    from temporalio.testing import ActivityEnvironment
+
+    from activities.builtin.heartbeats import Heartbeats
+
+    heartbeats = Heartbeats(0.2)
+    beats: dict[str, list[float]] = {"a": [], "b": []}
+    beaters: set[int] = set()
+
+    def attempt_named(name: str) -> None:
+        with heartbeats.kept():
+            time.sleep(1.0)
+
+    envs = {}
+    for name in beats:
+        envs[name] = ActivityEnvironment()
+        envs[name].on_heartbeat = lambda *details, name=name: (beats[name].append(time.monotonic()),
+                                                               beaters.add(threading.get_ident()))
+    threads = [threading.Thread(target=envs[name].run, args=(attempt_named, name)) for name in beats]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(2 <= len(times) <= 6 for times in beats.values()), beats
+    assert len(beaters) == 1 and threading.get_ident() not in beaters
 
 
 def test_a_lookup_that_cannot_finish_marks_the_text_unknown(settings, db, fake, monkeypatch):
