@@ -1,20 +1,20 @@
 """Worker memory with many runs asleep: the Keepflow worker's resident memory against a bare worker's.
 
     python bench/memory.py [--runs 10000] [--checkpoints 0,500,1000,2000,5000] [--start-concurrency 50]
-                           [--bare-unsandboxed] [--timeout S] [--write-results]
+                           [--sandboxed] [--timeout S] [--write-results]
 
 A benchmark script, not a timed test. In a throwaway folder it starts Temporal's dev server
 (headless, free port on 127.0.0.1) and, one phase after the other on that server, runs a worker
 in a child process of its own (this file with `--child`), so the resident memory (VmRSS) read
 from /proc is that worker's alone:
 
-1. Keepflow: the worker from worker.py (`build_worker`: sandboxed `sequence` workflow, outbox
+1. Keepflow: the worker from worker.py (`build_worker`: the `sequence` workflow as production runs it, outbox
    providers, its own SQLite store; its workflow cache left at the SDK default) with a sequences
    file of one transactional sequence: send the order_confirmed email, then `wait: 30d`.
 2. Bare Temporal: a workflow defined here that runs one no-op activity, then sleeps 30 days, on a
    worker with the same cache size (`max_cached_workflows`, read from the Keepflow worker), the
-   same activity threads, and the SDK's sandbox with its default restrictions
-   (`--bare-unsandboxed`: without it).
+   same activity threads. Both without Temporal's sandbox, as a production worker runs
+   (KEEPFLOW_WORKFLOW_SANDBOX); `--sandboxed` puts both in it, with its default restrictions.
 
 This process starts the runs (N in all, `--start-concurrency` start calls in flight), and at each
 checkpoint waits until every run started so far is asleep (the child's SDK metrics count one
@@ -29,8 +29,8 @@ with it every run) are stopped and the folder removed, also on error or Ctrl-C. 
 every checkpoint was reached in both phases.
 """
 
-# The bare workflow runs in the SDK's sandbox, which imports this module afresh for every run:
-# nothing but what the workflow needs is imported at the top; the rest inside the functions.
+# With `--sandboxed` the bare workflow runs in the SDK's sandbox, which imports this module afresh for
+# every run: nothing but what the workflow needs is imported at the top; the rest inside the functions.
 from __future__ import annotations
 
 from datetime import timedelta
@@ -76,7 +76,7 @@ def _paths():
 # -- the child: one worker, alone in its process -----------------------------------------------
 
 async def child(kind: str, address: str, task_queue: str, data_dir: str, metrics_port: int, max_cached: int,
-                threads: int, unsandboxed: bool) -> None:
+                threads: int, sandboxed: bool) -> None:
     import asyncio
     import json
     import sys
@@ -98,7 +98,8 @@ async def child(kind: str, address: str, task_queue: str, data_dir: str, metrics
 
         folder = Path(data_dir)
         settings = Settings(data_dir=folder, sequences_path=folder / "sequences.yaml", templates_dir=root / "templates",
-                            email_provider="outbox", sms_provider="outbox", database_url=None, task_queue=task_queue)
+                            email_provider="outbox", sms_provider="outbox", database_url=None, task_queue=task_queue,
+                            workflow_sandbox=sandboxed)
         catalog = load_catalog(settings.sequences_path, settings.templates_dir)
         upgrade(settings.resolved_database_url)
         db = Database(settings.resolved_database_url)
@@ -114,7 +115,7 @@ async def child(kind: str, address: str, task_queue: str, data_dir: str, metrics
         worker = Worker(client, task_queue=task_queue, workflows=[memory.BareSleeper], activities=[memory.noop_send],
                         activity_executor=ThreadPoolExecutor(threads, thread_name_prefix="bench-activity"),
                         max_concurrent_activities=threads, max_cached_workflows=max_cached,
-                        workflow_runner=UnsandboxedWorkflowRunner() if unsandboxed else SandboxedWorkflowRunner())
+                        workflow_runner=SandboxedWorkflowRunner() if sandboxed else UnsandboxedWorkflowRunner())
     config = worker.config()
     async with worker:
         sys.stdout.write(json.dumps({"ready": True, "max_cached_workflows": config.get("max_cached_workflows"),
@@ -190,7 +191,7 @@ async def asleep(client, url: str, ids: list[str], timeout: float) -> dict[str, 
 
 
 async def phase(kind: str, client, server, data_dir, checkpoints: list[int], concurrency: int, timeout: float,
-                tag: str, max_cached: int | None, threads: int, unsandboxed: bool, make_start) -> dict[str, Any]:
+                tag: str, max_cached: int | None, threads: int, sandboxed: bool, make_start) -> dict[str, Any]:
     import asyncio
     import json
     import os
@@ -208,7 +209,7 @@ async def phase(kind: str, client, server, data_dir, checkpoints: list[int], con
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(__file__), "--child", kind, "--address", server.address, "--task-queue", task_queue,
         "--data-dir", str(data_dir), "--metrics-port", str(port), "--max-cached", str(max_cached or 0),
-        "--threads", str(threads), *(["--bare-unsandboxed"] if unsandboxed else []),
+        "--threads", str(threads), *(["--sandboxed"] if sandboxed else []),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log)
     url = f"http://127.0.0.1:{port}/metrics"
     samples: list[dict[str, Any]] = []
@@ -268,7 +269,7 @@ async def phase(kind: str, client, server, data_dir, checkpoints: list[int], con
         log.close()
 
 
-async def bench(runs: int, checkpoints: list[int], concurrency: int, timeout: float, unsandboxed: bool) -> dict[str, Any]:
+async def bench(runs: int, checkpoints: list[int], concurrency: int, timeout: float, sandboxed: bool) -> dict[str, Any]:
     import shutil
     import tempfile
     import uuid
@@ -318,12 +319,12 @@ async def bench(runs: int, checkpoints: list[int], concurrency: int, timeout: fl
 
         print("phase: Keepflow ...", flush=True)
         kf = await phase("keepflow", client, server, data_dir, checkpoints, concurrency, timeout, tag, None,
-                         ACTIVITY_THREADS, unsandboxed, keepflow_start)
+                         ACTIVITY_THREADS, sandboxed, keepflow_start)
         cache = kf["info"]["max_cached_workflows"]
         print(f"phase: bare Temporal (max_cached_workflows {cache}) ...", flush=True)
         bare = await phase("bare", client, server, data_dir, checkpoints, concurrency, timeout, tag, cache,
-                           ACTIVITY_THREADS, unsandboxed, bare_start)
-        return {"runs": runs, "checkpoints": checkpoints, "concurrency": concurrency, "unsandboxed": unsandboxed,
+                           ACTIVITY_THREADS, sandboxed, bare_start)
+        return {"runs": runs, "checkpoints": checkpoints, "concurrency": concurrency, "sandboxed": sandboxed,
                 "keepflow": kf, "bare": bare, "max_cached": cache, "threads": ACTIVITY_THREADS}
     finally:
         server.stop()
@@ -403,17 +404,18 @@ def write_results(raw: dict[str, Any], table: str, note: str) -> None:
 
     points = ",".join(str(c) for c in raw["checkpoints"])
     command = (f"python bench/memory.py --runs {raw['runs']} --checkpoints {points} "
-               f"--start-concurrency {raw['concurrency']}{' --bare-unsandboxed' if raw['unsandboxed'] else ''} "
+               f"--start-concurrency {raw['concurrency']}{' --sandboxed' if raw['sandboxed'] else ''} "
                "--write-results")
     section = "\n".join([
         SECTION, "",
         *provenance(command),
         f"- Parameters: {raw['runs']:,} runs per phase on one dev server, Keepflow first; each worker alone in a child "
-        f"process. Keepflow: the worker from worker.py (sandboxed `sequence`, outbox providers, SQLite store), a "
+        f"process. Keepflow: the worker from worker.py (`sequence`, outbox providers, SQLite store), a "
         f"sequence of one transactional email then `wait: {SLEEP.days}d`. Bare: a workflow with one no-op activity "
         f"then a {SLEEP.days}-day sleep, "
-        f"{'unsandboxed' if raw['unsandboxed'] else 'in the SDK sandbox (default restrictions)'}, same cache bound "
-        "and activity threads.",
+        f"same cache bound "
+        "and activity threads; "
+        f"{'both in the SDK sandbox (default restrictions)' if raw['sandboxed'] else 'both without the sandbox, as production workers run'}.",
         "",
         table, "",
         note, "",
@@ -426,9 +428,9 @@ def figures(raw: dict[str, Any]) -> dict[str, float | int]:
     """Per worker: RSS with no run and with all --runs asleep, its peak, and MiB per 1,000 runs while the
     cache fills and once it evicts (the plateau the section is about)."""
     out: dict[str, float | int] = {}
-    # --bare-unsandboxed changes only the bare worker, so only its keys say so.
-    for side, key in (("keepflow", "memory.keepflow"),
-                      ("bare", "memory.bare_unsandboxed" if raw["unsandboxed"] else "memory.bare")):
+    # --sandboxed changes both workers, so its keys say so.
+    prefix = "memory.sandboxed" if raw["sandboxed"] else "memory"
+    for side, key in (("keepflow", f"{prefix}.keepflow"), ("bare", f"{prefix}.bare")):
         s = raw[side]["samples"]
         g = growth(s, raw["max_cached"])
         if s[0]["asleep"] == 0:
@@ -453,7 +455,8 @@ def main() -> int:
     parser.add_argument("--checkpoints", default=None,
                         help="comma-separated run counts to measure at (default 0,500,1000,2000,5000 and --runs)")
     parser.add_argument("--start-concurrency", type=int, default=50, help="start_workflow calls in flight (default 50)")
-    parser.add_argument("--bare-unsandboxed", action="store_true", help="run the bare workflow without the sandbox")
+    parser.add_argument("--sandboxed", action="store_true",
+                        help="run both workers' workflows in Temporal's sandbox (as tests do; production does not)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds a phase may take (default 900)")
     parser.add_argument("--write-results", action="store_true", help="replace this script's section in RESULTS.md and its figures in results.json")
     parser.add_argument("--child", choices=("keepflow", "bare"), help=argparse.SUPPRESS)
@@ -464,7 +467,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.child:
         asyncio.run(child(args.child, args.address, args.task_queue, args.data_dir, args.metrics_port, args.max_cached,
-                          args.threads, args.bare_unsandboxed))
+                          args.threads, args.sandboxed))
         return 0
     if args.runs < 1 or args.start_concurrency < 1:
         parser.error("--runs and --start-concurrency must be at least 1")
@@ -479,7 +482,7 @@ def main() -> int:
         parser.error("checkpoints must lie within 0..--runs")
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    raw = asyncio.run(bench(args.runs, points, args.start_concurrency, args.timeout, args.bare_unsandboxed))
+    raw = asyncio.run(bench(args.runs, points, args.start_concurrency, args.timeout, args.sandboxed))
     table, note = report(raw), interpretation(raw)
     print()
     print(table)
