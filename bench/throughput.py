@@ -10,7 +10,7 @@ mirrored order (Keepflow, bare, bare, Keepflow), because each phase meets a serv
 runs of the phases before it:
 
 1. Keepflow: the real worker from worker.py (`build_worker`, sandboxed `sequence` workflow, the
-   outbox providers, its own SQLite store) runs N runs of a synthetic sequence with the shape of
+   outbox providers, its own SQLite store, or the PostgreSQL database DATABASE_URL names) runs N runs of a synthetic sequence with the shape of
    `fulfilment`: the same four sends with the same templates (email order_confirmed, wait, email
    order_shipped, sms order_shipped, wait, email order_delivered). `fulfilment` itself waits for
    order.shipped / order.delivered events and ends by starting `education`; here each `wait_for`
@@ -294,7 +294,8 @@ async def bench(runs: int, concurrency: int, time_scale: float, timeout: float, 
         brand = catalog.file.brand
         brand = brand.model_dump(mode="json") if hasattr(brand, "model_dump") else brand
         settings = Settings(data_dir=data_dir, sequences_path=data_dir / "sequences.yaml", templates_dir=ROOT / "templates",
-                            email_provider="outbox", sms_provider="outbox", database_url=None)
+                            email_provider="outbox", sms_provider="outbox",
+                            database_url=os.environ.get("DATABASE_URL") or None)
         upgrade(settings.resolved_database_url)
         db = Database(settings.resolved_database_url)
         server.start()
@@ -472,7 +473,7 @@ def write_results(raw: dict[str, Any], table: str, note: str, ratio: float | Non
         f"{raw['concurrency']} start calls in flight; time scale {scale} (each `wait: 1d` lasts "
         f"{wait_seconds(raw['time_scale']):g} s). Keepflow: the worker from worker.py "
         f"({'`sequence` in the sandbox (diagnostic)' if raw.get('sandboxed') else '`sequence` without the sandbox, as production runs it'}, "
-        "outbox providers, SQLite store) running a synthetic sequence of `fulfilment`'s shape (its 4 sends and "
+        f"outbox providers, {'PostgreSQL' if os.environ.get('DATABASE_URL') else 'SQLite'} store) running a synthetic sequence of `fulfilment`'s shape (its 4 sends and "
         "templates; its 2 `wait_for` as `wait: 1d`; no `start: education`). Bare: an unsandboxed workflow with "
         f"the same 4 activities (no-op, sync, {raw['activity_threads']} threads) and 2 timers, same worker limits.",
         "",
