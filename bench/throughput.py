@@ -547,7 +547,7 @@ def main() -> int:
         parser.error("--runs, --start-concurrency and --repeat must be at least 1")
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    done: list[tuple[float, dict[str, Any], str, str]] = []
+    done: list[tuple[float | None, dict[str, Any], str, str]] = []
     ok = True
     for number in range(1, args.repeat + 1):
         raw = asyncio.run(bench(args.runs, args.start_concurrency, args.time_scale, args.timeout,
@@ -561,13 +561,13 @@ def main() -> int:
         if args.repeat > 1:
             print(f"\nrun {number} of {args.repeat}: ratio {'-' if ratio is None else f'{ratio:.2f}'}", flush=True)
         ok = ok and all(raw[side]["completed"] == raw[side]["runs"] == 2 * args.runs for side in ("keepflow", "bare"))
-        done.append((ratio if ratio is not None else 0.0, raw, table, note))
-    ratios = [r for r, *_ in done]
-    median_ratio, raw, table, note = sorted(done, key=lambda run: run[0])[(len(done) - 1) // 2]
+        done.append((ratio, raw, table, note))
+    ratios = [r if r is not None else 0.0 for r, *_ in done]
+    median_ratio, raw, table, note = sorted(done, key=lambda run: run[0] or 0.0)[(len(done) - 1) // 2]
     if args.repeat > 1:
-        print(f"\nratios {', '.join(f'{r:.2f}' for r in ratios)}: median {median_ratio:.2f}")
+        print(f"\nratios {', '.join(f'{r:.2f}' for r in ratios)}: median {median_ratio or 0.0:.2f}")
     if args.write_results:
-        write_results(raw, table, note, report(raw)[1], ratios)
+        write_results(raw, table, note, median_ratio, ratios)
     return 0 if ok else 1
 
 
