@@ -94,3 +94,15 @@ async def test_mtls_from_a_temporal_toml_profile(dev_server, clean_env, tmp_path
     assert health.status_code == 503
     assert health.json()["temporal"].startswith("unreachable: TLS handshake failed: ")
     assert "client certificate" in health.json()["temporal"]
+
+
+@pytest.mark.parametrize("said", [
+    "Failed client connect: Transport(tonic::transport::Error(Transport, hyper::Error(Io, Kind(BrokenPipe))))",
+    # The same refusal, seen when the server hangs up after the client's first request was sent.
+    '`get_system_info` call error after connection: Status { code: Cancelled, message: "operation was canceled", '
+    'source: Some(tonic::transport::Error(Transport, hyper::Error(Canceled, "connection closed"))) }',
+])
+def test_a_plain_client_hung_up_on_is_told_to_try_tls(said):
+    from keepflow.runtime.client import why_unreachable
+
+    assert why_unreachable(RuntimeError(said)).startswith("the server closed the connection; if it expects TLS")

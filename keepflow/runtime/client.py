@@ -92,7 +92,7 @@ _REASONS = [
     (re.compile(r"CertificateRequired|HandshakeFailure"), _CLIENT_CERT),
     (re.compile(r"InvalidContentType|corrupt message|wrong version number"),
      "TLS handshake failed: the server does not speak TLS at this address; unset the TEMPORAL_TLS_* settings"),
-    (re.compile(r"BrokenPipe|connection reset|ConnectionReset|stream closed"),
+    (re.compile(r"BrokenPipe|connection reset|ConnectionReset|stream closed|connection closed"),
      "the server closed the connection; if it expects TLS, set TEMPORAL_TLS=true or TEMPORAL_TLS_SERVER_CA_CERT_PATH"),
     (re.compile(r"Connection refused|ConnectionRefused"), "connection refused: nothing listens at that address"),
 ]
