@@ -13,7 +13,7 @@ from temporalio.testing import WorkflowEnvironment
 from keepflow.settings import Settings, get_settings
 from keepflow.store import Database, upgrade
 from tests.databases import SERVER_URL, fresh_database
-from tests.engine import SHOP_SEQUENCES, SHOP_TEMPLATES, make_settings, time_skipping_server
+from tests.engine import SHOP_SEQUENCES, SHOP_TEMPLATES, SharedServer, make_settings, time_skipping_server
 from tests.fakes.provider_server import FakeProviders
 
 # Every workflow a test runs runs in Temporal's sandbox, which fails a workflow task that reads the
@@ -35,9 +35,30 @@ def shop_files(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
 
 
 @pytest.fixture(scope="session")
-async def env() -> AsyncIterator[WorkflowEnvironment]:
-    async with await time_skipping_server() as env:
-        yield env
+async def shared_server() -> AsyncIterator[SharedServer]:
+    server = SharedServer(await time_skipping_server())
+    try:
+        yield server
+    finally:
+        await server.env.shutdown()
+        _REPLACED.extend(server.replaced)
+
+
+@pytest.fixture
+async def env(shared_server: SharedServer, request: pytest.FixtureRequest) -> AsyncIterator[WorkflowEnvironment]:
+    yield shared_server.env
+    await shared_server.check_after(request.node.nodeid)
+
+
+_REPLACED: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say when the shared time-skipping server had to be replaced, and after which test."""
+    if _REPLACED:
+        terminalreporter.section("time-skipping server replaced")
+        for line in _REPLACED:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -63,6 +63,42 @@ async def time_skipping_server() -> WorkflowEnvironment:
         data_converter=CONVERTER, test_server_existing_path=str(TEST_SERVER))
     await ensure_registered(env.client, env.client.namespace)
     return env
+
+
+class SharedServer:
+    """The session's time-skipping server, replaced when its clock stops skipping.
+
+    The test server holds its clock while an activity or a workflow task is in flight, and never
+    lets go of that hold when the run closes with one in flight (sdk-java #1138). From then on
+    every timer waits in real time and each later test that waits on one times out; on a slower
+    machine that once hung a whole CI run. `end_leftover_runs` avoids it where it can see it; this
+    catches the rest. After each test that used the server, a sleep of a few seconds on its clock
+    must end at once: if it does not, or the server is gone, the next test gets a new server, and
+    the session's summary names the test after which that happened."""
+
+    # Server time a skipping clock passes at once; a held one only in as much real time. Shorter
+    # than any wait in the test definitions, so no timer of a run a test left behind fires.
+    PROBE = timedelta(seconds=5)
+    PATIENCE = 3.0  # real seconds
+
+    def __init__(self, env: WorkflowEnvironment) -> None:
+        self.env = env
+        self.replaced: list[str] = []
+
+    async def check_after(self, test: str) -> None:
+        try:
+            await asyncio.wait_for(self.env.sleep(self.PROBE), self.PATIENCE)
+            return
+        except asyncio.TimeoutError:
+            why = f"its clock no longer skipped ({self.PROBE.seconds} s took over {self.PATIENCE:.0f} s)"
+        except RPCError as error:
+            why = f"it stopped answering ({error})"
+        self.replaced.append(f"after {test}: {why}")
+        stalled, self.env = self.env, await time_skipping_server()
+        try:
+            await asyncio.wait_for(stalled.shutdown(), 10)
+        except (asyncio.TimeoutError, RPCError, RuntimeError):
+            pass  # its process is killed either way; the new server is what matters
 
 
 def temporal_clock(env: WorkflowEnvironment) -> Callable[[], datetime]:
