@@ -42,7 +42,7 @@ test: $(STAMP) $(OIDC_PROVIDER)
 PG_TESTS := tests/test_compliance.py tests/test_webhooks.py tests/test_routing_crashes.py tests/test_sendgrid_webhook.py \
 	tests/test_twilio_webhooks.py tests/test_unsubscribe.py tests/test_report.py tests/test_rfm.py \
 	tests/test_winback.py tests/test_dashboard.py tests/test_impact.py tests/test_admin.py tests/test_unknown_outcomes.py \
-	tests/test_history_size.py tests/test_line_webhook.py
+	tests/test_history_size.py tests/test_line_webhook.py tests/test_store_inserts.py
 test-postgres: $(STAMP)
 	bash .ci/postgres $(BIN)/pytest -q -p no:cacheprovider $(PG_TESTS) $(PYTEST_ARGS)
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import lru_cache
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy import Connection, Engine, Insert, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -118,9 +119,20 @@ def insert_new(connection: Connection, table: Table, rows: Sequence[dict[str, An
     read and then a write would fail on it."""
     if not rows:
         return 0
-    insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-    result = connection.execute(insert(table).values(list(rows)).on_conflict_do_nothing(index_elements=key))
+    statement = _insert_new(connection.dialect.name, table, tuple(key))
+    # preserve_rowcount: psycopg forgets an INSERT's row count once SQLAlchemy has closed its
+    # cursor, and the count read -1 on PostgreSQL (sqlite3 keeps it).
+    result = connection.execute(statement, rows[0] if len(rows) == 1 else list(rows),
+                                execution_options={"preserve_rowcount": True})
     return result.rowcount
+
+
+@lru_cache(maxsize=None)
+def _insert_new(dialect: str, table: Table, key: tuple[str, ...]) -> Insert:
+    """The rows go in as parameters, not in the statement: SQLAlchemy caches its compiled form
+    (one with `.values(rows)` has no cache key and was compiled again on every call)."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(table).on_conflict_do_nothing(index_elements=list(key))
 
 
 def utc(value: datetime) -> datetime:
