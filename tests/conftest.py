@@ -45,9 +45,8 @@ async def shared_server() -> AsyncIterator[SharedServer]:
 
 
 @pytest.fixture
-async def env(shared_server: SharedServer, request: pytest.FixtureRequest) -> AsyncIterator[WorkflowEnvironment]:
-    yield shared_server.env
-    await shared_server.check_after(request.node.nodeid)
+async def env(shared_server: SharedServer, request: pytest.FixtureRequest) -> WorkflowEnvironment:
+    return await shared_server.ready(request.node.nodeid)
 
 
 _REPLACED: list[str] = []

@@ -66,15 +66,15 @@ async def time_skipping_server() -> WorkflowEnvironment:
 
 
 class SharedServer:
-    """The session's time-skipping server, replaced when its clock stops skipping.
+    """The session's time-skipping server, replaced when its clock stops skipping or it is gone.
 
     The test server holds its clock while an activity or a workflow task is in flight, and never
     lets go of that hold when the run closes with one in flight (sdk-java #1138). From then on
-    every timer waits in real time and each later test that waits on one times out; on a slower
-    machine that once hung a whole CI run. `end_leftover_runs` avoids it where it can see it; this
-    catches the rest. After each test that used the server, a sleep of a few seconds on its clock
-    must end at once: if it does not, or the server is gone, the next test gets a new server, and
-    the session's summary names the test after which that happened."""
+    every timer waits in real time and each later test that waits on one times out, which is how
+    a CI run failed test after test before it hung. `end_leftover_runs` avoids it where it can see
+    it; this catches the rest. Before each test that uses the server, a sleep of a few seconds on
+    its clock must end at once: if it does not, or the server does not answer, the test gets a new
+    server, and the session's summary names the test that last used the old one."""
 
     # Server time a skipping clock passes at once; a held one only in as much real time. Shorter
     # than any wait in the test definitions, so no timer of a run a test left behind fires.
@@ -84,16 +84,21 @@ class SharedServer:
     def __init__(self, env: WorkflowEnvironment) -> None:
         self.env = env
         self.replaced: list[str] = []
+        self.last_used_by = "no test"
 
-    async def check_after(self, test: str) -> None:
+    async def ready(self, test: str) -> WorkflowEnvironment:
+        """The server for `test`: the same one, unless it stopped keeping time."""
         try:
             await asyncio.wait_for(self.env.sleep(self.PROBE), self.PATIENCE)
-            return
         except asyncio.TimeoutError:
-            why = f"its clock no longer skipped ({self.PROBE.seconds} s took over {self.PATIENCE:.0f} s)"
+            await self._replace(f"its clock no longer skipped ({self.PROBE.seconds} s took over {self.PATIENCE:.0f} s)")
         except RPCError as error:
-            why = f"it stopped answering ({error})"
-        self.replaced.append(f"after {test}: {why}")
+            await self._replace(f"it stopped answering ({error})")
+        self.last_used_by = test
+        return self.env
+
+    async def _replace(self, why: str) -> None:
+        self.replaced.append(f"after {self.last_used_by}: {why}")
         stalled, self.env = self.env, await time_skipping_server()
         try:
             await asyncio.wait_for(stalled.shutdown(), 10)

@@ -1,5 +1,5 @@
-"""The session's shared time-skipping server is replaced when a test leaves its clock held, so one
-such test cannot make every later test wait in real time (tests/engine.py, SharedServer)."""
+"""The session's shared time-skipping server is replaced when a test leaves its clock held or the
+server is gone, so one such test cannot fail every later one (tests/engine.py, SharedServer)."""
 
 from __future__ import annotations
 
@@ -43,12 +43,12 @@ async def skips(server: SharedServer) -> bool:
         return False
 
 
-async def test_a_server_left_with_its_clock_held_is_replaced_and_a_healthy_one_kept():
+async def test_a_server_left_with_its_clock_held_or_gone_is_replaced_and_a_healthy_one_kept():
     server = SharedServer(await time_skipping_server())
     try:
-        await server.check_after("a test that left nothing behind")
-        healthy = server.env
-        assert server.replaced == [] and await skips(server)
+        healthy = await server.ready("tests/test_x.py::test_leaves_nothing")
+        assert healthy is server.env and server.replaced == [] and await skips(server)
+        await server.ready("tests/test_x.py::test_leaves_a_hold")
 
         # A run terminated while its activity runs: the test server keeps that activity's hold on
         # its clock for good (sdk-java #1138).
@@ -62,9 +62,14 @@ async def test_a_server_left_with_its_clock_held_is_replaced_and_a_healthy_one_k
             await handle.terminate("mid-activity")
             RELEASE.set()
 
-        await server.check_after("tests/test_x.py::test_leaves_a_hold")
-        assert server.env is not healthy and await skips(server)
-        [line] = server.replaced
-        assert line.startswith("after tests/test_x.py::test_leaves_a_hold: its clock no longer skipped")
+        replaced = await server.ready("tests/test_x.py::test_next")
+        assert replaced is server.env and replaced is not healthy and await skips(server)
+        [held_line] = server.replaced
+        assert held_line.startswith("after tests/test_x.py::test_leaves_a_hold: its clock no longer skipped")
+
+        await replaced.shutdown()  # gone, as a server that crashed is
+        after_crash = await server.ready("tests/test_x.py::test_after_a_crash")
+        assert after_crash is not replaced and await skips(server)
+        assert server.replaced[1].startswith("after tests/test_x.py::test_next: it stopped answering")
     finally:
         await server.env.shutdown()
