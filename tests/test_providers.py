@@ -154,6 +154,22 @@ def test_the_fake_sendgrid_refuses_a_body_its_published_spec_refuses(fake: FakeP
     assert len(fake.accepted("sendgrid")) == 1
 
 
+def test_a_request_whose_body_never_arrived_whole_is_not_a_request_at_the_fake(fake: FakeProviders) -> None:
+    """A worker killed while its request is on its way leaves the fake half a body: no provider
+    would act on that, so tests/faults must not count it as a send (it once did, as key '?')."""
+    import socket
+    from urllib.parse import urlsplit
+
+    address = urlsplit(fake.url)
+    body = json.dumps({"personalizations": [{"to": [{"email": "ada@example.org"}]}]}).encode()
+    with socket.create_connection((address.hostname, address.port)) as client:
+        client.sendall(b"POST /v3/mail/send HTTP/1.1\r\nHost: fake\r\nContent-Type: application/json\r\n"
+                       + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:20])
+        client.shutdown(socket.SHUT_WR)
+        assert client.recv(1024) == b""  # no answer: the connection just ends
+    assert fake.requests == []
+
+
 def test_sendgrid_message_from_overrides_default(fake: FakeProviders, sendgrid: SendGridEmail) -> None:
     sendgrid.send_email(email(from_="Other <other@example.net>", text=""))
     [rec] = fake.accepted("sendgrid")

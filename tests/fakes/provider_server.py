@@ -289,6 +289,11 @@ class FakeProviders:
         query = {k: v[0] for k, v in query_values.items()}
         length = int(h.headers.get("Content-Length") or 0)
         raw = h.rfile.read(length) if length else b""
+        if len(raw) < length:
+            # The client went away mid-body (a worker killed while its request was on its way): no
+            # provider acts on a request that never arrived whole, so it is not one of the requests.
+            h.close_connection = True
+            return
         form: dict[str, list[str]] = {}
         api: str | None
         if path.startswith("/v3/"):
