@@ -34,14 +34,17 @@ def shop_files(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     get_settings.cache_clear()
 
 
+# Each time the shared server was replaced, and after which test: the session's summary says so.
+_REPLACED: list[str] = []
+
+
 @pytest.fixture(scope="session")
 async def shared_server() -> AsyncIterator[SharedServer]:
-    server = SharedServer(await time_skipping_server())
+    server = SharedServer(await time_skipping_server(), replaced=_REPLACED)
     try:
         yield server
     finally:
         await server.env.shutdown()
-        _REPLACED.extend(server.replaced)
 
 
 @pytest.fixture
@@ -49,11 +52,7 @@ async def env(shared_server: SharedServer, request: pytest.FixtureRequest) -> Wo
     return await shared_server.ready(request.node.nodeid)
 
 
-_REPLACED: list[str] = []
-
-
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Say when the shared time-skipping server had to be replaced, and after which test."""
     if _REPLACED:
         terminalreporter.section("time-skipping server replaced")
         for line in _REPLACED:

@@ -81,9 +81,9 @@ class SharedServer:
     PROBE = timedelta(seconds=5)
     PATIENCE = 3.0  # real seconds
 
-    def __init__(self, env: WorkflowEnvironment) -> None:
+    def __init__(self, env: WorkflowEnvironment, replaced: list[str] | None = None) -> None:
         self.env = env
-        self.replaced: list[str] = []
+        self.replaced = replaced if replaced is not None else []
         self.last_used_by = "no test"
 
     async def ready(self, test: str) -> WorkflowEnvironment:

@@ -122,8 +122,7 @@ def insert_new(connection: Connection, table: Table, rows: Sequence[dict[str, An
     statement = _insert_new(connection.dialect.name, table, tuple(key))
     # preserve_rowcount: psycopg forgets an INSERT's row count once SQLAlchemy has closed its
     # cursor, and the count read -1 on PostgreSQL (sqlite3 keeps it).
-    result = connection.execute(statement, rows[0] if len(rows) == 1 else list(rows),
-                                execution_options={"preserve_rowcount": True})
+    result = connection.execute(statement, list(rows), execution_options={"preserve_rowcount": True})
     return result.rowcount
 
 
