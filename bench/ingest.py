@@ -42,6 +42,14 @@ run's history split into stages, the CPU seconds of each process while posting, 
 wrapped at run time around the engine's own steps while Keepflow posts (`--no-breakdown` leaves
 those off; no file is changed).
 
+What a side sustains, beside what it answers: accepted events/s counts answers, and an answer may
+leave work behind it (the hand-written worker runs most of its workflows after the burst, in the
+SDK's sandbox). So each phase is also measured from its first request to its last email: events
+handled per second, and each process's CPU per event (dev server, app process with the fake,
+worker) with its ratio to the hand-written side's, the rate each could keep up on a machine with
+no CPU to spare; plus what the processes burn idle (sampled once before the phases), to show
+that this is work, not polling.
+
 Everything listens on 127.0.0.1 only; every wait is bounded; everything started here is
 stopped and the folder removed, also on error or Ctrl-C. Exit code 0 when every event's email
 arrived, on both sides, 1 if any was lost (or the run failed).
@@ -647,6 +655,14 @@ async def bench(events: int, concurrency: int, wait_timeout: float, breakdown: b
                 deadline = time.monotonic() + wait_timeout
                 while fake.arrived_count(warm_recipients) < warm and time.monotonic() < deadline:
                     await asyncio.sleep(0.05)
+            # What the stack burns with nothing to do (pollers, timers), sampled once the warm-up's work
+            # has settled: the share of the CPU per event below that is waiting, not work.
+            await asyncio.sleep(IDLE_SETTLE)
+            idle_before = _idle_sample(server.process.pid, side_workers)
+            await asyncio.sleep(IDLE_SAMPLE)
+            idle_after = _idle_sample(server.process.pid, side_workers)
+            idle_cores = {k: (idle_after[k] - idle_before[k]) / (idle_after["wall"] - idle_before["wall"])
+                          if None not in (idle_after[k], idle_before[k]) else None for k in idle_before if k != "wall"}
             phases: list[dict[str, Any]] = []
             steps: dict[str, list[float]] = {}
             for n, side in enumerate(order):
@@ -674,6 +690,10 @@ async def bench(events: int, concurrency: int, wait_timeout: float, breakdown: b
                     deadline = time.monotonic() + wait_timeout
                     while fake.arrived_count(recipients) < events and time.monotonic() < deadline:
                         await asyncio.sleep(0.05)
+                    # Through the last email as well: what the phase cost in all, the runs' work that
+                    # came after the answers included.
+                    cpu_drained: dict[str, float | None] = {}
+                    sample(cpu_drained)
                 for label, values in timings.items():
                     steps.setdefault(label, []).extend(values)
                 arrivals = {r: fake.first_arrival(r) for r in recipients}  # what came later counts as lost
@@ -682,6 +702,8 @@ async def bench(events: int, concurrency: int, wait_timeout: float, breakdown: b
                     "side": side, "tag": phase_tag, "posted": posted, "arrivals": arrivals,
                     "cpu": {k: (cpu_after[k] - cpu_before[k]) if None not in (cpu_after.get(k), cpu_before[k]) else None
                             for k in cpu_before} | {"client": posted.get("cpu_seconds")},
+                    "cpu_drained": {k: (cpu_drained[k] - cpu_before[k])
+                                    if None not in (cpu_drained.get(k), cpu_before[k]) else None for k in cpu_before},
                 })
 
             print("reading the runs' histories ...", flush=True)
@@ -699,7 +721,7 @@ async def bench(events: int, concurrency: int, wait_timeout: float, breakdown: b
                 p["late"] = sorted(r for r, at in p["arrivals"].items() if at is None and fake.first_arrival(r) is not None)
             return {
                 "events": events, "concurrency": concurrency, "rate": rate, "phases": phases, "bare": bare,
-                "order": order, "stages": stages, "worker_process": worker_process, "steps": steps,
+                "order": order, "stages": stages, "worker_process": worker_process, "steps": steps, "idle_cores": idle_cores,
                 "http_processes": http_processes, "workers": workers,
                 "heard_by": [q.id for q in catalog.interested_in("order.created")],
                 "started_by": [q.id for q in catalog.triggered_by("order.created")],
@@ -717,6 +739,16 @@ async def bench(events: int, concurrency: int, wait_timeout: float, breakdown: b
         server.stop()
         fake.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+IDLE_SETTLE, IDLE_SAMPLE = 2.0, 3.0  # seconds
+
+
+def _idle_sample(temporal_pid: int, side_workers: dict[str, list[int]]) -> dict[str, float | None]:
+    workers = {side: [_proc_cpu_seconds(pid) for pid in pids] for side, pids in side_workers.items()}
+    return {"temporal": _tree_cpu_seconds(temporal_pid), "app": _proc_cpu_seconds(os.getpid()), "wall": time.monotonic(),
+            **{f"{side}_worker": None if None in cpus else sum(c for c in cpus if c is not None)
+               for side, cpus in workers.items()}}
 
 
 STAGES = (
@@ -797,7 +829,20 @@ def side_figures(phases: list[dict[str, Any]]) -> dict[str, Any]:
     # Not ours: what other programs on the machine took while this side posted (cores on average).
     cpu["others_cores"] = (None if None in ours or cpu["machine"] is None or not cpu["wall"]
                            else max(0.0, cpu["machine"] - sum(ours)) / cpu["wall"])  # type: ignore[arg-type]
+    # Each process's CPU per accepted event from the first request to the last email: the whole cost
+    # of an event, the run's work done after the answer included (the load generator left out). A
+    # process not sampled has no share of its own: the worker, when it runs in the app's process.
+    per_event: dict[str, float | None] = {}
+    for k in ("temporal", "keepflow", "http", "worker"):
+        values = [p["cpu_drained"].get(k, 0.0) for p in phases]
+        known = [v for v in values if v is not None]
+        per_event[k] = sum(known) / len(ok) if ok and len(known) == len(values) else None
+    # How much of that came after the phase's last answer: work the answers did not wait for.
+    drained = [sum(p["cpu_drained"].get(k) or 0.0 for k in ("temporal", "keepflow", "http", "worker")) for p in phases]
+    posting = [sum(p["cpu"].get(k) or 0.0 for k in ("temporal", "keepflow", "http", "worker")) for p in phases]
     return {
+        "cpu_per_event_s": per_event,
+        "cpu_after_answers_share": 1 - sum(posting) / sum(drained) if sum(drained) > 0 else None,
         "results": results, "arrivals": arrivals, "accepted": len(ok), "non_2xx": len(results) - len(ok),
         "non_2xx_by_status": statuses, "post_wall_s": sum(walls),
         "per_s": len(ok) / sum(walls) if sum(walls) > 0 else 0.0,
@@ -809,8 +854,19 @@ def side_figures(phases: list[dict[str, Any]]) -> dict[str, Any]:
         "first_msg_p50_s": percentile(first, 50), "first_msg_p99_s": percentile(first, 99),
         "first_msg_max_s": max(first, default=None), "delivered": len(first), "lost": lost, "late": len(late),
         "all_emails_in_s": max(all_in) if all_in else None,
+        # Events out (their email at the provider) per second of the phases, first request to last email.
+        "handled_per_s": len(first) / sum(all_in) if all_in and len(all_in) == len(phases) and sum(all_in) > 0 else None,
         "duplicate_emails": sum(sum(p["duplicates"].values()) for p in phases), "cpu": cpu,
     }
+
+
+def _cpu_ratio(hw: dict[str, Any], kf: dict[str, Any]) -> float | None:
+    """The hand-written side's CPU per event over Keepflow's: the ratio of the rates the two would
+    sustain on a machine that has no CPU to spare, whatever a burst's answers outran."""
+    hw_cpu, kf_cpu = ([v for v in side["cpu_per_event_s"].values() if v is not None] for side in (hw, kf))
+    if len(hw_cpu) < len(hw["cpu_per_event_s"]) or len(kf_cpu) < len(kf["cpu_per_event_s"]) or not sum(kf_cpu):
+        return None
+    return sum(hw_cpu) / sum(kf_cpu)
 
 
 def summarize(raw: dict[str, Any]) -> dict[str, Any]:
@@ -862,6 +918,11 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
             "lost": len(hw["lost"]), "lost_examples": hw["lost"][:5],
             "cpu_available_s": (os.cpu_count() or 1) * (hw_cpu.get("wall") or hw["post_wall_s"])},
         "ratio_to_handwritten": ingest_rate / hw["per_s"] if hw["per_s"] and not steady else None,
+        "cpu_per_event_s": kf["cpu_per_event_s"], "cpu_ratio_to_handwritten": _cpu_ratio(hw, kf),
+        "handled_per_s": kf["handled_per_s"], "idle_cores": raw.get("idle_cores", {}),
+        "cpu_after_answers_share": kf["cpu_after_answers_share"],
+        "handled_ratio_to_handwritten": (kf["handled_per_s"] / hw["handled_per_s"]
+                                         if kf["handled_per_s"] and hw["handled_per_s"] and not steady else None),
         "bare_ok": len(bare_ok), "bare_failed": len(bare["results"]) - len(bare_ok),
         "bare_errors": sorted({r["error"].split(":")[0] for r in bare["results"] if r["error"]}),
         "bare_wall_s": bare_wall, "bare_per_s": bare_rate,
@@ -894,6 +955,22 @@ def comparison(s: dict[str, Any]) -> str:
     kf_cpu = {"temporal": s["cpu_temporal_s"], "keepflow": app_cpu, "worker": s["cpu_worker_s"],
               "wall": s["cpu_window_s"]}
 
+    def idle(c: dict[str, float | None], side: str) -> str:
+        parts = [c.get("temporal"), c.get("app"), c.get(f"{side}_worker")]
+        return " / ".join("-" if v is None else f"{v:.3f}" for v in parts)
+
+    def rate1(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
+    def per_event(c: dict[str, float | None], worker_in_app: bool = False) -> str:
+        temporal, app, http, worker = c["temporal"], c["keepflow"], c["http"], c["worker"]
+        if temporal is None or app is None or http is None or worker is None:
+            return "-"
+        total = temporal + app + http + worker
+        return (f"{1000 * temporal:.1f} / {1000 * (app + http):.1f}" + (" (worker in it) / -" if worker_in_app else
+                                                                        f" / {1000 * worker:.1f}")
+                + f" ({1000 * total:.1f})")
+
     def others(v: float | None) -> str:
         return "-" if v is None else f"{v:.2f}"
     rows = [
@@ -910,6 +987,15 @@ def comparison(s: dict[str, Any]) -> str:
         ("emails lost / duplicated", f"{s['lost']} / {s['duplicate_emails']}", f"{hw['lost']} / {hw['duplicate_emails']}", "-"),
         ("cores while posting: dev server / app " + ("processes" if s["http_processes"] > 1 else "process")
          + " (and fake) / " + ("workers" if s["workers"] > 1 else "worker"), cpu(kf_cpu), cpu(hw["cpu"]), "-"),
+        ("events/s handled, first request to last email (every phase)", rate1(s["handled_per_s"]),
+         rate1(hw["handled_per_s"]), "-"),
+        ("ratio of events/s handled", rate(s["handled_ratio_to_handwritten"]), "1", "-"),
+        ("CPU per event, first request to last email, ms: dev server / app / worker (all)",
+         per_event(s["cpu_per_event_s"], not s["worker_process"]), per_event(hw["cpu_per_event_s"]), "-"),
+        ("cores taken idle, before the phases: dev server / app process (both apps, the fake) / worker",
+         idle(s["idle_cores"], "keepflow"), idle(s["idle_cores"], "handwritten"), "-"),
+        ("ratio of CPU per event, hand-written / Keepflow (what a busy machine sustains)",
+         rate(s["cpu_ratio_to_handwritten"]), "1", "-"),
         (f"cores other programs took meanwhile (of {os.cpu_count()})", others(s["others_cores"]),
          others(hw["cpu"]["others_cores"]), "-"),
         ("**ratio to hand-written**", f"**{rate(s['ratio_to_handwritten'])}**", "1", "-"),
@@ -1079,6 +1165,18 @@ def baseline_note(s: dict[str, Any]) -> str:
             head += (f" Keepflow's request makes two Temporal calls one after the other (the signal, {ms(signal[1])} "
                      f"at p50, then the start, {ms(start[1])}) and {hops[0] / s['accepted']:.0f} trips to a thread "
                      "for its store, where the hand-written one makes one start and one insert.")
+    hw_all, kf_all = (None if None in side.values() else sum(side.values())
+                      for side in (hw["cpu_per_event_s"], s["cpu_per_event_s"]))
+    if s["handled_ratio_to_handwritten"] is not None and s["cpu_ratio_to_handwritten"] is not None and hw_all and kf_all:
+        head += (f" The answers are not the whole of an event: from each phase's first request to its last email "
+                 f"Keepflow handled {s['handled_per_s']:.1f} events/s and the hand-written side "
+                 f"{hw['handled_per_s']:.1f} ({s['handled_ratio_to_handwritten']:.2f}), and an event cost "
+                 f"{1000 * kf_all:.1f} ms of CPU in all against {1000 * hw_all:.1f} "
+                 f"({s['cpu_ratio_to_handwritten']:.2f}, the ratio of the rates each could keep up on a machine "
+                 f"with no CPU to spare). Of the hand-written side's CPU, {hw['cpu_after_answers_share']:.0%} came "
+                 f"after its last answer (its worker runs its workflows in the SDK's sandbox, and most of them "
+                 f"after the burst); of Keepflow's, {s['cpu_after_answers_share']:.0%}, since it stores and "
+                 "routes an event before it answers.")
     return (head + " The two do not do the same work. For each event the hand-written one verifies the signature, "
             "inserts one row and starts one workflow whose activity sends one fixed email. Keepflow, before it "
             "answers, also stores the customer, the order and the event, signals the runs that listen for the event "
@@ -1182,6 +1280,12 @@ def write_results(s: dict[str, Any]) -> None:
                f"{key}.handwritten_per_s": round(s["hw"]["per_s"], 1)}
     if s["ratio_to_handwritten"] is not None:
         figures[f"{key}.ratio_to_handwritten"] = round(s["ratio_to_handwritten"], 2)
+    if s["handled_ratio_to_handwritten"] is not None:
+        figures[f"{key}.handled_per_s"] = round(s["handled_per_s"], 1)
+        figures[f"{key}.handwritten_handled_per_s"] = round(s["hw"]["handled_per_s"], 1)
+        figures[f"{key}.handled_ratio_to_handwritten"] = round(s["handled_ratio_to_handwritten"], 2)
+    if s["cpu_ratio_to_handwritten"] is not None:
+        figures[f"{key}.cpu_ratio_to_handwritten"] = round(s["cpu_ratio_to_handwritten"], 2)
     write_figures(figures, command, machine())
 
 
