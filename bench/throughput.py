@@ -1,8 +1,8 @@
 """Sequence throughput: N post-purchase runs through the real worker, against bare Temporal.
 
     python bench/throughput.py [--runs 200] [--start-concurrency 50] [--time-scale 1/86400]
-                               [--timeout S] [--breakdown] [--sandboxed] [--bare-first] [--repeat N]
-                               [--write-results]
+                               [--timeout S] [--breakdown] [--sandboxed] [--bare-first] [--bare-sends]
+                               [--repeat N] [--write-results]
 
 A benchmark script, not a timed test. In a throwaway folder it starts Temporal's dev server
 (headless, free port on 127.0.0.1) and runs two kinds of phase on that same server, four phases in
@@ -31,7 +31,9 @@ threads' CPU and the rest; then the ratio Keepflow / bare. `--breakdown` times s
 steps (timers put on at run time; no file is changed). Diagnostics, not how the worker runs:
 `--sandboxed` runs Keepflow's workflows in Temporal's sandbox (as tests and `keepflow dev` do; a
 production worker does not, see KEEPFLOW_WORKFLOW_SANDBOX), `--bare-first` starts the mirrored
-order with bare (bare, Keepflow, Keepflow, bare).
+order with bare (bare, Keepflow, Keepflow, bare), and `--bare-sends` gives bare's activities the
+work of a send written by hand (HandSender below: the same template rendered, one row, one outbox
+line) in place of nothing; its figures are never written.
 
 Everything listens on 127.0.0.1 only; every wait is bounded; the dev server is stopped and the
 folder removed, also on error or Ctrl-C. Exit code 0 when every run of every phase completed.
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -50,6 +53,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from fractions import Fraction
 from pathlib import Path
@@ -124,6 +128,95 @@ class BareSequence:
                                                 retry_policy=SEND_RETRY)
                 done += 1
         return done
+
+
+BARE_SEND_WORKFLOW = "bench-bare-sending-sequence"
+BARE_SEND_ACTIVITY = "bench-hand-send"
+
+
+@dataclass
+class HandSend:
+    key: str  # the run's id and the step's index
+    step: int
+    context: dict[str, Any]
+
+
+@dataclass
+class SendingShape:
+    shape: list[float]
+    context: dict[str, Any]
+
+
+@workflow.defn(name=BARE_SEND_WORKFLOW, sandboxed=False)
+class BareSendingSequence:
+    """`--bare-sends`: BareSequence whose activities send, as a sequence written by hand would."""
+
+    @workflow.run
+    async def run(self, job: SendingShape) -> int:
+        from workflows.sequence import SEND_RETRY, SEND_TIMEOUT
+
+        done = 0
+        for i, wait in enumerate(job.shape):
+            if wait > 0:
+                await workflow.sleep(wait)
+            else:
+                await workflow.execute_activity(BARE_SEND_ACTIVITY, HandSend(f"{workflow.info().workflow_id}:{i}", i, job.context),
+                                                start_to_close_timeout=SEND_TIMEOUT, retry_policy=SEND_RETRY)
+                done += 1
+        return done
+
+
+class HandSender:
+    """`--bare-sends` (a diagnostic): what each send of a sequence written by hand would do, so that
+    Keepflow's sends are weighed against work of their kind rather than against nothing. It renders
+    the same template with the same renderer (Jinja, and an email's text part), records the message
+    in one row of a table of its own (SQLite with the store's pragmas, or DATABASE_URL's database)
+    and appends it to an outbox file, as Keepflow's outbox provider does. What it leaves out is what
+    Keepflow adds: consent, suppressions, the frequency cap and quiet hours, the row claimed before
+    the provider call so that a retry never sends twice, the lease, the heartbeat."""
+
+    def __init__(self, folder: Path) -> None:
+        from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, create_engine, event
+
+        from keepflow.language.rendering import Renderer
+
+        self.renderer = Renderer(ROOT / "templates", "en")
+        self.engine = create_engine(os.environ.get("DATABASE_URL") or f"sqlite:///{folder / 'hand-sent.db'}")
+        if self.engine.dialect.name == "sqlite":
+            @event.listens_for(self.engine, "connect")
+            def _pragmas(connection, _record) -> None:
+                cursor = connection.cursor()
+                for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=5000"):
+                    cursor.execute(f"PRAGMA {pragma}")
+                cursor.close()
+        self.table = Table("bench_hand_sent", MetaData(), Column("id", Integer, primary_key=True, autoincrement=True),
+                           Column("key", String(255), nullable=False), Column("channel", String(16), nullable=False),
+                           Column("recipient", String(255), nullable=False), Column("subject", Text),
+                           Column("body", Text, nullable=False), Column("sent_at", DateTime(timezone=True), nullable=False))
+        self.table.metadata.drop_all(self.engine)
+        self.table.metadata.create_all(self.engine)
+        self.outbox = folder / "hand-outbox.jsonl"
+        self._lock = threading.Lock()
+
+    @activity.defn(name=BARE_SEND_ACTIVITY)
+    def send(self, job: HandSend) -> int:
+        from sqlalchemy import insert
+
+        step = STEPS[job.step]
+        channel = step["send"]
+        customer = job.context["customer"]
+        rendered = self.renderer.render(channel, step["template"], customer.get("locale"), job.context)
+        recipient = customer["email"] if channel == "email" else customer["phone"]
+        sent_at = datetime.now(timezone.utc)
+        with self.engine.begin() as db:
+            db.execute(insert(self.table).values(key=job.key, channel=channel, recipient=recipient,
+                                                 subject=rendered.subject, body=rendered.text, sent_at=sent_at))
+        line = json.dumps({"key": job.key, "channel": channel, "to": recipient, "subject": rendered.subject,
+                           "html": rendered.body if channel == "email" else None, "text": rendered.text,
+                           "sent_at": sent_at.isoformat()}, ensure_ascii=False)
+        with self._lock, self.outbox.open("a", encoding="utf-8") as out:
+            out.write(line + "\n")
+        return job.step
 
 
 class CpuCountingExecutor(ThreadPoolExecutor):
@@ -272,7 +365,7 @@ async def read_histories(client, workflow_ids: list[str], EventType, concurrency
 
 
 async def bench(runs: int, concurrency: int, time_scale: float, timeout: float, breakdown: bool = False,
-                sandboxed: bool = False, bare_first: bool = False) -> dict[str, Any]:
+                sandboxed: bool = False, bare_first: bool = False, bare_sends: bool = False) -> dict[str, Any]:
     from sqlalchemy import func, select
     from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
@@ -302,6 +395,7 @@ async def bench(runs: int, concurrency: int, time_scale: float, timeout: float, 
         client = await server.wait_ready(settings)
         wait = wait_seconds(time_scale)
         shape = [wait if "wait" in s else 0.0 for s in STEPS]
+        hand_sender = HandSender(data_dir) if bare_sends else None
         print(f"Temporal on {server.address}; {runs} runs per phase, {concurrency} start calls in flight, "
               f"time scale {time_scale:g} (each wait {wait:g} s)", flush=True)
 
@@ -343,13 +437,17 @@ async def bench(runs: int, concurrency: int, time_scale: float, timeout: float, 
             print("phase: bare Temporal ...", flush=True)
             executor = CpuCountingExecutor(ACTIVITY_THREADS, thread_name_prefix="bench-activity")
             bare_worker = Worker(
-                client, task_queue=bare_queue, workflows=[BareSequence], activities=[noop_send],
+                client, task_queue=bare_queue, workflows=[BareSendingSequence if bare_sends else BareSequence],
+                activities=[hand_sender.send if hand_sender is not None else noop_send],
                 workflow_runner=UnsandboxedWorkflowRunner(), activity_executor=executor,
                 max_concurrent_activities=ACTIVITY_THREADS,
             )
             async with bare_worker:
-                bare = await phase(client, [(f"{BARE_WORKFLOW}/{tag}{round_no}-{i:05d}", BARE_WORKFLOW, shape)
-                                            for i in range(runs)], bare_queue, concurrency, timeout, server.process.pid)
+                bare = await phase(client, [
+                    (f"{BARE_WORKFLOW}/{tag}{round_no}-{i:05d}", BARE_SEND_WORKFLOW,
+                     SendingShape(shape, context(i, f"{tag}b{round_no}", brand))) if bare_sends else
+                    (f"{BARE_WORKFLOW}/{tag}{round_no}-{i:05d}", BARE_WORKFLOW, shape)
+                    for i in range(runs)], bare_queue, concurrency, timeout, server.process.pid)
             bare.pop("results")
             bare["cpu_activities_s"] = executor.cpu_seconds
             return bare
@@ -365,7 +463,11 @@ async def bench(runs: int, concurrency: int, time_scale: float, timeout: float, 
             run = keepflow_phase if side == "keepflow" else bare_phase
             phases[side].append(await run(round_no))
         kf, bare = merged(phases["keepflow"]), merged(phases["bare"])
-        return {"sandboxed": sandboxed, "bare_first": bare_first, "runs": runs, "concurrency": concurrency,
+        if hand_sender is not None:
+            bare["hand_sent"] = sum(1 for _ in hand_sender.outbox.open(encoding="utf-8"))
+            hand_sender.engine.dispose()
+        return {"sandboxed": sandboxed, "bare_first": bare_first, "bare_sends": bare_sends, "runs": runs,
+                "concurrency": concurrency,
                 "time_scale": time_scale, "keepflow": kf, "bare": bare, "activity_threads": ACTIVITY_THREADS}
     finally:
         if db is not None:
@@ -439,7 +541,7 @@ def report(raw: dict[str, Any]) -> tuple[str, float | None]:
          lambda p: "-" if p.get("cpu_activities_s") is None or p["cpu_self_s"] is None else
          f"{p['cpu_activities_s']:.1f} / {p['cpu_self_s'] - p['cpu_activities_s']:.1f} s"),
     ]
-    out = ["| figure | Keepflow | bare Temporal |", "|---|---|---|"]
+    out = [f"| figure | Keepflow | bare Temporal{', sending by hand' if raw.get('bare_sends') else ''} |", "|---|---|---|"]
     out += [f"| {label} | {f(kf)} | {f(bare)} |" for label, f in rows]
     out.append(f"| **ratio Keepflow / bare (runs/s)** | **{ratio:.2f}** | |" if ratio is not None else
                "| ratio Keepflow / bare | - | |")
@@ -451,7 +553,8 @@ def report(raw: dict[str, Any]) -> tuple[str, float | None]:
         for label, (n, p50, p99, total) in sorted(kf["steps"].items(), key=lambda kv: order.get(kv[0], 99)):
             out.append(f"| {label} | {n} | {ms(p50)} | {ms(p99)} | {total:.1f} s |")
     out += ["", f"Keepflow send outcomes: {kf.get('outcomes')}; message rows by status in the outbox store: "
-            f"{kf.get('messages')}."]
+            f"{kf.get('messages')}." + (f" Messages the bare side sent by hand: {bare['hand_sent']}."
+                                        if "hand_sent" in bare else "")]
     return "\n".join(out), ratio
 
 
@@ -496,7 +599,9 @@ def interpretation(raw: dict[str, Any], ratio: float | None) -> str:
     kf, bare = rates(raw["keepflow"]), rates(raw["bare"])
     out = []
     if ratio is not None:
-        out.append(f"Keepflow completes {ratio:.2f} of bare Temporal's runs per second on the same server.")
+        bare_name = ("a bare Temporal sequence whose sends are written by hand" if raw.get("bare_sends")
+                     else "bare Temporal")
+        out.append(f"Keepflow completes {ratio:.2f} of the runs per second of {bare_name} on the same server.")
     if kf["cpu_self_s"] is not None and bare["cpu_self_s"] is not None:
         per_kf = kf["cpu_self_s"] / max(kf["completed"], 1) * 1000
         per_bare = bare["cpu_self_s"] / max(bare["completed"], 1) * 1000
@@ -538,6 +643,9 @@ def main() -> int:
     parser.add_argument("--sandboxed", action="store_true",
                         help="diagnostic: run Keepflow's workflows in Temporal's sandbox (as tests do; production does not)")
     parser.add_argument("--bare-first", action="store_true", help="mirror the other way: bare, Keepflow, Keepflow, bare")
+    parser.add_argument("--bare-sends", action="store_true",
+                        help="diagnostic: bare's activities send as a sequence written by hand would (render the same "
+                             "template, one row, one outbox line) instead of doing nothing")
     parser.add_argument("--repeat", type=int, default=1, metavar="N",
                         help="run the whole benchmark N times, each on a fresh dev server, and report the median run "
                              "(issue 16's target is the median of 3)")
@@ -545,13 +653,16 @@ def main() -> int:
     args = parser.parse_args()
     if args.runs < 1 or args.start_concurrency < 1 or args.repeat < 1:
         parser.error("--runs, --start-concurrency and --repeat must be at least 1")
+    if args.bare_sends and args.write_results:
+        parser.error("--bare-sends is a diagnostic: its figures are not the benchmark's, so they are not written")
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     done: list[tuple[float | None, dict[str, Any], str, str]] = []
     ok = True
     for number in range(1, args.repeat + 1):
         raw = asyncio.run(bench(args.runs, args.start_concurrency, args.time_scale, args.timeout,
-                                breakdown=args.breakdown, sandboxed=args.sandboxed, bare_first=args.bare_first))
+                                breakdown=args.breakdown, sandboxed=args.sandboxed, bare_first=args.bare_first,
+                                bare_sends=args.bare_sends))
         table, ratio = report(raw)
         note = interpretation(raw, ratio)
         print()
