@@ -641,6 +641,17 @@ async def bench(events: int, concurrency: int, wait_timeout: float, breakdown: b
                   + (f", {rate:g} per second" if rate else "") + " ...", flush=True)
 
             side_workers = {"keepflow": worker_pids, "handwritten": [hw_worker.pid]}
+
+            def sample(into: dict[str, float | None], side: str) -> None:
+                """CPU seconds so far of the processes one side runs on, and the machine's."""
+                into.update(keepflow=_proc_cpu_seconds(os.getpid()), temporal=_tree_cpu_seconds(server.process.pid),
+                            machine=_machine_busy_seconds(), wall=time.time())
+                if side_workers[side]:
+                    cpus = [_proc_cpu_seconds(pid) for pid in side_workers[side]]
+                    into["worker"] = None if None in cpus else sum(cpus)  # type: ignore[arg-type]
+                if side == "keepflow" and serving is not None:
+                    into["http"] = _group_cpu_seconds(serving.pid)
+
             target = {"keepflow": (url, secret), "handwritten": (hw_url, hw_secret)}
             # Unmeasured: the first requests and runs of each side pay for connections, caches and first
             # imports (the sandbox's among them), which would otherwise count against whichever goes first.
@@ -658,11 +669,14 @@ async def bench(events: int, concurrency: int, wait_timeout: float, breakdown: b
             # What the stack burns with nothing to do (pollers, timers), sampled once the warm-up's work
             # has settled: the share of the CPU per event below that is waiting, not work.
             await asyncio.sleep(IDLE_SETTLE)
-            idle_before = _idle_sample(server.process.pid, side_workers)
+            idle_before: dict[str, dict[str, float | None]] = {side: {} for side in side_workers}
+            idle_after: dict[str, dict[str, float | None]] = {side: {} for side in side_workers}
+            for side, into in idle_before.items():
+                sample(into, side)
             await asyncio.sleep(IDLE_SAMPLE)
-            idle_after = _idle_sample(server.process.pid, side_workers)
-            idle_cores = {k: (idle_after[k] - idle_before[k]) / (idle_after["wall"] - idle_before["wall"])
-                          if None not in (idle_after[k], idle_before[k]) else None for k in idle_before if k != "wall"}
+            for side, into in idle_after.items():
+                sample(into, side)
+            idle_cores = {side: _per_second(_spent(idle_before[side], idle_after[side])) for side in side_workers}
             phases: list[dict[str, Any]] = []
             steps: dict[str, list[float]] = {}
             for n, side in enumerate(order):
@@ -671,39 +685,28 @@ async def bench(events: int, concurrency: int, wait_timeout: float, breakdown: b
                 cpu_before: dict[str, float | None] = {}
                 cpu_after: dict[str, float | None] = {}
 
-                def sample(into: dict[str, float | None], side: str = side) -> None:
-                    into.update(keepflow=_proc_cpu_seconds(os.getpid()), temporal=_tree_cpu_seconds(server.process.pid),
-                                machine=_machine_busy_seconds(), wall=time.time())
-                    if side_workers[side]:
-                        cpus = [_proc_cpu_seconds(pid) for pid in side_workers[side]]
-                        into["worker"] = None if None in cpus else sum(cpus)  # type: ignore[arg-type]
-                    if side == "keepflow" and serving is not None:
-                        into["http"] = _group_cpu_seconds(serving.pid)
-
                 # The timers only while Keepflow is posting: they would tax the baseline's to_thread calls too.
                 with instrument(breakdown and side == "keepflow" and serving is None) as timings:
                     posted = await run_client({"kind": "events", "url": target[side][0], "secret": target[side][1],
                                                "count": events, "concurrency": concurrency, "tag": phase_tag,
                                                "rate": rate},
                                               timeout=wait_timeout + 60 + (events / rate if rate else 0),
-                                              on_go=lambda: sample(cpu_before), on_done=lambda: sample(cpu_after))
+                                              on_go=lambda: sample(cpu_before, side), on_done=lambda: sample(cpu_after, side))
                     deadline = time.monotonic() + wait_timeout
                     while fake.arrived_count(recipients) < events and time.monotonic() < deadline:
                         await asyncio.sleep(0.05)
                     # Through the last email as well: what the phase cost in all, the runs' work that
                     # came after the answers included.
                     cpu_drained: dict[str, float | None] = {}
-                    sample(cpu_drained)
+                    sample(cpu_drained, side)
                 for label, values in timings.items():
                     steps.setdefault(label, []).extend(values)
                 arrivals = {r: fake.first_arrival(r) for r in recipients}  # what came later counts as lost
                 print(f"phase {n + 1} ({side}): {fake.arrived_count(recipients)}/{events} emails arrived", flush=True)
                 phases.append({
                     "side": side, "tag": phase_tag, "posted": posted, "arrivals": arrivals,
-                    "cpu": {k: (cpu_after[k] - cpu_before[k]) if None not in (cpu_after.get(k), cpu_before[k]) else None
-                            for k in cpu_before} | {"client": posted.get("cpu_seconds")},
-                    "cpu_drained": {k: (cpu_drained[k] - cpu_before[k])
-                                    if None not in (cpu_drained.get(k), cpu_before[k]) else None for k in cpu_before},
+                    "cpu": _spent(cpu_before, cpu_after) | {"client": posted.get("cpu_seconds")},
+                    "cpu_drained": _spent(cpu_before, cpu_drained),
                 })
 
             print("reading the runs' histories ...", flush=True)
@@ -744,11 +747,15 @@ async def bench(events: int, concurrency: int, wait_timeout: float, breakdown: b
 IDLE_SETTLE, IDLE_SAMPLE = 2.0, 3.0  # seconds
 
 
-def _idle_sample(temporal_pid: int, side_workers: dict[str, list[int]]) -> dict[str, float | None]:
-    workers = {side: [_proc_cpu_seconds(pid) for pid in pids] for side, pids in side_workers.items()}
-    return {"temporal": _tree_cpu_seconds(temporal_pid), "app": _proc_cpu_seconds(os.getpid()), "wall": time.monotonic(),
-            **{f"{side}_worker": None if None in cpus else sum(c for c in cpus if c is not None)
-               for side, cpus in workers.items()}}
+def _spent(before: dict[str, float | None], after: dict[str, float | None]) -> dict[str, float | None]:
+    """What each counter of two samples moved by (None where either could not be read)."""
+    return {k: None if v is None or after.get(k) is None else after[k] - v for k, v in before.items()}  # type: ignore[operator]
+
+
+def _per_second(spent: dict[str, float | None]) -> dict[str, float | None]:
+    """CPU seconds moved, as cores over the wall time between the samples."""
+    wall = spent["wall"]
+    return {k: None if v is None or not wall else v / wall for k, v in spent.items() if k != "wall"}
 
 
 STAGES = (
@@ -842,6 +849,7 @@ def side_figures(phases: list[dict[str, Any]]) -> dict[str, Any]:
     posting = [sum(p["cpu"].get(k) or 0.0 for k in ("temporal", "keepflow", "http", "worker")) for p in phases]
     return {
         "cpu_per_event_s": per_event,
+        "cpu_per_event_total_s": None if None in per_event.values() else sum(per_event.values()),
         "cpu_after_answers_share": 1 - sum(posting) / sum(drained) if sum(drained) > 0 else None,
         "results": results, "arrivals": arrivals, "accepted": len(ok), "non_2xx": len(results) - len(ok),
         "non_2xx_by_status": statuses, "post_wall_s": sum(walls),
@@ -863,10 +871,8 @@ def side_figures(phases: list[dict[str, Any]]) -> dict[str, Any]:
 def _cpu_ratio(hw: dict[str, Any], kf: dict[str, Any]) -> float | None:
     """The hand-written side's CPU per event over Keepflow's: the ratio of the rates the two would
     sustain on a machine that has no CPU to spare, whatever a burst's answers outran."""
-    hw_cpu, kf_cpu = ([v for v in side["cpu_per_event_s"].values() if v is not None] for side in (hw, kf))
-    if len(hw_cpu) < len(hw["cpu_per_event_s"]) or len(kf_cpu) < len(kf["cpu_per_event_s"]) or not sum(kf_cpu):
-        return None
-    return sum(hw_cpu) / sum(kf_cpu)
+    hw_cpu, kf_cpu = hw["cpu_per_event_total_s"], kf["cpu_per_event_total_s"]
+    return hw_cpu / kf_cpu if hw_cpu is not None and kf_cpu else None
 
 
 def summarize(raw: dict[str, Any]) -> dict[str, Any]:
@@ -918,7 +924,8 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
             "lost": len(hw["lost"]), "lost_examples": hw["lost"][:5],
             "cpu_available_s": (os.cpu_count() or 1) * (hw_cpu.get("wall") or hw["post_wall_s"])},
         "ratio_to_handwritten": ingest_rate / hw["per_s"] if hw["per_s"] and not steady else None,
-        "cpu_per_event_s": kf["cpu_per_event_s"], "cpu_ratio_to_handwritten": _cpu_ratio(hw, kf),
+        "cpu_per_event_s": kf["cpu_per_event_s"], "cpu_per_event_total_s": kf["cpu_per_event_total_s"],
+        "cpu_ratio_to_handwritten": _cpu_ratio(hw, kf),
         "handled_per_s": kf["handled_per_s"], "idle_cores": raw.get("idle_cores", {}),
         "cpu_after_answers_share": kf["cpu_after_answers_share"],
         "handled_ratio_to_handwritten": (kf["handled_per_s"] / hw["handled_per_s"]
@@ -955,21 +962,19 @@ def comparison(s: dict[str, Any]) -> str:
     kf_cpu = {"temporal": s["cpu_temporal_s"], "keepflow": app_cpu, "worker": s["cpu_worker_s"],
               "wall": s["cpu_window_s"]}
 
-    def idle(c: dict[str, float | None], side: str) -> str:
-        parts = [c.get("temporal"), c.get("app"), c.get(f"{side}_worker")]
-        return " / ".join("-" if v is None else f"{v:.3f}" for v in parts)
+    def idle(c: dict[str, float | None]) -> str:
+        app = None if c.get("keepflow") is None else c["keepflow"] + (c.get("http") or 0.0)  # type: ignore[operator]
+        return " / ".join("-" if v is None else f"{v:.3f}" for v in (c.get("temporal"), app, c.get("worker")))
 
     def rate1(v: float | None) -> str:
         return "-" if v is None else f"{v:.1f}"
 
-    def per_event(c: dict[str, float | None], worker_in_app: bool = False) -> str:
-        temporal, app, http, worker = c["temporal"], c["keepflow"], c["http"], c["worker"]
-        if temporal is None or app is None or http is None or worker is None:
+    def per_event(side: dict[str, Any], worker_in_app: bool = False) -> str:
+        c, total = side["cpu_per_event_s"], side["cpu_per_event_total_s"]
+        if total is None:
             return "-"
-        total = temporal + app + http + worker
-        return (f"{1000 * temporal:.1f} / {1000 * (app + http):.1f}" + (" (worker in it) / -" if worker_in_app else
-                                                                        f" / {1000 * worker:.1f}")
-                + f" ({1000 * total:.1f})")
+        return (f"{1000 * c['temporal']:.1f} / {1000 * (c['keepflow'] + c['http']):.1f}"
+                + (" (worker in it) / -" if worker_in_app else f" / {1000 * c['worker']:.1f}") + f" ({1000 * total:.1f})")
 
     def others(v: float | None) -> str:
         return "-" if v is None else f"{v:.2f}"
@@ -991,9 +996,9 @@ def comparison(s: dict[str, Any]) -> str:
          rate1(hw["handled_per_s"]), "-"),
         ("ratio of events/s handled", rate(s["handled_ratio_to_handwritten"]), "1", "-"),
         ("CPU per event, first request to last email, ms: dev server / app / worker (all)",
-         per_event(s["cpu_per_event_s"], not s["worker_process"]), per_event(hw["cpu_per_event_s"]), "-"),
+         per_event(s, not s["worker_process"]), per_event(hw), "-"),
         ("cores taken idle, before the phases: dev server / app process (both apps, the fake) / worker",
-         idle(s["idle_cores"], "keepflow"), idle(s["idle_cores"], "handwritten"), "-"),
+         idle(s["idle_cores"].get("keepflow", {})), idle(s["idle_cores"].get("handwritten", {})), "-"),
         ("ratio of CPU per event, hand-written / Keepflow (what a busy machine sustains)",
          rate(s["cpu_ratio_to_handwritten"]), "1", "-"),
         (f"cores other programs took meanwhile (of {os.cpu_count()})", others(s["others_cores"]),
@@ -1165,8 +1170,7 @@ def baseline_note(s: dict[str, Any]) -> str:
             head += (f" Keepflow's request makes two Temporal calls one after the other (the signal, {ms(signal[1])} "
                      f"at p50, then the start, {ms(start[1])}) and {hops[0] / s['accepted']:.0f} trips to a thread "
                      "for its store, where the hand-written one makes one start and one insert.")
-    hw_all, kf_all = (None if None in side.values() else sum(side.values())
-                      for side in (hw["cpu_per_event_s"], s["cpu_per_event_s"]))
+    hw_all, kf_all = hw["cpu_per_event_total_s"], s["cpu_per_event_total_s"]
     if s["handled_ratio_to_handwritten"] is not None and s["cpu_ratio_to_handwritten"] is not None and hw_all and kf_all:
         head += (f" The answers are not the whole of an event: from each phase's first request to its last email "
                  f"Keepflow handled {s['handled_per_s']:.1f} events/s and the hand-written side "

@@ -53,7 +53,6 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from fractions import Fraction
 from pathlib import Path
@@ -130,42 +129,6 @@ class BareSequence:
         return done
 
 
-BARE_SEND_WORKFLOW = "bench-bare-sending-sequence"
-BARE_SEND_ACTIVITY = "bench-hand-send"
-
-
-@dataclass
-class HandSend:
-    key: str  # the run's id and the step's index
-    step: int
-    context: dict[str, Any]
-
-
-@dataclass
-class SendingShape:
-    shape: list[float]
-    context: dict[str, Any]
-
-
-@workflow.defn(name=BARE_SEND_WORKFLOW, sandboxed=False)
-class BareSendingSequence:
-    """`--bare-sends`: BareSequence whose activities send, as a sequence written by hand would."""
-
-    @workflow.run
-    async def run(self, job: SendingShape) -> int:
-        from workflows.sequence import SEND_RETRY, SEND_TIMEOUT
-
-        done = 0
-        for i, wait in enumerate(job.shape):
-            if wait > 0:
-                await workflow.sleep(wait)
-            else:
-                await workflow.execute_activity(BARE_SEND_ACTIVITY, HandSend(f"{workflow.info().workflow_id}:{i}", i, job.context),
-                                                start_to_close_timeout=SEND_TIMEOUT, retry_policy=SEND_RETRY)
-                done += 1
-        return done
-
-
 class HandSender:
     """`--bare-sends` (a diagnostic): what each send of a sequence written by hand would do, so that
     Keepflow's sends are weighed against work of their kind rather than against nothing. It renders
@@ -173,10 +136,12 @@ class HandSender:
     in one row of a table of its own (SQLite with the store's pragmas, or DATABASE_URL's database)
     and appends it to an outbox file, as Keepflow's outbox provider does. What it leaves out is what
     Keepflow adds: consent, suppressions, the frequency cap and quiet hours, the row claimed before
-    the provider call so that a retry never sends twice, the lease, the heartbeat."""
+    the provider call so that a retry never sends twice, the lease, the heartbeat. It takes the place
+    of noop_send in BareSequence, so the runs carry what they carry bare (the step's index), and
+    reads the rest from the run's id, as Keepflow's send reads what its request only names."""
 
-    def __init__(self, folder: Path) -> None:
-        from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, create_engine, event
+    def __init__(self, folder: Path, brand: dict[str, Any]) -> None:
+        from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, create_engine, event, insert
 
         from keepflow.language.rendering import Renderer
 
@@ -195,28 +160,32 @@ class HandSender:
                            Column("body", Text, nullable=False), Column("sent_at", DateTime(timezone=True), nullable=False))
         self.table.metadata.drop_all(self.engine)
         self.table.metadata.create_all(self.engine)
+        self.insert = insert(self.table)
+        self.brand = brand
         self.outbox = folder / "hand-outbox.jsonl"
         self._lock = threading.Lock()
 
-    @activity.defn(name=BARE_SEND_ACTIVITY)
-    def send(self, job: HandSend) -> int:
-        from sqlalchemy import insert
-
-        step = STEPS[job.step]
-        channel = step["send"]
-        customer = job.context["customer"]
-        rendered = self.renderer.render(channel, step["template"], customer.get("locale"), job.context)
+    @activity.defn(name=BARE_ACTIVITY)
+    def send(self, step: int) -> int:
+        run_id = activity.info().workflow_id
+        assert run_id is not None  # always scheduled by BareSequence
+        prefix, number = run_id.split("/", 1)[1].rsplit("-", 1)  # as bare_phase names its runs
+        run = context(int(number), prefix, self.brand)
+        key = f"{run_id}:{step}"
+        channel, template = STEPS[step]["send"], STEPS[step]["template"]
+        customer = run["customer"]
+        rendered = self.renderer.render(channel, template, customer.get("locale"), run)
         recipient = customer["email"] if channel == "email" else customer["phone"]
         sent_at = datetime.now(timezone.utc)
         with self.engine.begin() as db:
-            db.execute(insert(self.table).values(key=job.key, channel=channel, recipient=recipient,
-                                                 subject=rendered.subject, body=rendered.text, sent_at=sent_at))
-        line = json.dumps({"key": job.key, "channel": channel, "to": recipient, "subject": rendered.subject,
+            db.execute(self.insert, {"key": key, "channel": channel, "recipient": recipient,
+                                     "subject": rendered.subject, "body": rendered.text, "sent_at": sent_at})
+        line = json.dumps({"key": key, "channel": channel, "to": recipient, "subject": rendered.subject,
                            "html": rendered.body if channel == "email" else None, "text": rendered.text,
                            "sent_at": sent_at.isoformat()}, ensure_ascii=False)
         with self._lock, self.outbox.open("a", encoding="utf-8") as out:
             out.write(line + "\n")
-        return job.step
+        return step
 
 
 class CpuCountingExecutor(ThreadPoolExecutor):
@@ -395,7 +364,7 @@ async def bench(runs: int, concurrency: int, time_scale: float, timeout: float, 
         client = await server.wait_ready(settings)
         wait = wait_seconds(time_scale)
         shape = [wait if "wait" in s else 0.0 for s in STEPS]
-        hand_sender = HandSender(data_dir) if bare_sends else None
+        hand_sender = HandSender(data_dir, brand) if bare_sends else None
         print(f"Temporal on {server.address}; {runs} runs per phase, {concurrency} start calls in flight, "
               f"time scale {time_scale:g} (each wait {wait:g} s)", flush=True)
 
@@ -437,17 +406,14 @@ async def bench(runs: int, concurrency: int, time_scale: float, timeout: float, 
             print("phase: bare Temporal ...", flush=True)
             executor = CpuCountingExecutor(ACTIVITY_THREADS, thread_name_prefix="bench-activity")
             bare_worker = Worker(
-                client, task_queue=bare_queue, workflows=[BareSendingSequence if bare_sends else BareSequence],
+                client, task_queue=bare_queue, workflows=[BareSequence],
                 activities=[hand_sender.send if hand_sender is not None else noop_send],
                 workflow_runner=UnsandboxedWorkflowRunner(), activity_executor=executor,
                 max_concurrent_activities=ACTIVITY_THREADS,
             )
             async with bare_worker:
-                bare = await phase(client, [
-                    (f"{BARE_WORKFLOW}/{tag}{round_no}-{i:05d}", BARE_SEND_WORKFLOW,
-                     SendingShape(shape, context(i, f"{tag}b{round_no}", brand))) if bare_sends else
-                    (f"{BARE_WORKFLOW}/{tag}{round_no}-{i:05d}", BARE_WORKFLOW, shape)
-                    for i in range(runs)], bare_queue, concurrency, timeout, server.process.pid)
+                bare = await phase(client, [(f"{BARE_WORKFLOW}/{tag}{round_no}-{i:05d}", BARE_WORKFLOW, shape)
+                                            for i in range(runs)], bare_queue, concurrency, timeout, server.process.pid)
             bare.pop("results")
             bare["cpu_activities_s"] = executor.cpu_seconds
             return bare
